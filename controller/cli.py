@@ -1,0 +1,233 @@
+"""The `tether` command line. Exit codes: 0 ok, 1 failed, 2 invalid input."""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from controller import __version__, errors, loading, logs, reconciling, records, status, validation
+
+OK, FAILED, INVALID = 0, 1, 2
+CRASH_VARIABLE = "TETHER_TEST_CRASH_AT"  # test-only: SIGKILL ourselves at this named step
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--manifests", default=os.environ.get("TETHER_MANIFESTS", "/etc/tether/manifests"),
+                        help="directory of manifests (TETHER_MANIFESTS)")
+    common.add_argument("--state-dir", default=os.environ.get("TETHER_STATE_DIR", "/var/lib/tether"),
+                        help="status, locks and artifact cache (TETHER_STATE_DIR)")
+    common.add_argument("--insecure-manifests", action="store_true", default=_env_flag("TETHER_INSECURE_MANIFESTS"),
+                        help="accept manifests not owned by root or writable by others (development only)")
+    common.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("TETHER_LOG_FORMAT", "text"))
+    common.add_argument("-v", "--verbose", action="count", default=0)
+    common.add_argument("-q", "--quiet", action="count", default=0)
+    return common
+
+
+def parser() -> argparse.ArgumentParser:
+    common = _common()
+    top = argparse.ArgumentParser(prog="tether", description="Node-local continuous-delivery controller.")
+    top.add_argument("--version", action="version", version=f"tether {__version__}")
+    commands = top.add_subparsers(dest="command", required=True)
+    for name, text in (("reconcile", "one pass now, then exit"), ("plan", "what a pass would do, without doing it")):
+        sub = commands.add_parser(name, parents=[common], help=text)
+        sub.add_argument("names", nargs="*", metavar="NAME")
+        sub.add_argument("--json", action="store_true")
+    sub = commands.add_parser("status", parents=[common], help="applications and their state")
+    sub.add_argument("name", nargs="?")
+    sub.add_argument("--json", action="store_true")
+    sub = commands.add_parser("list", parents=[common], help="deployments of one application")
+    sub.add_argument("name")
+    sub.add_argument("--json", action="store_true")
+    sub = commands.add_parser("validate", parents=[common], help="lint manifest files or directories")
+    sub.add_argument("paths", nargs="+", metavar="PATH")
+    sub.add_argument("--json", action="store_true")
+    sub = commands.add_parser("schema", help="print a JSON Schema")
+    sub.add_argument("which", choices=sorted(validation.SCHEMA_FILES))
+    return top
+
+
+def _catalog(args: argparse.Namespace) -> loading.Catalog:
+    reserved = [os.path.realpath(args.state_dir), os.path.realpath(args.manifests)]
+    return loading.load([args.manifests], secure=not args.insecure_manifests, reserved_paths=reserved)
+
+
+def _print_problems(catalog: loading.Catalog) -> None:
+    for problem in catalog.problems:
+        print(f"tether: {problem}", file=sys.stderr)
+
+
+def _checkpoint() -> Callable[[str], None]:
+    target = os.environ.get(CRASH_VARIABLE)
+
+    def crash(step: str) -> None:
+        if step == target:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return crash if target else (lambda step: None)
+
+
+def _selected(catalog: loading.Catalog, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(names to work on, requested names that are unknown or invalid)."""
+    if not names:
+        return sorted(catalog.applications), []
+    return [n for n in names if n in catalog.applications], [n for n in names if n not in catalog.applications]
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    _print_problems(catalog)
+    names, missing = _selected(catalog, args.names)
+    now = time.time()
+    for name, problem in catalog.invalid_names.items():
+        if not args.names or name in args.names:
+            document = status.build_invalid(name, str(problem), status.read(args.state_dir, name), now)
+            status.write(args.state_dir, name, document)
+    for name in missing:
+        if name not in catalog.invalid_names:
+            print(f"tether: no valid manifest for an application named {name!r}", file=sys.stderr)
+    engine = reconciling.Engine(args.state_dir, checkpoint=_checkpoint())
+
+    def one(name: str) -> reconciling.Result:
+        app = catalog.applications[name]
+        result = engine.reconcile(app, catalog.kinds.get(app.kind) if app.kind else None)
+        previous = status.read(args.state_dir, name)
+        status.write(args.state_dir, name, status.build(app, result, previous, time.time()))
+        return result
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(4, len(names)))) as pool:
+        results = list(pool.map(one, names))
+    for result in results:
+        state = "converged" if result.ok else f"failed: {result.error}"
+        print(f"{result.name}: {state}" if not args.json else json.dumps({"name": result.name, "error": result.error}))
+    if any(not r.ok for r in results):
+        return FAILED
+    return INVALID if missing or (catalog.problems and not args.names) else OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    _print_problems(catalog)
+    names, missing = _selected(catalog, args.names)
+    engine = reconciling.Engine(args.state_dir)
+    plans = [engine.plan(catalog.applications[n]) for n in names]
+    if args.json:
+        print(json.dumps([_plan_json(p) for p in plans], indent=2))
+    for plan in [] if args.json else plans:
+        print(f"{plan.application}: " + ("suspended" if plan.suspended else "nothing to do" if not plan.steps else ""))
+        for step in plan.steps:
+            print(f"  {step.action} {step.deployment or ''}".rstrip() + f"  ({step.reason})")
+    return INVALID if missing or catalog.problems else OK
+
+
+def _plan_json(plan: Any) -> dict[str, Any]:
+    return {"application": plan.application, "desired": plan.desired, "suspended": plan.suspended,
+            "steps": [{"action": s.action, "deployment": s.deployment, "reason": s.reason} for s in plan.steps]}
+
+
+def _ready(document: dict[str, Any]) -> str:
+    ready = next((c for c in document.get("conditions", []) if c["type"] == "Ready"), None)
+    return "True" if ready and ready["status"] == "True" else (ready or {}).get("reason", "Unknown")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    documents = status.read_all(args.state_dir)
+    if args.name:
+        documents = [d for d in documents if d.get("name") == args.name]
+        if not documents:
+            print(f"tether: no status for {args.name!r}; has it been reconciled?", file=sys.stderr)
+            return INVALID
+    if args.json:
+        print(json.dumps(documents[0] if args.name else documents, indent=2))
+        return OK
+    rows = [("NAME", "DESIRED", "CURRENT", "READY", "MESSAGE")]
+    for d in documents:
+        rows.append((d.get("name", ""), d.get("desired") or "-", d.get("current") or "-", _ready(d),
+                     (d.get("lastError") or "")[:100]))
+    _table(rows)
+    return OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    app = catalog.applications.get(args.name)
+    path = app.path if app else (status.read(args.state_dir, args.name) or {}).get("path")
+    if path is None:
+        print(f"tether: no application named {args.name!r}", file=sys.stderr)
+        return INVALID
+    rows = status.deployments(records.observe(path))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return OK
+    table = [("DEPLOYMENT", "STATE", "ACTIVE", "CREATED", "COMPLETED")]
+    for row in rows:
+        table.append((row["name"], row["state"], "*" if row["active"] else "", row["createdAt"] or "-",
+                      row["completedAt"] or "-"))
+    _table(table)
+    return OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    catalog = loading.load(args.paths, secure=False)
+    if args.json:
+        print(json.dumps({
+            "valid": not catalog.problems,
+            "applications": sorted(catalog.applications),
+            "kinds": sorted(catalog.kinds),
+            "problems": [{"file": p.file, "line": p.line, "pointer": p.pointer, "message": p.detail}
+                         for p in catalog.problems],
+        }, indent=2))
+    else:
+        for problem in catalog.problems:
+            print(problem)
+        if not catalog.problems:
+            print(f"{len(catalog.applications)} applications and {len(catalog.kinds)} kinds are valid.")
+    return INVALID if catalog.problems else OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(validation.schema_text(args.which))
+    return OK
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "reconcile": cmd_reconcile, "plan": cmd_plan, "status": cmd_status, "list": cmd_list,
+    "validate": cmd_validate, "schema": cmd_schema,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logs.configure(getattr(args, "log_format", "text"), getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
+    try:
+        return COMMANDS[args.command](args)
+    except errors.PermanentError as exc:
+        print(f"tether: {exc}", file=sys.stderr)
+        return INVALID
+    except errors.TetherError as exc:
+        print(f"tether: {exc}", file=sys.stderr)
+        return FAILED
+    except KeyboardInterrupt:
+        return FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

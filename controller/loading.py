@@ -1,0 +1,171 @@
+"""Reading manifest files: which files count, who may write them, YAML with lines."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import stat
+from collections.abc import Iterable
+from typing import Any
+
+import yaml
+
+from controller import crosschecks, errors, manifests, validation
+
+IGNORED_SUFFIXES = ("~", ".swp", ".swo", ".tmp", ".bak")
+IGNORED_INFIXES = (".dpkg-", ".rpm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Catalog:
+    """Everything read from the manifests: the valid ones and the errors."""
+
+    applications: dict[str, manifests.Application]
+    kinds: dict[str, manifests.Kind]
+    problems: list[errors.ManifestError]
+    # Application names whose manifest is present but invalid: keep their last good state.
+    invalid_names: dict[str, errors.ManifestError]
+
+
+def is_manifest_name(name: str) -> bool:
+    """True for file names tether reads: *.yaml/*.yml, not dotfiles or leftovers."""
+    if name.startswith(".") or not name.endswith((".yaml", ".yml")):
+        return False
+    return not name.endswith(IGNORED_SUFFIXES) and not any(i in name for i in IGNORED_INFIXES)
+
+
+def insecure_reason(path: str, st: os.stat_result, euid: int) -> str | None:
+    """Why a manifest file or directory may not be trusted, or None when it may."""
+    if st.st_uid not in (0, euid):
+        return f"{path} is owned by uid {st.st_uid}, not by root or by tether's own user"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def manifest_files(directory: str) -> list[str]:
+    """The manifest files directly inside `directory`, sorted; subdirectories are ignored."""
+    found = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if is_manifest_name(entry.name) and entry.is_file():
+                found.append(entry.path)
+    return sorted(found)
+
+
+def _line_map(node: yaml.Node, path: tuple[Any, ...], lines: dict[str, int]) -> None:
+    lines[validation.pointer(path)] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            lines[validation.pointer((*path, key.value))] = key.start_mark.line + 1
+            _line_map(value, (*path, key.value), lines)
+            lines[validation.pointer((*path, key.value))] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _line_map(item, (*path, index), lines)
+
+
+def _line_for(pointer: str, lines: dict[str, int]) -> int | None:
+    while pointer not in lines and pointer:
+        pointer = pointer.rsplit("/", 1)[0]
+    return lines.get(pointer)
+
+
+def parse(file: str, text: str) -> manifests.Application | manifests.Kind:
+    """Parse and validate one manifest's text; raise ManifestError naming the line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        document = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise errors.ManifestError(file, f"this is not valid YAML: {exc.problem}", line) from exc
+    except yaml.YAMLError as exc:
+        raise errors.ManifestError(file, f"this is not valid YAML: {exc}") from exc
+    if node is None or not isinstance(document, dict):
+        raise errors.ManifestError(file, "the file must hold one YAML mapping (a manifest)", 1)
+    lines: dict[str, int] = {}
+    _line_map(node, (), lines)
+    kind = document.get("kind")
+    schema_name = validation.KIND_TO_SCHEMA.get(kind) if isinstance(kind, str) else None
+    if schema_name is None:
+        raise errors.ManifestError(
+            file, f"kind must be Application or ApplicationKind, not {kind!r}", _line_for("/kind", lines), "/kind"
+        )
+    for where, message in validation.errors(document, schema_name):
+        raise errors.ManifestError(file, message, _line_for(where, lines), where)
+    complete = validation.with_defaults(document, schema_name)
+    generation = hashlib.sha256(text.encode()).hexdigest()
+    if schema_name == "application":
+        app = manifests.application_from_document(complete, file, generation)
+        for message, where in crosschecks.application_problems(app):
+            raise errors.ManifestError(file, message, _line_for(where, lines), where)
+        return app
+    return manifests.kind_from_document(complete, file, generation)
+
+
+def _name_in(text: str) -> str | None:
+    """Best effort: the metadata.name of a manifest that failed validation."""
+    try:
+        document = yaml.safe_load(text)
+        name = document["metadata"]["name"]
+    except Exception:
+        return None
+    return name if isinstance(name, str) and document.get("kind") == "Application" else None
+
+
+def load(
+    paths: Iterable[str],
+    *,
+    secure: bool = True,
+    euid: int | None = None,
+    reserved_paths: Iterable[str] = (),
+) -> Catalog:
+    """Read manifests from files and directories, validate each and all together.
+
+    With `secure`, directories and files not owned by root or by `euid`, or
+    writable by group or others, are refused.
+    """
+    euid = os.geteuid() if euid is None else euid
+    found: list[errors.ManifestError] = []
+    files: list[str] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            if secure and (reason := insecure_reason(path, st, euid)):
+                raise errors.ManifestError(path, f"refused: {reason}; fix the permissions")
+            files.extend(manifest_files(path) if stat.S_ISDIR(st.st_mode) else [path])
+        except OSError as exc:
+            found.append(errors.ManifestError(path, f"cannot be read: {exc.strerror}"))
+        except errors.ManifestError as exc:
+            found.append(exc)
+    parsed: list[manifests.Application | manifests.Kind] = []
+    invalid: dict[str, errors.ManifestError] = {}
+    for file in files:
+        raw = b""
+        try:
+            with open(file, "rb") as handle:
+                st = os.fstat(handle.fileno())
+                if secure and (reason := insecure_reason(file, st, euid)):
+                    raise errors.ManifestError(file, f"refused: {reason}; fix the permissions")
+                raw = handle.read(1024 * 1024 + 1)
+            if len(raw) > 1024 * 1024:
+                raise errors.ManifestError(file, "the file is larger than 1 MiB; is it a manifest?")
+            parsed.append(parse(file, raw.decode("utf-8")))
+        except UnicodeDecodeError as exc:
+            found.append(errors.ManifestError(file, f"the file is not UTF-8 text: {exc.reason}"))
+        except OSError as exc:
+            found.append(errors.ManifestError(file, f"cannot be read: {exc.strerror}"))
+        except errors.ManifestError as exc:
+            found.append(exc)
+            if name := _name_in(raw.decode("utf-8", "replace")):
+                invalid[name] = exc
+    apps, kinds, problems = crosschecks.check(parsed, list(reserved_paths))
+    for problem in problems:
+        found.append(problem)
+    for problem in problems:
+        for app in [a for a in parsed if isinstance(a, manifests.Application)]:
+            if app.file == problem.file and app.name not in apps:
+                invalid.setdefault(app.name, problem)
+    return Catalog(applications=apps, kinds=kinds, problems=found, invalid_names=invalid)

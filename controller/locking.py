@@ -1,0 +1,34 @@
+"""One lock per application, shared by the daemon and the imperative commands."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+
+from controller import fsutil
+
+log = logging.getLogger(__name__)
+
+
+def lock_path(state_dir: str, name: str) -> str:
+    return os.path.join(state_dir, "locks", name + ".lock")
+
+
+@contextlib.contextmanager
+def application_lock(state_dir: str, name: str) -> Iterator[None]:
+    """Hold the application's lock (flock on a file that is never deleted)."""
+    path = lock_path(state_dir, name)
+    fsutil.makedirs(os.path.dirname(path), 0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("Another tether process is working on %s; waiting for it to finish.", name)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

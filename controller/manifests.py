@@ -1,0 +1,169 @@
+"""Validated manifests as frozen dataclasses.
+
+Everything here is plain data: the loading module turns YAML files into these
+objects after schema validation, and every other layer only reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+HOOK_PHASES = ("beforeDeploy", "afterDeploy", "beforeActivate", "afterActivate")
+PLACEHOLDERS = ("application", "environment", "deployment")
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """Inline script text, or the path of an executable file."""
+
+    script: str | None = None
+    path: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class HeaderValue:
+    """A header value: a literal, or where to read the secret from."""
+
+    literal: str | None = None
+    from_file: str | None = None
+    from_env: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    max_bytes: int = 4 * 1024**3
+    max_members: int = 100_000
+    max_ratio: float = 100.0
+    ratio_after_bytes: int = 256 * 1024**2
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    url: str
+    headers: Mapping[str, HeaderValue] = dataclasses.field(default_factory=dict)
+    sha256: str | None = None
+    format: str = "auto"
+    strip_components: int | None = None  # None means auto
+    limits: Limits = Limits()
+
+
+@dataclasses.dataclass(frozen=True)
+class Application:
+    name: str
+    file: str
+    generation: str  # sha256 of the manifest file content
+    application: str
+    environment: str
+    path: str
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    kind: str | None = None
+    deployment: str | None = None
+    source: Source | None = None
+    user: str | None = None
+    group: str | None = None
+    user_mapping: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    group_mapping: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    keep: int = 5
+    hooks: Mapping[str, Hook] = dataclasses.field(default_factory=dict)
+    hook_timeout_seconds: float = 600.0
+    persistent_data: str = "auto"
+    rollback_on_failure: bool = True
+    drift: str = "correct"
+    drift_ignore: tuple[str, ...] = ()
+    suspend: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    name: str
+    file: str
+    generation: str
+    hooks: Mapping[str, Hook] = dataclasses.field(default_factory=dict)
+
+
+def _hooks(data: Mapping[str, Any]) -> dict[str, Hook]:
+    hooks: dict[str, Hook] = {}
+    for phase in HOOK_PHASES:
+        value = data.get(phase)
+        if isinstance(value, str):
+            hooks[phase] = Hook(script=value)
+        elif isinstance(value, Mapping):
+            hooks[phase] = Hook(path=str(value["path"]))
+    return hooks
+
+
+def _header(value: Any) -> HeaderValue:
+    if isinstance(value, Mapping):
+        return HeaderValue(from_file=value.get("fromFile"), from_env=value.get("fromEnv"))
+    return HeaderValue(literal=str(value))
+
+
+def _source(data: Mapping[str, Any]) -> Source:
+    limits = data["limits"]
+    strip = data["stripComponents"]
+    return Source(
+        url=data["url"],
+        headers={k: _header(v) for k, v in data["headers"].items()},
+        sha256=data["sha256"].lower() if "sha256" in data else None,
+        format=data["format"],
+        strip_components=None if strip == "auto" else int(strip),
+        limits=Limits(
+            max_bytes=int(limits["maxBytes"]),
+            max_members=int(limits["maxMembers"]),
+            max_ratio=float(limits["maxRatio"]),
+        ),
+    )
+
+
+def application_from_document(doc: Mapping[str, Any], file: str, generation: str) -> Application:
+    """Build an Application from a schema-valid document with defaults applied."""
+    meta, spec = doc["metadata"], doc["spec"]
+    user_mapping = dict(spec["userMapping"])
+    return Application(
+        name=meta["name"],
+        file=file,
+        generation=generation,
+        application=spec.get("application", meta["name"]),
+        environment=spec["environment"],
+        path=spec["path"],
+        labels=dict(meta["labels"]),
+        kind=spec.get("kind"),
+        deployment=spec.get("deployment"),
+        source=_source(spec["source"]) if "source" in spec else None,
+        user=spec.get("user"),
+        group=spec.get("group"),
+        user_mapping=user_mapping,
+        group_mapping=dict(spec["groupMapping"]) or user_mapping,
+        keep=int(spec["retention"]["keep"]),
+        hooks=_hooks(spec["hooks"]),
+        hook_timeout_seconds=float(spec["hookTimeoutSeconds"]),
+        persistent_data=spec["persistentData"],
+        rollback_on_failure=bool(spec["rollbackOnFailure"]),
+        drift=spec["drift"],
+        drift_ignore=tuple(spec["driftIgnore"]),
+        suspend=bool(spec["suspend"]),
+    )
+
+
+def kind_from_document(doc: Mapping[str, Any], file: str, generation: str) -> Kind:
+    """Build a Kind from a schema-valid document with defaults applied."""
+    return Kind(
+        name=doc["metadata"]["name"],
+        file=file,
+        generation=generation,
+        hooks=_hooks(doc["spec"].get("hooks", {})),
+    )
+
+
+def expand_url(url: str, app: Application, deployment: str) -> str:
+    """Fill the placeholders of a source URL."""
+    values = {
+        "application": app.application,
+        "environment": app.environment,
+        "deployment": deployment,
+    }
+    for key, value in values.items():
+        url = url.replace("{" + key + "}", value)
+    return url

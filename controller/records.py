@@ -1,0 +1,137 @@
+"""The on-disk state of one application: deployments, their records, `current`.
+
+Layout below the application path::
+
+    current -> <path>/<deployment>     the active deployment (absolute target)
+    <deployment>/                      extracted releases
+    persistent-data/                   data that survives deployments
+    .tether/deployments/<d>.json       record: incomplete | complete | failed
+    .tether/activation.json            the previous deployment
+    .tether/staging/                   extraction in progress
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from typing import Any
+
+from controller import fsutil
+
+INCOMPLETE, COMPLETE, FAILED = "incomplete", "complete", "failed"
+NOT_DEPLOYMENTS = frozenset({"current", "persistent-data"})
+
+
+def meta_dir(path: str) -> str:
+    return os.path.join(path, ".tether")
+
+
+def record_path(path: str, deployment: str) -> str:
+    return os.path.join(meta_dir(path), "deployments", deployment + ".json")
+
+
+def staging_dir(path: str) -> str:
+    return os.path.join(meta_dir(path), "staging")
+
+
+def is_deployment_name(name: str) -> bool:
+    return not name.startswith(".") and name not in NOT_DEPLOYMENTS
+
+
+@dataclasses.dataclass(frozen=True)
+class Deployment:
+    name: str
+    state: str
+    has_dir: bool
+    created_at: float | None = None
+    completed_at: float | None = None
+    sha256: str | None = None
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    """What is on disk for one application, read without changing anything."""
+
+    path: str
+    exists: bool
+    current: str | None  # the deployment `current` points to, if it points to one
+    current_target: str | None  # the raw link target, if `current` is a symlink
+    previous: str | None
+    deployments: dict[str, Deployment]
+    foreign: tuple[str, ...]  # directories tether did not make
+    leftovers: tuple[str, ...]  # staging and temporary links from an interrupted pass
+
+    def complete(self) -> list[Deployment]:
+        """Complete deployments, newest first."""
+        found = [d for d in self.deployments.values() if d.state == COMPLETE and d.has_dir]
+        return sorted(found, key=lambda d: (d.completed_at or 0, d.name), reverse=True)
+
+
+def write_record(path: str, deployment: str, state: str, **fields: Any) -> None:
+    record = fsutil.read_json(record_path(path, deployment)) or {"createdAt": time.time()}
+    record.update(fields, name=deployment, state=state)
+    fsutil.makedirs(os.path.dirname(record_path(path, deployment)))
+    fsutil.atomic_write_json(record_path(path, deployment), record)
+
+
+def remove_record(path: str, deployment: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(record_path(path, deployment))
+
+
+def _current(path: str) -> tuple[str | None, str | None]:
+    link = os.path.join(path, "current")
+    try:
+        target = os.readlink(link)
+    except (FileNotFoundError, OSError):
+        return None, None
+    parent, name = os.path.split(os.path.normpath(os.path.join(path, target)))
+    return (name if parent == path and is_deployment_name(name) else None), target
+
+
+def observe(path: str) -> Observed:
+    """Read the deployment tree at `path`."""
+    if not os.path.isdir(path):
+        return Observed(path, False, None, None, None, {}, (), ())
+    records: dict[str, dict[str, Any]] = {}
+    records_dir = os.path.dirname(record_path(path, "x"))
+    if os.path.isdir(records_dir):
+        for entry in os.listdir(records_dir):
+            if entry.endswith(".json") and not entry.startswith("."):
+                data = fsutil.read_json(os.path.join(records_dir, entry))
+                if isinstance(data, dict):
+                    records[entry[: -len(".json")]] = data
+    dirs, leftovers = set(), []
+    for item in os.scandir(path):
+        if item.name.startswith(".current-"):
+            leftovers.append(item.path)
+        elif is_deployment_name(item.name) and item.is_dir(follow_symlinks=False):
+            dirs.add(item.name)
+    if os.path.isdir(staging_dir(path)):
+        leftovers.extend(os.path.join(staging_dir(path), e) for e in os.listdir(staging_dir(path)))
+    deployments = {}
+    for name, data in records.items():
+        deployments[name] = Deployment(
+            name=name,
+            state=data.get("state", INCOMPLETE),
+            has_dir=name in dirs,
+            created_at=data.get("createdAt"),
+            completed_at=data.get("completedAt"),
+            sha256=data.get("sha256"),
+            error=data.get("error"),
+        )
+    current, target = _current(path)
+    activation = fsutil.read_json(os.path.join(meta_dir(path), "activation.json")) or {}
+    return Observed(
+        path=path,
+        exists=True,
+        current=current,
+        current_target=target,
+        previous=activation.get("previous"),
+        deployments=deployments,
+        foreign=tuple(sorted(dirs - set(records))),
+        leftovers=tuple(sorted(leftovers)),
+    )

@@ -1,0 +1,124 @@
+"""Per-application status, written atomically to `<state-dir>/status/<name>.json`."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+from controller import fsutil, manifests, reconciling, records
+
+
+def timestamp(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def status_path(state_dir: str, name: str) -> str:
+    return os.path.join(state_dir, "status", name + ".json")
+
+
+def read(state_dir: str, name: str) -> dict[str, Any] | None:
+    data = fsutil.read_json(status_path(state_dir, name))
+    return data if isinstance(data, dict) else None
+
+
+def read_all(state_dir: str) -> list[dict[str, Any]]:
+    directory = os.path.join(state_dir, "status")
+    if not os.path.isdir(directory):
+        return []
+    names = sorted(e[:-5] for e in os.listdir(directory) if e.endswith(".json") and not e.startswith("."))
+    return [s for s in (read(state_dir, n) for n in names) if s is not None]
+
+
+def _condition(kind: str, status: bool, reason: str, message: str) -> dict[str, Any]:
+    return {"type": kind, "status": "True" if status else "False", "reason": reason, "message": message}
+
+
+def _with_transitions(new: list[dict[str, Any]], old: list[dict[str, Any]], now: str | None) -> list[dict[str, Any]]:
+    before = {c["type"]: c for c in old}
+    for condition in new:
+        prior = before.get(condition["type"])
+        same = prior is not None and prior.get("status") == condition["status"]
+        condition["lastTransitionTime"] = prior.get("lastTransitionTime") if same and prior else now
+    return new
+
+
+def deployments(observed: records.Observed) -> list[dict[str, Any]]:
+    rows = sorted(observed.deployments.values(), key=lambda d: (d.created_at or 0, d.name))
+    return [
+        {
+            "name": d.name,
+            "state": d.state if d.has_dir or d.state == records.FAILED else "missing",
+            "active": d.name == observed.current,
+            "createdAt": timestamp(d.created_at),
+            "completedAt": timestamp(d.completed_at),
+            "sha256": d.sha256,
+        }
+        for d in rows
+    ]
+
+
+def build(app: manifests.Application, result: reconciling.Result, previous: dict[str, Any] | None,
+          now: float) -> dict[str, Any]:
+    """The status document after a pass."""
+    observed, plan = result.observed, result.plan
+    desired = plan.desired
+    ready = result.ok and not plan.suspended and desired is not None and observed.current == desired
+    if plan.suspended:
+        reason, message = "Suspended", "spec.suspend is true; nothing is changed"
+    elif not result.ok:
+        reason, message = "Failed", result.error or ""
+    elif desired is None:
+        reason, message = "NoDesiredDeployment", "spec.deployment is not set; `tether deploy` sets it"
+    else:
+        reason, message = "Converged", f"current points to {desired}"
+    stamp = timestamp(now)
+    conditions = [
+        _condition("Ready", ready, reason, message),
+        _condition("Reconciling", False, "Idle", "no pass is running"),
+        _condition("Stalled", result.permanent, "PermanentError" if result.permanent else "None",
+                   (result.error or "") if result.permanent else ""),
+        _condition("Drifted", False, "NotChecked", "drift detection is not enabled"),
+    ]
+    return {
+        "name": app.name,
+        "application": app.application,
+        "environment": app.environment,
+        "path": app.path,
+        "file": app.file,
+        "observedGeneration": app.generation,
+        "desired": desired,
+        "current": observed.current,
+        "previous": observed.previous,
+        "deployments": deployments(observed),
+        "conditions": _with_transitions(conditions, (previous or {}).get("conditions", []), stamp),
+        "lastHookRuns": (previous or {}).get("lastHookRuns", []),
+        "lastError": result.error,
+        "nextAttemptAt": None,
+        "updatedAt": stamp,
+    }
+
+
+def build_invalid(name: str, error: str, previous: dict[str, Any] | None, now: float) -> dict[str, Any]:
+    """Status for an application whose manifest is invalid: last good state, plus the error."""
+    document = dict(previous or {"name": name, "deployments": [], "conditions": []})
+    stamp = timestamp(now)
+    others = [c for c in document.get("conditions", []) if c["type"] not in ("Ready", "Stalled")]
+    conditions = [
+        _condition("Ready", False, "InvalidManifest", error),
+        _condition("Stalled", True, "InvalidManifest", error),
+        *others,
+    ]
+    document.update(
+        conditions=_with_transitions(conditions, document.get("conditions", []), stamp),
+        lastError=error,
+        updatedAt=stamp,
+    )
+    return document
+
+
+def write(state_dir: str, name: str, document: dict[str, Any]) -> None:
+    fsutil.makedirs(os.path.join(state_dir, "status"))
+    fsutil.atomic_write_json(status_path(state_dir, name), document)

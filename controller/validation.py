@@ -1,0 +1,107 @@
+"""JSON Schema validation of manifest documents, with defaults and plain messages."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.resources
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import jsonschema
+
+SCHEMA_FILES = {"application": "application.json", "kind": "kind.json"}
+KIND_TO_SCHEMA = {"Application": "application", "ApplicationKind": "kind"}
+
+
+def schema_text(name: str) -> str:
+    """The JSON Schema `name` (application or kind) as shipped in the package."""
+    resource = importlib.resources.files("controller.schemas").joinpath(SCHEMA_FILES[name])
+    return resource.read_text(encoding="utf-8")
+
+
+@functools.cache
+def schema(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(schema_text(name))
+    return loaded
+
+
+@functools.cache
+def _validator(name: str) -> Any:
+    return jsonschema.Draft202012Validator(schema(name))
+
+
+def pointer(path: Any) -> str:
+    """A JSON pointer (RFC 6901) for a sequence of keys and indexes."""
+    parts = [str(p).replace("~", "~0").replace("/", "~1") for p in path]
+    return "/" + "/".join(parts) if parts else ""
+
+
+def _plain(error: Any) -> str:
+    """A plain-words message for one jsonschema error."""
+    validator, value, instance = error.validator, error.validator_value, error.instance
+    if validator == "required":
+        missing = [k for k in value if isinstance(instance, dict) and k not in instance]
+        return f"the required field {missing[0] if missing else value!r} is missing"
+    if validator == "additionalProperties":
+        extra = sorted(set(instance) - set(error.schema.get("properties", {})))
+        return f"unknown field {', '.join(repr(e) for e in extra)}; check its spelling"
+    if validator == "type":
+        return f"expected a value of type {value}, got {json.dumps(instance)}"
+    if validator in ("enum", "const"):
+        allowed = value if validator == "enum" else [value]
+        return f"{json.dumps(instance)} is not one of {', '.join(json.dumps(a) for a in allowed)}"
+    if validator == "pattern":
+        return f"{json.dumps(instance)} does not have the required form (pattern {value})"
+    if validator == "not":
+        return f"{json.dumps(instance)} is a reserved name"
+    if validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        return f"{json.dumps(instance)} is out of range ({validator} {value})"
+    if validator in ("minLength", "maxLength"):
+        return f"{json.dumps(instance)} is too {'short' if validator == 'minLength' else 'long'}"
+    if validator == "oneOf":
+        return f"{json.dumps(instance)} is not a valid value here; see `tether schema`"
+    return str(error.message)
+
+
+def errors(document: Any, schema_name: str) -> Iterator[tuple[str, str]]:
+    """Yield (JSON pointer, message) for every schema violation, most specific first."""
+    found = sorted(_validator(schema_name).iter_errors(document), key=lambda e: list(e.path))
+    for error in found:
+        best = error
+        if error.validator == "oneOf" and error.context:
+            # Prefer the explanation from the alternative that got furthest.
+            best = max(error.context, key=lambda e: len(e.path))
+            if not best.path or best.validator == "type":
+                best = error
+        yield pointer(best.absolute_path), _plain(best)
+
+
+def with_defaults(document: Any, schema_name: str) -> Any:
+    """A copy of a valid document with the schema's defaults filled in."""
+    result = copy.deepcopy(document)
+    root = schema(schema_name)
+    _fill(result, root, root)
+    return result
+
+
+def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        target: Any = root
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def _fill(instance: Any, node: dict[str, Any], root: dict[str, Any]) -> None:
+    node = _resolve(node, root)
+    if not isinstance(instance, dict):
+        return
+    for key, sub in node.get("properties", {}).items():
+        sub = _resolve(sub, root)
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _fill(instance[key], sub, root)
