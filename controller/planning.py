@@ -37,8 +37,12 @@ def plan(name: str, desired: str | None, observed: records.Observed, *, keep: in
     if observed.leftovers:
         steps.append(Step(CLEAN, None, "remove staging and temporary links left by an interrupted pass"))
     for deployment in observed.deployments.values():
-        if deployment.state == records.INCOMPLETE and deployment.name != observed.current:
+        if deployment.name == observed.current:
+            continue
+        if deployment.state == records.INCOMPLETE:
             steps.append(Step(CLEAN, deployment.name, "remove an incomplete deployment"))
+        elif deployment.state == records.COMPLETE and not deployment.has_dir and deployment.name != desired:
+            steps.append(Step(CLEAN, deployment.name, "forget a deployment whose directory is gone"))
     if desired is not None:
         existing = observed.deployments.get(desired)
         if desired in observed.foreign:

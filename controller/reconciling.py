@@ -194,25 +194,32 @@ class Engine:
             fsutil.atomic_write_json(os.path.join(records.meta_dir(app.path), "activation.json"),
                                      {"previous": observed.current})
         self.checkpoint("recorded-previous")
-        switch_current(app.path, deployment)
+        switch_current(app.path, deployment, self.checkpoint)
         log.info("%s: current now points to %s.", app.name, deployment)
         self.checkpoint("switched")
         self.hooks("afterActivate", context)
 
     def _prune(self, app: manifests.Application) -> None:
         observed = records.observe(app.path)
+        if not observed.exists:
+            return
+        fsutil.makedirs(records.staging_dir(app.path))
         for name in planning.prune_candidates(observed, app.deployment, app.keep, active=observed.current):
             log.info("%s: pruning deployment %s.", app.name, name)
-            fsutil.remove_tree(os.path.join(app.path, name))
+            doomed = os.path.join(records.staging_dir(app.path), f"pruned-{name}-{token.token_hex(4)}")
+            os.rename(os.path.join(app.path, name), doomed)
+            self.checkpoint("pruning")
             records.remove_record(app.path, name)
+            fsutil.remove_tree(doomed)
             self.checkpoint("pruned")
         artifact_cache.prune(self.state_dir, app.name, keep=set(records.observe(app.path).deployments))
 
 
-def switch_current(path: str, deployment: str) -> None:
+def switch_current(path: str, deployment: str, checkpoint: Callable[[str], None] = lambda step: None) -> None:
     """Point `<path>/current` at the deployment with one rename(2), durably."""
     link = os.path.join(path, f".current-{token.token_hex(6)}")
     os.symlink(os.path.join(path, deployment), link)
+    checkpoint("linked")
     try:
         os.replace(link, os.path.join(path, "current"))
     except BaseException:
