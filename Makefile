@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 SANDBOX ?= /tmp/tether-demo
 
-.PHONY: demo test lint unit venv clean bench
+.PHONY: demo test lint unit venv clean bench test-debian12
 
 $(BIN)/tether: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,21 @@ lint: venv
 unit: venv
 	$(BIN)/pytest -q tests
 
-test: lint unit
+# The library versions Debian 12 ships, which the .deb depends on.
+DEBIAN12 = PyYAML==6.0.1 jsonschema==4.10.3 tenacity==8.2.1 watchdog==2.2.1 prometheus-client==0.16.0
+$(VENV)-debian12/bin/pytest: pyproject.toml
+	$(PYTHON) -m venv $(VENV)-debian12
+	$(VENV)-debian12/bin/pip install --quiet $(DEBIAN12) pytest hypothesis 'setuptools>=70.1'
+	$(VENV)-debian12/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+test-debian12: $(VENV)-debian12/bin/pytest
+	$(VENV)-debian12/bin/pytest -q -p no:cacheprovider tests
+
+test: lint unit test-debian12
 
 bench: venv
 	$(BIN)/python tests/benchmarks/deploy_speed.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VENV)-debian12 build *.egg-info
