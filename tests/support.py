@@ -52,11 +52,8 @@ class HttpServer:
 
             def do_GET(self) -> None:
                 server.requests.append((self.path, {k: v for k, v in self.headers.items()}))
-                replies = server.routes.get(self.path.split("?")[0])
-                if not replies:
-                    reply = Reply(404, b"not found")
-                else:
-                    reply = replies.pop(0) if len(replies) > 1 else replies[0]
+                replies = server.routes.get(self.path.split("?")[0]) or [Reply(404, b"not found")]
+                reply = replies.pop(0) if len(replies) > 1 else replies[0]
                 self.send_response(reply.status)
                 headers = {"Content-Length": str(len(reply.body)), **reply.headers}
                 for key, value in headers.items():
