@@ -186,8 +186,8 @@ class Engine:
         if record is None or record.state != records.COMPLETE or not record.has_dir:
             raise errors.PermanentError(f"{app.name}: {deployment} is not a complete deployment; it cannot be activated")
         current = os.path.join(app.path, "current")
-        if os.path.isdir(current) and not os.path.islink(current):
-            raise errors.PermanentError(f"{current} is a directory, not a symlink; move it away so tether can manage it")
+        if os.path.lexists(current) and not os.path.islink(current):
+            raise errors.PermanentError(f"{current} is not a symlink; move it away so tether can manage it")
         context = self._context(app, kind, deployment)
         self.hooks("beforeActivate", context)
         if observed.current not in (None, deployment):

@@ -61,3 +61,17 @@ def test_a_second_pass_changes_nothing(node: support.Node, http: support.HttpSer
     assert support.snapshot(app) == before
     assert len(http.requests) == requests
     assert "nothing to do" in node.tether("plan").stdout
+
+
+def test_a_current_that_is_not_a_symlink_is_left_alone_with_advice(node: support.Node, http: support.HttpServer) -> None:
+    app = node.apps / "site"
+    app.mkdir()
+    (app / "current").write_text("an operator's notes\n")
+    url = http.serve("/v1.tar.gz", support.tar_bytes(support.site("1")))
+    support.write_manifest(node.manifests, support.application("site", app, deployment="v1", source={"url": url}))
+
+    run = node.tether("reconcile")
+
+    assert run.returncode == 1
+    assert "current is not a symlink; move it away" in run.stdout + run.stderr
+    assert (app / "current").read_text() == "an operator's notes\n"
