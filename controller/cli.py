@@ -126,7 +126,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_plan_json(p) for p in plans], indent=2))
     for plan in [] if args.json else plans:
-        print(f"{plan.application}: " + ("suspended" if plan.suspended else "nothing to do" if not plan.steps else ""))
+        print(f"{plan.application}:" + (" suspended" if plan.suspended else " nothing to do" if not plan.steps else ""))
         for step in plan.steps:
             print(f"  {step.action} {step.deployment or ''}".rstrip() + f"  ({step.reason})")
     return INVALID if missing or catalog.problems else OK

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -27,8 +28,9 @@ def path_problem(path: str) -> str | None:
     """Why `path` cannot be an application path, or None."""
     if not path.startswith("/"):
         return f"path {path!r} must be absolute"
-    if os.path.normpath(path) != path or path.startswith("//"):
-        return f"path {path!r} is not normalised; write {os.path.normpath(path)!r}"
+    normal = "/" + os.path.normpath(path).lstrip("/")  # normpath keeps a leading //
+    if normal != path:
+        return f"path {path!r} is not normalised; write {normal!r}"
     if path == "/":
         return "path '/' is the root directory; give the application a directory of its own"
     if path in SYSTEM_DIRS:
@@ -45,6 +47,8 @@ def application_problems(app: manifests.Application) -> Iterator[tuple[str, str]
     """(message, JSON pointer) for what is wrong with one application on its own."""
     if problem := path_problem(app.path):
         yield problem, "/spec/path"
+    if not math.isfinite(app.hook_timeout_seconds):
+        yield "hookTimeoutSeconds must be a finite number of seconds", "/spec/hookTimeoutSeconds"
     if app.source is not None:
         for name in PLACEHOLDER.findall(app.source.url):
             if name not in manifests.PLACEHOLDERS:
@@ -79,8 +83,9 @@ def check(
             if is_inside(app.path, other_app.path) or is_inside(other_app.path, app.path):
                 for one, two in ((app, other_app), (other_app, app)):
                     refuse(one.file, f"path {one.path} overlaps {two.path} of {two.file}; each application needs its own tree", "/spec/path")
+        real = os.path.realpath(app.path)
         for reserved in reserved_paths:
-            if is_inside(app.path, reserved) or is_inside(reserved, app.path):
+            if any(is_inside(p, reserved) or is_inside(reserved, p) for p in (app.path, real)):
                 refuse(app.file, f"path {app.path} overlaps tether's own directory {reserved}", "/spec/path")
     for item in parsed:
         if isinstance(item, manifests.Kind) and item.file not in refused:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import stat
 from collections.abc import Iterable
 from typing import Any
@@ -15,6 +16,9 @@ from controller import crosschecks, errors, manifests, validation
 
 IGNORED_SUFFIXES = ("~", ".swp", ".swo", ".tmp", ".bak")
 IGNORED_INFIXES = (".dpkg-", ".rpm")
+# A manifest holds hundreds of values; YAML aliases could otherwise expand one without bound.
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +70,30 @@ def _line_map(node: yaml.Node, path: tuple[Any, ...], lines: dict[str, int]) -> 
             _line_map(item, (*path, index), lines)
 
 
+def _measure(node: yaml.Node, seen: dict[int, tuple[int, int] | None]) -> tuple[int, int]:
+    """(values, depth) of `node` once aliases are expanded, counted without expanding them.
+
+    Raise ValueError when an alias refers to a node that contains it.
+    """
+    if id(node) in seen:
+        known = seen[id(node)]
+        if known is None:
+            raise ValueError("an alias refers to a value that contains it")
+        return known
+    seen[id(node)] = None
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    values, depth = 1, 1
+    for child in children:
+        child_values, child_depth = _measure(child, seen)
+        values, depth = values + child_values, max(depth, child_depth + 1)
+    seen[id(node)] = (values, depth)
+    return values, depth
+
+
 def _line_for(pointer: str, lines: dict[str, int]) -> int | None:
     while pointer not in lines and pointer:
         pointer = pointer.rsplit("/", 1)[0]
@@ -74,17 +102,38 @@ def _line_for(pointer: str, lines: dict[str, int]) -> int | None:
 
 def parse(file: str, text: str) -> manifests.Application | manifests.Kind:
     """Parse and validate one manifest's text; raise ManifestError naming the line."""
+    return _parse(file, text)[0]
+
+
+def _parse(file: str, text: str) -> tuple[manifests.Application | manifests.Kind, dict[str, int]]:
+    """The manifest in `text` and the line of each JSON pointer in it."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         document = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
+        if exc.context == "expected a single document in the stream":
+            raise errors.ManifestError(
+                file, "the file holds more than one YAML document; put each manifest in a file of its own", line
+            ) from exc
         raise errors.ManifestError(file, f"this is not valid YAML: {exc.problem}", line) from exc
     except yaml.YAMLError as exc:
         raise errors.ManifestError(file, f"this is not valid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise errors.ManifestError(file, "the document is nested too deeply; is it a manifest?") from exc
     if node is None or not isinstance(document, dict):
         raise errors.ManifestError(file, "the file must hold one YAML mapping (a manifest)", 1)
+    try:
+        values, depth = _measure(node, {})
+    except ValueError as exc:
+        raise errors.ManifestError(file, f"{exc}; a manifest cannot hold a cycle, remove that alias") from exc
+    if depth > MAX_DEPTH:
+        raise errors.ManifestError(file, f"the document is nested {depth} levels deep, more than {MAX_DEPTH}; "
+                                   "is it a manifest?")
+    if values > MAX_VALUES:
+        raise errors.ManifestError(file, f"the document holds more than {MAX_VALUES} values once its YAML aliases "
+                                   "are expanded; is it a manifest?")
     lines: dict[str, int] = {}
     _line_map(node, (), lines)
     kind = document.get("kind")
@@ -101,8 +150,15 @@ def parse(file: str, text: str) -> manifests.Application | manifests.Kind:
         app = manifests.application_from_document(complete, file, generation)
         for message, where in crosschecks.application_problems(app):
             raise errors.ManifestError(file, message, _line_for(where, lines), where)
-        return app
-    return manifests.kind_from_document(complete, file, generation)
+        return app, lines
+    return manifests.kind_from_document(complete, file, generation), lines
+
+
+def _with_line(problem: errors.ManifestError, lines: dict[str, int]) -> errors.ManifestError:
+    """The problem found across manifests, with the line of its JSON pointer in its file."""
+    if problem.line is not None or not problem.pointer:
+        return problem
+    return errors.ManifestError(problem.file, problem.detail, _line_for(problem.pointer, lines), problem.pointer)
 
 
 def _name_in(text: str) -> str | None:
@@ -112,7 +168,10 @@ def _name_in(text: str) -> str | None:
         name = document["metadata"]["name"]
     except Exception:
         return None
-    return name if isinstance(name, str) and document.get("kind") == "Application" else None
+    if not isinstance(name, str) or document.get("kind") != "Application":
+        return None
+    # Only a valid name can be an application's: others would name files outside the status dir.
+    return name if re.fullmatch(validation.schema("application")["$defs"]["name"]["pattern"], name) else None
 
 
 def load(
@@ -141,6 +200,7 @@ def load(
         except errors.ManifestError as exc:
             found.append(exc)
     parsed: list[manifests.Application | manifests.Kind] = []
+    lines: dict[str, dict[str, int]] = {}  # file -> JSON pointer -> line
     invalid: dict[str, errors.ManifestError] = {}
     for file in files:
         raw = b""
@@ -152,7 +212,8 @@ def load(
                 raw = handle.read(1024 * 1024 + 1)
             if len(raw) > 1024 * 1024:
                 raise errors.ManifestError(file, "the file is larger than 1 MiB; is it a manifest?")
-            parsed.append(parse(file, raw.decode("utf-8")))
+            item, lines[file] = _parse(file, raw.decode("utf-8"))
+            parsed.append(item)
         except UnicodeDecodeError as exc:
             found.append(errors.ManifestError(file, f"the file is not UTF-8 text: {exc.reason}"))
         except OSError as exc:
@@ -162,6 +223,7 @@ def load(
             if name := _name_in(raw.decode("utf-8", "replace")):
                 invalid[name] = exc
     apps, kinds, problems = crosschecks.check(parsed, list(reserved_paths))
+    problems = [_with_line(problem, lines.get(problem.file, {})) for problem in problems]
     for problem in problems:
         found.append(problem)
     for problem in problems:

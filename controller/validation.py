@@ -6,6 +6,7 @@ import copy
 import functools
 import importlib.resources
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,9 +28,18 @@ def schema(name: str) -> dict[str, Any]:
     return loaded
 
 
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    """The `pattern` keyword with `$` as JSON Schema means it: the end, not also before a final newline."""
+    if validator.is_type(instance, "string") and (
+        not re.search(pattern, instance) or (pattern.endswith("$") and instance.endswith("\n"))
+    ):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
 @functools.cache
 def _validator(name: str) -> Any:
-    return jsonschema.Draft202012Validator(schema(name))
+    strict = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
+    return strict(schema(name))
 
 
 def pointer(path: Any) -> str:
@@ -38,31 +48,43 @@ def pointer(path: Any) -> str:
     return "/" + "/".join(parts) if parts else ""
 
 
+def _show(value: Any) -> str:
+    """A value as JSON for a message; YAML-only types (dates) as text."""
+    return json.dumps(value, default=str)
+
+
 def _plain(error: Any) -> str:
     """A plain-words message for one jsonschema error."""
     validator, value, instance = error.validator, error.validator_value, error.instance
+    shown = _show(instance)
     if validator == "required":
         missing = [k for k in value if isinstance(instance, dict) and k not in instance]
         return f"the required field {missing[0] if missing else value!r} is missing"
     if validator == "additionalProperties":
-        extra = sorted(set(instance) - set(error.schema.get("properties", {})))
+        extra = _extra_fields(error)
         return f"unknown field {', '.join(repr(e) for e in extra)}; check its spelling"
     if validator == "type":
-        return f"expected a value of type {value}, got {json.dumps(instance)}"
+        return f"expected a value of type {value}, got {shown}"
     if validator in ("enum", "const"):
         allowed = value if validator == "enum" else [value]
-        return f"{json.dumps(instance)} is not one of {', '.join(json.dumps(a) for a in allowed)}"
+        return f"{shown} is not one of {', '.join(json.dumps(a) for a in allowed)}"
     if validator == "pattern":
-        return f"{json.dumps(instance)} does not have the required form (pattern {value})"
+        return f"{shown} does not have the required form (pattern {value})"
     if validator == "not":
-        return f"{json.dumps(instance)} is a reserved name"
+        return f"{shown} is a reserved name"
     if validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
-        return f"{json.dumps(instance)} is out of range ({validator} {value})"
+        return f"{shown} is out of range ({validator} {value})"
     if validator in ("minLength", "maxLength"):
-        return f"{json.dumps(instance)} is too {'short' if validator == 'minLength' else 'long'}"
+        return f"{shown} is too {'short' if validator == 'minLength' else 'long'}"
     if validator == "oneOf":
-        return f"{json.dumps(instance)} is not a valid value here; see `tether schema`"
+        expected = error.schema.get("description", "see `tether schema`")
+        return f"{shown} is not a valid value here; {expected.rstrip('.')}"
     return str(error.message)
+
+
+def _extra_fields(error: Any) -> list[str]:
+    """The unknown keys an additionalProperties error is about."""
+    return sorted(set(error.instance) - set(error.schema.get("properties", {})), key=str)
 
 
 def errors(document: Any, schema_name: str) -> Iterator[tuple[str, str]]:
@@ -75,7 +97,10 @@ def errors(document: Any, schema_name: str) -> Iterator[tuple[str, str]]:
             best = max(error.context, key=lambda e: len(e.path))
             if not best.path or best.validator == "type":
                 best = error
-        yield pointer(best.absolute_path), _plain(best)
+        where = list(best.absolute_path)
+        if best.validator == "additionalProperties" and (extra := _extra_fields(best)):
+            where.append(extra[0])  # point at the unknown key itself, so its line is named
+        yield pointer(where), _plain(best)
 
 
 def with_defaults(document: Any, schema_name: str) -> Any:
