@@ -8,36 +8,22 @@ and that no archive member can redirect.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import shutil
 import stat
 import tarfile
 import tempfile
-import time
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import IO
 
-from controller import archives, errors
+from controller import archives, errors, members
 
 MAX_NAME = 4096
 MAX_COMPONENT = 255
+MAX_SYMLINK_HOPS = 40  # as Linux: a path that needs more does not resolve at all (ELOOP)
 CHUNK = 1024 * 1024
 Owner = tuple[int, int] | None
-
-
-@dataclasses.dataclass
-class Entry:
-    """One archive member in a form common to tar and zip."""
-
-    name: str
-    type: str  # file | dir | symlink | hardlink
-    mode: int
-    mtime: float = 0.0
-    target: str = ""  # link target for symlink and hardlink
-    data: Callable[[], IO[bytes]] | None = None
 
 
 def clean_name(raw: str, strip: int) -> str | None:
@@ -89,9 +75,9 @@ class Writer:
                 self._chown(path)
                 self.dirs[parent] = 0o755
 
-    def add(self, entry: Entry) -> None:
+    def add(self, entry: members.Entry) -> None:
         self.budget.add_member(entry.name)
-        if entry.mode & (stat.S_ISUID | stat.S_ISGID):
+        if entry.mode & (stat.S_ISUID | stat.S_ISGID) and entry.type != "dir":  # on directories: cleared
             raise errors.ArchiveError(f"member {entry.name!r} is setuid or setgid; tether does not install such files")
         strip = self.strip or 0
         name = clean_name(entry.name, strip)
@@ -102,7 +88,7 @@ class Writer:
         if name in self.files or name in self.symlinks or (name in self.dirs and entry.type != "dir"):
             raise errors.ArchiveError(f"member {entry.name!r} appears twice in the archive")
         self._parents(name, entry.name)
-        link = (clean_name(entry.target, strip) or "") if entry.type == "hardlink" else entry.target
+        link = self._hardlink_target(entry, strip) if entry.type == "hardlink" else entry.target
         mode = _filtered_mode(entry, name, link, self.dest)
         path = os.path.join(self.dest, name)
         if entry.type == "dir":
@@ -124,7 +110,17 @@ class Writer:
             os.link(os.path.join(self.dest, target), path, follow_symlinks=False)
             self.files.add(name)
 
-    def _write_file(self, path: str, entry: Entry, mode: int) -> None:
+    @staticmethod
+    def _hardlink_target(entry: members.Entry, strip: int) -> str:
+        try:
+            return clean_name(entry.target, strip) or ""
+        except errors.ArchiveError as exc:
+            raise errors.ArchiveError(
+                f"member {entry.name!r} is a hardlink to {entry.target!r}, which is outside the deployment or not a "
+                "valid name; hardlinks may only point to earlier files of the archive"
+            ) from exc
+
+    def _write_file(self, path: str, entry: members.Entry, mode: int) -> None:
         assert entry.data is not None
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb", buffering=0) as out, entry.data() as source:
@@ -136,9 +132,13 @@ class Writer:
         if len(self.files) == 0:
             self.checkpoint("extracting")
 
-    def _symlink(self, path: str, name: str, entry: Entry) -> None:
+    def _symlink(self, path: str, name: str, entry: members.Entry) -> None:
         target = entry.target
-        if not target or target.startswith("/") or "\0" in target:
+        if target.startswith("/"):
+            raise errors.ArchiveError(
+                f"member {entry.name!r} is a symlink to the absolute path {target!r}; only relative symlinks are allowed"
+            )
+        if not target or "\0" in target:
             raise errors.ArchiveError(f"member {entry.name!r} is a symlink to {target!r}; only relative symlinks are allowed")
         resolved = os.path.normpath(os.path.join(os.path.dirname(name), target))
         if resolved == ".." or resolved.startswith("../"):
@@ -154,17 +154,44 @@ class Writer:
             top = os.listdir(self.dest)
             if len(top) == 1 and top[0] in self.dirs:
                 root = os.path.join(self.dest, top[0])
-        real_root = os.path.realpath(root)
         for name in self.symlinks:
-            resolved = os.path.realpath(os.path.join(self.dest, name))
-            if resolved != real_root and not resolved.startswith(real_root + "/"):
+            if _resolves_outside(root, os.path.relpath(os.path.join(self.dest, name), root)):
                 raise errors.ArchiveError(f"member {name!r} is a symlink that resolves outside the deployment")
         for name in sorted(self.dirs, key=lambda d: -d.count("/")):
             os.chmod(os.path.join(self.dest, name), self.dirs[name])
         return root
 
 
-def _filtered_mode(entry: Entry, name: str, link: str, dest: str) -> int:
+def _resolves_outside(root: str, name: str) -> bool:
+    """Whether `name` below `root`, every symlink in it followed, leads out of `root`.
+
+    Resolved component by component with `root` as the boundary, as it will be
+    once it is the deployment: realpath(3) could leave `root` and come back in
+    through the name of the top directory that stripComponents removes.
+    """
+    pending, inside, hops = name.split("/"), list[str](), 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not inside:
+                return True
+            inside.pop()
+        elif os.path.islink(path := os.path.join(root, *inside, part)):
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                return False  # a loop, or too long a chain: the kernel does not follow it anywhere
+            target = os.readlink(path)
+            if target.startswith("/"):
+                return True
+            pending = target.split("/") + pending
+        else:
+            inside.append(part)
+    return False
+
+
+def _filtered_mode(entry: members.Entry, name: str, link: str, dest: str) -> int:
     """The member's mode after tarfile.data_filter (or an equivalent where Python lacks it)."""
     default = 0o755 if entry.type == "dir" else 0o644
     mode = stat.S_IMODE(entry.mode) or default
@@ -181,72 +208,6 @@ def _filtered_mode(entry: Entry, name: str, link: str, dest: str) -> int:
     except tarfile.FilterError as exc:
         raise errors.ArchiveError(f"member {entry.name!r} was refused by tarfile's data filter: {exc}") from exc
     return stat.S_IMODE(filtered.mode if filtered.mode is not None else default)
-
-
-def tar_entries(stream: IO[bytes]) -> Iterator[Entry]:
-    """The members of a tar stream, read once, front to back."""
-    try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                if member.isreg():
-                    kind, data = "file", _once(tar, member)
-                elif member.isdir():
-                    kind, data = "dir", None
-                elif member.issym():
-                    kind, data = "symlink", None
-                elif member.islnk():
-                    kind, data = "hardlink", None
-                else:
-                    raise errors.ArchiveError(
-                        f"member {member.name!r} is a device, FIFO or other special file; only files, "
-                        "directories and links are allowed"
-                    )
-                yield Entry(member.name, kind, member.mode, float(member.mtime), member.linkname, data)
-    except tarfile.TarError as exc:
-        raise errors.ArchiveError(f"the archive is truncated or not a valid tar file: {exc}") from exc
-
-
-def _once(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Callable[[], IO[bytes]]:
-    def open_data() -> IO[bytes]:
-        data = tar.extractfile(member)
-        assert data is not None
-        return data
-
-    return open_data
-
-
-def zip_entries(path: str, budget: archives.Budget) -> Iterator[Entry]:
-    """The members of a zip file; their data is charged to `budget` as it is read."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-            if len(infos) > budget.limits.max_members:
-                budget.add_member(infos[budget.limits.max_members].filename)  # raises
-            for info in infos:
-                if info.flag_bits & 0x1:
-                    raise errors.ArchiveError(f"member {info.filename!r} is encrypted; tether cannot extract it")
-                unix = info.external_attr >> 16 if info.create_system == 3 else 0
-                kind = "dir" if info.is_dir() else "file"
-                if stat.S_ISLNK(unix):
-                    kind = "symlink"
-                elif unix and not (stat.S_ISREG(unix) or stat.S_ISDIR(unix)):
-                    raise errors.ArchiveError(f"member {info.filename!r} is a special file; only files, directories and links are allowed")
-                target = ""
-                if kind == "symlink":
-                    with archives.Metered(archive.open(info), budget) as link:
-                        target = link.read(MAX_NAME + 1).decode("utf-8", "surrogateescape")
-                yield Entry(info.filename, kind, unix & 0o7777, _zip_time(info), target,
-                            _zip_data(archive, info, budget))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
-        raise errors.ArchiveError(f"the archive is truncated or not a valid zip file: {exc}") from exc
-
-
-def _zip_data(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: archives.Budget) -> Callable[[], IO[bytes]]:
-    return lambda: archives.Metered(archive.open(info), budget)  # type: ignore[return-value]
-
-
-def _zip_time(info: zipfile.ZipInfo) -> float:
-    return time.mktime((*info.date_time, 0, 0, -1))
 
 
 def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None, budget: archives.Budget,
@@ -267,14 +228,17 @@ def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None
         try:
             with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(stream, out, CHUNK)
-            for entry in zip_entries(spool, budget):
+            for entry in members.zip_entries(spool, budget):
                 writer.add(entry)
         finally:
             os.unlink(spool)
     else:
         tar_stream = io.BufferedReader(archives.Metered(archives.decompressed(stream, detected), budget), CHUNK)
-        for entry in tar_entries(tar_stream):
-            writer.add(entry)
+        try:
+            for entry in members.tar_entries(tar_stream):
+                writer.add(entry)
+        except tarfile.TarError as exc:  # raised while a member's data is copied
+            raise errors.ArchiveError(f"the archive is truncated or not a valid tar file: {exc}") from exc
         while tar_stream.read(CHUNK):  # the rest: padding, and the compressor's checksum
             pass
     return writer.finish(auto_strip=strip is None)

@@ -98,6 +98,9 @@ class Engine:
                 log.error("Reconciling %s failed: %s", app.name, exc)
                 return Result(app.name, plan, records.observe(app.path), str(exc),
                               isinstance(exc, errors.PermanentError))
+            except Exception as exc:
+                log.exception("Reconciling %s failed unexpectedly; the next pass tries again.", app.name)
+                return Result(app.name, plan, records.observe(app.path), f"{type(exc).__name__}: {exc}")
             return Result(app.name, plan, records.observe(app.path))
 
     def _apply(self, step: planning.Step, app: manifests.Application, kind: manifests.Kind | None) -> None:
