@@ -80,3 +80,8 @@ def remove_tree(path: str) -> None:
 
 def makedirs(path: str, mode: int = 0o755) -> None:
     os.makedirs(path, mode=mode, exist_ok=True)
+
+
+def remove_tree_at(name: str, dir_fd: int) -> None:
+    """Remove the directory `name` inside the open directory `dir_fd`, not following symlinks."""
+    shutil.rmtree(name, dir_fd=dir_fd)

@@ -1,0 +1,303 @@
+"""Persistent data from a deployment's `.mtree` (DESIGN 5).
+
+The hierarchy is created under `<path>/persistent-data/`, seeded from the
+deployment's shipped copy where a node does not exist yet, and every leaf of
+the tree in the deployment is replaced by a symlink into it. Persistent data is
+never deleted or truncated. The tree is writable by the application's users, so
+every step walks it with O_NOFOLLOW directory descriptors: a symlink planted
+there is refused, never followed, even when tether runs as root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import grp
+import logging
+import os
+import pwd
+import stat
+from collections.abc import Iterator
+
+from controller import errors, fsutil, manifests, mtree
+
+log = logging.getLogger(__name__)
+
+SPEC = ".mtree"
+MAX_SPEC_BYTES = 1024 * 1024
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def root(path: str) -> str:
+    return os.path.join(path, "persistent-data")
+
+
+@dataclasses.dataclass(frozen=True)
+class Owners:
+    """Which users and groups the manifest lets a `.mtree` hand out, by name and id."""
+
+    users: dict[str, int]
+    groups: dict[str, int]
+    default: tuple[int, int] | None  # for nodes without uname/gname; None when not root
+
+    def uid(self, node: mtree.Node, mapping: dict[str, str]) -> int | None:
+        return _pick(node.uname, node.uid, self.users, mapping, "user", "userMapping", node.line)
+
+    def gid(self, node: mtree.Node, mapping: dict[str, str]) -> int | None:
+        return _pick(node.gname, node.gid, self.groups, mapping, "group", "groupMapping", node.line)
+
+
+def _pick(name: str | None, number: int | None, allowed: dict[str, int], mapping: dict[str, str], what: str,
+          key: str, line: int) -> int | None:
+    if name is not None:
+        local = mapping.get(name, name)
+        if local not in allowed:
+            raise mtree.MtreeError(line, f"the .mtree gives files to the {what} {local!r}, which the manifest does not "
+                                         f"allow; map {name!r} to an allowed {what} with spec.{key}")
+        return allowed[local]
+    if number is not None and number not in allowed.values():
+        raise mtree.MtreeError(line, f"the .mtree gives files to the {what} id {number}, which the manifest does not allow")
+    return number
+
+
+def owners(app: manifests.Application, euid: int | None = None) -> Owners:
+    euid = os.geteuid() if euid is None else euid
+    users: dict[str, int] = {}
+    groups: dict[str, int] = {}
+    me = pwd.getpwnam(app.user) if app.user else pwd.getpwuid(euid)
+    primary = grp.getgrnam(app.group).gr_gid if app.group else me.pw_gid
+    names = {me.pw_name, *app.user_mapping.values()}
+    for name in names:
+        try:
+            users[name] = pwd.getpwnam(name).pw_uid
+        except KeyError as exc:
+            raise errors.PermanentError(f"user {name!r} named by {app.name}'s manifest does not exist on this node") from exc
+    groups[grp.getgrgid(primary).gr_name] = primary
+    for name in app.group_mapping.values():
+        try:
+            groups[name] = grp.getgrnam(name).gr_gid
+        except KeyError as exc:
+            raise errors.PermanentError(f"group {name!r} named by {app.name}'s manifest does not exist on this node") from exc
+    return Owners(users, groups, (me.pw_uid, primary) if euid == 0 else None)
+
+
+def read_spec(deployment_path: str) -> list[mtree.Node] | None:
+    """The deployment's `.mtree`, parsed, or None when it ships none."""
+    try:
+        fd = os.open(os.path.join(deployment_path, SPEC), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise errors.PermanentError(f"the deployment's .mtree cannot be read: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise errors.PermanentError("the deployment's .mtree is not a regular file")
+        data = handle.read(MAX_SPEC_BYTES + 1)
+    if len(data) > MAX_SPEC_BYTES:
+        raise errors.PermanentError("the deployment's .mtree is larger than 1 MiB")
+    return mtree.parse(data.decode("utf-8", "surrogateescape"))
+
+
+@contextlib.contextmanager
+def _walk(base: str, parts: list[str], create: tuple[int, int] | None, make: bool = True) -> Iterator[int]:
+    """A descriptor of base/parts..., each step O_NOFOLLOW; missing directories are created."""
+    fd = os.open(base, DIR_FLAGS)
+    try:
+        for part in parts:
+            try:
+                child = os.open(part, DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not make:
+                    raise
+                os.mkdir(part, 0o755, dir_fd=fd)
+                child = os.open(part, DIR_FLAGS, dir_fd=fd)
+                if create is not None:
+                    os.fchown(child, *create)
+            except OSError as exc:
+                raise errors.PermanentError(
+                    f"{os.path.join(base, *parts)}: {part!r} is a symlink or not a directory; tether does not follow "
+                    "links inside persistent data or deployments"
+                ) from exc
+            os.close(fd)
+            fd = child
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _exists(name: str, dir_fd: int) -> os.stat_result | None:
+    try:
+        return os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+
+
+def _copy_file(src_dir: int, dst_dir: int, name: str) -> None:
+    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
+    try:
+        dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst_dir)
+        try:
+            while chunk := os.read(src, 1024 * 1024):
+                os.write(dst, chunk)
+            os.fchmod(dst, stat.S_IMODE(os.fstat(src).st_mode) & 0o777)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+def _copy_tree(src_dir: int, dst_dir: int, owner: tuple[int, int] | None) -> None:
+    """Copy the contents of one directory into another; symlinks are copied as links, not followed."""
+    for entry in os.scandir(src_dir):
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            os.mkdir(entry.name, stat.S_IMODE(st.st_mode) & 0o777, dir_fd=dst_dir)
+            src = os.open(entry.name, DIR_FLAGS, dir_fd=src_dir)
+            dst = os.open(entry.name, DIR_FLAGS, dir_fd=dst_dir)
+            try:
+                _copy_tree(src, dst, owner)
+            finally:
+                os.close(src)
+                os.close(dst)
+        elif stat.S_ISREG(st.st_mode):
+            _copy_file(src_dir, dst_dir, entry.name)
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(entry.name, dir_fd=src_dir), entry.name, dir_fd=dst_dir)
+        else:
+            continue
+        if owner is not None:
+            os.chown(entry.name, *owner, dir_fd=dst_dir, follow_symlinks=False)
+
+
+def _kind_matches(node: mtree.Node, st: os.stat_result) -> bool:
+    check = {"dir": stat.S_ISDIR, "file": stat.S_ISREG, "link": stat.S_ISLNK}[node.type]
+    return bool(check(st.st_mode))
+
+
+def _seed(deployment_path: str, node: mtree.Node) -> tuple[int, str] | None:
+    """An open descriptor of the directory holding the deployment's copy of `node`, if it ships one."""
+    *parents, name = node.path.split("/")
+    try:
+        fd = os.open(deployment_path, DIR_FLAGS)
+        for part in parents:
+            child = os.open(part, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except OSError:
+        return None
+    st = _exists(name, fd)
+    if st is None or not _kind_matches(node, st) or node.type == "link":
+        os.close(fd)
+        return None
+    return fd, name
+
+
+def _create(node: mtree.Node, name: str, dir_fd: int, deployment_path: str, owner: tuple[int, int] | None) -> None:
+    seed = _seed(deployment_path, node)
+    try:
+        if node.type == "link":
+            assert node.link is not None
+            target = os.path.normpath(os.path.join(os.path.dirname(node.path), node.link))
+            if node.link.startswith("/") or target == ".." or target.startswith("../"):
+                raise mtree.MtreeError(node.line, f"link={node.link} points outside persistent data")
+            os.symlink(node.link, name, dir_fd=dir_fd)
+        elif node.type == "dir":
+            os.mkdir(name, 0o755, dir_fd=dir_fd)
+            if seed is not None:
+                src = os.open(seed[1], DIR_FLAGS, dir_fd=seed[0])
+                dst = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+                try:
+                    _copy_tree(src, dst, owner)
+                finally:
+                    os.close(src)
+                    os.close(dst)
+        elif seed is not None:
+            _copy_file(seed[0], dir_fd, name)
+        else:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                             dir_fd=dir_fd))
+    finally:
+        if seed is not None:
+            os.close(seed[0])
+    log.info("Created persistent %s %s%s.", node.type, node.path, " from the deployment's copy" if seed else "")
+
+
+def _set_owner_and_mode(node: mtree.Node, name: str, dir_fd: int, uid: int | None, gid: int | None,
+                        is_root: bool) -> None:
+    if node.type == "link":
+        if is_root and (uid is not None or gid is not None):
+            os.chown(name, -1 if uid is None else uid, -1 if gid is None else gid, dir_fd=dir_fd, follow_symlinks=False)
+        return
+    flags = DIR_FLAGS if node.type == "dir" else os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(name, flags, dir_fd=dir_fd)
+    try:
+        if is_root and (uid is not None or gid is not None):
+            os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+        if node.mode is not None:
+            os.fchmod(fd, node.mode)
+    finally:
+        os.close(fd)
+
+
+def apply(app: manifests.Application, deployment_path: str, deployment_owner: tuple[int, int] | None,
+          euid: int | None = None) -> list[str]:
+    """Create persistent data and link the deployment's leaves into it; return the linked paths."""
+    nodes = read_spec(deployment_path) if app.persistent_data == "auto" else None
+    if not nodes:
+        return []
+    allowed = owners(app, euid)
+    is_root = allowed.default is not None
+    base = root(app.path)
+    try:
+        os.mkdir(base, 0o755)
+        if allowed.default is not None:
+            os.chown(base, *allowed.default)
+    except FileExistsError:
+        pass
+    skipped: set[str] = set()
+    for node in sorted(nodes, key=lambda n: n.path.count("/") if n.path else -1):
+        uid, gid = allowed.uid(node, dict(app.user_mapping)), allowed.gid(node, dict(app.group_mapping))
+        *parents, name = node.path.split("/") if node.path else [".."]
+        if not node.path:  # the root: persistent-data itself
+            with _walk(base, [], None) as fd:
+                if not node.nochange:
+                    _set_owner_and_mode(node, ".", fd, uid, gid, is_root)
+            continue
+        if any(node.path.startswith(s + "/") for s in skipped):
+            skipped.add(node.path)
+            continue
+        new_owner = None
+        if allowed.default is not None:
+            new_owner = (allowed.default[0] if uid is None else uid, allowed.default[1] if gid is None else gid)
+        with _walk(base, parents, allowed.default) as parent:
+            st = _exists(name, parent)
+            if st is None:
+                if node.optional and _seed(deployment_path, node) is None:
+                    skipped.add(node.path)
+                    continue
+                _create(node, name, parent, deployment_path, new_owner)
+                new_uid, new_gid = new_owner or (uid, gid)
+                _set_owner_and_mode(node, name, parent, new_uid, new_gid, is_root)
+            elif not _kind_matches(node, st):
+                raise errors.PermanentError(
+                    f"{base}/{node.path} exists but is not a {node.type} as the .mtree (line {node.line}) says; "
+                    "tether never replaces persistent data: move it away or fix the .mtree"
+                )
+            elif not node.nochange:
+                _set_owner_and_mode(node, name, parent, uid, gid, is_root)
+    linked = []
+    for leaf in mtree.leaves(nodes):
+        if leaf.path in skipped:
+            continue
+        *parents, name = leaf.path.split("/")
+        with _walk(deployment_path, parents, deployment_owner) as parent:
+            st = _exists(name, parent)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                fsutil.remove_tree_at(name, parent)
+            elif st is not None:
+                os.unlink(name, dir_fd=parent)
+            os.symlink(os.path.join(base, leaf.path), name, dir_fd=parent)
+            if deployment_owner is not None:
+                os.chown(name, *deployment_owner, dir_fd=parent, follow_symlinks=False)
+        linked.append(leaf.path)
+    return linked
