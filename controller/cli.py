@@ -51,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("list", parents=[common], help="deployments of one application")
     sub.add_argument("name")
     sub.add_argument("--json", action="store_true")
+    sub = commands.add_parser("retry", parents=[common], help="forget failure marks so the next pass tries again")
+    sub.add_argument("name")
     sub = commands.add_parser("validate", parents=[common], help="lint manifest files or directories")
     sub.add_argument("paths", nargs="+", metavar="PATH")
     sub.add_argument("--json", action="store_true")
@@ -179,6 +181,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_retry(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    app = catalog.applications.get(args.name)
+    if app is None:
+        print(f"tether: no valid manifest for an application named {args.name!r}", file=sys.stderr)
+        return INVALID
+    cleared = reconciling.Engine(args.state_dir).retry(app)
+    print(f"{app.name}: " + (f"cleared the failure mark of {', '.join(cleared)}" if cleared else "nothing was marked failed"))
+    return OK
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     catalog = loading.load(args.paths, secure=False)
     if args.json:
@@ -210,7 +223,7 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "reconcile": cmd_reconcile, "plan": cmd_plan, "status": cmd_status, "list": cmd_list,
-    "validate": cmd_validate, "schema": cmd_schema,
+    "validate": cmd_validate, "schema": cmd_schema, "retry": cmd_retry,
 }
 
 

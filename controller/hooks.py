@@ -11,6 +11,7 @@ import os
 import pwd
 import re
 import selectors
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -208,3 +209,14 @@ class Runner:
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
+
+
+def prune_logs(path: str, keep: set[str], extra: int = 20) -> None:
+    """Remove hook logs of deployments that are gone, keeping the `extra` newest of those."""
+    logs = os.path.join(records.meta_dir(path), "logs")
+    if not os.path.isdir(logs):
+        return
+    gone = [e for e in os.scandir(logs) if e.is_dir(follow_symlinks=False) and e.name not in keep]
+    gone.sort(key=lambda e: e.stat(follow_symlinks=False).st_mtime, reverse=True)
+    for entry in gone[extra:]:
+        shutil.rmtree(entry.path)

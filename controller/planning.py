@@ -6,7 +6,7 @@ import dataclasses
 
 from controller import records
 
-CLEAN, DEPLOY, ACTIVATE, PRUNE, BLOCKED = "clean", "deploy", "activate", "prune", "blocked"
+CLEAN, DEPLOY, ACTIVATE, FINISH, PRUNE, BLOCKED = "clean", "deploy", "activate", "finish-activation", "prune", "blocked"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,12 +25,16 @@ class Plan:
 
     @property
     def converged(self) -> bool:
-        return not self.suspended and not any(s.action in (DEPLOY, ACTIVATE, BLOCKED) for s in self.steps)
+        return not self.suspended and not any(s.action in (DEPLOY, ACTIVATE, FINISH, BLOCKED) for s in self.steps)
 
 
 def plan(name: str, desired: str | None, observed: records.Observed, *, keep: int,
-         suspended: bool = False) -> Plan:
-    """The steps that bring `observed` to `desired`, in order."""
+         suspended: bool = False, generation: str | None = None) -> Plan:
+    """The steps that bring `observed` to `desired`, in order.
+
+    A deployment that failed under this manifest `generation` is not tried again;
+    under another generation (the desired state changed) it is redeployed afresh.
+    """
     if suspended:
         return Plan(name, desired, (), suspended=True)
     steps: list[Step] = []
@@ -47,14 +51,18 @@ def plan(name: str, desired: str | None, observed: records.Observed, *, keep: in
         existing = observed.deployments.get(desired)
         if desired in observed.foreign:
             steps.append(Step(BLOCKED, desired, f"{observed.path}/{desired} exists but tether did not make it; move it away"))
-        elif existing is not None and existing.state == records.FAILED:
-            steps.append(Step(BLOCKED, desired, "this deployment failed before; `tether retry` tries it again"))
+        elif existing is not None and existing.state == records.FAILED and existing.failed_generation == generation:
+            steps.append(Step(BLOCKED, desired, f"this deployment failed ({existing.error}); `tether retry` tries again"))
         else:
+            if existing is not None and existing.state == records.FAILED:
+                steps.append(Step(CLEAN, desired, "the desired state changed since this deployment failed"))
             if existing is None or existing.state != records.COMPLETE or not existing.has_dir:
                 steps.append(Step(DEPLOY, desired, "the desired deployment is not complete"))
             if observed.current != desired:
                 was = observed.current or "nothing"
                 steps.append(Step(ACTIVATE, desired, f"current points to {was}"))
+            elif existing is not None and existing.activation_pending:
+                steps.append(Step(FINISH, desired, "its afterActivate hooks have not succeeded yet"))
     removals = prune_candidates(observed, desired, keep)
     if removals:
         steps.append(Step(PRUNE, None, "remove " + ", ".join(removals)))

@@ -4,7 +4,9 @@ Every step that changes the disk is named and reported to `checkpoint`
 before the next one starts, so a test can kill the process at each of them.
 The order makes a crash at any point safe: a deployment is recorded as
 incomplete before its directory exists and marked complete only after its
-content is durable; `current` changes with one rename(2).
+content is durable; `current` changes with one rename(2); a switch whose
+afterActivate hooks have not succeeded is recorded as pending and finished
+by the next pass.
 """
 
 from __future__ import annotations
@@ -24,38 +26,18 @@ from controller import (
     extracting,
     fetching,
     fsutil,
+    hooks,
     locking,
     manifests,
     owners,
+    persistent_data,
     planning,
     records,
     secrets,
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Context:
-    """What hooks and persistent data need to know about the deployment at hand."""
-
-    app: manifests.Application
-    kind: manifests.Kind | None
-    deployment: str
-    deployment_path: str
-    previous: str | None
-    owner: owners.Owner
-
-
-HookRunner = Callable[[str, Context], None]
-
-
-def no_hooks(phase: str, context: Context) -> None:
-    """Extension point: the hooks issue replaces this with a real runner."""
-
-
-def no_persistent_data(context: Context) -> None:
-    """Extension point: the persistent-data issue replaces this with .mtree handling."""
+PersistentData = Callable[[manifests.Application, str, owners.Owner], list[str]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +47,7 @@ class Result:
     observed: records.Observed
     error: str | None = None
     permanent: bool = False
+    hook_runs: tuple[hooks.HookRun, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -72,103 +55,127 @@ class Result:
 
 
 @dataclasses.dataclass
+class _Pass:
+    """What one pass works on, and the hook runs it has made so far."""
+
+    app: manifests.Application
+    kind: manifests.Kind | None
+    runs: list[hooks.HookRun] = dataclasses.field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        return self.app.path
+
+
+@dataclasses.dataclass
 class Engine:
     state_dir: str
     fetcher: fetching.Fetcher = dataclasses.field(default_factory=fetching.Fetcher)
-    hooks: HookRunner = no_hooks
-    persistent_data: Callable[[Context], None] = no_persistent_data
+    hooks: hooks.Runner = dataclasses.field(default_factory=hooks.Runner)
+    persistent_data: PersistentData = persistent_data.apply
     checkpoint: Callable[[str], None] = lambda step: None
     clock: Callable[[], float] = time.time
     environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
 
     def plan(self, app: manifests.Application) -> planning.Plan:
         return planning.plan(app.name, app.deployment, records.observe(app.path), keep=app.keep,
-                             suspended=app.suspend)
+                             suspended=app.suspend, generation=app.generation)
 
     def reconcile(self, app: manifests.Application, kind: manifests.Kind | None = None) -> Result:
         """Bring the application's tree to its desired state, holding its lock."""
         with locking.application_lock(self.state_dir, app.name):
             plan = self.plan(app)
+            work = _Pass(app, kind)
+            error, permanent = None, False
             try:
                 for step in plan.steps:
-                    self._apply(step, app, kind)
+                    self._apply(step, work)
                 if not plan.suspended:
                     self._prune(app)
             except errors.TetherError as exc:
                 log.error("Reconciling %s failed: %s", app.name, exc)
-                return Result(app.name, plan, records.observe(app.path), str(exc),
-                              isinstance(exc, errors.PermanentError))
-            except Exception as exc:
+                error, permanent = str(exc), isinstance(exc, errors.PermanentError)
+            except Exception as exc:  # one application's failure must not stop the others
                 log.exception("Reconciling %s failed unexpectedly; the next pass tries again.", app.name)
-                return Result(app.name, plan, records.observe(app.path), f"{type(exc).__name__}: {exc}")
-            return Result(app.name, plan, records.observe(app.path))
+                error = f"{type(exc).__name__}: {exc}"
+            return Result(app.name, plan, records.observe(app.path), error, permanent, tuple(work.runs))
 
-    def _apply(self, step: planning.Step, app: manifests.Application, kind: manifests.Kind | None) -> None:
-        log.info("%s: %s %s (%s).", app.name, step.action, step.deployment or "", step.reason)
+    def _apply(self, step: planning.Step, work: _Pass) -> None:
+        log.info("%s: %s %s (%s).", work.app.name, step.action, step.deployment or "", step.reason)
         if step.action == planning.CLEAN:
-            self._clean(app, step.deployment)
-        elif step.action == planning.DEPLOY:
-            assert step.deployment is not None
-            self._deploy(app, kind, step.deployment)
-        elif step.action == planning.ACTIVATE:
-            assert step.deployment is not None
-            self._activate(app, kind, step.deployment)
+            self._clean(work.path, step.deployment)
         elif step.action == planning.BLOCKED:
-            raise errors.PermanentError(f"{app.name}: cannot deploy {step.deployment}: {step.reason}")
+            raise errors.PermanentError(f"{work.app.name}: cannot deploy {step.deployment}: {step.reason}")
+        elif step.deployment is not None and step.action == planning.DEPLOY:
+            self._deploy(work, step.deployment)
+        elif step.deployment is not None and step.action == planning.ACTIVATE:
+            self._activate(work, step.deployment)
+        elif step.deployment is not None and step.action == planning.FINISH:
+            previous = records.observe(work.path).previous
+            self._after_activate(work, step.deployment, previous)
 
-    def _clean(self, app: manifests.Application, deployment: str | None) -> None:
+    def _clean(self, path: str, deployment: str | None) -> None:
         if deployment is None:
-            for leftover in records.observe(app.path).leftovers:
+            for leftover in records.observe(path).leftovers:
                 fsutil.remove_tree(leftover)
         else:
-            fsutil.remove_tree(os.path.join(app.path, deployment))
-            records.remove_record(app.path, deployment)
+            fsutil.remove_tree(os.path.join(path, deployment))
+            records.remove_record(path, deployment)
         self.checkpoint("cleaned")
 
-    def _context(self, app: manifests.Application, kind: manifests.Kind | None, deployment: str) -> Context:
-        return Context(app, kind, deployment, os.path.join(app.path, deployment),
-                       records.observe(app.path).current, owners.resolve(app))
+    def _hooks(self, work: _Pass, phase: str, deployment: str, previous: str | None) -> None:
+        self.hooks.run_phase(phase, work.app, work.kind, deployment, previous, work.runs.append)
 
-    def _deploy(self, app: manifests.Application, kind: manifests.Kind | None, deployment: str) -> None:
+    def _deploy(self, work: _Pass, deployment: str) -> None:
+        app = work.app
         if app.source is None:
             raise errors.PermanentError(f"{app.name}: spec.source is missing; tether cannot fetch {deployment}")
-        context = self._context(app, kind, deployment)
+        owner = owners.resolve(app)
+        target = os.path.join(app.path, deployment)
+        previous = records.observe(app.path).current
         url = manifests.expand_url(app.source.url, app, deployment)
         headers = secrets.resolve(app.source.headers, self.environ)
         fsutil.makedirs(records.staging_dir(app.path))
         records.write_record(app.path, deployment, records.INCOMPLETE, source=fetching.redact_url(url))
         self.checkpoint("recorded")
-        os.mkdir(context.deployment_path, 0o755)
-        if context.owner is not None:
-            os.chown(context.deployment_path, *context.owner)
+        os.mkdir(target, 0o755)
+        if owner is not None:
+            os.chown(target, *owner)
         self.checkpoint("created")
         try:
-            self.hooks("beforeDeploy", context)
-            digest = self.fetcher.retrying(lambda: self._fetch(app, context, url, headers))
+            self._hooks(work, "beforeDeploy", deployment, previous)
+            digest = self.fetcher.retrying(lambda: self._fetch(app, deployment, owner, url, headers))
+            self.checkpoint("extracted")
+            links = self.persistent_data(app, target, owner)
+            self.checkpoint("linked-data")
         except BaseException:
-            fsutil.remove_tree(context.deployment_path)
+            fsutil.remove_tree(target)
             records.remove_record(app.path, deployment)
             raise
-        self.checkpoint("extracted")
-        self.persistent_data(context)
-        self.hooks("afterDeploy", context)
-        fsutil.sync_filesystem(context.deployment_path)
-        records.write_record(app.path, deployment, records.COMPLETE, completedAt=self.clock(), sha256=digest)
+        try:
+            self._hooks(work, "afterDeploy", deployment, previous)
+        except hooks.HookFailed as exc:
+            records.write_record(app.path, deployment, records.INCOMPLETE, error=str(exc))
+            raise
+        fsutil.sync_filesystem(target)
+        records.write_record(app.path, deployment, records.COMPLETE, completedAt=self.clock(), sha256=digest,
+                             links=links)
         log.info("%s: deployment %s is complete.", app.name, deployment)
         self.checkpoint("completed")
 
-    def _fetch(self, app: manifests.Application, context: Context, url: str, headers: Mapping[str, str]) -> str:
+    def _fetch(self, app: manifests.Application, deployment: str, owner: owners.Owner, url: str,
+               headers: Mapping[str, str]) -> str:
         """One attempt: download and extract into staging, verify, move into place."""
         assert app.source is not None
         source = app.source
-        stage = tempfile.mkdtemp(prefix=context.deployment + "-", dir=records.staging_dir(app.path))
-        cache = artifact_cache.Entry(self.state_dir, app.name, context.deployment)
+        stage = tempfile.mkdtemp(prefix=deployment + "-", dir=records.staging_dir(app.path))
+        cache = artifact_cache.Entry(self.state_dir, app.name, deployment)
         try:
             with cache.writer() as sink, self.fetcher.open(url, headers, max_bytes=source.limits.max_bytes,
                                                            sink=sink) as download:
                 budget = archives.Budget(source.limits, lambda: download.received)
                 root = extracting.extract(download, stage, fmt=source.format, strip=source.strip_components,
-                                          budget=budget, owner=context.owner, spool_dir=records.staging_dir(app.path),
+                                          budget=budget, owner=owner, spool_dir=records.staging_dir(app.path),
                                           checkpoint=self.checkpoint)
                 download.drain()
                 digest = download.hexdigest()
@@ -178,12 +185,13 @@ class Engine:
                         "source.sha256 says; check the artifact and the manifest"
                     )
                 cache.keep()
-            _move_entries(root, context.deployment_path)
+            _move_entries(root, os.path.join(app.path, deployment))
         finally:
             fsutil.remove_tree(stage)
         return digest
 
-    def _activate(self, app: manifests.Application, kind: manifests.Kind | None, deployment: str) -> None:
+    def _activate(self, work: _Pass, deployment: str) -> None:
+        app = work.app
         observed = records.observe(app.path)
         record = observed.deployments.get(deployment)
         if record is None or record.state != records.COMPLETE or not record.has_dir:
@@ -191,16 +199,42 @@ class Engine:
         current = os.path.join(app.path, "current")
         if os.path.lexists(current) and not os.path.islink(current):
             raise errors.PermanentError(f"{current} is not a symlink; move it away so tether can manage it")
-        context = self._context(app, kind, deployment)
-        self.hooks("beforeActivate", context)
-        if observed.current not in (None, deployment):
-            fsutil.atomic_write_json(os.path.join(records.meta_dir(app.path), "activation.json"),
-                                     {"previous": observed.current})
+        previous = observed.current
+        self._hooks(work, "beforeActivate", deployment, previous)
+        records.write_record(app.path, deployment, records.COMPLETE, activationPending=True)
+        if previous not in (None, deployment):
+            _write_previous(app.path, previous)
         self.checkpoint("recorded-previous")
         switch_current(app.path, deployment, self.checkpoint)
         log.info("%s: current now points to %s.", app.name, deployment)
         self.checkpoint("switched")
-        self.hooks("afterActivate", context)
+        self._after_activate(work, deployment, previous, restore_previous=observed.previous)
+
+    def _after_activate(self, work: _Pass, deployment: str, previous: str | None,
+                        restore_previous: str | None = None) -> None:
+        """Run afterActivate; on failure roll back to `previous` when the manifest asks for it."""
+        app = work.app
+        try:
+            self._hooks(work, "afterActivate", deployment, previous)
+        except hooks.HookFailed as exc:
+            back = records.observe(app.path).deployments.get(previous or "")
+            if not app.rollback_on_failure or back is None or back.state != records.COMPLETE or not back.has_dir:
+                records.write_record(app.path, deployment, records.COMPLETE, activationPending=None, error=str(exc))
+                raise
+            assert previous is not None
+            records.write_record(app.path, deployment, records.FAILED, activationPending=None, error=str(exc),
+                                 failedGeneration=app.generation)
+            switch_current(app.path, previous, self.checkpoint)
+            _write_previous(app.path, restore_previous)
+            log.warning("%s: rolled back to %s because %s", app.name, previous, exc)
+            self.checkpoint("rolled-back")
+            try:
+                self._hooks(work, "afterActivate", previous, deployment)
+            except hooks.HookFailed as again:
+                raise hooks.HookFailed(again.run) from exc
+            raise errors.TemporaryError(f"{exc}; rolled back to {previous}; {deployment} is marked failed until "
+                                        "the desired state changes or `tether retry`") from exc
+        records.write_record(app.path, deployment, records.COMPLETE, activationPending=None, error=None)
 
     def _prune(self, app: manifests.Application) -> None:
         observed = records.observe(app.path)
@@ -215,7 +249,28 @@ class Engine:
             records.remove_record(app.path, name)
             fsutil.remove_tree(doomed)
             self.checkpoint("pruned")
-        artifact_cache.prune(self.state_dir, app.name, keep=set(records.observe(app.path).deployments))
+        kept = set(records.observe(app.path).deployments)
+        artifact_cache.prune(self.state_dir, app.name, keep=kept)
+        hooks.prune_logs(app.path, keep=kept)
+
+    def retry(self, app: manifests.Application) -> list[str]:
+        """Forget failure marks, so the next pass tries those deployments again."""
+        cleared = []
+        with locking.application_lock(self.state_dir, app.name):
+            for deployment in records.observe(app.path).deployments.values():
+                if deployment.state != records.FAILED:
+                    continue
+                if deployment.has_dir and deployment.completed_at is not None:
+                    records.write_record(app.path, deployment.name, records.COMPLETE, error=None,
+                                         failedGeneration=None)
+                else:
+                    self._clean(app.path, deployment.name)
+                cleared.append(deployment.name)
+        return cleared
+
+
+def _write_previous(path: str, previous: str | None) -> None:
+    fsutil.atomic_write_json(os.path.join(records.meta_dir(path), "activation.json"), {"previous": previous})
 
 
 def switch_current(path: str, deployment: str, checkpoint: Callable[[str], None] = lambda step: None) -> None:

@@ -49,6 +49,9 @@ class Deployment:
     completed_at: float | None = None
     sha256: str | None = None
     error: str | None = None
+    activation_pending: bool = False  # switched to, but its afterActivate hooks have not succeeded yet
+    failed_generation: str | None = None  # the manifest generation under which it failed
+    links: tuple[str, ...] = ()  # persistent-data links made in it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +74,10 @@ class Observed:
 
 
 def write_record(path: str, deployment: str, state: str, **fields: Any) -> None:
+    """Update a deployment's record; a field given as None is removed."""
     record = fsutil.read_json(record_path(path, deployment)) or {"createdAt": time.time()}
     record.update(fields, name=deployment, state=state)
+    record = {k: v for k, v in record.items() if v is not None}
     fsutil.makedirs(os.path.dirname(record_path(path, deployment)))
     fsutil.atomic_write_json(record_path(path, deployment), record)
 
@@ -122,6 +127,9 @@ def observe(path: str) -> Observed:
             completed_at=data.get("completedAt"),
             sha256=data.get("sha256"),
             error=data.get("error"),
+            activation_pending=bool(data.get("activationPending")),
+            failed_generation=data.get("failedGeneration"),
+            links=tuple(data.get("links", ())),
         )
     current, target = _current(path)
     activation = fsutil.read_json(os.path.join(meta_dir(path), "activation.json")) or {}

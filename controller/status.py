@@ -6,7 +6,7 @@ import datetime
 import os
 from typing import Any
 
-from controller import fsutil, manifests, reconciling, records
+from controller import fsutil, hooks, manifests, reconciling, records
 
 
 def timestamp(seconds: float | None) -> str | None:
@@ -60,6 +60,23 @@ def deployments(observed: records.Observed) -> list[dict[str, Any]]:
     ]
 
 
+def hook_run(run: hooks.HookRun) -> dict[str, Any]:
+    return {
+        "phase": run.phase, "source": run.source, "deployment": run.deployment, "outcome": run.outcome,
+        "exitCode": run.exit_code, "startedAt": timestamp(run.started_at),
+        "durationSeconds": round(run.duration_seconds, 3), "outputTail": run.output_tail, "log": run.log,
+    }
+
+
+def _counts(before: dict[str, int], result: reconciling.Result) -> dict[str, int]:
+    """Hook runs so far by "phase/outcome", carried from pass to pass for the metrics."""
+    counts = dict(before)
+    for run in result.hook_runs:
+        key = f"{run.phase}/{run.outcome}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def build(app: manifests.Application, result: reconciling.Result, previous: dict[str, Any] | None,
           now: float) -> dict[str, Any]:
     """The status document after a pass."""
@@ -94,7 +111,8 @@ def build(app: manifests.Application, result: reconciling.Result, previous: dict
         "previous": observed.previous,
         "deployments": deployments(observed),
         "conditions": _with_transitions(conditions, (previous or {}).get("conditions", []), stamp),
-        "lastHookRuns": (previous or {}).get("lastHookRuns", []),
+        "lastHookRuns": [hook_run(r) for r in result.hook_runs] or (previous or {}).get("lastHookRuns", []),
+        "hookRunCounts": _counts((previous or {}).get("hookRunCounts", {}), result),
         "lastError": result.error,
         "nextAttemptAt": None,
         "updatedAt": stamp,
