@@ -15,14 +15,21 @@ import pytest
 
 from tests import support
 
-STEPS = ["recorded", "created", "extracting", "extracted", "completed", "recorded-previous", "linked",
-         "switched", "pruning", "pruned"]
+STEPS = ["recorded", "created", "extracting", "extracted", "linked-data", "completed", "recorded-previous",
+         "linked", "switched", "pruning", "pruned"]
+# Every hook appends "<phase> <deployment>" to this file, outside the application path.
+HOOK = 'echo "$HOOK_NAME $DEPLOYMENT_NAME" >> "$APPLICATION_PATH/../hook-runs.txt"\n'
+
+
+def hook_runs(app: Path) -> list[str]:
+    runs = app.parent / "hook-runs.txt"
+    return runs.read_text().splitlines() if runs.exists() else []
 
 
 def outside(node: support.Node, app: Path) -> dict[str, tuple[str, str]]:
     """Everything below the sandbox except the application path and the state dir."""
     return {k: v for k, v in support.snapshot(node.root).items()
-            if not k.startswith((str(app.relative_to(node.root)), "state"))}
+            if not k.startswith((str(app.relative_to(node.root)), "state", "apps/hook-runs.txt"))}
 
 
 def assert_invariants(app: Path) -> None:
@@ -48,7 +55,8 @@ def prepare(node: support.Node, http: support.HttpServer) -> Path:
 
 def deploy(node: support.Node, http: support.HttpServer, app: Path, version: str) -> None:
     support.write_manifest(node.manifests, support.application(
-        "site", app, deployment=f"v{version}", retention={"keep": 1}, source={"url": http.url("/{deployment}.tar.gz")}))
+        "site", app, deployment=f"v{version}", retention={"keep": 1}, source={"url": http.url("/{deployment}.tar.gz")},
+        hooks={phase: HOOK for phase in ("beforeDeploy", "afterDeploy", "beforeActivate", "afterActivate")}))
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -72,6 +80,8 @@ def test_a_kill_at_any_step_leaves_a_safe_tree_that_the_next_run_converges(
     assert json.loads(node.tether("status", "site", "--json").stdout)["previous"] == "v1"
     assert "nothing to do" in node.tether("plan").stdout
     assert outside(node, app) == before_outside
+    assert hook_runs(app).count("afterActivate v2") == 1, "afterActivate must run exactly once, even across a kill"
+    assert hook_runs(app)[-1] == "afterActivate v2"
 
 
 def test_a_kill_while_cleaning_up_an_interrupted_pass_is_safe_too(node: support.Node, http: support.HttpServer) -> None:
