@@ -171,8 +171,8 @@ def example_manifests() -> list[tuple[Path, dict[str, Any]]]:
     found = []
     for file in sorted((EXAMPLES / "manifests").glob("*.yaml")):
         document = yaml.safe_load(file.read_text(encoding="utf-8"))
-        if not isinstance(document, dict) or document.get("kind") != "Application":
-            raise DemoError(f"{file} is not an Application manifest")
+        if not isinstance(document, dict) or document.get("kind") not in ("Application", "ApplicationKind"):
+            raise DemoError(f"{file} is not an Application or ApplicationKind manifest")
         found.append((file, document))
     if not found:
         raise DemoError(f"no manifests found in {EXAMPLES / 'manifests'}")
@@ -180,9 +180,14 @@ def example_manifests() -> list[tuple[Path, dict[str, Any]]]:
 
 
 def sandboxed(document: dict[str, Any], root: Path, base_url: str, version: str) -> dict[str, Any]:
-    """The example manifest adapted to the sandbox: paths, loopback URL, secrets, no user/group."""
+    """The example manifest adapted to the sandbox: paths, loopback URL, secrets, this user for every owner."""
     document = copy.deepcopy(document)
+    if document["kind"] != "Application":
+        return document
     name, spec = document["metadata"]["name"], document["spec"]
+    me, my_group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+    for key, local in (("userMapping", me), ("groupMapping", my_group)):
+        spec[key] = {source: local for source in spec.get(key, {})}
     spec["path"] = str(root / "apps" / name)
     spec["deployment"] = version
     spec.pop("user", None)  # a normal user cannot give files to another account
@@ -307,7 +312,7 @@ def run_demo(root: Path) -> None:
     say(f"Prepared the sandbox {root}.")
 
     examples = example_manifests()
-    names = [document["metadata"]["name"] for _, document in examples]
+    names = [document["metadata"]["name"] for _, document in examples if document["kind"] == "Application"]
     for name in names:
         for version in VERSIONS:
             target = root / "artifacts" / name / f"{version}.tar.gz"
@@ -317,7 +322,7 @@ def run_demo(root: Path) -> None:
     required: dict[str, dict[str, str]] = {}
     for _, document in examples:
         name = document["metadata"]["name"]
-        for header, file in secret_headers(document).items():
+        for header, file in secret_headers(document).items() if document["kind"] == "Application" else ():
             token = secrets.token_urlsafe(24)
             required.setdefault(name, {})[header] = token
             path = root / "secrets" / file
@@ -363,6 +368,13 @@ def run_demo(root: Path) -> None:
     say()
     say(f"The deployment tree of site (ls -l {root / 'apps' / 'site'}):")
     indented(long_listing(root / "apps" / "site"))
+    acme = root / "apps" / "acme"
+    say(f"acme's release links its data into persistent-data (ls -l {acme / 'current' / 'db'}):")
+    indented(long_listing(acme / "current" / "db"))
+    say("The database, written by the rails kind's migration hook of each release, survived both:")
+    indented((acme / "persistent-data" / "db" / "production.sqlite3").read_text(encoding="utf-8"))
+    say(f"The hooks' output is kept in {acme / '.tether' / 'logs' / 'v2'}:")
+    indented((acme / ".tether" / "logs" / "v2" / "afterActivate.log").read_text(encoding="utf-8"))
     index = (root / "apps" / "site" / "current" / "index.html").read_text(encoding="utf-8")
     heading = re.search(r"<h1>(.*?)</h1>", index)
     say(f"The site's current/index.html now says: {heading.group(1) if heading else index[:60]!r}.")

@@ -1,0 +1,1 @@
+puts "acme v1"
