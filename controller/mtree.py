@@ -28,6 +28,7 @@ IGNORED = frozenset({
 FLAGS = frozenset({"nochange", "optional", "ignore"})
 OCTAL = re.compile(r"\\([0-7]{3})|\\(\\)|\\(.)|\\$")
 MAX_ENTRIES = 10_000
+MAX_PATH = 4096
 
 
 class MtreeError(errors.PermanentError):
@@ -56,30 +57,34 @@ class Node:
 
 
 def unvis(name: str, line: int) -> str:
-    """Decode vis(3) octal escapes such as \\040 and \\\\."""
-
-    def one(match: re.Match[str]) -> str:
-        if match.group(1):
-            return chr(int(match.group(1), 8))
-        if match.group(2):
-            return "\\"
-        raise MtreeError(line, f"unsupported escape in name {name!r}; use octal escapes such as \\040")
-
-    decoded = OCTAL.sub(one, name)
+    """Decode vis(3) octal escapes such as \\040 and \\\\; escapes are bytes, decoded with the rest as UTF-8."""
+    decoded, start = bytearray(), 0
     try:
-        return decoded.encode("latin-1").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        return decoded
+        for match in OCTAL.finditer(name):
+            decoded += name[start:match.start()].encode("utf-8", "surrogateescape")
+            start = match.end()
+            if match.group(1) and int(match.group(1), 8) <= 0o377:
+                decoded.append(int(match.group(1), 8))
+            elif match.group(2):
+                decoded += b"\\"
+            else:
+                raise MtreeError(line, f"unsupported escape in name {name!r}; use octal escapes such as \\040")
+        decoded += name[start:].encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise MtreeError(line, f"the name {name!r} is not valid UTF-8") from exc
+    return decoded.decode("utf-8", "surrogateescape")
 
 
 def _logical_lines(text: str) -> list[tuple[int, str]]:
     """Lines with continuations joined, comments and blanks dropped, with their first line number."""
     result: list[tuple[int, str]] = []
     pending, start = "", 0
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate((piece.removesuffix("\r") for piece in text.split("\n")), start=1):
         if not pending:
             start = number
-        if raw.endswith("\\") and not raw.endswith("\\\\"):
+            if raw.lstrip().startswith("#"):  # a comment ends at its line, even after a backslash
+                continue
+        if (len(raw) - len(raw.rstrip("\\"))) % 2:  # an odd count: the last backslash is not escaped
             pending += raw[:-1] + " "
             continue
         joined = (pending + raw).strip()
@@ -107,13 +112,15 @@ def _keywords(words: list[str], line: int) -> dict[str, str]:
 
 
 def _number(value: str, line: int, what: str, base: int = 10) -> int:
-    try:
-        number = int(value, base)
-    except ValueError as exc:
-        raise MtreeError(line, f"{what} {value!r} is not a number") from exc
-    if number < 0:
+    digits = "[0-7]+" if base == 8 else "[0-9]+"
+    if re.fullmatch(f"-{digits}", value):
         raise MtreeError(line, f"{what} {value!r} is negative")
-    return number
+    if not re.fullmatch(digits, value):
+        raise MtreeError(line, f"{what} {value!r} is not a number")
+    try:
+        return int(value, base)
+    except ValueError as exc:  # more digits than int() converts
+        raise MtreeError(line, f"{what} {value[:20]!r}... is too long a number") from exc
 
 
 def _node(path: str, keys: dict[str, str], line: int) -> Node:
@@ -129,6 +136,9 @@ def _node(path: str, keys: dict[str, str], line: int) -> Node:
             raise MtreeError(line, f"mode {keys['mode']} sets setuid or setgid, which persistent data may not")
     if kind == "link" and not keys.get("link"):
         raise MtreeError(line, "type=link needs link=TARGET")
+    link = unvis(keys["link"], line) if "link" in keys else None
+    if link is not None and "\0" in link:
+        raise MtreeError(line, f"link={keys['link']} holds a NUL byte, which a link target may not")
     return Node(
         path=path,
         type=kind,
@@ -138,7 +148,7 @@ def _node(path: str, keys: dict[str, str], line: int) -> Node:
         uid=_number(keys["uid"], line, "uid") if "uid" in keys else None,
         gid=_number(keys["gid"], line, "gid") if "gid" in keys else None,
         mode=mode,
-        link=unvis(keys["link"], line) if "link" in keys else None,
+        link=link,
         nochange="nochange" in keys,
         optional="optional" in keys,
     )
@@ -148,7 +158,10 @@ def _join(parent: str, name: str, line: int) -> str:
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if name.startswith("/") or ".." in parts or "\0" in name:
         raise MtreeError(line, f"the name {name!r} would leave the persistent-data tree")
-    return "/".join([parent, *parts] if parent else parts)
+    path = "/".join([parent, *parts] if parent else parts)
+    if len(path) > MAX_PATH:
+        raise MtreeError(line, f"the path {path[:60]!r}... is longer than {MAX_PATH} characters")
+    return path
 
 
 def _events(text: str) -> list[tuple[int, str | None, dict[str, str]]]:
@@ -161,6 +174,8 @@ def _events(text: str) -> list[tuple[int, str | None, dict[str, str]]]:
             defaults.update(_keywords(words, line))
         elif head == "/unset":
             for key in words:
+                if key != "all" and key not in KEYWORDS and key not in IGNORED:
+                    raise MtreeError(line, f"unknown keyword {key!r}; tether understands {', '.join(sorted(KEYWORDS))}")
                 defaults.clear() if key == "all" else defaults.pop(key, None)
         elif head.startswith("/"):
             raise MtreeError(line, f"unknown command {head!r}; only /set and /unset exist")
@@ -201,7 +216,7 @@ def parse(text: str) -> list[Node]:
     for node in nodes.values():
         parent = node.path.rpartition("/")[0]
         if node.path and parent in nodes and nodes[parent].type != "dir":
-            raise MtreeError(node.line, f"{node.path} is below {parent}, which is not a directory")
+            raise MtreeError(node.line, f"{node.path} is below {parent or '.'}, which is not a directory")
     return list(nodes.values())
 
 
