@@ -37,6 +37,13 @@ class BoundedLog:
                 del self._tail[:excess]
                 self.dropped += excess
 
+    def note(self, text: str) -> None:
+        """A line of tether's own, such as the banner before each hook: in the file, but not part
+        of the hook's output, so not in its tail for status."""
+        data = text.encode()
+        os.write(self._fd, data)
+        self._head_left = max(0, self._head_left - len(data))
+
     def tail_text(self) -> str:
         """The last few KiB the hook printed, as text, for status."""
         return bytes(self._recent).decode("utf-8", "replace")

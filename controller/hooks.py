@@ -141,12 +141,13 @@ class Runner:
             assert hook.path is not None
             argv = [hook.path]
         output = hook_output.BoundedLog(log_path, append=append)
-        output.write(f"== {phase} hook of {source} for {deployment} ==\n".encode())
+        output.note(f"== {phase} hook of {source} for {deployment} ==\n")
         started, wall = self.clock(), self.wall_clock()
         try:
             exit_code, timed_out = self._spawn(argv, cwd, env, who, output, started + app.hook_timeout_seconds)
         except OSError as exc:
-            output.write(f"tether could not start the hook: {exc}\n".encode())
+            output.write(f"tether could not start the hook: {exc}; the hook's user needs to be able to reach "
+                         f"{records.meta_dir(app.path)} and {cwd}\n".encode())
             exit_code, timed_out = None, False
         finally:
             output.close()
@@ -178,11 +179,12 @@ class Runner:
                 timed_out = True
         if timed_out:
             _signal_group(process.pid, signal.SIGTERM)
+            grace_end = self.clock() + self.grace_seconds
+            self._pump(stream, output, grace_end)  # until every process holding the output is gone, or grace ends
             with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=self.grace_seconds)
+                process.wait(timeout=max(0.0, grace_end - self.clock()))
             _signal_group(process.pid, signal.SIGKILL)
             process.wait()
-            self._pump(stream, output, self.clock())  # what is already buffered
         stream.close()
         return (None if timed_out else process.returncode), timed_out
 
@@ -204,6 +206,8 @@ class Runner:
                 if not data:
                     return True
                 output.write(data)
+                if self.clock() >= deadline:  # a hook that never stops printing still ends on time
+                    return False
 
 
 def _signal_group(pgid: int, sig: int) -> None:
