@@ -111,9 +111,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(4, len(names)))) as pool:
         results = list(pool.map(one, names))
-    for result in results:
-        state = "converged" if result.ok else f"failed: {result.error}"
-        print(f"{result.name}: {state}" if not args.json else json.dumps({"name": result.name, "error": result.error}))
+    if args.json:
+        print(json.dumps([{"name": r.name, "converged": r.ok and not r.plan.suspended, "error": r.error}
+                          for r in results], indent=2))
+    for result in [] if args.json else results:
+        print(f"{result.name}: " + ("converged" if result.ok else f"failed: {result.error}"))
     if any(not r.ok for r in results):
         return FAILED
     return INVALID if missing or (catalog.problems and not args.names) else OK
