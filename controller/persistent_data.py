@@ -10,22 +10,19 @@ there is refused, never followed, even when tether runs as root.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import grp
 import logging
 import os
 import pwd
 import stat
-from collections.abc import Iterator
 
-from controller import errors, fsutil, manifests, mtree
+from controller import errors, fsutil, manifests, mtree, nofollow
 
 log = logging.getLogger(__name__)
 
 SPEC = ".mtree"
 MAX_SPEC_BYTES = 1024 * 1024
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def root(path: str) -> str:
@@ -56,7 +53,8 @@ def _pick(name: str | None, number: int | None, allowed: dict[str, int], mapping
                                          f"allow; map {name!r} to an allowed {what} with spec.{key}")
         return allowed[local]
     if number is not None and number not in allowed.values():
-        raise mtree.MtreeError(line, f"the .mtree gives files to the {what} id {number}, which the manifest does not allow")
+        raise mtree.MtreeError(line, f"the .mtree gives files to the {what} id {number}, which the manifest does not "
+                                     f"allow; name an allowed {what} instead, or map a name to one with spec.{key}")
     return number
 
 
@@ -98,77 +96,6 @@ def read_spec(deployment_path: str) -> list[mtree.Node] | None:
     return mtree.parse(data.decode("utf-8", "surrogateescape"))
 
 
-@contextlib.contextmanager
-def _walk(base: str, parts: list[str], create: tuple[int, int] | None, make: bool = True) -> Iterator[int]:
-    """A descriptor of base/parts..., each step O_NOFOLLOW; missing directories are created."""
-    fd = os.open(base, DIR_FLAGS)
-    try:
-        for part in parts:
-            try:
-                child = os.open(part, DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if not make:
-                    raise
-                os.mkdir(part, 0o755, dir_fd=fd)
-                child = os.open(part, DIR_FLAGS, dir_fd=fd)
-                if create is not None:
-                    os.fchown(child, *create)
-            except OSError as exc:
-                raise errors.PermanentError(
-                    f"{os.path.join(base, *parts)}: {part!r} is a symlink or not a directory; tether does not follow "
-                    "links inside persistent data or deployments"
-                ) from exc
-            os.close(fd)
-            fd = child
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _exists(name: str, dir_fd: int) -> os.stat_result | None:
-    try:
-        return os.lstat(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-
-
-def _copy_file(src_dir: int, dst_dir: int, name: str) -> None:
-    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
-    try:
-        dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst_dir)
-        try:
-            while chunk := os.read(src, 1024 * 1024):
-                os.write(dst, chunk)
-            os.fchmod(dst, stat.S_IMODE(os.fstat(src).st_mode) & 0o777)
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
-
-
-def _copy_tree(src_dir: int, dst_dir: int, owner: tuple[int, int] | None) -> None:
-    """Copy the contents of one directory into another; symlinks are copied as links, not followed."""
-    for entry in os.scandir(src_dir):
-        st = entry.stat(follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            os.mkdir(entry.name, stat.S_IMODE(st.st_mode) & 0o777, dir_fd=dst_dir)
-            src = os.open(entry.name, DIR_FLAGS, dir_fd=src_dir)
-            dst = os.open(entry.name, DIR_FLAGS, dir_fd=dst_dir)
-            try:
-                _copy_tree(src, dst, owner)
-            finally:
-                os.close(src)
-                os.close(dst)
-        elif stat.S_ISREG(st.st_mode):
-            _copy_file(src_dir, dst_dir, entry.name)
-        elif stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(entry.name, dir_fd=src_dir), entry.name, dir_fd=dst_dir)
-        else:
-            continue
-        if owner is not None:
-            os.chown(entry.name, *owner, dir_fd=dst_dir, follow_symlinks=False)
-
-
 def _kind_matches(node: mtree.Node, st: os.stat_result) -> bool:
     check = {"dir": stat.S_ISDIR, "file": stat.S_ISREG, "link": stat.S_ISLNK}[node.type]
     return bool(check(st.st_mode))
@@ -178,41 +105,48 @@ def _seed(deployment_path: str, node: mtree.Node) -> tuple[int, str] | None:
     """An open descriptor of the directory holding the deployment's copy of `node`, if it ships one."""
     *parents, name = node.path.split("/")
     try:
-        fd = os.open(deployment_path, DIR_FLAGS)
+        fd = os.open(deployment_path, nofollow.DIR_FLAGS)
         for part in parents:
-            child = os.open(part, DIR_FLAGS, dir_fd=fd)
+            child = os.open(part, nofollow.DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = child
     except OSError:
         return None
-    st = _exists(name, fd)
+    st = nofollow.exists(name, fd)
     if st is None or not _kind_matches(node, st) or node.type == "link":
         os.close(fd)
         return None
     return fd, name
 
 
-def _create(node: mtree.Node, name: str, dir_fd: int, deployment_path: str, owner: tuple[int, int] | None) -> None:
-    seed = _seed(deployment_path, node)
+def _check_link(node: mtree.Node) -> None:
+    assert node.link is not None
+    target = os.path.normpath(os.path.join(os.path.dirname(node.path), node.link))
+    if node.link.startswith("/") or target == ".." or target.startswith("../"):
+        raise mtree.MtreeError(node.line, f"link={node.link} points outside persistent data")
+
+
+def _create(node: mtree.Node, name: str, dir_fd: int, deployment_path: str, owner: tuple[int, int] | None,
+            leaf: bool) -> None:
+    # A directory with children in the .mtree is created empty: its children are seeded one by one, and
+    # nothing else the deployment ships there belongs in persistent data.
+    seed = _seed(deployment_path, node) if leaf or node.type != "dir" else None
     try:
         if node.type == "link":
             assert node.link is not None
-            target = os.path.normpath(os.path.join(os.path.dirname(node.path), node.link))
-            if node.link.startswith("/") or target == ".." or target.startswith("../"):
-                raise mtree.MtreeError(node.line, f"link={node.link} points outside persistent data")
             os.symlink(node.link, name, dir_fd=dir_fd)
         elif node.type == "dir":
             os.mkdir(name, 0o755, dir_fd=dir_fd)
             if seed is not None:
-                src = os.open(seed[1], DIR_FLAGS, dir_fd=seed[0])
-                dst = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+                src = os.open(seed[1], nofollow.DIR_FLAGS, dir_fd=seed[0])
+                dst = os.open(name, nofollow.DIR_FLAGS, dir_fd=dir_fd)
                 try:
-                    _copy_tree(src, dst, owner)
+                    nofollow.copy_tree(src, dst, owner)
                 finally:
                     os.close(src)
                     os.close(dst)
         elif seed is not None:
-            _copy_file(seed[0], dir_fd, name)
+            nofollow.copy_file(seed[0], dir_fd, name)
         else:
             os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
                              dir_fd=dir_fd))
@@ -228,7 +162,7 @@ def _set_owner_and_mode(node: mtree.Node, name: str, dir_fd: int, uid: int | Non
         if is_root and (uid is not None or gid is not None):
             os.chown(name, -1 if uid is None else uid, -1 if gid is None else gid, dir_fd=dir_fd, follow_symlinks=False)
         return
-    flags = DIR_FLAGS if node.type == "dir" else os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    flags = nofollow.DIR_FLAGS if node.type == "dir" else os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     fd = os.open(name, flags, dir_fd=dir_fd)
     try:
         if is_root and (uid is not None or gid is not None):
@@ -246,6 +180,11 @@ def apply(app: manifests.Application, deployment_path: str, deployment_owner: tu
     if not nodes:
         return []
     allowed = owners(app, euid)
+    # Every refusal the spec itself deserves comes before the first change: a refused spec changes nothing.
+    ids = {n.path: (allowed.uid(n, dict(app.user_mapping)), allowed.gid(n, dict(app.group_mapping))) for n in nodes}
+    for node in nodes:
+        if node.type == "link":
+            _check_link(node)
     is_root = allowed.default is not None
     base = root(app.path)
     try:
@@ -254,12 +193,18 @@ def apply(app: manifests.Application, deployment_path: str, deployment_owner: tu
             os.chown(base, *allowed.default)
     except FileExistsError:
         pass
+    if not stat.S_ISDIR(os.lstat(base).st_mode):
+        raise errors.PermanentError(
+            f"{base} is a symlink or not a directory; tether does not follow links to persistent data: move it "
+            "away and put the data in a real directory of that name"
+        )
+    leaves = {leaf.path for leaf in mtree.leaves(nodes)}
     skipped: set[str] = set()
     for node in sorted(nodes, key=lambda n: n.path.count("/") if n.path else -1):
-        uid, gid = allowed.uid(node, dict(app.user_mapping)), allowed.gid(node, dict(app.group_mapping))
+        uid, gid = ids[node.path]
         *parents, name = node.path.split("/") if node.path else [".."]
         if not node.path:  # the root: persistent-data itself
-            with _walk(base, [], None) as fd:
+            with nofollow.walk(base, [], None) as fd:
                 if not node.nochange:
                     _set_owner_and_mode(node, ".", fd, uid, gid, is_root)
             continue
@@ -269,13 +214,13 @@ def apply(app: manifests.Application, deployment_path: str, deployment_owner: tu
         new_owner = None
         if allowed.default is not None:
             new_owner = (allowed.default[0] if uid is None else uid, allowed.default[1] if gid is None else gid)
-        with _walk(base, parents, allowed.default) as parent:
-            st = _exists(name, parent)
+        with nofollow.walk(base, parents, allowed.default) as parent:
+            st = nofollow.exists(name, parent)
             if st is None:
                 if node.optional and _seed(deployment_path, node) is None:
                     skipped.add(node.path)
                     continue
-                _create(node, name, parent, deployment_path, new_owner)
+                _create(node, name, parent, deployment_path, new_owner, node.path in leaves)
                 new_uid, new_gid = new_owner or (uid, gid)
                 _set_owner_and_mode(node, name, parent, new_uid, new_gid, is_root)
             elif not _kind_matches(node, st):
@@ -290,8 +235,8 @@ def apply(app: manifests.Application, deployment_path: str, deployment_owner: tu
         if leaf.path in skipped:
             continue
         *parents, name = leaf.path.split("/")
-        with _walk(deployment_path, parents, deployment_owner) as parent:
-            st = _exists(name, parent)
+        with nofollow.walk(deployment_path, parents, deployment_owner) as parent:
+            st = nofollow.exists(name, parent)
             if st is not None and stat.S_ISDIR(st.st_mode):
                 fsutil.remove_tree_at(name, parent)
             elif st is not None:
