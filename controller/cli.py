@@ -12,7 +12,19 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from controller import __version__, errors, loading, logs, reconciling, records, status, validation
+from controller import (
+    __version__,
+    errors,
+    loading,
+    logs,
+    manifests,
+    overrides,
+    reconciling,
+    records,
+    status,
+    validation,
+)
+from controller import commands as imperative
 
 OK, FAILED, INVALID = 0, 1, 2
 CRASH_VARIABLE = "TETHER_TEST_CRASH_AT"  # test-only: SIGKILL ourselves at this named step
@@ -51,19 +63,21 @@ def parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("list", parents=[common], help="deployments of one application")
     sub.add_argument("name")
     sub.add_argument("--json", action="store_true")
-    sub = commands.add_parser("retry", parents=[common], help="forget failure marks so the next pass tries again")
-    sub.add_argument("name")
     sub = commands.add_parser("validate", parents=[common], help="lint manifest files or directories")
     sub.add_argument("paths", nargs="+", metavar="PATH")
     sub.add_argument("--json", action="store_true")
     sub = commands.add_parser("schema", help="print a JSON Schema")
     sub.add_argument("which", choices=sorted(validation.SCHEMA_FILES))
+    imperative.add_parsers(commands, common)
     return top
 
 
 def _catalog(args: argparse.Namespace) -> loading.Catalog:
-    reserved = [os.path.realpath(args.state_dir), os.path.realpath(args.manifests)]
-    return loading.load([args.manifests], secure=not args.insecure_manifests, reserved_paths=reserved)
+    return imperative.catalog(args)
+
+
+def _effective(args: argparse.Namespace, app: manifests.Application) -> manifests.Application:
+    return overrides.effective(app, overrides.read(args.state_dir, app.name))
 
 
 def _print_problems(catalog: loading.Catalog) -> None:
@@ -103,7 +117,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     engine = reconciling.Engine(args.state_dir, checkpoint=_checkpoint())
 
     def one(name: str) -> reconciling.Result:
-        app = catalog.applications[name]
+        app = _effective(args, catalog.applications[name])
         result = engine.reconcile(app, catalog.kinds.get(app.kind) if app.kind else None)
         previous = status.read(args.state_dir, name)
         status.write(args.state_dir, name, status.build(app, result, previous, time.time()))
@@ -126,7 +140,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     _print_problems(catalog)
     names, missing = _selected(catalog, args.names)
     engine = reconciling.Engine(args.state_dir)
-    plans = [engine.plan(catalog.applications[n]) for n in names]
+    plans = [engine.plan(_effective(args, catalog.applications[n])) for n in names]
     if args.json:
         print(json.dumps([_plan_json(p) for p in plans], indent=2))
     for plan in [] if args.json else plans:
@@ -183,17 +197,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     return OK
 
 
-def cmd_retry(args: argparse.Namespace) -> int:
-    catalog = _catalog(args)
-    app = catalog.applications.get(args.name)
-    if app is None:
-        print(f"tether: no valid manifest for an application named {args.name!r}", file=sys.stderr)
-        return INVALID
-    cleared = reconciling.Engine(args.state_dir).retry(app)
-    print(f"{app.name}: " + (f"cleared the failure mark of {', '.join(cleared)}" if cleared else "nothing was marked failed"))
-    return OK
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     catalog = loading.load(args.paths, secure=False)
     if args.json:
@@ -225,7 +228,7 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "reconcile": cmd_reconcile, "plan": cmd_plan, "status": cmd_status, "list": cmd_list,
-    "validate": cmd_validate, "schema": cmd_schema, "retry": cmd_retry,
+    "validate": cmd_validate, "schema": cmd_schema,
 }
 
 
@@ -233,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logs.configure(getattr(args, "log_format", "text"), getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
     try:
-        return COMMANDS[args.command](args)
+        return {**COMMANDS, **imperative.COMMANDS}[args.command](args)
     except errors.PermanentError as exc:
         print(f"tether: {exc}", file=sys.stderr)
         return INVALID

@@ -60,6 +60,7 @@ class _Pass:
 
     app: manifests.Application
     kind: manifests.Kind | None
+    headers: dict[str, str]
     runs: list[hooks.HookRun] = dataclasses.field(default_factory=list)
 
     @property
@@ -81,11 +82,15 @@ class Engine:
         return planning.plan(app.name, app.deployment, records.observe(app.path), keep=app.keep,
                              suspended=app.suspend, generation=app.generation)
 
-    def reconcile(self, app: manifests.Application, kind: manifests.Kind | None = None) -> Result:
-        """Bring the application's tree to its desired state, holding its lock."""
+    def reconcile(self, app: manifests.Application, kind: manifests.Kind | None = None,
+                  headers: Mapping[str, str] | None = None) -> Result:
+        """Bring the application's tree to its desired state, holding its lock.
+
+        `headers` are sent with this pass's downloads only (e.g. a CI job's token).
+        """
         with locking.application_lock(self.state_dir, app.name):
             plan = self.plan(app)
-            work = _Pass(app, kind)
+            work = _Pass(app, kind, dict(headers or {}))
             error, permanent = None, False
             try:
                 for step in plan.steps:
@@ -134,7 +139,7 @@ class Engine:
         target = os.path.join(app.path, deployment)
         previous = records.observe(app.path).current
         url = manifests.expand_url(app.source.url, app, deployment)
-        headers = secrets.resolve(app.source.headers, self.environ)
+        headers = {**secrets.resolve(app.source.headers, self.environ), **work.headers}
         fsutil.makedirs(records.staging_dir(app.path))
         records.write_record(app.path, deployment, records.INCOMPLETE, source=fetching.redact_url(url))
         self.checkpoint("recorded")
@@ -202,8 +207,7 @@ class Engine:
         previous = observed.current
         self._hooks(work, "beforeActivate", deployment, previous)
         records.write_record(app.path, deployment, records.COMPLETE, activationPending=True)
-        if previous not in (None, deployment):
-            _write_previous(app.path, previous)
+        _write_activation(app.path, deployment, previous if previous != deployment else observed.previous)
         self.checkpoint("recorded-previous")
         switch_current(app.path, deployment, self.checkpoint)
         log.info("%s: current now points to %s.", app.name, deployment)
@@ -225,7 +229,7 @@ class Engine:
             records.write_record(app.path, deployment, records.FAILED, activationPending=None, error=str(exc),
                                  failedGeneration=app.generation)
             switch_current(app.path, previous, self.checkpoint)
-            _write_previous(app.path, restore_previous)
+            _write_activation(app.path, previous, restore_previous)
             log.warning("%s: rolled back to %s because %s", app.name, previous, exc)
             self.checkpoint("rolled-back")
             try:
@@ -235,6 +239,23 @@ class Engine:
             raise errors.TemporaryError(f"{exc}; rolled back to {previous}; {deployment} is marked failed until "
                                         "the desired state changes or `tether retry`") from exc
         records.write_record(app.path, deployment, records.COMPLETE, activationPending=None, error=None)
+
+    def prune(self, app: manifests.Application, keep: int) -> None:
+        """Apply retention now with `keep` (tether prune)."""
+        with locking.application_lock(self.state_dir, app.name):
+            self._prune(dataclasses.replace(app, keep=keep))
+
+    def remove(self, app: manifests.Application, deployment: str) -> None:
+        """Remove one deployment (tether remove); never the active or the desired one."""
+        with locking.application_lock(self.state_dir, app.name):
+            observed = records.observe(app.path)
+            if deployment in (observed.current, app.deployment):
+                raise errors.PermanentError(f"{deployment} is the active or desired deployment of {app.name}; "
+                                            "activate another one first")
+            if deployment not in observed.deployments:
+                raise errors.PermanentError(f"{app.name} has no deployment {deployment} that tether made")
+            self._clean(app.path, deployment)
+            artifact_cache.prune(self.state_dir, app.name, keep=set(records.observe(app.path).deployments))
 
     def _prune(self, app: manifests.Application) -> None:
         observed = records.observe(app.path)
@@ -269,8 +290,10 @@ class Engine:
         return cleared
 
 
-def _write_previous(path: str, previous: str | None) -> None:
-    fsutil.atomic_write_json(os.path.join(records.meta_dir(path), "activation.json"), {"previous": previous})
+def _write_activation(path: str, active: str, previous: str | None) -> None:
+    """Record what tether activated last, and what was active before it."""
+    fsutil.atomic_write_json(os.path.join(records.meta_dir(path), "activation.json"),
+                             {"active": active, "previous": previous})
 
 
 def switch_current(path: str, deployment: str, checkpoint: Callable[[str], None] = lambda step: None) -> None:

@@ -64,6 +64,7 @@ class Observed:
     current_target: str | None  # the raw link target, if `current` is a symlink
     previous: str | None
     deployments: dict[str, Deployment]
+    last_activated: str | None  # what tether switched `current` to last
     foreign: tuple[str, ...]  # directories tether did not make
     leftovers: tuple[str, ...]  # staging and temporary links from an interrupted pass
 
@@ -100,7 +101,7 @@ def _current(path: str) -> tuple[str | None, str | None]:
 def observe(path: str) -> Observed:
     """Read the deployment tree at `path`."""
     if not os.path.isdir(path):
-        return Observed(path, False, None, None, None, {}, (), ())
+        return Observed(path, False, None, None, None, {}, None, (), ())
     records: dict[str, dict[str, Any]] = {}
     records_dir = os.path.dirname(record_path(path, "x"))
     if os.path.isdir(records_dir):
@@ -140,6 +141,7 @@ def observe(path: str) -> Observed:
         current_target=target,
         previous=activation.get("previous"),
         deployments=deployments,
+        last_activated=activation.get("active"),
         foreign=tuple(sorted(dirs - set(records))),
         leftovers=tuple(sorted(leftovers)),
     )

@@ -12,7 +12,7 @@ def observed(current: str | None = None, previous: str | None = None, foreign: t
                                  completed_at=float(index))
         for index, (name, state) in enumerate(states.items())
     }
-    return records.Observed("/srv/app", True, current, None, previous, deployments, foreign, leftovers)
+    return records.Observed("/srv/app", True, current, None, previous, deployments, current, foreign, leftovers)
 
 
 def actions(plan: planning.Plan) -> list[tuple[str, str | None]]:

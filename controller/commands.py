@@ -1,0 +1,178 @@
+"""Imperative commands: deploy, activate, rollback, remove, prune, suspend, resume, retry.
+
+Each records its intent in the state dir (controller/overrides.py), so that a
+running daemon follows it, and, where the outcome is wanted now, runs the pass
+itself under the application's lock, which the daemon shares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import time
+
+from controller import errors, fetching, loading, manifests, overrides, reconciling, records, status
+
+OK, FAILED, INVALID = 0, 1, 2
+
+
+def daemon_lock_path(state_dir: str) -> str:
+    return os.path.join(state_dir, "daemon.lock")
+
+
+def daemon_running(state_dir: str) -> bool:
+    """Whether a `tether run` holds this state dir."""
+    try:
+        fd = os.open(daemon_lock_path(state_dir), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def catalog(args: argparse.Namespace) -> loading.Catalog:
+    reserved = [os.path.realpath(args.state_dir), os.path.realpath(args.manifests)]
+    return loading.load([args.manifests], secure=not args.insecure_manifests, reserved_paths=reserved)
+
+
+def application(args: argparse.Namespace, found: loading.Catalog) -> manifests.Application:
+    app = found.applications.get(args.name)
+    if app is None:
+        problem = found.invalid_names.get(args.name)
+        raise errors.PermanentError(f"no valid manifest for an application named {args.name!r}"
+                                    + (f": {problem}" if problem else ""))
+    return app
+
+
+def reconcile_now(args: argparse.Namespace, found: loading.Catalog, app: manifests.Application,
+                  headers: dict[str, str] | None = None, engine: reconciling.Engine | None = None) -> int:
+    """One pass for one application with its overrides, status written; the exit code."""
+    effective = overrides.effective(app, overrides.read(args.state_dir, app.name))
+    engine = engine or reconciling.Engine(args.state_dir)
+    result = engine.reconcile(effective, found.kinds.get(app.kind) if app.kind else None, headers)
+    status.write(args.state_dir, app.name,
+                 status.build(effective, result, status.read(args.state_dir, app.name), time.time()))
+    print(f"{app.name}: " + ("converged" if result.ok else f"failed: {result.error}"))
+    return OK if result.ok else FAILED
+
+
+def _headers(values: list[str]) -> dict[str, str]:
+    headers = {}
+    for value in values:
+        key, sep, text = value.partition(":")
+        if not sep or not key.strip() or any(c in value for c in "\r\n\0"):
+            raise errors.PermanentError(f"--header must look like 'Name: value', not {key.strip() or value[:20]!r}...")
+        headers[key.strip()] = text.strip()
+    return headers
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    found = catalog(args)
+    app = application(args, found)
+    deployment = args.deployment or app.deployment
+    if deployment is None:
+        raise errors.PermanentError(f"{app.name}'s manifest sets no deployment; give one with --deployment")
+    overrides.check_deployment_name(deployment)
+    overrides.check_source(args.url, args.sha256)
+    headers = _headers(args.header)
+    overrides.update(args.state_dir, app.name, deployment=deployment, url=args.url,
+                     sha256=args.sha256.lower() if args.sha256 else None, pinned=False, generation=app.generation)
+    if args.wait or headers or not daemon_running(args.state_dir):
+        engine = reconciling.Engine(args.state_dir, fetcher=fetching.Fetcher(deadline_seconds=args.timeout))
+        return reconcile_now(args, found, app, headers, engine)
+    print(f"{app.name}: {deployment} is desired now; the running daemon deploys it (`tether status {app.name}`)")
+    return OK
+
+
+def _pin(args: argparse.Namespace, deployment: str | None, what: str) -> int:
+    found = catalog(args)
+    app = application(args, found)
+    observed = records.observe(app.path)
+    record = observed.deployments.get(deployment or "")
+    if deployment is None or record is None or record.state != records.COMPLETE or not record.has_dir:
+        raise errors.PermanentError(f"{app.name} has no complete deployment {deployment or '(none)'} to {what}; "
+                                    f"`tether list {app.name}` shows what there is")
+    overrides.update(args.state_dir, app.name, deployment=deployment, url=None, sha256=None, pinned=True,
+                     generation=app.generation)
+    return reconcile_now(args, found, app)
+
+
+def cmd_activate(args: argparse.Namespace) -> int:
+    return _pin(args, args.deployment, "activate")
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    found = catalog(args)
+    return _pin(args, records.observe(application(args, found).path).previous, "roll back to")
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    found = catalog(args)
+    app = application(args, found)
+    reconciling.Engine(args.state_dir).remove(
+        overrides.effective(app, overrides.read(args.state_dir, app.name)), args.deployment)
+    print(f"{app.name}: removed {args.deployment}")
+    return OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    found = catalog(args)
+    app = application(args, found)
+    effective = overrides.effective(app, overrides.read(args.state_dir, app.name))
+    reconciling.Engine(args.state_dir).prune(effective, args.keep if args.keep is not None else app.keep)
+    print(f"{app.name}: pruned to {args.keep if args.keep is not None else app.keep} deployments")
+    return OK
+
+
+def cmd_suspend(args: argparse.Namespace) -> int:
+    app = application(args, catalog(args))
+    overrides.update(args.state_dir, app.name, suspended=args.command == "suspend")
+    print(f"{app.name}: {'suspended; nothing changes until `tether resume`' if args.command == 'suspend' else 'resumed'}")
+    return OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    app = application(args, catalog(args))
+    cleared = reconciling.Engine(args.state_dir).retry(app)
+    overrides.update(args.state_dir, app.name, retry_requested_at=time.time())
+    print(f"{app.name}: " + (f"cleared the failure mark of {', '.join(cleared)}" if cleared
+                             else "no failure mark; the back-off is reset"))
+    return OK
+
+
+def add_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    """Register the imperative commands with the command line."""
+    sub = commands.add_parser("deploy", parents=[common], help="set the desired deployment (CI/CD entry point)")
+    sub.add_argument("name")
+    sub.add_argument("--deployment", help="deployment name (default: the manifest's)")
+    sub.add_argument("--url", help="artifact URL for this deployment instead of the manifest's source.url")
+    sub.add_argument("--header", action="append", default=[], metavar="'K: V'",
+                     help="request header for this deploy only (never written to disk); implies waiting")
+    sub.add_argument("--sha256", help="expected sha256 of the artifact")
+    sub.add_argument("--wait", action="store_true", help="deploy now and wait for the outcome")
+    sub.add_argument("--timeout", type=float, default=3600.0, help="give up downloading after this many seconds")
+    sub = commands.add_parser("activate", parents=[common], help="pin an existing complete deployment")
+    sub.add_argument("name")
+    sub.add_argument("deployment")
+    sub = commands.add_parser("rollback", parents=[common], help="pin the previous deployment")
+    sub.add_argument("name")
+    sub = commands.add_parser("remove", parents=[common], help="remove a deployment (never the active one)")
+    sub.add_argument("name")
+    sub.add_argument("deployment")
+    sub = commands.add_parser("prune", parents=[common], help="apply retention now")
+    sub.add_argument("name")
+    sub.add_argument("--keep", type=int, choices=range(1, 1001), metavar="N")
+    for name, text in (("suspend", "stop reconciling an application"), ("resume", "reconcile it again"),
+                       ("retry", "forget failure marks and back-off so the next pass tries again")):
+        commands.add_parser(name, parents=[common], help=text).add_argument("name")
+
+
+COMMANDS = {"deploy": cmd_deploy, "activate": cmd_activate, "rollback": cmd_rollback, "remove": cmd_remove,
+            "prune": cmd_prune, "suspend": cmd_suspend, "resume": cmd_suspend, "retry": cmd_retry}
+
