@@ -66,6 +66,16 @@ def parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("validate", parents=[common], help="lint manifest files or directories")
     sub.add_argument("paths", nargs="+", metavar="PATH")
     sub.add_argument("--json", action="store_true")
+    sub = commands.add_parser("run", parents=[common], help="the daemon: watch, reconcile, serve metrics")
+    sub.add_argument("--workers", type=int, default=int(os.environ.get("TETHER_WORKERS", "4")))
+    sub.add_argument("--resync-interval", type=float, default=float(os.environ.get("TETHER_RESYNC_INTERVAL", "60")),
+                     help="seconds between full passes over every application")
+    sub.add_argument("--metrics-address", default=os.environ.get("TETHER_METRICS_ADDRESS", "127.0.0.1:9731"),
+                     help="host:port of the Prometheus endpoint; empty to serve none")
+    sub.add_argument("--metrics-textfile", default=os.environ.get("TETHER_METRICS_TEXTFILE"),
+                     help="also write the metrics to this file (node_exporter textfile collector)")
+    sub.add_argument("--shutdown-grace", type=float, default=30.0,
+                     help="seconds a running pass may take to finish after SIGTERM")
     sub = commands.add_parser("schema", help="print a JSON Schema")
     sub.add_argument("which", choices=sorted(validation.SCHEMA_FILES))
     imperative.add_parsers(commands, common)
@@ -215,6 +225,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return INVALID if catalog.problems else OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from controller import daemon  # the daemon's imports (watchdog, the metrics server) only when needed
+
+    config = daemon.Config(manifests=args.manifests, state_dir=args.state_dir,
+                           insecure_manifests=args.insecure_manifests, workers=max(1, args.workers),
+                           resync_seconds=args.resync_interval, metrics_address=args.metrics_address,
+                           metrics_textfile=args.metrics_textfile, shutdown_grace_seconds=args.shutdown_grace)
+    return daemon.Daemon(config, reconciling.Engine(args.state_dir, checkpoint=_checkpoint())).run()
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     sys.stdout.write(validation.schema_text(args.which))
     return OK
@@ -228,7 +248,7 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "reconcile": cmd_reconcile, "plan": cmd_plan, "status": cmd_status, "list": cmd_list,
-    "validate": cmd_validate, "schema": cmd_schema,
+    "validate": cmd_validate, "schema": cmd_schema, "run": cmd_run,
 }
 
 

@@ -32,6 +32,10 @@ def read_all(state_dir: str) -> list[dict[str, Any]]:
     return [s for s in (read(state_dir, n) for n in names) if s is not None]
 
 
+def is_ready(document: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in document.get("conditions", []))
+
+
 def _condition(kind: str, status: bool, reason: str, message: str) -> dict[str, Any]:
     return {"type": kind, "status": "True" if status else "False", "reason": reason, "message": message}
 

@@ -1,0 +1,278 @@
+"""`tether run`: watch the manifests, reconcile with bounded workers, serve metrics.
+
+Watch events and the periodic resync only ask for a rescan; the rescan
+compares each application's manifest content hash and overrides with what it
+saw last and queues the applications that changed. A manifest that becomes
+invalid keeps its application's last good desired state; one that disappears
+stops tether managing the application (its files stay) and removes its status
+and metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from controller import (
+    commands,
+    errors,
+    fsutil,
+    loading,
+    manifests,
+    metrics,
+    notify,
+    overrides,
+    queueing,
+    reconciling,
+    status,
+    watching,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    manifests: str
+    state_dir: str
+    insecure_manifests: bool = False
+    workers: int = 4
+    resync_seconds: float = 60.0
+    metrics_address: str = "127.0.0.1:9731"
+    metrics_textfile: str | None = None
+    shutdown_grace_seconds: float = 30.0
+
+
+class Daemon:
+    def __init__(self, config: Config, engine: reconciling.Engine | None = None,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.engine = engine or reconciling.Engine(config.state_dir)
+        self.clock = clock
+        self.monotonic = monotonic
+        self.notifier = notify.Notifier(os.environ if environ is None else environ)
+        self.queue = queueing.WorkQueue()
+        self.backoff = queueing.BackOff()
+        self.observations = metrics.Observations()
+        self.apps: dict[str, manifests.Application] = {}
+        self.kinds: dict[str, manifests.Kind] = {}
+        self.seen: dict[str, tuple[str, overrides.Override]] = {}
+        self.statuses: dict[str, dict[str, Any]] = {}
+        self.problems: list[errors.ManifestError] = []
+        self.files: dict[str, str] = {}  # manifest file -> application name, for invalid files
+        self._guard = threading.Lock()
+        self._wake = threading.Event()
+        self._rescan = threading.Event()
+        self._full = threading.Event()  # SIGHUP: re-read and reconcile everything
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------ scanning
+
+    def request_rescan(self) -> None:
+        self._rescan.set()
+        self._wake.set()
+
+    def scan(self, everything: bool = False) -> None:
+        """Read the manifests and queue what changed (or everything)."""
+        reserved = [os.path.realpath(self.config.state_dir), os.path.realpath(self.config.manifests)]
+        found = loading.load([self.config.manifests], secure=not self.config.insecure_manifests,
+                             reserved_paths=reserved)
+        if any(p.file == self.config.manifests for p in found.problems):
+            log.error("Cannot read the manifests directory: %s; keeping every application as it was.",
+                      found.problems[0])
+            with self._guard:
+                self.problems = found.problems
+            return
+        apps = dict(found.applications)
+        kinds = dict(found.kinds)
+        broken = {p.file for p in found.problems}
+        for name, problem in found.invalid_names.items():
+            self._keep_last_good(name, apps, kinds, str(problem))
+        for file in broken:
+            owner = self.files.get(file)
+            if owner is not None and owner not in apps and owner not in found.invalid_names:
+                self._keep_last_good(owner, apps, kinds, f"{file} is invalid; see `tether validate`")
+        with self._guard:
+            removed = set(self.apps) - set(apps)
+            self.apps, self.kinds, self.problems = apps, kinds, found.problems
+            self.files = {app.file: name for name, app in apps.items()}
+        for name in removed:
+            self._unmanage(name)
+        for name, app in apps.items():
+            key = (app.generation, overrides.read(self.config.state_dir, name))
+            if everything or self.seen.get(name) != key:
+                self.seen[name] = key
+                self.queue.put(name)
+
+    def _keep_last_good(self, name: str, apps: dict[str, manifests.Application],
+                        kinds: dict[str, manifests.Kind], error: str) -> None:
+        last = self.apps.get(name)
+        if last is not None:
+            apps[name] = last
+            if last.kind and last.kind in self.kinds:
+                kinds.setdefault(last.kind, self.kinds[last.kind])
+        document = status.build_invalid(name, error, self.statuses.get(name) or status.read(self.config.state_dir, name),
+                                        self.clock())
+        self._publish(name, document)
+
+    def _unmanage(self, name: str) -> None:
+        log.info("The manifest of %s is gone: tether stops managing it; its files stay on disk.", name)
+        self.seen.pop(name, None)
+        self.backoff.succeeded(name)
+        self.observations.forget(name)
+        with self._guard:
+            self.statuses.pop(name, None)
+        try:
+            os.unlink(status.status_path(self.config.state_dir, name))
+        except FileNotFoundError:
+            pass
+
+    # ------------------------------------------------------------ working
+
+    def process(self, name: str) -> None:
+        """One pass for one application, respecting its back-off."""
+        with self._guard:
+            app = self.apps.get(name)
+            kind = self.kinds.get(app.kind) if app is not None and app.kind else None
+        if app is None:
+            return
+        override = overrides.read(self.config.state_dir, name)
+        key = (app.generation, override)
+        due = self.backoff.due(name, key)
+        if due is not None and due > self.clock():
+            return  # the main loop queues it again when the back-off ends
+        effective = overrides.effective(app, override)
+        started = self.monotonic()
+        result = self.engine.reconcile(effective, kind)
+        self.observations.reconciled(name, "success" if result.ok else "failure", self.monotonic() - started)
+        for run in result.hook_runs:
+            self.observations.hook_ran(run, name)
+        next_attempt = None
+        if result.ok:
+            self.backoff.succeeded(name)
+        else:
+            next_attempt = self.backoff.failed(name, key, self.clock())
+        previous = self.statuses.get(name) or status.read(self.config.state_dir, name)
+        document = status.build(effective, result, previous, self.clock())
+        document["nextAttemptAt"] = status.timestamp(next_attempt)
+        document["lastSuccessAt"] = document["updatedAt"] if result.ok else (previous or {}).get("lastSuccessAt")
+        self._publish(name, document)
+
+    def _publish(self, name: str, document: dict[str, Any]) -> None:
+        status.write(self.config.state_dir, name, document)
+        with self._guard:
+            self.statuses[name] = document
+
+    def _worker(self) -> None:
+        while (name := self.queue.get()) is not None:
+            try:
+                self.process(name)
+            except Exception:  # a bug must not kill the worker; the next pass tries again
+                log.exception("The pass of %s failed unexpectedly.", name)
+            finally:
+                self.queue.done(name)
+                self._wake.set()
+
+    # ------------------------------------------------------------ metrics and systemd
+
+    def status_documents(self) -> list[dict[str, Any]]:
+        with self._guard:
+            return [self.statuses[n] for n in sorted(self.statuses) if n in self.apps]
+
+    def manifest_state(self) -> tuple[list[errors.ManifestError], int]:
+        with self._guard:
+            return list(self.problems), len(self.apps)
+
+    def _summary(self) -> str:
+        documents = self.status_documents()
+        ready = sum(1 for d in documents if status.is_ready(d))
+        return f"STATUS={ready} of {len(documents)} applications ready, {len(documents) - ready} not ready"
+
+    # ------------------------------------------------------------ the main loop
+
+    def _on_stop(self, signum: int, frame: object) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _on_reload(self, signum: int, frame: object) -> None:
+        log.info("SIGHUP: reading every manifest again.")
+        self._full.set()
+        self.request_rescan()
+
+    def run(self) -> int:
+        fsutil.makedirs(self.config.state_dir, 0o755)
+        lock = os.open(commands.daemon_lock_path(self.config.state_dir), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.error("Another `tether run` already uses the state dir %s; stop it first.", self.config.state_dir)
+            os.close(lock)
+            return 1
+        registry = metrics.registry(metrics.Collector(self.status_documents, self.manifest_state, self.observations))
+        server = metrics.Server(self.config.metrics_address, registry) if self.config.metrics_address else None
+        watcher = watching.Watcher([self.config.manifests, os.path.join(self.config.state_dir, "overrides")],
+                                   self.request_rescan)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+        try:
+            fsutil.makedirs(os.path.join(self.config.state_dir, "overrides"), 0o700)
+            watcher.start()
+            self.scan(everything=True)
+            workers = [threading.Thread(target=self._worker, name=f"worker-{i}", daemon=True)
+                       for i in range(self.config.workers)]
+            for worker in workers:
+                worker.start()
+            self.notifier.send("READY=1", self._summary())
+            log.info("tether is running: %d applications, metrics on %s.", len(self.apps),
+                     f"{server.host}:{server.port}" if server else "nothing")
+            self._loop(watcher, registry)
+            self.notifier.send("STOPPING=1")
+            log.info("Stopping: no new work; waiting up to %.0f s for running passes.",
+                     self.config.shutdown_grace_seconds)
+            self.queue.close()
+            deadline = self.monotonic() + self.config.shutdown_grace_seconds
+            for worker in workers:
+                worker.join(timeout=max(0.0, deadline - self.monotonic()))
+        finally:
+            watcher.stop()
+            if server is not None:
+                server.close()
+            os.close(lock)
+        return 0
+
+    def _loop(self, watcher: watching.Watcher, registry: Any) -> None:
+        next_resync = self.monotonic() + self.config.resync_seconds
+        next_ping = self.monotonic()
+        while not self._stop.is_set():
+            now = self.monotonic()
+            everything = now >= next_resync or self._full.is_set()
+            if self._rescan.is_set() or everything:
+                self._rescan.clear()
+                self._full.clear()
+                self.scan(everything=everything)
+                watcher.refresh()
+                if everything:
+                    next_resync = now + self.config.resync_seconds
+            wall = self.clock()
+            for name, due in self.backoff.pending().items():
+                if due <= wall:
+                    self.queue.put(name)
+            if self.notifier.watchdog_interval and now >= next_ping:
+                self.notifier.send("WATCHDOG=1", self._summary())
+                next_ping = now + self.notifier.watchdog_interval
+            if self.config.metrics_textfile:
+                metrics.write_textfile(self.config.metrics_textfile, registry)
+            waits = [next_resync - now] + [due - wall for due in self.backoff.pending().values() if due > wall]
+            if self.notifier.watchdog_interval:
+                waits.append(next_ping - now)
+            self._wake.wait(timeout=max(0.01, min(waits)))
+            self._wake.clear()

@@ -1,0 +1,66 @@
+"""Watching the manifests directory (and the overrides) for changes.
+
+Events are only triggers: every change asks for a rescan, and the rescan compares
+content hashes. The directory's parent is watched too, so that a manifests
+directory replaced by a symlink swap (git-sync and the like), or removed and
+created again, is noticed; after each rescan `refresh` moves the watches to
+wherever the path resolves now.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+log = logging.getLogger(__name__)
+# Reading a manifest must not trigger another rescan: only changes count.
+CHANGES = frozenset({"created", "deleted", "modified", "moved", "closed"})
+
+
+class _Trigger(FileSystemEventHandler):
+    def __init__(self, on_change: Callable[[], None]) -> None:
+        self._on_change = on_change
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in CHANGES:
+            self._on_change()
+
+
+class Watcher:
+    def __init__(self, paths: Iterable[str], on_change: Callable[[], None]) -> None:
+        self._paths = list(paths)
+        self._handler = _Trigger(on_change)
+        self._observer: Any = Observer()
+        self._watches: dict[str, Any] = {}
+
+    def _wanted(self) -> set[str]:
+        wanted = set()
+        for path in self._paths:
+            for candidate in (os.path.dirname(os.path.abspath(path)), os.path.realpath(path)):
+                if os.path.isdir(candidate):
+                    wanted.add(candidate)
+        return wanted
+
+    def refresh(self) -> None:
+        """Watch where the paths resolve now."""
+        wanted = self._wanted()
+        for path in set(self._watches) - wanted:
+            self._observer.unschedule(self._watches.pop(path))
+        for path in wanted - set(self._watches):
+            try:
+                self._watches[path] = self._observer.schedule(self._handler, path, recursive=False)
+            except OSError as exc:
+                log.warning("Cannot watch %s (%s); the periodic resync still sees its changes.", path, exc)
+
+    def start(self) -> None:
+        self.refresh()
+        self._observer.start()
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._observer.join(timeout=5)
