@@ -14,6 +14,7 @@ from typing import Any
 
 from controller import (
     __version__,
+    drift_commands,
     errors,
     loading,
     logs,
@@ -66,6 +67,11 @@ def parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("validate", parents=[common], help="lint manifest files or directories")
     sub.add_argument("paths", nargs="+", metavar="PATH")
     sub.add_argument("--json", action="store_true")
+    for name, text in (("verify", "check the active deployment for drift, content included"),
+                       ("repair", "restore drifted content from the cached artifact, and links")):
+        sub = commands.add_parser(name, parents=[common], help=text)
+        sub.add_argument("name")
+        sub.add_argument("--json", action="store_true")
     sub = commands.add_parser("run", parents=[common], help="the daemon: watch, reconcile, serve metrics")
     sub.add_argument("--workers", type=int, default=int(os.environ.get("TETHER_WORKERS", "4")))
     sub.add_argument("--resync-interval", type=float, default=float(os.environ.get("TETHER_RESYNC_INTERVAL", "60")),
@@ -76,6 +82,9 @@ def parser() -> argparse.ArgumentParser:
                      help="also write the metrics to this file (node_exporter textfile collector)")
     sub.add_argument("--shutdown-grace", type=float, default=30.0,
                      help="seconds a running pass may take to finish after SIGTERM")
+    sub.add_argument("--content-check-interval", type=float,
+                     default=float(os.environ.get("TETHER_CONTENT_CHECK_INTERVAL", "600")),
+                     help="seconds between content drift checks of an application (digests of every file)")
     sub = commands.add_parser("schema", help="print a JSON Schema")
     sub.add_argument("which", choices=sorted(validation.SCHEMA_FILES))
     imperative.add_parsers(commands, common)
@@ -231,7 +240,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = daemon.Config(manifests=args.manifests, state_dir=args.state_dir,
                            insecure_manifests=args.insecure_manifests, workers=max(1, args.workers),
                            resync_seconds=args.resync_interval, metrics_address=args.metrics_address,
-                           metrics_textfile=args.metrics_textfile, shutdown_grace_seconds=args.shutdown_grace)
+                           metrics_textfile=args.metrics_textfile, shutdown_grace_seconds=args.shutdown_grace,
+                           content_check_seconds=args.content_check_interval)
     return daemon.Daemon(config, reconciling.Engine(args.state_dir, checkpoint=_checkpoint())).run()
 
 
@@ -249,6 +259,7 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "reconcile": cmd_reconcile, "plan": cmd_plan, "status": cmd_status, "list": cmd_list,
     "validate": cmd_validate, "schema": cmd_schema, "run": cmd_run,
+    "verify": drift_commands.cmd_verify, "repair": drift_commands.cmd_repair,
 }
 
 

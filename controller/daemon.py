@@ -10,6 +10,7 @@ and metrics.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import logging
@@ -22,6 +23,7 @@ from typing import Any
 
 from controller import (
     commands,
+    drift,
     errors,
     fsutil,
     loading,
@@ -31,6 +33,7 @@ from controller import (
     overrides,
     queueing,
     reconciling,
+    records,
     status,
     watching,
 )
@@ -48,6 +51,7 @@ class Config:
     metrics_address: str = "127.0.0.1:9731"
     metrics_textfile: str | None = None
     shutdown_grace_seconds: float = 30.0
+    content_check_seconds: float = 600.0
 
 
 class Daemon:
@@ -68,6 +72,8 @@ class Daemon:
         self.statuses: dict[str, dict[str, Any]] = {}
         self.problems: list[errors.ManifestError] = []
         self.files: dict[str, str] = {}  # manifest file -> application name, for invalid files
+        self.content: dict[str, list[str]] = {}  # content drift found by the last check
+        self.content_due: dict[str, float] = {}
         self._guard = threading.Lock()
         self._wake = threading.Event()
         self._rescan = threading.Event()
@@ -126,14 +132,14 @@ class Daemon:
     def _unmanage(self, name: str) -> None:
         log.info("The manifest of %s is gone: tether stops managing it; its files stay on disk.", name)
         self.seen.pop(name, None)
+        self.content.pop(name, None)
+        self.content_due.pop(name, None)
         self.backoff.succeeded(name)
         self.observations.forget(name)
         with self._guard:
             self.statuses.pop(name, None)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(status.status_path(self.config.state_dir, name))
-        except FileNotFoundError:
-            pass
 
     # ------------------------------------------------------------ working
 
@@ -150,8 +156,20 @@ class Daemon:
         if due is not None and due > self.clock():
             return  # the main loop queues it again when the back-off ends
         effective = overrides.effective(app, override)
+        observed = records.observe(effective.path)
+        before = drift.check_structure(effective.path, observed, effective.deployment)
         started = self.monotonic()
-        result = self.engine.reconcile(effective, kind)
+        if (effective.drift == "report" and before.types and not effective.suspend
+                and effective.deployment == observed.last_activated):
+            log.warning("%s has drifted (%s); spec.drift is report, so tether leaves it as it is.", name,
+                        ", ".join(before.types))
+            result = reconciling.Result(name, self.engine.plan(effective), observed)
+        else:
+            result = self.engine.reconcile(effective, kind)
+            current = result.observed.current
+            if (result.ok and effective.drift == "correct" and current is not None
+                    and drift.check_structure(effective.path, result.observed, effective.deployment).links):
+                self.engine.relink(effective, current)
         self.observations.reconciled(name, "success" if result.ok else "failure", self.monotonic() - started)
         for run in result.hook_runs:
             self.observations.hook_ran(run, name)
@@ -164,7 +182,25 @@ class Daemon:
         document = status.build(effective, result, previous, self.clock())
         document["nextAttemptAt"] = status.timestamp(next_attempt)
         document["lastSuccessAt"] = document["updatedAt"] if result.ok else (previous or {}).get("lastSuccessAt")
+        self._record_drift(effective, document)
         self._publish(name, document)
+
+    def _record_drift(self, app: manifests.Application, document: dict[str, Any]) -> None:
+        """Structural drift every pass; content drift when its slower interval is due."""
+        observed = records.observe(app.path)
+        types = drift.check_structure(app.path, observed, app.deployment).types
+        note = ""
+        if observed.current is not None and self.clock() >= self.content_due.get(app.name, 0.0):
+            self.content_due[app.name] = self.clock() + self.config.content_check_seconds
+            try:
+                self.content[app.name] = drift.check_content(app.path, observed.current, app.drift_ignore).paths
+            except errors.PermanentError as exc:
+                self.content[app.name], note = [], str(exc)
+            if self.content[app.name]:
+                log.warning("%s: %d files of %s changed since it completed, e.g. %s.", app.name,
+                            len(self.content[app.name]), observed.current, ", ".join(self.content[app.name][:10]))
+        files = self.content.get(app.name, [])
+        status.set_drift(document, [*types, *(["content"] if files else [])], files, self.clock(), note)
 
     def _publish(self, name: str, document: dict[str, Any]) -> None:
         status.write(self.config.state_dir, name, document)

@@ -58,10 +58,20 @@ def manifest_files(directory: str) -> list[str]:
     return sorted(found)
 
 
+class DuplicateKey(Exception):
+    def __init__(self, key: Any, pointer: str, line: int) -> None:
+        super().__init__(key)
+        self.key, self.pointer, self.line = key, pointer, line
+
+
 def _line_map(node: yaml.Node, path: tuple[Any, ...], lines: dict[str, int]) -> None:
     lines[validation.pointer(path)] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        keys: set[Any] = set()
         for key, value in node.value:
+            if key.value in keys:
+                raise DuplicateKey(key.value, validation.pointer(path), key.start_mark.line + 1)
+            keys.add(key.value)
             lines[validation.pointer((*path, key.value))] = key.start_mark.line + 1
             _line_map(value, (*path, key.value), lines)
             lines[validation.pointer((*path, key.value))] = key.start_mark.line + 1
@@ -135,7 +145,11 @@ def _parse(file: str, text: str) -> tuple[manifests.Application | manifests.Kind
         raise errors.ManifestError(file, f"the document holds more than {MAX_VALUES} values once its YAML aliases "
                                    "are expanded; is it a manifest?")
     lines: dict[str, int] = {}
-    _line_map(node, (), lines)
+    try:
+        _line_map(node, (), lines)
+    except DuplicateKey as exc:
+        raise errors.ManifestError(file, f"the key {exc.key!r} appears twice; YAML would silently keep only the "
+                                   "last one, so remove one of them", exc.line, exc.pointer) from exc
     kind = document.get("kind")
     schema_name = validation.KIND_TO_SCHEMA.get(kind) if isinstance(kind, str) else None
     if schema_name is None:

@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from controller import (
     archives,
     artifact_cache,
+    digests,
+    drift,
     errors,
     extracting,
     fetching,
@@ -162,6 +164,7 @@ class Engine:
         except hooks.HookFailed as exc:
             records.write_record(app.path, deployment, records.INCOMPLETE, error=str(exc))
             raise
+        drift.record_digests(app.path, deployment, links)
         fsutil.sync_filesystem(target)
         records.write_record(app.path, deployment, records.COMPLETE, completedAt=self.clock(), sha256=digest,
                              links=links)
@@ -240,6 +243,11 @@ class Engine:
                                         "the desired state changes or `tether retry`") from exc
         records.write_record(app.path, deployment, records.COMPLETE, activationPending=None, error=None)
 
+    def relink(self, app: manifests.Application, deployment: str) -> list[str]:
+        """Restore the persistent-data links of a deployment (link drift), holding the lock."""
+        with locking.application_lock(self.state_dir, app.name):
+            return drift.relink(app, deployment, owners.resolve(app))
+
     def prune(self, app: manifests.Application, keep: int) -> None:
         """Apply retention now with `keep` (tether prune)."""
         with locking.application_lock(self.state_dir, app.name):
@@ -272,6 +280,7 @@ class Engine:
             self.checkpoint("pruned")
         kept = set(records.observe(app.path).deployments)
         artifact_cache.prune(self.state_dir, app.name, keep=kept)
+        digests.prune(app.path, keep=kept)
         hooks.prune_logs(app.path, keep=kept)
 
     def retry(self, app: manifests.Application) -> list[str]:

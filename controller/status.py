@@ -15,6 +15,10 @@ def timestamp(seconds: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+DRIFT_TYPES = ("current", "deployment", "links", "content")
+DRIFT_PATHS_SHOWN = 10
+
+
 def status_path(state_dir: str, name: str) -> str:
     return os.path.join(state_dir, "status", name + ".json")
 
@@ -93,6 +97,8 @@ def build(app: manifests.Application, result: reconciling.Result, previous: dict
         reason, message = "Failed", result.error or ""
     elif desired is None:
         reason, message = "NoDesiredDeployment", "spec.deployment is not set; `tether deploy` sets it"
+    elif observed.current != desired:
+        reason, message = "NotConverged", f"current points to {observed.current or 'nothing'}, not {desired}"
     else:
         reason, message = "Converged", f"current points to {desired}"
     stamp = timestamp(now)
@@ -121,6 +127,19 @@ def build(app: manifests.Application, result: reconciling.Result, previous: dict
         "nextAttemptAt": None,
         "updatedAt": stamp,
     }
+
+
+def set_drift(document: dict[str, Any], types: list[str], files: list[str], now: float,
+              note: str = "") -> None:
+    """Record drift: the `drift` field the metrics read, and the Drifted condition."""
+    document["drift"] = {kind: kind in types for kind in DRIFT_TYPES} | {"driftedFiles": len(files)}
+    if files:
+        shown = ", ".join(files[:DRIFT_PATHS_SHOWN]) + (" ..." if len(files) > DRIFT_PATHS_SHOWN else "")
+        note = f"{len(files)} files changed since the deployment completed: {shown}; `tether repair` restores them"
+    drifted = _condition("Drifted", bool(types), "Drifted" if types else "InSync",
+                         ("drift: " + ", ".join(types) + (f"; {note}" if note else "")) if types else note)
+    others = [c for c in document.get("conditions", []) if c["type"] != "Drifted"]
+    document["conditions"] = others + _with_transitions([drifted], document.get("conditions", []), timestamp(now))
 
 
 def build_invalid(name: str, error: str, previous: dict[str, Any] | None, now: float) -> dict[str, Any]:

@@ -93,3 +93,10 @@ def test_defaults_come_from_the_schema(tmp_path: Path) -> None:
     assert isinstance(app, manifests.Application)
     assert (app.keep, app.environment, app.hook_timeout_seconds, app.application) == (5, "production", 600.0, "site")
     assert app.source is not None and app.source.limits.max_members == 100_000 and app.source.strip_components is None
+
+
+def test_a_key_given_twice_is_refused_instead_of_silently_keeping_the_last(tmp_path: Path) -> None:
+    text = "apiVersion: tether/v1\nkind: Application\nmetadata: {name: site}\nspec:\n  path: /srv/a\n  path: /srv/b\n"
+    with pytest.raises(errors.ManifestError) as raised:
+        loading.parse("site.yaml", text)
+    assert raised.value.line == 6 and "'path' appears twice" in str(raised.value)
