@@ -229,10 +229,10 @@ class Engine:
                 records.write_record(app.path, deployment, records.COMPLETE, activationPending=None, error=str(exc))
                 raise
             assert previous is not None
+            switch_current(app.path, previous, self.checkpoint)  # first: a kill now retries, never strands
+            _write_activation(app.path, previous, restore_previous)
             records.write_record(app.path, deployment, records.FAILED, activationPending=None, error=str(exc),
                                  failedGeneration=app.generation)
-            switch_current(app.path, previous, self.checkpoint)
-            _write_activation(app.path, previous, restore_previous)
             log.warning("%s: rolled back to %s because %s", app.name, previous, exc)
             self.checkpoint("rolled-back")
             try:
@@ -263,7 +263,7 @@ class Engine:
             if deployment not in observed.deployments:
                 raise errors.PermanentError(f"{app.name} has no deployment {deployment} that tether made")
             self._clean(app.path, deployment)
-            artifact_cache.prune(self.state_dir, app.name, keep=set(records.observe(app.path).deployments))
+            self._tidy(app)
 
     def _prune(self, app: manifests.Application) -> None:
         observed = records.observe(app.path)
@@ -278,6 +278,10 @@ class Engine:
             records.remove_record(app.path, name)
             fsutil.remove_tree(doomed)
             self.checkpoint("pruned")
+        self._tidy(app)
+
+    def _tidy(self, app: manifests.Application) -> None:
+        """Drop cached artifacts, digests and (beyond a bound) hook logs of deployments that are gone."""
         kept = set(records.observe(app.path).deployments)
         artifact_cache.prune(self.state_dir, app.name, keep=kept)
         digests.prune(app.path, keep=kept)

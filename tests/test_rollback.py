@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests import support
 
@@ -127,3 +130,19 @@ def test_without_rollback_current_stays_on_the_new_deployment(node: support.Node
     assert run.returncode == 1
     assert os.readlink(app / "current") == str(app / "v2")
     assert runs(app)[-1] == "afterActivate v2 previous=v1"
+
+
+@pytest.mark.parametrize("step", ["switched", "rolled-back"])
+def test_a_kill_during_a_failing_activation_still_ends_rolled_back(
+        step: str, node: support.Node, http: support.HttpServer) -> None:
+    app = failing_v2(node, http)
+
+    killed = node.tether("reconcile", env={"TETHER_TEST_CRASH_AT": step})
+    assert killed.returncode == -signal.SIGKILL
+    active = Path(os.readlink(app / "current")).name
+    record = json.loads((app / ".tether" / "deployments" / f"{active}.json").read_text())
+    assert record["state"] == "complete", "current points to a deployment that is not complete"
+    node.tether("reconcile")
+
+    assert os.readlink(app / "current") == str(app / "v1")
+    assert json.loads((app / ".tether" / "deployments" / "v2.json").read_text())["state"] == "failed"
