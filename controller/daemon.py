@@ -66,6 +66,8 @@ class Daemon:
         self.queue = queueing.WorkQueue()
         self.backoff = queueing.BackOff()
         self.observations = metrics.Observations()
+        self.engine = dataclasses.replace(self.engine, on_fetch=self.observations.fetched,
+                                          on_fetch_failure=self.observations.fetch_failed)
         self.apps: dict[str, manifests.Application] = {}
         self.kinds: dict[str, manifests.Kind] = {}
         self.seen: dict[str, tuple[str, overrides.Override]] = {}
@@ -79,6 +81,7 @@ class Daemon:
         self._rescan = threading.Event()
         self._full = threading.Event()  # SIGHUP: re-read and reconcile everything
         self._stop = threading.Event()
+        self._changed = threading.Event()  # a status changed: rewrite the metrics textfile
 
     # ------------------------------------------------------------ scanning
 
@@ -121,13 +124,14 @@ class Daemon:
     def _keep_last_good(self, name: str, apps: dict[str, manifests.Application],
                         kinds: dict[str, manifests.Kind], error: str) -> None:
         last = self.apps.get(name)
-        if last is not None:
-            apps[name] = last
-            if last.kind and last.kind in self.kinds:
-                kinds.setdefault(last.kind, self.kinds[last.kind])
-        document = status.build_invalid(name, error, self.statuses.get(name) or status.read(self.config.state_dir, name),
-                                        self.clock())
-        self._publish(name, document)
+        if last is None:
+            log.error("%s", error)  # never valid: nothing to keep; the error shows in logs and metrics
+            return
+        apps[name] = last
+        if last.kind and last.kind in self.kinds:
+            kinds.setdefault(last.kind, self.kinds[last.kind])
+        previous = self.statuses.get(name) or status.read(self.config.state_dir, name)
+        self._publish(name, status.build_invalid(name, error, previous, self.clock()))
 
     def _unmanage(self, name: str) -> None:
         log.info("The manifest of %s is gone: tether stops managing it; its files stay on disk.", name)
@@ -138,8 +142,9 @@ class Daemon:
         self.observations.forget(name)
         with self._guard:
             self.statuses.pop(name, None)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(status.status_path(self.config.state_dir, name))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(status.status_path(self.config.state_dir, name))
+        self._changed.set()
 
     # ------------------------------------------------------------ working
 
@@ -203,9 +208,13 @@ class Daemon:
         status.set_drift(document, [*types, *(["content"] if files else [])], files, self.clock(), note)
 
     def _publish(self, name: str, document: dict[str, Any]) -> None:
-        status.write(self.config.state_dir, name, document)
+        """Write and serve a status, unless the application stopped being managed meanwhile."""
         with self._guard:
+            if name not in self.apps:
+                return
+            status.write(self.config.state_dir, name, document)
             self.statuses[name] = document
+        self._changed.set()
 
     def _worker(self) -> None:
         while (name := self.queue.get()) is not None:
@@ -224,8 +233,11 @@ class Daemon:
             return [self.statuses[n] for n in sorted(self.statuses) if n in self.apps]
 
     def manifest_state(self) -> tuple[list[errors.ManifestError], int]:
+        """The manifest problems, and how many manifest files are valid."""
         with self._guard:
-            return list(self.problems), len(self.apps)
+            broken = {p.file for p in self.problems}
+            files = {a.file for a in self.apps.values()} | {k.file for k in self.kinds.values()}
+            return list(self.problems), len(files - broken)
 
     def _summary(self) -> str:
         documents = self.status_documents()
@@ -254,8 +266,8 @@ class Daemon:
             return 1
         registry = metrics.registry(metrics.Collector(self.status_documents, self.manifest_state, self.observations))
         server = metrics.Server(self.config.metrics_address, registry) if self.config.metrics_address else None
-        watcher = watching.Watcher([self.config.manifests, os.path.join(self.config.state_dir, "overrides")],
-                                   self.request_rescan)
+        watcher = watching.Watcher([self.config.manifests], self.request_rescan,
+                                   exact=[os.path.join(self.config.state_dir, "overrides")])
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
@@ -305,7 +317,8 @@ class Daemon:
             if self.notifier.watchdog_interval and now >= next_ping:
                 self.notifier.send("WATCHDOG=1", self._summary())
                 next_ping = now + self.notifier.watchdog_interval
-            if self.config.metrics_textfile:
+            if self.config.metrics_textfile and self._changed.is_set():
+                self._changed.clear()
                 metrics.write_textfile(self.config.metrics_textfile, registry)
             waits = [next_resync - now] + [due - wall for due in self.backoff.pending().values() if due > wall]
             if self.notifier.watchdog_interval:

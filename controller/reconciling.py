@@ -77,6 +77,8 @@ class Engine:
     hooks: hooks.Runner = dataclasses.field(default_factory=hooks.Runner)
     persistent_data: PersistentData = persistent_data.apply
     checkpoint: Callable[[str], None] = lambda step: None
+    on_fetch: Callable[[str, int, float], None] = lambda name, size, seconds: None
+    on_fetch_failure: Callable[[str, str], None] = lambda name, reason: None
     clock: Callable[[], float] = time.time
     environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
 
@@ -151,7 +153,13 @@ class Engine:
         self.checkpoint("created")
         try:
             self._hooks(work, "beforeDeploy", deployment, previous)
-            digest = self.fetcher.retrying(lambda: self._fetch(app, deployment, owner, url, headers))
+            started = time.monotonic()
+            try:
+                digest, size = self.fetcher.retrying(lambda: self._fetch(app, deployment, owner, url, headers))
+            except errors.TetherError as exc:
+                self.on_fetch_failure(app.name, type(exc).__name__)
+                raise
+            self.on_fetch(app.name, size, time.monotonic() - started)
             self.checkpoint("extracted")
             links = self.persistent_data(app, target, owner)
             self.checkpoint("linked-data")
@@ -172,8 +180,8 @@ class Engine:
         self.checkpoint("completed")
 
     def _fetch(self, app: manifests.Application, deployment: str, owner: owners.Owner, url: str,
-               headers: Mapping[str, str]) -> str:
-        """One attempt: download and extract into staging, verify, move into place."""
+               headers: Mapping[str, str]) -> tuple[str, int]:
+        """One attempt: download and extract into staging, verify, move into place; (sha256, bytes)."""
         assert app.source is not None
         source = app.source
         stage = tempfile.mkdtemp(prefix=deployment + "-", dir=records.staging_dir(app.path))
@@ -186,7 +194,7 @@ class Engine:
                                           budget=budget, owner=owner, spool_dir=records.staging_dir(app.path),
                                           checkpoint=self.checkpoint)
                 download.drain()
-                digest = download.hexdigest()
+                digest, size = download.hexdigest(), download.received
                 if source.sha256 is not None and digest != source.sha256:
                     raise errors.ChecksumMismatch(
                         f"the artifact from {fetching.redact_url(url)} has sha256 {digest}, not {source.sha256} as "
@@ -196,7 +204,7 @@ class Engine:
             _move_entries(root, os.path.join(app.path, deployment))
         finally:
             fsutil.remove_tree(stage)
-        return digest
+        return digest, size
 
     def _activate(self, work: _Pass, deployment: str) -> None:
         app = work.app

@@ -113,6 +113,7 @@ def build(app: manifests.Application, result: reconciling.Result, previous: dict
         "name": app.name,
         "application": app.application,
         "environment": app.environment,
+        "kind": app.kind or "",
         "path": app.path,
         "file": app.file,
         "observedGeneration": app.generation,

@@ -32,8 +32,10 @@ class _Trigger(FileSystemEventHandler):
 
 
 class Watcher:
-    def __init__(self, paths: Iterable[str], on_change: Callable[[], None]) -> None:
+    def __init__(self, paths: Iterable[str], on_change: Callable[[], None], exact: Iterable[str] = ()) -> None:
+        """Watch `paths` and their parents, and the directories `exact` alone."""
         self._paths = list(paths)
+        self._exact = list(exact)
         self._handler = _Trigger(on_change)
         self._observer: Any = Observer()
         self._watches: dict[str, Any] = {}
@@ -44,7 +46,7 @@ class Watcher:
             for candidate in (os.path.dirname(os.path.abspath(path)), os.path.realpath(path)):
                 if os.path.isdir(candidate):
                     wanted.add(candidate)
-        return wanted
+        return wanted | {os.path.realpath(p) for p in self._exact if os.path.isdir(p)}
 
     def refresh(self) -> None:
         """Watch where the paths resolve now."""
