@@ -93,7 +93,7 @@ class Daemon:
         """Read the manifests and queue what changed (or everything)."""
         reserved = [os.path.realpath(self.config.state_dir), os.path.realpath(self.config.manifests)]
         found = loading.load([self.config.manifests], secure=not self.config.insecure_manifests,
-                             reserved_paths=reserved)
+                             reserved_paths=reserved, skip_busy=True)
         if any(p.file == self.config.manifests for p in found.problems):
             log.error("Cannot read the manifests directory: %s; keeping every application as it was.",
                       found.problems[0])
@@ -105,6 +105,10 @@ class Daemon:
         broken = {p.file for p in found.problems}
         for name, problem in found.invalid_names.items():
             self._keep_last_good(name, apps, kinds, str(problem))
+        for file in found.busy:  # still being written: keep what it said before; its close triggers a rescan
+            owner = self.files.get(file)
+            if owner is not None and owner in self.apps and owner not in apps:
+                apps[owner] = self.apps[owner]
         for file in broken:
             owner = self.files.get(file)
             if owner is not None and owner not in apps and owner not in found.invalid_names:

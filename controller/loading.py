@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import os
 import re
@@ -14,6 +15,7 @@ import yaml
 
 from controller import crosschecks, errors, manifests, validation
 
+F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
 IGNORED_SUFFIXES = ("~", ".swp", ".swo", ".tmp", ".bak")
 IGNORED_INFIXES = (".dpkg-", ".rpm")
 # A manifest holds hundreds of values; YAML aliases could otherwise expand one without bound.
@@ -30,6 +32,22 @@ class Catalog:
     problems: list[errors.ManifestError]
     # Application names whose manifest is present but invalid: keep their last good state.
     invalid_names: dict[str, errors.ManifestError]
+    # Files another process has open for writing: not read this time.
+    busy: list[str] = dataclasses.field(default_factory=list)
+
+
+def being_written(fd: int) -> bool:
+    """Whether another process has the file open for writing (a read lease is refused then).
+
+    Where leases are not supported, or not allowed, the answer is False."""
+    try:
+        fcntl.fcntl(fd, F_SETLEASE, fcntl.F_RDLCK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    fcntl.fcntl(fd, F_SETLEASE, fcntl.F_UNLCK)
+    return False
 
 
 def is_manifest_name(name: str) -> bool:
@@ -194,13 +212,16 @@ def load(
     secure: bool = True,
     euid: int | None = None,
     reserved_paths: Iterable[str] = (),
+    skip_busy: bool = False,
 ) -> Catalog:
     """Read manifests from files and directories, validate each and all together.
 
     With `secure`, directories and files not owned by root or by `euid`, or
-    writable by group or others, are refused.
+    writable by group or others, are refused. With `skip_busy`, files that
+    another process is still writing are left for a later read (`Catalog.busy`).
     """
     euid = os.geteuid() if euid is None else euid
+    busy: list[str] = []
     found: list[errors.ManifestError] = []
     files: list[str] = []
     for path in paths:
@@ -223,6 +244,9 @@ def load(
                 st = os.fstat(handle.fileno())
                 if secure and (reason := insecure_reason(file, st, euid)):
                     raise errors.ManifestError(file, f"refused: {reason}; fix the permissions")
+                if skip_busy and being_written(handle.fileno()):
+                    busy.append(file)
+                    continue
                 raw = handle.read(1024 * 1024 + 1)
             if len(raw) > 1024 * 1024:
                 raise errors.ManifestError(file, "the file is larger than 1 MiB; is it a manifest?")
@@ -244,4 +268,4 @@ def load(
         for app in [a for a in parsed if isinstance(a, manifests.Application)]:
             if app.file == problem.file and app.name not in apps:
                 invalid.setdefault(app.name, problem)
-    return Catalog(applications=apps, kinds=kinds, problems=found, invalid_names=invalid)
+    return Catalog(applications=apps, kinds=kinds, problems=found, invalid_names=invalid, busy=busy)
