@@ -11,8 +11,9 @@ import argparse
 import fcntl
 import os
 import time
+from typing import Any
 
-from controller import errors, fetching, loading, manifests, overrides, reconciling, records, status
+from controller import errors, fetching, loading, locking, manifests, overrides, reconciling, records, status
 
 OK, FAILED, INVALID = 0, 1, 2
 
@@ -51,11 +52,17 @@ def application(args: argparse.Namespace, found: loading.Catalog) -> manifests.A
 
 
 def reconcile_now(args: argparse.Namespace, found: loading.Catalog, app: manifests.Application,
-                  headers: dict[str, str] | None = None, engine: reconciling.Engine | None = None) -> int:
-    """One pass for one application with its overrides, status written; the exit code."""
-    effective = overrides.effective(app, overrides.read(args.state_dir, app.name))
-    engine = engine or reconciling.Engine(args.state_dir)
-    result = engine.reconcile(effective, found.kinds.get(app.kind) if app.kind else None, headers)
+                  headers: dict[str, str] | None = None, engine: reconciling.Engine | None = None,
+                  **changes: Any) -> int:
+    """Record `changes` to the application's overrides and run one pass with them, under one hold of
+    its lock (so a daemon cannot start a pass in between, e.g. without this deploy's headers);
+    write the status; return the exit code."""
+    with locking.application_lock(args.state_dir, app.name):
+        override = overrides.update(args.state_dir, app.name, **changes) if changes else \
+            overrides.read(args.state_dir, app.name)
+        effective = overrides.effective(app, override)
+        engine = engine or reconciling.Engine(args.state_dir)
+        result = engine.reconcile(effective, found.kinds.get(app.kind) if app.kind else None, headers, locked=True)
     status.write(args.state_dir, app.name,
                  status.build(effective, result, status.read(args.state_dir, app.name), time.time()))
     print(f"{app.name}: " + ("converged" if result.ok else f"failed: {result.error}"))
@@ -81,11 +88,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     overrides.check_deployment_name(deployment)
     overrides.check_source(args.url, args.sha256)
     headers = _headers(args.header)
-    overrides.update(args.state_dir, app.name, deployment=deployment, url=args.url,
-                     sha256=args.sha256.lower() if args.sha256 else None, pinned=False, generation=app.generation)
+    desired = {"deployment": deployment, "url": args.url, "sha256": args.sha256.lower() if args.sha256 else None,
+               "pinned": False, "generation": app.generation}
     if args.wait or headers or not daemon_running(args.state_dir):
         engine = reconciling.Engine(args.state_dir, fetcher=fetching.Fetcher(deadline_seconds=args.timeout))
-        return reconcile_now(args, found, app, headers, engine)
+        return reconcile_now(args, found, app, headers, engine, **desired)
+    overrides.update(args.state_dir, app.name, **desired)
     print(f"{app.name}: {deployment} is desired now; the running daemon deploys it (`tether status {app.name}`)")
     return OK
 
@@ -98,9 +106,8 @@ def _pin(args: argparse.Namespace, deployment: str | None, what: str) -> int:
     if deployment is None or record is None or record.state != records.COMPLETE or not record.has_dir:
         raise errors.PermanentError(f"{app.name} has no complete deployment {deployment or '(none)'} to {what}; "
                                     f"`tether list {app.name}` shows what there is")
-    overrides.update(args.state_dir, app.name, deployment=deployment, url=None, sha256=None, pinned=True,
-                     generation=app.generation)
-    return reconcile_now(args, found, app)
+    return reconcile_now(args, found, app, deployment=deployment, url=None, sha256=None, pinned=True,
+                         generation=app.generation)
 
 
 def cmd_activate(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ from controller import (
 )
 
 log = logging.getLogger(__name__)
+HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,10 @@ class Daemon:
         self.files: dict[str, str] = {}  # manifest file -> application name, for invalid files
         self.content: dict[str, list[str]] = {}  # content drift found by the last check
         self.content_due: dict[str, float] = {}
+        self.invalid: dict[str, str] = {}  # application -> why its manifest is invalid now (last good kept)
+        self.reported: set[str] = set()  # manifest problems already logged
+        self.running: dict[str, threading.Event] = {}  # application -> set when its pass should give up retrying
+        self.parsed: dict[Any, Any] = {}  # loading's cache of parsed manifests
         self._guard = threading.Lock()
         self._wake = threading.Event()
         self._rescan = threading.Event()
@@ -93,7 +98,7 @@ class Daemon:
         """Read the manifests and queue what changed (or everything)."""
         reserved = [os.path.realpath(self.config.state_dir), os.path.realpath(self.config.manifests)]
         found = loading.load([self.config.manifests], secure=not self.config.insecure_manifests,
-                             reserved_paths=reserved, skip_busy=True)
+                             reserved_paths=reserved, skip_busy=True, cache=self.parsed)
         if any(p.file == self.config.manifests for p in found.problems):
             log.error("Cannot read the manifests directory: %s; keeping every application as it was.",
                       found.problems[0])
@@ -102,26 +107,35 @@ class Daemon:
             return
         apps = dict(found.applications)
         kinds = dict(found.kinds)
-        broken = {p.file for p in found.problems}
-        for name, problem in found.invalid_names.items():
-            self._keep_last_good(name, apps, kinds, str(problem))
+        broken = {p.file: str(p) for p in found.problems}
+        invalid: dict[str, str] = {}
+        for name, error in found.invalid_names.items():
+            invalid[name] = str(error)
+            self._keep_last_good(name, apps, kinds, str(error))
         for file in found.busy:  # still being written: keep what it said before; its close triggers a rescan
             owner = self.files.get(file)
             if owner is not None and owner in self.apps and owner not in apps:
                 apps[owner] = self.apps[owner]
-        for file in broken:
+        for file, text in broken.items():
             owner = self.files.get(file)
             if owner is not None and owner not in apps and owner not in found.invalid_names:
-                self._keep_last_good(owner, apps, kinds, f"{file} is invalid; see `tether validate`")
+                invalid[owner] = text
+                self._keep_last_good(owner, apps, kinds, text)
+        for text in set(broken.values()) - self.reported:
+            log.error("Invalid manifest: %s", text)
         with self._guard:
             removed = set(self.apps) - set(apps)
+            healed = set(self.invalid) - set(invalid)
             self.apps, self.kinds, self.problems = apps, kinds, found.problems
             self.files = {app.file: name for name, app in apps.items()}
+            self.invalid, self.reported = invalid, set(broken.values())
         for name in removed:
             self._unmanage(name)
         for name, app in apps.items():
             key = (app.generation, overrides.read(self.config.state_dir, name))
-            if everything or self.seen.get(name) != key:
+            if self.seen.get(name) != key and name in self.running:
+                self.running[name].set()  # a pass of the old desired state stops retrying downloads
+            if everything or self.seen.get(name) != key or name in healed:
                 self.seen[name] = key
                 self.queue.put(name)
 
@@ -129,8 +143,7 @@ class Daemon:
                         kinds: dict[str, manifests.Kind], error: str) -> None:
         last = self.apps.get(name)
         if last is None:
-            log.error("%s", error)  # never valid: nothing to keep; the error shows in logs and metrics
-            return
+            return  # never valid: nothing to keep; the error shows in the log and the metrics
         apps[name] = last
         if last.kind and last.kind in self.kinds:
             kinds.setdefault(last.kind, self.kinds[last.kind])
@@ -174,7 +187,11 @@ class Daemon:
                         ", ".join(before.types))
             result = reconciling.Result(name, self.engine.plan(effective), observed)
         else:
-            result = self.engine.reconcile(effective, kind)
+            cancel = self.running[name] = threading.Event()
+            try:
+                result = self.engine.reconcile(effective, kind, cancel=cancel)
+            finally:
+                self.running.pop(name, None)
             current = result.observed.current
             if (result.ok and effective.drift == "correct" and current is not None
                     and drift.check_structure(effective.path, result.observed, effective.deployment).links):
@@ -187,11 +204,13 @@ class Daemon:
             self.backoff.succeeded(name)
         else:
             next_attempt = self.backoff.failed(name, key, self.clock())
-        previous = self.statuses.get(name) or status.read(self.config.state_dir, name)
+        previous = status.read(self.config.state_dir, name) or self.statuses.get(name)  # the CLI may have written it
         document = status.build(effective, result, previous, self.clock())
         document["nextAttemptAt"] = status.timestamp(next_attempt)
         document["lastSuccessAt"] = document["updatedAt"] if result.ok else (previous or {}).get("lastSuccessAt")
         self._record_drift(effective, document)
+        if name in self.invalid:  # still running on the last good manifest: keep saying so
+            document = status.build_invalid(name, self.invalid[name], document, self.clock())
         self._publish(name, document)
 
     def _record_drift(self, app: manifests.Application, document: dict[str, Any]) -> None:
@@ -246,7 +265,8 @@ class Daemon:
     def _summary(self) -> str:
         documents = self.status_documents()
         ready = sum(1 for d in documents if status.is_ready(d))
-        return f"STATUS={ready} of {len(documents)} applications ready, {len(documents) - ready} not ready"
+        total = len(self.apps)
+        return f"STATUS={ready} of {total} applications ready, {total - ready} not ready"
 
     # ------------------------------------------------------------ the main loop
 
@@ -268,6 +288,9 @@ class Daemon:
             log.error("Another `tether run` already uses the state dir %s; stop it first.", self.config.state_dir)
             os.close(lock)
             return 1
+        # Threads started from here on block these signals, so the kernel hands them to the main
+        # thread, whose handlers wake the loop at once.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
         registry = metrics.registry(metrics.Collector(self.status_documents, self.manifest_state, self.observations))
         server = metrics.Server(self.config.metrics_address, registry) if self.config.metrics_address else None
         watcher = watching.Watcher([self.config.manifests], self.request_rescan,
@@ -275,6 +298,7 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
+        signal.signal(signal.SIGIO, signal.SIG_IGN)  # announces a writer waiting on a manifest's read lease
         try:
             fsutil.makedirs(os.path.join(self.config.state_dir, "overrides"), 0o700)
             watcher.start()
@@ -283,6 +307,7 @@ class Daemon:
                        for i in range(self.config.workers)]
             for worker in workers:
                 worker.start()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
             self.notifier.send("READY=1", self._summary())
             log.info("tether is running: %d applications, metrics on %s.", len(self.apps),
                      f"{server.host}:{server.port}" if server else "nothing")
@@ -304,12 +329,14 @@ class Daemon:
     def _loop(self, watcher: watching.Watcher, registry: Any) -> None:
         next_resync = self.monotonic() + self.config.resync_seconds
         next_ping = self.monotonic()
+        last_summary = ""
         while not self._stop.is_set():
             now = self.monotonic()
             everything = now >= next_resync or self._full.is_set()
             if self._rescan.is_set() or everything:
                 self._rescan.clear()
-                self._full.clear()
+                if everything:
+                    self._full.clear()
                 self.scan(everything=everything)
                 watcher.refresh()
                 if everything:
@@ -318,9 +345,13 @@ class Daemon:
             for name, due in self.backoff.pending().items():
                 if due <= wall:
                     self.queue.put(name)
+            summary = self._summary()
             if self.notifier.watchdog_interval and now >= next_ping:
-                self.notifier.send("WATCHDOG=1", self._summary())
+                self.notifier.send("WATCHDOG=1", summary)
                 next_ping = now + self.notifier.watchdog_interval
+            elif summary != last_summary:
+                self.notifier.send(summary)
+            last_summary = summary
             if self.config.metrics_textfile and self._changed.is_set():
                 self._changed.clear()
                 metrics.write_textfile(self.config.metrics_textfile, registry)

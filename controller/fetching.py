@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import functools
 import hashlib
 import http.client
 import io
 import logging
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -92,6 +94,11 @@ class Download(io.RawIOBase):
             self._raw.close()
         finally:
             super().close()
+
+
+def _wait(event: threading.Event, seconds: float) -> None:
+    """Sleep for a retry, waking early when the retries are cancelled."""
+    event.wait(seconds)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -201,8 +208,8 @@ class Fetcher:
         hint = "; check the URL and the deployment name" if status == 404 else "; check the URL and headers"
         raise errors.FetchRefused(message + hint)
 
-    def retrying(self, attempt: Callable[[], T]) -> T:
-        """Run `attempt`, retrying TemporaryError with exponential back-off and jitter."""
+    def retrying(self, attempt: Callable[[], T], cancel: threading.Event | None = None) -> T:
+        """Run `attempt`, retrying TemporaryError with exponential back-off and jitter, until `cancel` is set."""
         jitter = tenacity.wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max)
 
         def wait(state: Any) -> float:
@@ -214,11 +221,12 @@ class Fetcher:
             log.warning("Attempt %d failed: %s; retrying in %.1f s.", state.attempt_number,
                         state.outcome.exception(), state.next_action.sleep)
 
+        stop = tenacity.stop_after_attempt(self.attempts)
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts),
+            stop=stop if cancel is None else stop | tenacity.stop_when_event_set(cancel),
             wait=wait,
             retry=tenacity.retry_if_exception_type(errors.TemporaryError),
-            sleep=self.sleep,
+            sleep=self.sleep if cancel is None else functools.partial(_wait, cancel),
             before_sleep=before_sleep,
             reraise=True,
         )

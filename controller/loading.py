@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import yaml
@@ -16,6 +17,7 @@ import yaml
 from controller import crosschecks, errors, manifests, validation
 
 F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader where PyYAML has it
 IGNORED_SUFFIXES = ("~", ".swp", ".swo", ".tmp", ".bak")
 IGNORED_INFIXES = (".dpkg-", ".rpm")
 # A manifest holds hundreds of values; YAML aliases could otherwise expand one without bound.
@@ -36,18 +38,25 @@ class Catalog:
     busy: list[str] = dataclasses.field(default_factory=list)
 
 
-def being_written(fd: int) -> bool:
-    """Whether another process has the file open for writing (a read lease is refused then).
+@contextlib.contextmanager
+def read_lease(fd: int) -> Iterator[bool]:
+    """Hold a read lease while reading; yield whether another process has the file open for writing.
 
-    Where leases are not supported, or not allowed, the answer is False."""
+    A writer that opens the file meanwhile waits until the lease is released (the
+    daemon ignores the SIGIO that announces it). Where leases are not supported or
+    not allowed, yield False."""
     try:
         fcntl.fcntl(fd, F_SETLEASE, fcntl.F_RDLCK)
     except BlockingIOError:
-        return True
+        yield True
+        return
     except OSError:
-        return False
-    fcntl.fcntl(fd, F_SETLEASE, fcntl.F_UNLCK)
-    return False
+        yield False
+        return
+    try:
+        yield False
+    finally:
+        fcntl.fcntl(fd, F_SETLEASE, fcntl.F_UNLCK)
 
 
 def is_manifest_name(name: str) -> bool:
@@ -136,8 +145,8 @@ def parse(file: str, text: str) -> manifests.Application | manifests.Kind:
 def _parse(file: str, text: str) -> tuple[manifests.Application | manifests.Kind, dict[str, int]]:
     """The manifest in `text` and the line of each JSON pointer in it."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        document = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=LOADER)
+        document = yaml.load(text, Loader=LOADER)  # noqa: S506 - LOADER is a safe loader
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -213,12 +222,14 @@ def load(
     euid: int | None = None,
     reserved_paths: Iterable[str] = (),
     skip_busy: bool = False,
+    cache: dict[tuple[str, str], tuple[manifests.Application | manifests.Kind, dict[str, int]]] | None = None,
 ) -> Catalog:
     """Read manifests from files and directories, validate each and all together.
 
     With `secure`, directories and files not owned by root or by `euid`, or
     writable by group or others, are refused. With `skip_busy`, files that
     another process is still writing are left for a later read (`Catalog.busy`).
+    `cache` keeps parsed manifests by file and content hash between calls.
     """
     euid = os.geteuid() if euid is None else euid
     busy: list[str] = []
@@ -244,13 +255,19 @@ def load(
                 st = os.fstat(handle.fileno())
                 if secure and (reason := insecure_reason(file, st, euid)):
                     raise errors.ManifestError(file, f"refused: {reason}; fix the permissions")
-                if skip_busy and being_written(handle.fileno()):
-                    busy.append(file)
-                    continue
-                raw = handle.read(1024 * 1024 + 1)
+                with read_lease(handle.fileno()) if skip_busy else contextlib.nullcontext(False) as writing:
+                    if writing:
+                        busy.append(file)
+                        continue
+                    raw = handle.read(1024 * 1024 + 1)
             if len(raw) > 1024 * 1024:
                 raise errors.ManifestError(file, "the file is larger than 1 MiB; is it a manifest?")
-            item, lines[file] = _parse(file, raw.decode("utf-8"))
+            key = (file, hashlib.sha256(raw).hexdigest())
+            if cache is None or key not in cache:
+                parsed_now = _parse(file, raw.decode("utf-8"))
+                if cache is not None:
+                    cache[key] = parsed_now
+            item, lines[file] = parsed_now if cache is None else cache[key]
             parsed.append(item)
         except UnicodeDecodeError as exc:
             found.append(errors.ManifestError(file, f"the file is not UTF-8 text: {exc.reason}"))

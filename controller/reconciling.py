@@ -11,11 +11,13 @@ by the next pass.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import secrets as token
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 
@@ -63,6 +65,7 @@ class _Pass:
     app: manifests.Application
     kind: manifests.Kind | None
     headers: dict[str, str]
+    cancel: threading.Event | None = None
     runs: list[hooks.HookRun] = dataclasses.field(default_factory=list)
 
     @property
@@ -87,14 +90,16 @@ class Engine:
                              suspended=app.suspend, generation=app.generation)
 
     def reconcile(self, app: manifests.Application, kind: manifests.Kind | None = None,
-                  headers: Mapping[str, str] | None = None) -> Result:
-        """Bring the application's tree to its desired state, holding its lock.
+                  headers: Mapping[str, str] | None = None, cancel: threading.Event | None = None,
+                  locked: bool = False) -> Result:
+        """Bring the application's tree to its desired state, holding its lock (unless the caller does).
 
-        `headers` are sent with this pass's downloads only (e.g. a CI job's token).
+        `headers` are sent with this pass's downloads only (e.g. a CI job's token);
+        once `cancel` is set, failed downloads are not retried (the desired state changed).
         """
-        with locking.application_lock(self.state_dir, app.name):
+        with contextlib.nullcontext() if locked else locking.application_lock(self.state_dir, app.name):
             plan = self.plan(app)
-            work = _Pass(app, kind, dict(headers or {}))
+            work = _Pass(app, kind, dict(headers or {}), cancel)
             error, permanent = None, False
             try:
                 for step in plan.steps:
@@ -155,7 +160,8 @@ class Engine:
             self._hooks(work, "beforeDeploy", deployment, previous)
             started = time.monotonic()
             try:
-                digest, size = self.fetcher.retrying(lambda: self._fetch(app, deployment, owner, url, headers))
+                digest, size = self.fetcher.retrying(lambda: self._fetch(app, deployment, owner, url, headers),
+                                                     work.cancel)
             except errors.TetherError as exc:
                 self.on_fetch_failure(app.name, type(exc).__name__)
                 raise

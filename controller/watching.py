@@ -19,7 +19,7 @@ from watchdog.observers import Observer
 
 log = logging.getLogger(__name__)
 # Reading a manifest must not trigger another rescan: only changes count.
-CHANGES = frozenset({"created", "deleted", "modified", "moved", "closed"})
+CHANGES = frozenset({"created", "deleted", "modified", "moved", "closed", "attrib"})
 
 
 class _Trigger(FileSystemEventHandler):

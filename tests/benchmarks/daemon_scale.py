@@ -1,0 +1,237 @@
+"""1000 applications under one daemon: DESIGN section 9, target P4 (and P5 as a bonus).
+
+A standalone script, not a pytest test:
+
+    .venv/bin/python tests/benchmarks/daemon_scale.py [--apps 1000] [--idle 60]
+
+On a fresh temporary tree it writes `--apps` manifests, each application with a
+path of its own and a tiny file:// artifact, starts a real `tether run` with a
+NOTIFY_SOCKET, and measures:
+
+  cold start      from starting the process to READY=1, to every `current` link,
+                  and to every status file saying Ready (target: <= 3 s);
+  full resync     CPU seconds (utime + stime from /proc/PID/stat) of one no-op
+                  pass over every application, triggered by SIGHUP and finished
+                  when every status file has been rewritten (target: <= 1 s CPU);
+  rescan          CPU seconds of one rescan that finds nothing changed (a file
+                  that is not a manifest is written in the manifests directory);
+  idle            CPU seconds over `--idle` seconds with nothing happening
+                  (target: ~0), with --resync-interval 3600;
+  memory          VmRSS and VmHWM from /proc/PID/status (target: <= 100 MB);
+  scrape          time to fetch /metrics (P5 target: <= 100 ms).
+
+"Idle" before each CPU measurement means: the daemon used less than 10 ms of CPU
+over the last 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def memory(pid: int) -> dict[str, float]:
+    found = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            found[key] = int(value.split()[0]) / 1024
+    return found
+
+
+def wait_idle(pid: int, window: float = 0.5, threshold: float = 0.01, timeout: float = 120) -> float:
+    """Wait until the process used less than `threshold` CPU seconds over `window`; how long it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = cpu_seconds(pid)
+        time.sleep(window)
+        if cpu_seconds(pid) - before < threshold:
+            return time.monotonic() - started
+    raise TimeoutError("the daemon never became idle")
+
+
+def tiny_artifact(path: Path) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        data = b"<h1>hello</h1>\n"
+        info = tarfile.TarInfo("site/index.html")
+        info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
+        tar.addfile(info, io.BytesIO(data))
+
+
+def statuses_ready(state: Path, names: list[str]) -> int:
+    ready = 0
+    for name in names:
+        try:
+            text = (state / "status" / f"{name}.json").read_text()
+        except FileNotFoundError:
+            continue
+        if re.search(r'"reason": "Converged",\s*"status": "True",\s*"type": "Ready"', text):
+            ready += 1
+    return ready
+
+
+def rewritten_since(state: Path, since_ns: int) -> int:
+    with os.scandir(state / "status") as entries:
+        return sum(1 for e in entries if e.name.endswith(".json") and e.stat().st_mtime_ns >= since_ns)
+
+
+def scrape(port: int) -> tuple[float, int]:
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        size = 0
+        while chunk := sock.recv(1 << 16):
+            size += len(chunk)
+    return time.perf_counter() - started, size
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--apps", type=int, default=1000)
+    parser.add_argument("--idle", type=float, default=60.0, help="seconds of idle CPU measurement")
+    parser.add_argument("--dir", default=None, help="where to make the temporary tree (default: $TMPDIR)")
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="tether-p4-", dir=args.dir))
+    root.chmod(0o755)
+    manifests, state, apps = root / "manifests", root / "state", root / "apps"
+    for directory in (manifests, state, apps):
+        directory.mkdir(mode=0o755)
+    artifact = root / "artifact.tar.gz"
+    tiny_artifact(artifact)
+    names = [f"app-{i:04d}" for i in range(args.apps)]
+    for name in names:
+        document = {"apiVersion": "tether/v1", "kind": "Application", "metadata": {"name": name},
+                    "spec": {"path": str(apps / name), "deployment": "v1",
+                             "source": {"url": f"file://{artifact}"}, "retention": {"keep": 2}}}
+        (manifests / f"{name}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(root / "notify.sock"))
+    messages: list[tuple[float, str]] = []
+
+    def listen() -> None:
+        with contextlib.suppress(OSError):
+            while data := notify.recv(4096):
+                messages.append((time.monotonic(), data.decode()))
+
+    threading.Thread(target=listen, daemon=True).start()
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TETHER_", "NOTIFY_", "WATCHDOG_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["NOTIFY_SOCKET"] = str(root / "notify.sock")
+    logs = Path(tempfile.mkdtemp(prefix="tether-p4-log-", dir=args.dir))  # not in a directory the daemon watches
+    log_path = logs / "daemon.log"
+    results: list[str] = []
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        daemon = subprocess.Popen([sys.executable, "-m", "controller", "run", "--manifests", str(manifests),
+                                   "--state-dir", str(state), "--metrics-address", "127.0.0.1:0",
+                                   "--resync-interval", "3600", "-v"],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=root)
+    pid = daemon.pid
+    try:
+        while not any(m.startswith("READY=1") for _, m in messages):
+            if daemon.poll() is not None:
+                raise RuntimeError(f"the daemon exited: {log_path.read_text()[-2000:]}")
+            time.sleep(0.005)
+        ready_at = next(t for t, m in messages if m.startswith("READY=1")) - started
+        while sum(1 for n in names if (apps / n / "current").is_symlink()) < len(names):
+            time.sleep(0.05)
+        linked_at = time.monotonic() - started
+        while statuses_ready(state, names) < len(names):
+            time.sleep(0.1)
+        all_ready_at = time.monotonic() - started
+        results.append(f"  cold start: READY=1 after {ready_at:.2f} s; every current link after {linked_at:.2f} s; "
+                       f"every status Ready after {all_ready_at:.2f} s   (target <= 3 s)")
+        settle = wait_idle(pid)
+        mem = memory(pid)
+        results.append(f"  after cold start (idle {settle:.1f} s later): CPU so far {cpu_seconds(pid):.2f} s, "
+                       f"VmRSS {mem['VmRSS']:.1f} MB, VmHWM {mem['VmHWM']:.1f} MB")
+        port = int(re.search(r"Serving metrics on \S+ port (\d+)", log_path.read_text()).group(1))  # type: ignore[union-attr]
+
+        # One no-op full resync.
+        before_cpu, since = cpu_seconds(pid), time.time_ns()
+        hup = time.monotonic()
+        os.kill(pid, signal.SIGHUP)
+        nudged = False
+        while rewritten_since(state, since) < len(names):
+            if not nudged and time.monotonic() - hup > 5 and rewritten_since(state, since) == 0:
+                (manifests / "nudge.txt").write_text("wake up\n")  # the SIGHUP went to another thread
+                nudged = True
+            time.sleep(0.05)
+        resync_wall = time.monotonic() - hup
+        wait_idle(pid)
+        resync_cpu = cpu_seconds(pid) - before_cpu
+        results.append(f"  full no-op resync (SIGHUP): {resync_cpu:.2f} CPU s, {resync_wall:.2f} s until every status "
+                       f"was rewritten{' (needed a nudge: SIGHUP not acted on for 5 s)' if nudged else ''}   "
+                       "(target <= 1 s CPU)")
+
+        # One rescan that finds nothing changed.
+        before_cpu = cpu_seconds(pid)
+        (manifests / "README.txt").write_text("not a manifest\n")
+        wait_idle(pid)
+        results.append(f"  rescan with nothing changed: {cpu_seconds(pid) - before_cpu:.2f} CPU s")
+
+        # Idle.
+        before_cpu = cpu_seconds(pid)
+        time.sleep(args.idle)
+        idle_cpu = cpu_seconds(pid) - before_cpu
+        results.append(f"  idle: {idle_cpu:.2f} CPU s over {args.idle:.0f} s   (target ~0); with the default "
+                       f"--resync-interval 60 add {resync_cpu / 60 * args.idle:.2f} CPU s per {args.idle:.0f} s")
+
+        # Scrape (P5).
+        times = []
+        size = 0
+        for _ in range(10):
+            took, size = scrape(port)
+            times.append(took)
+        results.append(f"  scrape /metrics: median {statistics.median(times) * 1000:.0f} ms, max "
+                       f"{max(times) * 1000:.0f} ms, {size / 1024:.0f} KiB   (P5 target <= 100 ms)")
+        mem = memory(pid)
+        results.append(f"  memory at the end: VmRSS {mem['VmRSS']:.1f} MB, VmHWM {mem['VmHWM']:.1f} MB   "
+                       "(target <= 100 MB)")
+
+        stopping = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(60)
+        results.append(f"  SIGTERM: exit {code} after {time.monotonic() - stopping:.2f} s")
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        notify.close()
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(logs, ignore_errors=True)
+
+    print(f"P4 {args.apps} applications ({platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()})")
+    print("\n".join(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
