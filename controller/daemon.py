@@ -187,6 +187,11 @@ class Daemon:
                         ", ".join(before.types))
             result = reconciling.Result(name, self.engine.plan(effective), observed)
         else:
+            plan = self.engine.plan(effective)
+            last = self.statuses.get(name)
+            if last is not None and not plan.converged and not plan.suspended:
+                steps = ", ".join(f"{step.action} {step.deployment or ''}".strip() for step in plan.steps)
+                self._publish(name, status.set_reconciling(last, steps, self.clock()))
             cancel = self.running[name] = threading.Event()
             try:
                 result = self.engine.reconcile(effective, kind, cancel=cancel)

@@ -143,6 +143,15 @@ def set_drift(document: dict[str, Any], types: list[str], files: list[str], now:
     document["conditions"] = others + _with_transitions([drifted], document.get("conditions", []), timestamp(now))
 
 
+def set_reconciling(document: dict[str, Any], steps: str, now: float) -> dict[str, Any]:
+    """A copy of `document` saying that a pass is working on `steps`."""
+    changed = dict(document)
+    working = _condition("Reconciling", True, "Progressing", steps)
+    others = [c for c in document.get("conditions", []) if c["type"] != "Reconciling"]
+    changed["conditions"] = others + _with_transitions([working], document.get("conditions", []), timestamp(now))
+    return changed
+
+
 def build_invalid(name: str, error: str, previous: dict[str, Any] | None, now: float) -> dict[str, Any]:
     """Status for an application whose manifest is invalid: last good state, plus the error."""
     document = dict(previous or {"name": name, "deployments": [], "conditions": []})

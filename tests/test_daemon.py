@@ -956,3 +956,84 @@ def test_a_bump_is_not_held_up_by_the_download_retries_of_an_older_version(
     paths = [path for path, _ in list(http.requests)]
     before_v2 = paths[:paths.index("/site/v2.tar.gz")].count("/site/v1.tar.gz")
     assert before_v2 <= 2, f"v2 was fetched only after v1 had been tried {before_v2} times"
+
+
+# ---------------------------------------------------------------- 11. hand-made drift
+
+
+PERSISTENT = [support.Member("site/.mtree", b"/set type=dir\n.\n    logs\n    ..\n..\n")]
+
+
+def site_with_data(version: str) -> bytes:
+    return support.tar_bytes(support.site(version) + PERSISTENT)
+
+
+def drifted(node: support.Node, name: str, kind: str) -> bool:
+    document = read_status(node, name) or {}
+    return bool(document.get("drift", {}).get(kind)) and condition(document, "Drifted")["status"] == "True"
+
+
+def test_hand_made_drift_is_corrected_when_the_policy_is_correct(
+        node: support.Node, http: support.HttpServer, start: Start) -> None:
+    for version in ("v1", "v2"):
+        http.serve(f"/site/{version}.tar.gz", site_with_data(version))
+    put(node.manifests, app_manifest(node, http, deployment="v1"))
+    daemon = start()
+    wait_converged(node, "site", "v1")
+    put(node.manifests, app_manifest(node, http, deployment="v2"))
+    wait_converged(node, "site", "v2")
+    app = node.apps / "site"
+    assert os.readlink(app / "v2" / "logs") == str(app / "persistent-data" / "logs")
+
+    subprocess.run(["ln", "-sfn", str(app / "v1"), str(app / "current")], check=True)  # current drift
+    os.unlink(app / "v2" / "logs")  # links drift
+    (app / "v2" / "index.html").write_text("defaced\n")  # content drift: reported, never rewritten
+    daemon.signal(signal.SIGHUP)
+
+    wait_until(lambda: current(app) == "v2" and os.path.islink(app / "v2" / "logs"))
+    assert os.readlink(app / "v2" / "logs") == str(app / "persistent-data" / "logs")
+    assert (app / "v2" / "index.html").read_text() == "defaced\n"
+
+
+def test_hand_made_drift_is_only_reported_when_the_policy_is_report(
+        node: support.Node, http: support.HttpServer, start: Start) -> None:
+    for version in ("v1", "v2"):
+        http.serve(f"/site/{version}.tar.gz", site_with_data(version))
+    put(node.manifests, app_manifest(node, http, deployment="v1", drift="report"))
+    daemon = start("--content-check-interval", "0")
+    wait_converged(node, "site", "v1")
+    put(node.manifests, app_manifest(node, http, deployment="v2", drift="report"))
+    wait_converged(node, "site", "v2")
+    app = node.apps / "site"
+
+    subprocess.run(["ln", "-sfn", str(app / "v1"), str(app / "current")], check=True)
+    (app / "v2" / "index.html").write_text("defaced\n")
+    daemon.signal(signal.SIGHUP)
+
+    wait_until(lambda: drifted(node, "site", "current"))
+    assert current(app) == "v1", "drift: report must not correct"
+    assert daemon.samples("tether_drift", name="site", type="current") == 1
+    subprocess.run(["ln", "-sfn", str(app / "v2"), str(app / "current")], check=True)
+    daemon.signal(signal.SIGHUP)
+    wait_until(lambda: drifted(node, "site", "content"))
+    assert status_of(node, "site")["drift"]["driftedFiles"] == 1
+    assert "index.html" in condition(status_of(node, "site"), "Drifted")["message"]
+    assert daemon.samples("tether_drifted_files", name="site") == 1
+
+
+def test_status_says_reconciling_while_a_pass_works_and_not_after(
+        node: support.Node, http: support.HttpServer, start: Start, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    hook = f"#!/bin/sh\nwhile [ ! -e {gate} ]; do sleep 0.05; done\n"  # waits until the test opens the gate
+    gate.touch()
+    running_site(node, http, start, "v2", hooks={"beforeActivate": hook})
+    gate.unlink()
+    put(node.manifests, app_manifest(node, http, deployment="v2", hooks={"beforeActivate": hook}))
+
+    working = wait_until(lambda: condition(read_status(node, "site"), "Reconciling")["status"] == "True"
+                         and read_status(node, "site"))
+    gate.touch()
+    wait_converged(node, "site", "v2")
+
+    assert "activate v2" in condition(working, "Reconciling")["message"]  # type: ignore[arg-type]
+    assert condition(status_of(node, "site"), "Reconciling")["status"] == "False"
