@@ -17,7 +17,9 @@ import yaml
 from controller import crosschecks, errors, manifests, validation
 
 F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
-LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader where PyYAML has it
+# PyYAML's own safe loader: its errors name the offending character, and deep nesting stops at
+# Python's recursion limit (caught below); the daemon caches parsed manifests, so speed matters little.
+LOADER = yaml.SafeLoader
 IGNORED_SUFFIXES = ("~", ".swp", ".swo", ".tmp", ".bak")
 IGNORED_INFIXES = (".dpkg-", ".rpm")
 # A manifest holds hundreds of values; YAML aliases could otherwise expand one without bound.
@@ -163,6 +165,8 @@ def _parse(file: str, text: str) -> tuple[manifests.Application | manifests.Kind
         raise errors.ManifestError(file, "the file must hold one YAML mapping (a manifest)", 1)
     try:
         values, depth = _measure(node, {})
+    except RecursionError as exc:
+        raise errors.ManifestError(file, "the document is nested too deeply; is it a manifest?") from exc
     except ValueError as exc:
         raise errors.ManifestError(file, f"{exc}; a manifest cannot hold a cycle, remove that alias") from exc
     if depth > MAX_DEPTH:
