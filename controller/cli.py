@@ -17,6 +17,7 @@ from controller import (
     drift_commands,
     errors,
     loading,
+    locking,
     logs,
     manifests,
     overrides,
@@ -136,10 +137,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     engine = reconciling.Engine(args.state_dir, checkpoint=_checkpoint())
 
     def one(name: str) -> reconciling.Result:
-        app = _effective(args, catalog.applications[name])
-        result = engine.reconcile(app, catalog.kinds.get(app.kind) if app.kind else None)
-        previous = status.read(args.state_dir, name)
-        status.write(args.state_dir, name, status.build(app, result, previous, time.time()))
+        with locking.application_lock(args.state_dir, name):  # the status too, so a daemon's pass starts from it
+            app = _effective(args, catalog.applications[name])
+            result = engine.reconcile(app, catalog.kinds.get(app.kind) if app.kind else None, locked=True)
+            previous = status.read(args.state_dir, name)
+            status.write(args.state_dir, name, status.build(app, result, previous, time.time()))
         return result
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(4, len(names)))) as pool:

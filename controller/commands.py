@@ -55,7 +55,7 @@ def reconcile_now(args: argparse.Namespace, found: loading.Catalog, app: manifes
                   headers: dict[str, str] | None = None, engine: reconciling.Engine | None = None,
                   **changes: Any) -> int:
     """Record `changes` to the application's overrides and run one pass with them, under one hold of
-    its lock (so a daemon cannot start a pass in between, e.g. without this deploy's headers);
+    its lock (so a daemon cannot start a pass in between, e.g. without this deploy's headers), and
     write the status; return the exit code."""
     with locking.application_lock(args.state_dir, app.name):
         override = overrides.update(args.state_dir, app.name, **changes) if changes else \
@@ -63,8 +63,9 @@ def reconcile_now(args: argparse.Namespace, found: loading.Catalog, app: manifes
         effective = overrides.effective(app, override)
         engine = engine or reconciling.Engine(args.state_dir)
         result = engine.reconcile(effective, found.kinds.get(app.kind) if app.kind else None, headers, locked=True)
-    status.write(args.state_dir, app.name,
-                 status.build(effective, result, status.read(args.state_dir, app.name), time.time()))
+        # Still under the lock: a daemon's next pass starts from this status, hook runs included.
+        status.write(args.state_dir, app.name,
+                     status.build(effective, result, status.read(args.state_dir, app.name), time.time()))
     print(f"{app.name}: " + ("converged" if result.ok else f"failed: {result.error}"))
     return OK if result.ok else FAILED
 

@@ -201,9 +201,7 @@ class Daemon:
             if (result.ok and effective.drift == "correct" and current is not None
                     and drift.check_structure(effective.path, result.observed, effective.deployment).links):
                 self.engine.relink(effective, current)
-        self.observations.reconciled(name, "success" if result.ok else "failure", self.monotonic() - started)
-        for run in result.hook_runs:
-            self.observations.hook_ran(run, name)
+        took = self.monotonic() - started
         next_attempt = None
         if result.ok:
             self.backoff.succeeded(name)
@@ -217,6 +215,9 @@ class Daemon:
         if name in self.invalid:  # still running on the last good manifest: keep saying so
             document = status.build_invalid(name, self.invalid[name], document, self.clock())
         self._publish(name, document)
+        self.observations.reconciled(name, "success" if result.ok else "failure", took)  # after the status
+        for run in result.hook_runs:
+            self.observations.hook_ran(run, name)
 
     def _record_drift(self, app: manifests.Application, document: dict[str, Any]) -> None:
         """Structural drift every pass; content drift when its slower interval is due."""

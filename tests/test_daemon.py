@@ -916,9 +916,14 @@ def test_a_failing_artifact_is_retried_after_its_back_off_not_in_a_tight_loop(
     assert parse_time(first["nextAttemptAt"]) > parse_time(first["updatedAt"])
     assert len(requested(http, "/site/v1.tar.gz")) == 1
 
-    wait_until(lambda: status_file.stat().st_mtime_ns != written, timeout=20)  # the second attempt
+    def second_attempt_recorded() -> dict[str, Any] | None:
+        document = read_status(node, "site")
+        done = (status_file.stat().st_mtime_ns != written and document is not None
+                and document["updatedAt"] != first["updatedAt"] and condition(document, "Reconciling")["status"] == "False")
+        return document if done else None
+
+    second = wait_until(second_attempt_recorded, timeout=20)
     second_at = time.time()
-    second = read_status(node, "site")
 
     assert second is not None and second["nextAttemptAt"] is not None
     assert second_at >= parse_time(first["nextAttemptAt"]), "retried before the back-off ended"
