@@ -97,8 +97,13 @@ class Daemon:
     def scan(self, everything: bool = False) -> None:
         """Read the manifests and queue what changed (or everything)."""
         reserved = [os.path.realpath(self.config.state_dir), os.path.realpath(self.config.manifests)]
+        before = _identity(self.config.manifests)
         found = loading.load([self.config.manifests], secure=not self.config.insecure_manifests,
                              reserved_paths=reserved, skip_busy=True, cache=self.parsed)
+        if before is not None and _identity(self.config.manifests) != before:
+            log.info("The manifests directory was replaced while it was read; reading it again.")
+            self.request_rescan()
+            return
         if any(p.file == self.config.manifests for p in found.problems):
             log.error("Cannot read the manifests directory: %s; keeping every application as it was.",
                       found.problems[0])
@@ -344,7 +349,8 @@ class Daemon:
                 if everything:
                     self._full.clear()
                 self.scan(everything=everything)
-                watcher.refresh()
+                if watcher.refresh():
+                    self.request_rescan()
                 if everything:
                     next_resync = now + self.config.resync_seconds
             wall = self.clock()
@@ -366,3 +372,12 @@ class Daemon:
                 waits.append(next_ping - now)
             self._wake.wait(timeout=max(0.01, min(waits)))
             self._wake.clear()
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """Which directory `path` is now (device, inode), or None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

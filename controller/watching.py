@@ -48,16 +48,19 @@ class Watcher:
                     wanted.add(candidate)
         return wanted | {os.path.realpath(p) for p in self._exact if os.path.isdir(p)}
 
-    def refresh(self) -> None:
-        """Watch where the paths resolve now."""
+    def refresh(self) -> bool:
+        """Watch where the paths resolve now; True when a new directory is watched (the caller should
+        rescan: what changed there before the watch began raised no event)."""
         wanted = self._wanted()
         for path in set(self._watches) - wanted:
             self._observer.unschedule(self._watches.pop(path))
-        for path in wanted - set(self._watches):
+        added = wanted - set(self._watches)
+        for path in added:
             try:
                 self._watches[path] = self._observer.schedule(self._handler, path, recursive=False)
             except OSError as exc:
                 log.warning("Cannot watch %s (%s); the periodic resync still sees its changes.", path, exc)
+        return bool(added)
 
     def start(self) -> None:
         self.refresh()
