@@ -330,6 +330,10 @@ class Daemon:
             deadline = self.monotonic() + self.config.shutdown_grace_seconds
             for worker in workers:
                 worker.join(timeout=max(0.0, deadline - self.monotonic()))
+            if any(worker.is_alive() for worker in workers):
+                log.warning("The shutdown grace is over: killing the hooks still running; the next start "
+                            "finishes what their passes left.")
+                self.engine.hooks.kill_all()
         finally:
             watcher.stop()
             if server is not None:

@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from controller import errors, hook_output, manifests, records
 
@@ -106,6 +107,12 @@ class Runner:
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
     environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
+    _running: set[int] = dataclasses.field(default_factory=set)  # process groups of hooks running now
+
+    def kill_all(self) -> None:
+        """Kill every hook still running, with its children (the daemon's shutdown grace is over)."""
+        for pgid in list(self._running):
+            _signal_group(pgid, signal.SIGKILL)
 
     def run_phase(self, phase: str, app: manifests.Application, kind: manifests.Kind | None, deployment: str,
                   previous: str | None, on_run: Callable[[HookRun], None]) -> None:
@@ -170,7 +177,15 @@ class Runner:
             start_new_session=True, close_fds=True, umask=0o022, **ids,
         )
         assert process.stdout is not None
-        stream = process.stdout
+        self._running.add(process.pid)
+        try:
+            return self._supervise(process, process.stdout, output, deadline)
+        finally:
+            self._running.discard(process.pid)
+
+    def _supervise(self, process: subprocess.Popen[bytes], stream: Any, output: hook_output.BoundedLog,
+                   deadline: float) -> tuple[int | None, bool]:
+        """Copy the hook's output until it ends or its deadline; then TERM, grace, KILL its whole group."""
         timed_out = not self._pump(stream, output, deadline)
         if not timed_out:
             try:

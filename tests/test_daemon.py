@@ -1042,3 +1042,26 @@ def test_status_says_reconciling_while_a_pass_works_and_not_after(
 
     assert "activate v2" in condition(working, "Reconciling")["message"]  # type: ignore[arg-type]
     assert condition(status_of(node, "site"), "Reconciling")["status"] == "False"
+
+
+def test_a_hook_still_running_when_the_shutdown_grace_ends_is_killed_with_the_daemon(
+        node: support.Node, http: support.HttpServer, start: Start, tmp_path: Path) -> None:
+    pid_file = tmp_path / "hook.pid"
+    hook = f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 1000\n"
+    serve(http, "site", "v1")
+    put(node.manifests, app_manifest(node, http, hooks={"beforeActivate": hook}))
+    daemon = start("--shutdown-grace", "1")
+    pid = int(wait_until(lambda: pid_file.exists() and pid_file.read_text().strip()))  # type: ignore[arg-type]
+
+    assert daemon.stop() == 0
+    daemon.wait_for_log(r"killing the hooks still running")
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")  # killed, not yet reaped
+
+    assert wait_until(gone, timeout=10)
+    assert current(node.apps / "site") is None, "the hook never finished, so nothing was activated"
