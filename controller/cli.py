@@ -19,7 +19,6 @@ from controller import (
     loading,
     locking,
     logs,
-    manifests,
     overrides,
     reconciling,
     records,
@@ -92,12 +91,6 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _catalog(args: argparse.Namespace) -> loading.Catalog:
-    return imperative.catalog(args)
-
-
-def _effective(args: argparse.Namespace, app: manifests.Application) -> manifests.Application:
-    return overrides.effective(app, overrides.read(args.state_dir, app.name))
 
 
 def _print_problems(catalog: loading.Catalog) -> None:
@@ -123,7 +116,7 @@ def _selected(catalog: loading.Catalog, names: Sequence[str]) -> tuple[list[str]
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    catalog = _catalog(args)
+    catalog = imperative.catalog(args)
     _print_problems(catalog)
     names, missing = _selected(catalog, args.names)
     now = time.time()
@@ -138,7 +131,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     def one(name: str) -> reconciling.Result:
         with locking.application_lock(args.state_dir, name):  # the status too, so a daemon's pass starts from it
-            app = _effective(args, catalog.applications[name])
+            app = overrides.applied(args.state_dir, catalog.applications[name])
             result = engine.reconcile(app, catalog.kinds.get(app.kind) if app.kind else None, locked=True)
             previous = status.read(args.state_dir, name)
             status.write(args.state_dir, name, status.build(app, result, previous, time.time()))
@@ -157,11 +150,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    catalog = _catalog(args)
+    catalog = imperative.catalog(args)
     _print_problems(catalog)
     names, missing = _selected(catalog, args.names)
     engine = reconciling.Engine(args.state_dir)
-    plans = [engine.plan(_effective(args, catalog.applications[n])) for n in names]
+    plans = [engine.plan(overrides.applied(args.state_dir, catalog.applications[n])) for n in names]
     if args.json:
         print(json.dumps([_plan_json(p) for p in plans], indent=2))
     for plan in [] if args.json else plans:
@@ -200,7 +193,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    catalog = _catalog(args)
+    catalog = imperative.catalog(args)
     app = catalog.applications.get(args.name)
     path = app.path if app else (status.read(args.state_dir, args.name) or {}).get("path")
     if path is None:

@@ -124,7 +124,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     found = catalog(args)
     app = application(args, found)
     reconciling.Engine(args.state_dir).remove(
-        overrides.effective(app, overrides.read(args.state_dir, app.name)), args.deployment)
+        overrides.applied(args.state_dir, app), args.deployment)
     print(f"{app.name}: removed {args.deployment}")
     return OK
 
@@ -132,7 +132,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     found = catalog(args)
     app = application(args, found)
-    effective = overrides.effective(app, overrides.read(args.state_dir, app.name))
+    effective = overrides.applied(args.state_dir, app)
     reconciling.Engine(args.state_dir).prune(effective, args.keep if args.keep is not None else app.keep)
     print(f"{app.name}: pruned to {args.keep if args.keep is not None else app.keep} deployments")
     return OK

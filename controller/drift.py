@@ -132,7 +132,7 @@ def check_content(path: str, deployment: str, ignore: Sequence[str]) -> Content:
                    removed=sorted(p for p in recorded if p not in found and not ignored(p)))
 
 
-def _record_links(path: str, deployment: str) -> list[str]:
+def record_links(path: str, deployment: str) -> list[str]:
     record = fsutil.read_json(records.record_path(path, deployment)) or {}
     return list(record.get("links", ()))
 
@@ -143,7 +143,7 @@ def relink(app: manifests.Application, deployment: str, owner: Owner) -> list[st
     `persistent_data.apply` is idempotent: it never re-seeds or rewrites existing persistent data (it
     re-applies the `.mtree` ownership and mode, as every deployment does) and replaces each leaf by its link.
     """
-    wrong = wrong_links(app.path, deployment, _record_links(app.path, deployment))
+    wrong = wrong_links(app.path, deployment, record_links(app.path, deployment))
     if not wrong:
         return []
     persistent_data.apply(app, os.path.join(app.path, deployment), owner)
@@ -203,7 +203,7 @@ def repair_content(app: manifests.Application, deployment: str, state_dir: str, 
     if not content.paths:
         return []
     path, target = app.path, os.path.join(app.path, deployment)
-    recorded, links = digests.read(path, deployment), set(_record_links(path, deployment))
+    recorded, links = digests.read(path, deployment), set(record_links(path, deployment))
     fsutil.makedirs(records.staging_dir(path))
     stage = tempfile.mkdtemp(prefix=f"repair-{deployment}-", dir=records.staging_dir(path))
     repaired, failed, gone = list[str](), list[str](), set[str]()

@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from controller import commands, digests, drift, errors, fsutil, locking, manifests, overrides, owners, records
+from controller import commands, digests, drift, errors, locking, manifests, overrides, owners, records
 
 OK, FAILED, INVALID = 0, 1, 2
 
@@ -26,16 +26,12 @@ def _application(args: argparse.Namespace) -> manifests.Application | None:
     except errors.PermanentError as exc:
         print(f"tether: {exc}", file=sys.stderr)
         return None
-    return overrides.effective(app, overrides.read(args.state_dir, app.name))
+    return overrides.applied(args.state_dir, app)
 
 
 def desired(app: manifests.Application, observed: records.Observed) -> str | None:
     """The deployment that should be active: the desired one (callers apply overrides), else `current`'s."""
     return app.deployment if app.deployment is not None else observed.current
-
-
-def _links(path: str, deployment: str) -> list[str]:
-    return list((fsutil.read_json(records.record_path(path, deployment)) or {}).get("links", ()))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -105,7 +101,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
             repaired = drift.repair_content(app, active, args.state_dir, owner, content)
         relinked = drift.relink(app, active, owner)
         if recorded:
-            drift.record_digests(app.path, active, _links(app.path, active))
+            drift.record_digests(app.path, active, drift.record_links(app.path, active))
         left = drift.check_structure(app.path, records.observe(app.path), active)
     if args.json:
         print(json.dumps({"name": app.name, "deployment": active, "repaired": repaired, "relinked": relinked,

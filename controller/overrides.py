@@ -72,6 +72,11 @@ def effective(app: manifests.Application, override: Override) -> manifests.Appli
     return dataclasses.replace(app, **changes) if changes else app
 
 
+def applied(state_dir: str, app: manifests.Application) -> manifests.Application:
+    """The application with the overrides recorded for it in `state_dir`."""
+    return effective(app, read(state_dir, app.name))
+
+
 def check_deployment_name(name: str) -> None:
     definition = validation.schema("application")["$defs"]["deploymentName"]
     if not re.fullmatch(definition["pattern"].strip("^$"), name) or name in definition["not"]["enum"]:
