@@ -263,12 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(getattr(args, "log_format", "text"), getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
     try:
         return {**COMMANDS, **imperative.COMMANDS}[args.command](args)
-    except errors.PermanentError as exc:
-        print(f"tether: {exc}", file=sys.stderr)
-        return INVALID
     except errors.TetherError as exc:
         print(f"tether: {exc}", file=sys.stderr)
-        return FAILED
+        if getattr(args, "json", False):  # a caller parsing stdout (Bolt, Ansible) gets the error too
+            print(json.dumps({"ok": False, "error": str(exc)}, indent=2))
+        return INVALID if isinstance(exc, errors.PermanentError) else FAILED
     except KeyboardInterrupt:
         return FAILED
 

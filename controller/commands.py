@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import time
 from typing import Any
@@ -66,8 +67,17 @@ def reconcile_now(args: argparse.Namespace, found: loading.Catalog, app: manifes
         # Still under the lock: a daemon's next pass starts from this status, hook runs included.
         status.write(args.state_dir, app.name,
                      status.build(effective, result, status.read(args.state_dir, app.name), time.time()))
-    print(f"{app.name}: " + ("converged" if result.ok else f"failed: {result.error}"))
-    return OK if result.ok else FAILED
+    return report(args, app.name, result.ok, "converged" if result.ok else f"failed: {result.error}")
+
+
+def report(args: argparse.Namespace, name: str, ok: bool, message: str) -> int:
+    """Print the outcome (with `--json`: one object with the application's status) and return the exit code."""
+    if getattr(args, "json", False):
+        print(json.dumps({"name": name, "ok": ok, "message": message,
+                          "status": status.read(args.state_dir, name)}, indent=2))
+    else:
+        print(f"{name}: {message}")
+    return OK if ok else FAILED
 
 
 def _headers(values: list[str]) -> dict[str, str]:
@@ -95,8 +105,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         engine = reconciling.Engine(args.state_dir, fetcher=fetching.Fetcher(deadline_seconds=args.timeout))
         return reconcile_now(args, found, app, headers, engine, **desired)
     overrides.update(args.state_dir, app.name, **desired)
-    print(f"{app.name}: {deployment} is desired now; the running daemon deploys it (`tether status {app.name}`)")
-    return OK
+    return report(args, app.name, True,
+                  f"{deployment} is desired now; the running daemon deploys it (`tether status {app.name}`)")
 
 
 def _pin(args: argparse.Namespace, deployment: str | None, what: str) -> int:
@@ -125,8 +135,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     app = application(args, found)
     reconciling.Engine(args.state_dir).remove(
         overrides.applied(args.state_dir, app), args.deployment)
-    print(f"{app.name}: removed {args.deployment}")
-    return OK
+    return report(args, app.name, True, f"removed {args.deployment}")
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -134,28 +143,29 @@ def cmd_prune(args: argparse.Namespace) -> int:
     app = application(args, found)
     effective = overrides.applied(args.state_dir, app)
     reconciling.Engine(args.state_dir).prune(effective, args.keep if args.keep is not None else app.keep)
-    print(f"{app.name}: pruned to {args.keep if args.keep is not None else app.keep} deployments")
-    return OK
+    return report(args, app.name, True, f"pruned to {args.keep if args.keep is not None else app.keep} deployments")
 
 
 def cmd_suspend(args: argparse.Namespace) -> int:
     app = application(args, catalog(args))
     overrides.update(args.state_dir, app.name, suspended=args.command == "suspend")
-    print(f"{app.name}: {'suspended; nothing changes until `tether resume`' if args.command == 'suspend' else 'resumed'}")
-    return OK
+    return report(args, app.name, True,
+                  "suspended; nothing changes until `tether resume`" if args.command == "suspend" else "resumed")
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     app = application(args, catalog(args))
     cleared = reconciling.Engine(args.state_dir).retry(app)
     overrides.update(args.state_dir, app.name, retry_requested_at=time.time())
-    print(f"{app.name}: " + (f"cleared the failure mark of {', '.join(cleared)}" if cleared
-                             else "no failure mark; the back-off is reset"))
-    return OK
+    return report(args, app.name, True, f"cleared the failure mark of {', '.join(cleared)}" if cleared
+                  else "no failure mark; the back-off is reset")
 
 
 def add_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
-    """Register the imperative commands with the command line."""
+    """Register the imperative commands with the command line; each takes --json."""
+    json_output = argparse.ArgumentParser(add_help=False)
+    json_output.add_argument("--json", action="store_true", help="print the outcome and the status as JSON")
+    common = argparse.ArgumentParser(add_help=False, parents=[common, json_output])
     sub = commands.add_parser("deploy", parents=[common], help="set the desired deployment (CI/CD entry point)")
     sub.add_argument("name")
     sub.add_argument("--deployment", help="deployment name (default: the manifest's)")

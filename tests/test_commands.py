@@ -99,3 +99,26 @@ def test_deploy_refuses_bad_input_before_changing_anything(node: support.Node, h
         run = node.tether("deploy", "site", *args)
         assert run.returncode == 2 and words in run.stderr, (args, run.stderr)
     assert support.snapshot(app) == before
+
+
+def test_imperative_commands_print_their_outcome_and_the_status_as_json(
+        node: support.Node, http: support.HttpServer) -> None:
+    app = three_versions(node, http)
+
+    deployed = node.tether("deploy", "site", "--deployment", "v2", "--wait", "--json")
+    rolled_back = node.tether("rollback", "site", "--json")
+    failed = node.tether("deploy", "site", "--deployment", "v9", "--wait", "--json")
+    refused = node.tether("activate", "site", "v9", "--json")
+
+    assert deployed.returncode == 0, deployed.stderr
+    answer = json.loads(deployed.stdout)
+    assert (answer["name"], answer["ok"], answer["message"]) == ("site", True, "converged")
+    assert (answer["status"]["current"], answer["status"]["desired"]) == ("v2", "v2")
+    answer = json.loads(rolled_back.stdout)
+    assert answer["ok"] and answer["status"]["current"] == "v1"
+    assert os.readlink(app / "current") == str(app / "v1")
+    assert failed.returncode == 1
+    answer = json.loads(failed.stdout)
+    assert not answer["ok"] and "404" in answer["message"] and answer["status"]["current"] == "v1"
+    assert refused.returncode == 2
+    assert json.loads(refused.stdout) == {"ok": False, "error": refused.stderr.removeprefix("tether: ").strip()}
