@@ -80,7 +80,7 @@ def parser() -> argparse.ArgumentParser:
                      help="host:port of the Prometheus endpoint; empty to serve none")
     sub.add_argument("--metrics-textfile", default=os.environ.get("TETHER_METRICS_TEXTFILE"),
                      help="also write the metrics to this file (node_exporter textfile collector)")
-    sub.add_argument("--shutdown-grace", type=float, default=30.0,
+    sub.add_argument("--shutdown-grace", type=float, default=float(os.environ.get("TETHER_SHUTDOWN_GRACE", "30")),
                      help="seconds a running pass may take to finish after SIGTERM")
     sub.add_argument("--content-check-interval", type=float,
                      default=float(os.environ.get("TETHER_CONTENT_CHECK_INTERVAL", "600")),
