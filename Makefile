@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 SANDBOX ?= /tmp/tether-demo
 
-.PHONY: demo test lint unit venv clean bench test-debian12
+.PHONY: docs demo test lint unit venv clean bench test-debian12 integrations system-packages
 
 $(BIN)/tether: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +18,33 @@ demo: venv
 	$(BIN)/python examples/demo.py --sandbox $(SANDBOX)
 
 lint: venv
-	$(BIN)/ruff check controller tests examples
+	$(BIN)/ruff check controller tests examples packaging
 	$(BIN)/mypy controller
 
 unit: venv
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q tests --ignore=tests/integrations
+
+# The packaging checks run the real tools: systemd-analyze, dpkg-buildpackage and apt-get,
+# puppet, ansible-playbook, promtool and prometheus. They need root and Debian 12.
+integrations: venv system-packages
+	$(BIN)/pytest -q tests/integrations
+
+# Debian packages the tests use. As root on Debian, the missing ones are installed;
+# otherwise the command that installs them is printed.
+DEBIAN_PACKAGES = make tar gzip curl git openssl prometheus systemd puppet build-essential debhelper dh-python \
+	pybuild-plugin-pyproject python3-all python3-setuptools
+system-packages:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing Debian packages:" $$missing; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+	    echo "The tests need these Debian 12 packages: sudo apt-get install --no-install-recommends" $$missing; \
+	    exit 1; \
+	fi
 
 # The library versions Debian 12 ships, which the .deb depends on.
 DEBIAN12 = PyYAML==6.0.1 jsonschema==4.10.3 tenacity==8.2.1 watchdog==2.2.1 prometheus-client==0.16.0 zstandard==0.19.0
@@ -33,9 +55,13 @@ $(VENV)-debian12/bin/pytest: pyproject.toml
 	touch $@
 
 test-debian12: $(VENV)-debian12/bin/pytest
-	$(VENV)-debian12/bin/pytest -q -p no:cacheprovider tests
+	$(VENV)-debian12/bin/pytest -q -p no:cacheprovider tests --ignore=tests/integrations
 
-test: lint unit test-debian12
+test: system-packages lint unit test-debian12 integrations
+
+# docs/manifests.md is generated from the JSON Schemas; tests/test_reference.py keeps it current.
+docs: venv
+	$(BIN)/python -m controller.reference > docs/manifests.md
 
 bench: venv
 	$(BIN)/python tests/benchmarks/deploy_speed.py

@@ -22,6 +22,7 @@ from controller import (
     overrides,
     reconciling,
     records,
+    reference,
     status,
     validation,
 )
@@ -87,6 +88,7 @@ def parser() -> argparse.ArgumentParser:
                      help="seconds between content drift checks of an application (digests of every file)")
     sub = commands.add_parser("schema", help="print a JSON Schema")
     sub.add_argument("which", choices=sorted(validation.SCHEMA_FILES))
+    sub.add_argument("--markdown", action="store_true", help="the fields as a Markdown table (docs/manifests.md)")
     imperative.add_parsers(commands, common)
     return top
 
@@ -241,7 +243,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    sys.stdout.write(validation.schema_text(args.which))
+    sys.stdout.write(reference.markdown(args.which) if args.markdown else validation.schema_text(args.which))
     return OK
 
 
