@@ -62,7 +62,8 @@ def test_the_package_holds_the_command_unit_directories_schemas_and_defaults(pac
     entries = {line.split()[-1].removeprefix("."): line.split()[:2] for line in listing.splitlines()}
 
     assert entries["/usr/bin/tether"] == ["-rwxr-xr-x", "root/root"]
-    assert entries["/lib/systemd/system/tether.service"] == ["-rw-r--r--", "root/root"]
+    for unit in ("tether.service", "tether-gitops.service", "tether-gitops.timer"):
+        assert entries[f"/lib/systemd/system/{unit}"] == ["-rw-r--r--", "root/root"]
     assert entries["/etc/tether/manifests/"] == ["drwxr-xr-x", "root/root"]
     assert entries["/etc/tether/secrets/"] == ["drwx------", "root/root"]
     for schema in ("application.json", "kind.json"):
@@ -124,6 +125,7 @@ def test_the_installed_unit_is_packaging_systemd_tether_service_and_systemd_anal
     shipped = support.REPO / "packaging" / "systemd" / "tether.service"
     assert Path("/lib/systemd/system/tether.service").read_text() == shipped.read_text()
     assert os.path.islink("/etc/systemd/system/multi-user.target.wants/tether.service")  # enabled on install
+    assert not os.path.lexists("/etc/systemd/system/timers.target.wants/tether-gitops.timer")  # not before a clone
 
 
 def test_purging_removes_the_package_its_unit_and_its_state_but_not_the_manifests(

@@ -111,3 +111,42 @@ def test_the_units_start_reload_and_stop_commands_drive_a_real_daemon_the_way_sy
             daemon.kill()
             daemon.wait()
     assert "SIGHUP: reading every manifest again." in log.read_text()
+
+
+def git(*args: str, cwd: Path) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "ops", "GIT_AUTHOR_EMAIL": "ops@example.com",
+           "GIT_COMMITTER_NAME": "ops", "GIT_COMMITTER_EMAIL": "ops@example.com"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout
+
+
+def test_the_gitops_units_verify_and_their_pull_fast_forwards_the_manifests_and_refuses_a_rewritten_history(
+        systemd_analyze: str, node: support.Node, tmp_path: Path) -> None:
+    units = support.REPO / "packaging" / "systemd"
+    checked = subprocess.run([systemd_analyze, "verify", str(units / "tether-gitops.service"),
+                              str(units / "tether-gitops.timer")], capture_output=True, text=True, timeout=60)
+    assert (checked.returncode, checked.stdout + checked.stderr) == (0, "")
+    pull = shlex.split(service_section((units / "tether-gitops.service").read_text())["ExecStart"]
+                       .replace("/etc/tether/manifests", str(tmp_path / "checkout")))
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    git("init", "--quiet", "--initial-branch=main", cwd=upstream)
+    support.write_manifest(upstream, support.application("site", node.apps / "site", deployment="v1",
+                                                         source={"url": "https://example.com/{deployment}.tgz"}))
+    git("add", ".", cwd=upstream)
+    git("commit", "--quiet", "-m", "site v1", cwd=upstream)
+    git("clone", "--quiet", str(upstream), str(tmp_path / "checkout"), cwd=tmp_path)
+    support.write_manifest(upstream, support.application("site", node.apps / "site", deployment="v2",
+                                                         source={"url": "https://example.com/{deployment}.tgz"}))
+    git("commit", "--quiet", "-am", "site v2", cwd=upstream)
+
+    pulled = subprocess.run(pull, capture_output=True, text=True, timeout=60)
+    git("commit", "--quiet", "--amend", "-m", "site v2, history rewritten", cwd=upstream)
+    refused = subprocess.run(pull, capture_output=True, text=True, timeout=60)
+
+    assert pulled.returncode == 0, pulled.stderr
+    checkout = tmp_path / "checkout"
+    validated = subprocess.run([VENV_TETHER, "validate", str(checkout)], capture_output=True, text=True)
+    assert validated.returncode == 0, validated.stdout
+    assert "deployment: v2" in (checkout / "site.yaml").read_text()
+    assert refused.returncode != 0 and "Not possible to fast-forward" in refused.stderr
+    assert git("log", "-1", "--format=%s", cwd=checkout).strip() == "site v2"
