@@ -11,8 +11,10 @@ import argparse
 import fcntl
 import json
 import os
+import re
+import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from controller import errors, fetching, loading, locking, manifests, overrides, reconciling, records, status
 
@@ -80,14 +82,24 @@ def report(args: argparse.Namespace, name: str, ok: bool, message: str) -> int:
     return OK if ok else FAILED
 
 
-def _headers(values: list[str]) -> dict[str, str]:
+HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _headers(values: list[str], where: str = "--header") -> dict[str, str]:
+    """'Name: value' lines as a dict; an error names the line but never shows a value, which is a secret."""
     headers = {}
-    for value in values:
+    for number, value in enumerate(values, 1):
         key, sep, text = value.partition(":")
-        if not sep or not key.strip() or any(c in value for c in "\r\n\0"):
-            raise errors.PermanentError(f"--header must look like 'Name: value', not {key.strip() or value[:20]!r}...")
+        if not sep or not HEADER_NAME.fullmatch(key.strip()) or any(c in value for c in "\r\n\0"):
+            raise errors.PermanentError(f"{where} number {number} must look like 'Name: value' with a header name "
+                                        "of letters, digits and -; its text is not shown here as it may be a secret")
         headers[key.strip()] = text.strip()
     return headers
+
+
+def _stdin_headers(stdin: TextIO) -> dict[str, str]:
+    """--headers-from-stdin: one 'Name: value' per line, so that no secret is on a command line (ps shows those)."""
+    return _headers([line for line in stdin.read().splitlines() if line.strip()], "header line")
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -98,7 +110,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         raise errors.PermanentError(f"{app.name}'s manifest sets no deployment; give one with --deployment")
     overrides.check_deployment_name(deployment)
     overrides.check_source(args.url, args.sha256)
-    headers = _headers(args.header)
+    headers = _headers(args.header) | (_stdin_headers(sys.stdin) if args.headers_from_stdin else {})
     desired = {"deployment": deployment, "url": args.url, "sha256": args.sha256.lower() if args.sha256 else None,
                "pinned": False, "generation": app.generation}
     if args.wait or headers or not daemon_running(args.state_dir):
@@ -172,6 +184,8 @@ def add_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentP
     sub.add_argument("--url", help="artifact URL for this deployment instead of the manifest's source.url")
     sub.add_argument("--header", action="append", default=[], metavar="'K: V'",
                      help="request header for this deploy only (never written to disk); implies waiting")
+    sub.add_argument("--headers-from-stdin", action="store_true",
+                     help="read more such headers from stdin, one 'K: V' per line (not visible in ps); implies waiting")
     sub.add_argument("--sha256", help="expected sha256 of the artifact")
     sub.add_argument("--wait", action="store_true", help="deploy now and wait for the outcome")
     sub.add_argument("--timeout", type=float, default=3600.0, help="give up downloading after this many seconds")

@@ -211,14 +211,16 @@ class Node:
     def apps(self) -> Path:
         return self.root / "apps"
 
-    def tether(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def tether(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120,
+               input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run the real `tether` command line in a subprocess."""
         command = [sys.executable, "-m", "controller", *args]
         if args and args[0] not in ("schema",):
             command += ["--manifests", str(self.manifests), "--state-dir", str(self.state)]
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
         full_env.update(env or {})
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=self.root)
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=self.root,
+                              input=input)
 
 
 def make_node(tmp_path: Path) -> Node:

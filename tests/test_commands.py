@@ -89,13 +89,36 @@ def test_a_suspended_application_is_left_alone_until_resumed(node: support.Node,
     assert os.readlink(app / "current") == str(app / "v2")
 
 
+def test_deploy_reads_headers_from_stdin_so_no_secret_is_on_its_command_line(
+        node: support.Node, http: support.HttpServer) -> None:
+    app = three_versions(node, http)
+
+    run = node.tether("deploy", "site", "--deployment", "v2", "--headers-from-stdin",
+                      input="JOB-TOKEN: token-from-stdin\n\nX-Trace: 7\n")
+
+    assert run.returncode == 0, run.stderr
+    assert os.readlink(app / "current") == str(app / "v2")
+    assert {k: http.requests[-1][1].get(k) for k in ("JOB-TOKEN", "X-Trace")} == {
+        "JOB-TOKEN": "token-from-stdin", "X-Trace": "7"}
+
+
+def test_a_malformed_header_is_refused_without_showing_its_text(node: support.Node, http: support.HttpServer) -> None:
+    three_versions(node, http)
+    for args, stdin in ((["--header", ": s3cret-value"], None), (["--header", "s3cret-value"], None),
+                        (["--headers-from-stdin"], "JOB-TOKEN: fine\nBad Name: s3cret-value\n")):
+        run = node.tether("deploy", "site", "--deployment", "v2", "--json", *args, input=stdin)
+
+        assert run.returncode == 2 and "must look like 'Name: value'" in run.stderr, run.stderr
+        assert "s3cret" not in run.stdout + run.stderr
+
+
 def test_deploy_refuses_bad_input_before_changing_anything(node: support.Node, http: support.HttpServer) -> None:
     app = three_versions(node, http)
     before = support.snapshot(app)
     for args, words in ((["--deployment", "../x"], "not a valid deployment name"),
                         (["--deployment", "v2", "--url", "ftp://x"], "--url must be"),
                         (["--deployment", "v2", "--sha256", "abc"], "64 hexadecimal"),
-                        (["--deployment", "v2", "--header", "no colon"], "--header must look like")):
+                        (["--deployment", "v2", "--header", "no colon"], "--header number 1 must look like")):
         run = node.tether("deploy", "site", *args)
         assert run.returncode == 2 and words in run.stderr, (args, run.stderr)
     assert support.snapshot(app) == before
