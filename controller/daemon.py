@@ -227,7 +227,10 @@ class Daemon:
     def _record_drift(self, app: manifests.Application, document: dict[str, Any]) -> None:
         """Structural drift every pass; content drift when its slower interval is due."""
         observed = records.observe(app.path)
-        types = drift.check_structure(app.path, observed, app.deployment).types
+        # Drift is a change to what tether last made: nothing before its first activation, and a desired
+        # deployment that failed to deploy is a failing pass (Ready false), not drift.
+        made = observed.last_activated
+        types = drift.check_structure(app.path, observed, made).types if made is not None else []
         note = ""
         if observed.current is not None and self.clock() >= self.content_due.get(app.name, 0.0):
             self.content_due[app.name] = self.clock() + self.config.content_check_seconds

@@ -1026,6 +1026,28 @@ def test_hand_made_drift_is_only_reported_when_the_policy_is_report(
     assert daemon.samples("tether_drifted_files", name="site") == 1
 
 
+def test_a_deployment_that_fails_or_never_happened_is_not_drift(
+        node: support.Node, http: support.HttpServer, start: Start) -> None:
+    serve(http, "site", "v1")
+    put(node.manifests, app_manifest(node, http, name="site", deployment="v1"))
+    put(node.manifests, app_manifest(node, http, name="missing", deployment="v1"))  # 404: never deployed
+    put(node.manifests, app_manifest(node, http, name="paused", deployment="v1", suspend=True))
+    daemon = start()
+    wait_converged(node, "site", "v1")
+    put(node.manifests, app_manifest(node, http, name="site", deployment="v2"))  # 404 too: v1 stays active
+
+    wait_until(lambda: condition(read_status(node, "site"))["reason"] not in ("Ready", "Unknown", None)
+               and (read_status(node, "site") or {}).get("desired") == "v2")
+    wait_until(lambda: read_status(node, "missing") and read_status(node, "paused"))
+    for name in ("site", "missing", "paused"):
+        document = status_of(node, name)
+        assert not any(v for k, v in document.get("drift", {}).items() if k != "driftedFiles"), (name, document)
+        assert condition(document, "Drifted")["status"] != "True", name
+        for kind in ("current", "deployment", "links", "content"):
+            assert daemon.samples("tether_drift", name=name, type=kind) == 0, (name, kind)
+    assert current(node.apps / "site") == "v1"
+
+
 def test_status_says_reconciling_while_a_pass_works_and_not_after(
         node: support.Node, http: support.HttpServer, start: Start, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
