@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -48,15 +49,22 @@ def query(port: int, expression: str) -> list[tuple[dict[str, str], str]]:
     return [(r["metric"], r["value"][1]) for r in answer["data"]["result"]]
 
 
-@pytest.fixture
-def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    assert found, "this test needs a real Prometheus server: apt-get install prometheus (.ci/run does)"
+def required(program: str, what: str) -> str:
+    """The path of `program`; a test that needs it fails (never skips) when it is missing."""
+    found = shutil.which(program)
+    assert found, f"this test needs {what}: apt-get install prometheus (.ci/run does)"
     return found
 
 
 @pytest.fixture
-def daemon(node: support.Node, http: support.HttpServer) -> Iterator[int]:
+def prometheus_binary() -> str:
+    return required("prometheus", "a real Prometheus server")
+
+
+@contextlib.contextmanager
+def running_daemon(node: support.Node, http: support.HttpServer) -> Iterator[int]:
+    """`tether run` with two applications: "site" (deployed, a succeeding hook) and "broken" (a failing
+    beforeActivate hook); yields the port of its metrics endpoint."""
     for version in ("1", "2"):
         http.serve(f"/v{version}.tar.gz", support.tar_bytes(support.site(version)))
     url = http.url("/{deployment}.tar.gz")
@@ -76,20 +84,39 @@ def daemon(node: support.Node, http: support.HttpServer) -> Iterator[int]:
         process.wait(timeout=30)
 
 
+@pytest.fixture
+def daemon(node: support.Node, http: support.HttpServer) -> Iterator[int]:
+    with running_daemon(node, http) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def running_prometheus(binary: str, directory: Path, target: int, rule_files: Sequence[Path] = ()) -> Iterator[int]:
+    """A Prometheus server scraping 127.0.0.1:`target` as job "tether" every second (and evaluating
+    `rule_files` every second), its data in `directory`; yields the port of its HTTP API."""
+    web = free_port()
+    config = directory / "prometheus.yml"
+    rules = "".join(f"  - '{file}'\n" for file in rule_files)
+    config.write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+                      + (f"rule_files:\n{rules}" if rules else "")
+                      + "scrape_configs:\n  - job_name: tether\n    static_configs:\n"
+                      f"      - targets: ['127.0.0.1:{target}']\n")
+    server = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={directory / 'data'}",
+         f"--web.listen-address=127.0.0.1:{web}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield web
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_prometheus_sees_the_drift_and_hook_outcomes_the_test_caused(
         tmp_path: Path, node: support.Node, daemon: int, prometheus_binary: str) -> None:
     site = node.apps / "site"
     wait_for("site to be deployed", lambda: os.path.lexists(site / "current"))
     (site / "current" / "index.html").write_text("defaced\n")  # content drift
-    web = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(f"global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n"
-                      f"scrape_configs:\n  - job_name: tether\n    static_configs:\n"
-                      f"      - targets: ['127.0.0.1:{daemon}']\n")
-    server = subprocess.Popen(
-        [prometheus_binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{web}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with running_prometheus(prometheus_binary, tmp_path, daemon) as web:
         drift = wait_for("tether_drift of the edited file in Prometheus", lambda: [
             value for labels, value in query(web, 'tether_drift{name="site",type="content"}') if value == "1"])
         files = wait_for("tether_drifted_files", lambda: query(web, 'tether_drifted_files{name="site"}'))
@@ -98,9 +125,6 @@ def test_prometheus_sees_the_drift_and_hook_outcomes_the_test_caused(
         failed = wait_for("the failed hook runs", lambda: query(
             web, 'tether_hook_runs_total{name="broken",hook="beforeActivate",outcome="failure"}'))
         ready = wait_for("readiness", lambda: query(web, "tether_application_ready"))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
     assert drift == ["1"]
     assert files[0][1] == "1"  # type: ignore[index]
