@@ -1,24 +1,11 @@
 #!/usr/bin/env python3
-"""Bolt/Choria task tether::status: the status documents of tether applications.
-
-The implementation is ../files/tether_task.py (the task metadata ships it in "files"): Bolt and
-Choria copy it to <_installdir>/tether/files/, beside <_installdir>/tether/tasks/status.py.
-"""
-
-import importlib
-import json
+"""Bolt/Choria task tether::status. The code is tether/files/tether_task.py, which the task metadata
+ships ("files"): Bolt and Choria put it in <_installdir>/tether/files/, as it is in this module."""
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-for root in (os.environ.get("PT__installdir"), os.path.join(HERE, "..", "..")):  # noqa: SIM112 (Bolt spells it so)
-    if root and os.path.isfile(os.path.join(root, "tether", "files", "tether_task.py")):
-        sys.path.insert(0, os.path.join(root, "tether", "files"))
-        break
-try:
-    implementation = importlib.import_module("tether_task")
-except ImportError as exc:
-    print(json.dumps({"_error": {"msg": f"tether::status cannot load tether/files/tether_task.py: {exc}",
-                                 "kind": "tether/task-files-missing", "details": {}}}))
-    sys.exit(1)
-sys.exit(implementation.main("status"))
+HERE = os.path.join(os.path.dirname(__file__), "..", "..")
+sys.path.insert(0, os.path.join(os.environ.get("PT__installdir") or HERE, "tether", "files"))  # noqa: SIM112
+import tether_task  # noqa: E402
+
+sys.exit(tether_task.main("status"))
