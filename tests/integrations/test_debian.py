@@ -51,6 +51,8 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def install(package: Path) -> Path:
+    if not any(Path("/var/lib/apt/lists").glob("*_Packages*")):  # a fresh container: apt knows no package yet
+        assert run("apt-get", "update", "-qq").returncode == 0
     done = run("apt-get", "install", "-y", "--no-install-recommends", str(package))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert installed()
