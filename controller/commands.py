@@ -8,7 +8,6 @@ itself under the application's lock, which the daemon shares.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import re
@@ -19,25 +18,6 @@ from typing import Any, TextIO
 from controller import errors, fetching, loading, locking, manifests, overrides, reconciling, records, status
 
 OK, FAILED, INVALID = 0, 1, 2
-
-
-def daemon_lock_path(state_dir: str) -> str:
-    return os.path.join(state_dir, "daemon.lock")
-
-
-def daemon_running(state_dir: str) -> bool:
-    """Whether a `tether run` holds this state dir."""
-    try:
-        fd = os.open(daemon_lock_path(state_dir), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def catalog(args: argparse.Namespace) -> loading.Catalog:
@@ -113,7 +93,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     headers = _headers(args.header) | (_stdin_headers(sys.stdin) if args.headers_from_stdin else {})
     desired = {"deployment": deployment, "url": args.url, "sha256": args.sha256.lower() if args.sha256 else None,
                "pinned": False, "generation": app.generation}
-    if args.wait or headers or not daemon_running(args.state_dir):
+    if args.wait or headers or not locking.daemon_running(args.state_dir):
         engine = reconciling.Engine(args.state_dir, fetcher=fetching.Fetcher(deadline_seconds=args.timeout))
         return reconcile_now(args, found, app, headers, engine, **desired)
     overrides.update(args.state_dir, app.name, **desired)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import logging
 import os
 import signal
@@ -22,11 +21,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller import (
-    commands,
     drift,
+    drift_watch,
     errors,
     fsutil,
-    loading,
+    locking,
     manifests,
     metrics,
     notify,
@@ -34,6 +33,7 @@ from controller import (
     queueing,
     reconciling,
     records,
+    scanning,
     status,
     watching,
 )
@@ -75,8 +75,7 @@ class Daemon:
         self.statuses: dict[str, dict[str, Any]] = {}
         self.problems: list[errors.ManifestError] = []
         self.files: dict[str, str] = {}  # manifest file -> application name, for invalid files
-        self.content: dict[str, list[str]] = {}  # content drift found by the last check
-        self.content_due: dict[str, float] = {}
+        self.drift = drift_watch.DriftWatch(config.content_check_seconds, clock)
         self.invalid: dict[str, str] = {}  # application -> why its manifest is invalid now (last good kept)
         self.reported: set[str] = set()  # manifest problems already logged
         self.running: dict[str, threading.Event] = {}  # application -> set when its pass should give up retrying
@@ -96,11 +95,9 @@ class Daemon:
 
     def scan(self, everything: bool = False) -> None:
         """Read the manifests and queue what changed (or everything)."""
-        reserved = [os.path.realpath(self.config.state_dir), os.path.realpath(self.config.manifests)]
-        before = _identity(self.config.manifests)
-        found = loading.load([self.config.manifests], secure=not self.config.insecure_manifests,
-                             reserved_paths=reserved, skip_busy=True, cache=self.parsed)
-        if before is not None and _identity(self.config.manifests) != before:
+        found = scanning.read(self.config.manifests, self.config.state_dir, not self.config.insecure_manifests,
+                              self.parsed)
+        if found is None:
             log.info("The manifests directory was replaced while it was read; reading it again.")
             self.request_rescan()
             return
@@ -110,33 +107,22 @@ class Daemon:
             with self._guard:
                 self.problems = found.problems
             return
-        apps = dict(found.applications)
-        kinds = dict(found.kinds)
-        broken = {p.file: str(p) for p in found.problems}
-        invalid: dict[str, str] = {}
-        for name, error in found.invalid_names.items():
-            invalid[name] = str(error)
-            self._keep_last_good(name, apps, kinds, str(error))
-        for file in found.busy:  # still being written: keep what it said before; its close triggers a rescan
-            owner = self.files.get(file)
-            if owner is not None and owner in self.apps and owner not in apps:
-                apps[owner] = self.apps[owner]
-        for file, text in broken.items():
-            owner = self.files.get(file)
-            if owner is not None and owner not in apps and owner not in found.invalid_names:
-                invalid[owner] = text
-                self._keep_last_good(owner, apps, kinds, text)
-        for text in set(broken.values()) - self.reported:
+        scanned = scanning.merge(found, self.apps, self.kinds, self.files)
+        for text in scanned.broken - self.reported:
             log.error("Invalid manifest: %s", text)
         with self._guard:
-            removed = set(self.apps) - set(apps)
-            healed = set(self.invalid) - set(invalid)
-            self.apps, self.kinds, self.problems = apps, kinds, found.problems
-            self.files = {app.file: name for name, app in apps.items()}
-            self.invalid, self.reported = invalid, set(broken.values())
+            removed = set(self.apps) - set(scanned.apps)
+            healed = set(self.invalid) - set(scanned.invalid)
+            last_apps = self.apps
+            self.apps, self.kinds, self.problems = scanned.apps, scanned.kinds, scanned.problems
+            self.files, self.invalid, self.reported = scanned.files, scanned.invalid, set(scanned.broken)
+        for name, error in scanned.invalid.items():
+            if name in last_apps:  # running on its last good manifest: say why in its status
+                previous = self.statuses.get(name) or status.read(self.config.state_dir, name)
+                self._publish(name, status.build_invalid(name, error, previous, self.clock()))
         for name in removed:
             self._unmanage(name)
-        for name, app in apps.items():
+        for name, app in scanned.apps.items():
             key = (app.generation, overrides.read(self.config.state_dir, name))
             if self.seen.get(name) != key and name in self.running:
                 self.running[name].set()  # a pass of the old desired state stops retrying downloads
@@ -144,22 +130,10 @@ class Daemon:
                 self.seen[name] = key
                 self.queue.put(name)
 
-    def _keep_last_good(self, name: str, apps: dict[str, manifests.Application],
-                        kinds: dict[str, manifests.Kind], error: str) -> None:
-        last = self.apps.get(name)
-        if last is None:
-            return  # never valid: nothing to keep; the error shows in the log and the metrics
-        apps[name] = last
-        if last.kind and last.kind in self.kinds:
-            kinds.setdefault(last.kind, self.kinds[last.kind])
-        previous = self.statuses.get(name) or status.read(self.config.state_dir, name)
-        self._publish(name, status.build_invalid(name, error, previous, self.clock()))
-
     def _unmanage(self, name: str) -> None:
         log.info("The manifest of %s is gone: tether stops managing it; its files stay on disk.", name)
         self.seen.pop(name, None)
-        self.content.pop(name, None)
-        self.content_due.pop(name, None)
+        self.drift.forget(name)
         self.backoff.succeeded(name)
         self.observations.forget(name)
         with self._guard:
@@ -216,33 +190,13 @@ class Daemon:
         document = status.build(effective, result, previous, self.clock())
         document["nextAttemptAt"] = status.timestamp(next_attempt)
         document["lastSuccessAt"] = document["updatedAt"] if result.ok else (previous or {}).get("lastSuccessAt")
-        self._record_drift(effective, document)
+        self.drift.record(effective, document)
         if name in self.invalid:  # still running on the last good manifest: keep saying so
             document = status.build_invalid(name, self.invalid[name], document, self.clock())
         self._publish(name, document)
         self.observations.reconciled(name, "success" if result.ok else "failure", took)  # after the status
         for run in result.hook_runs:
             self.observations.hook_ran(run, name)
-
-    def _record_drift(self, app: manifests.Application, document: dict[str, Any]) -> None:
-        """Structural drift every pass; content drift when its slower interval is due."""
-        observed = records.observe(app.path)
-        # Drift is a change to what tether last made: nothing before its first activation, and a desired
-        # deployment that failed to deploy is a failing pass (Ready false), not drift.
-        made = observed.last_activated
-        types = drift.check_structure(app.path, observed, made).types if made is not None else []
-        note = ""
-        if observed.current is not None and self.clock() >= self.content_due.get(app.name, 0.0):
-            self.content_due[app.name] = self.clock() + self.config.content_check_seconds
-            try:
-                self.content[app.name] = drift.check_content(app.path, observed.current, app.drift_ignore).paths
-            except errors.PermanentError as exc:
-                self.content[app.name], note = [], str(exc)
-            if self.content[app.name]:
-                log.warning("%s: %d files of %s changed since it completed, e.g. %s.", app.name,
-                            len(self.content[app.name]), observed.current, ", ".join(self.content[app.name][:10]))
-        files = self.content.get(app.name, [])
-        status.set_drift(document, [*types, *(["content"] if files else [])], files, self.clock(), note)
 
     def _publish(self, name: str, document: dict[str, Any]) -> None:
         """Write and serve a status, unless the application stopped being managed meanwhile."""
@@ -252,16 +206,6 @@ class Daemon:
             status.write(self.config.state_dir, name, document)
             self.statuses[name] = document
         self._changed.set()
-
-    def _worker(self) -> None:
-        while (name := self.queue.get()) is not None:
-            try:
-                self.process(name)
-            except Exception:  # a bug must not kill the worker; the next pass tries again
-                log.exception("The pass of %s failed unexpectedly.", name)
-            finally:
-                self.queue.done(name)
-                self._wake.set()
 
     # ------------------------------------------------------------ metrics and systemd
 
@@ -295,13 +239,13 @@ class Daemon:
 
     def run(self) -> int:
         fsutil.makedirs(self.config.state_dir, 0o755)
-        lock = os.open(commands.daemon_lock_path(self.config.state_dir), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.error("Another `tether run` already uses the state dir %s; stop it first.", self.config.state_dir)
-            os.close(lock)
-            return 1
+        with locking.daemon_lock(self.config.state_dir) as locked:
+            if not locked:
+                log.error("Another `tether run` already uses the state dir %s; stop it first.", self.config.state_dir)
+                return 1
+            return self._run()
+
+    def _run(self) -> int:
         # Threads started from here on block these signals, so the kernel hands them to the main
         # thread, whose handlers wake the loop at once.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
@@ -317,10 +261,8 @@ class Daemon:
             fsutil.makedirs(os.path.join(self.config.state_dir, "overrides"), 0o700)
             watcher.start()
             self.scan(everything=True)
-            workers = [threading.Thread(target=self._worker, name=f"worker-{i}", daemon=True)
-                       for i in range(self.config.workers)]
-            for worker in workers:
-                worker.start()
+            workers = queueing.Workers(self.queue, self.config.workers, self.process, self._wake.set)
+            workers.start()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
             self.notifier.send("READY=1", self._summary())
             log.info("tether is running: %d applications, metrics on %s.", len(self.apps),
@@ -329,11 +271,7 @@ class Daemon:
             self.notifier.send("STOPPING=1")
             log.info("Stopping: no new work; waiting up to %.0f s for running passes.",
                      self.config.shutdown_grace_seconds)
-            self.queue.close()
-            deadline = self.monotonic() + self.config.shutdown_grace_seconds
-            for worker in workers:
-                worker.join(timeout=max(0.0, deadline - self.monotonic()))
-            if any(worker.is_alive() for worker in workers):
+            if not workers.stop(self.config.shutdown_grace_seconds, self.monotonic):
                 log.warning("The shutdown grace is over: killing the hooks still running; the next start "
                             "finishes what their passes left.")
                 self.engine.hooks.kill_all()
@@ -341,13 +279,10 @@ class Daemon:
             watcher.stop()
             if server is not None:
                 server.close()
-            os.close(lock)
         return 0
 
     def _loop(self, watcher: watching.Watcher, registry: Any) -> None:
         next_resync = self.monotonic() + self.config.resync_seconds
-        next_ping = self.monotonic()
-        last_summary = ""
         while not self._stop.is_set():
             now = self.monotonic()
             everything = now >= next_resync or self._full.is_set()
@@ -364,27 +299,13 @@ class Daemon:
             for name, due in self.backoff.pending().items():
                 if due <= wall:
                     self.queue.put(name)
-            summary = self._summary()
-            if self.notifier.watchdog_interval and now >= next_ping:
-                self.notifier.send("WATCHDOG=1", summary)
-                next_ping = now + self.notifier.watchdog_interval
-            elif summary != last_summary:
-                self.notifier.send(summary)
-            last_summary = summary
+            next_ping = self.notifier.keep_alive(now, self._summary())
             if self.config.metrics_textfile and self._changed.is_set():
                 self._changed.clear()
                 metrics.write_textfile(self.config.metrics_textfile, registry)
             waits = [next_resync - now] + [due - wall for due in self.backoff.pending().values() if due > wall]
-            if self.notifier.watchdog_interval:
+            if next_ping is not None:
                 waits.append(next_ping - now)
             self._wake.wait(timeout=max(0.01, min(waits)))
             self._wake.clear()
 
-
-def _identity(path: str) -> tuple[int, int] | None:
-    """Which directory `path` is now (device, inode), or None when there is none."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino

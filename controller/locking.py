@@ -1,4 +1,4 @@
-"""One lock per application, shared by the daemon and the imperative commands."""
+"""One lock per application, shared by the daemon and the imperative commands, and one per daemon."""
 
 from __future__ import annotations
 
@@ -32,3 +32,37 @@ def application_lock(state_dir: str, name: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def daemon_lock_path(state_dir: str) -> str:
+    return os.path.join(state_dir, "daemon.lock")
+
+
+@contextlib.contextmanager
+def daemon_lock(state_dir: str) -> Iterator[bool]:
+    """Hold the state dir's daemon lock while the block runs; yields False when another daemon has it."""
+    fd = os.open(daemon_lock_path(state_dir), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def daemon_running(state_dir: str) -> bool:
+    """Whether a `tether run` holds this state dir."""
+    try:
+        fd = os.open(daemon_lock_path(state_dir), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

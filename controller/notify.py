@@ -20,6 +20,19 @@ class Notifier:
         pid = environ.get("WATCHDOG_PID", "")
         wanted = usec.isdigit() and (not pid or pid == str(os.getpid()))
         self.watchdog_interval = int(usec) / 2_000_000 if wanted else None
+        self.next_ping = 0.0
+        self.last_status = ""
+
+    def keep_alive(self, now: float, status: str) -> float | None:
+        """Ping the watchdog when due (with the status line), else send the status if it changed.
+        Returns when the next ping is due (monotonic seconds), or None without a watchdog."""
+        if self.watchdog_interval and now >= self.next_ping:
+            self.send("WATCHDOG=1", status)
+            self.next_ping = now + self.watchdog_interval
+        elif status != self.last_status:
+            self.send(status)
+        self.last_status = status
+        return self.next_ping if self.watchdog_interval else None
 
     def send(self, *lines: str) -> None:
         if not self.address:

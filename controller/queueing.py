@@ -1,11 +1,15 @@
-"""A de-duplicated, per-application work queue and the failure back-off."""
+"""A de-duplicated, per-application work queue, the workers that empty it, and the failure back-off."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Hashable
+
+log = logging.getLogger(__name__)
 
 
 class WorkQueue:
@@ -86,3 +90,33 @@ class BackOff:
 
     def pending(self) -> dict[str, float]:
         return {name: due for name, (_, _, due) in self._state.items()}
+
+
+class Workers:
+    """`count` threads that run `work(name)` for each name from `queue`, then call `after()`."""
+
+    def __init__(self, queue: WorkQueue, count: int, work: Callable[[str], None], after: Callable[[], None]) -> None:
+        self.queue, self.work, self.after = queue, work, after
+        self.threads = [threading.Thread(target=self._run, name=f"worker-{i}", daemon=True) for i in range(count)]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self, grace_seconds: float, monotonic: Callable[[], float] = time.monotonic) -> bool:
+        """Take no new work; wait up to `grace_seconds` for running passes. True when all have finished."""
+        self.queue.close()
+        deadline = monotonic() + grace_seconds
+        for thread in self.threads:
+            thread.join(timeout=max(0.0, deadline - monotonic()))
+        return not any(thread.is_alive() for thread in self.threads)
+
+    def _run(self) -> None:
+        while (name := self.queue.get()) is not None:
+            try:
+                self.work(name)
+            except Exception:  # a bug must not kill the worker; the next pass tries again
+                log.exception("The pass of %s failed unexpectedly.", name)
+            finally:
+                self.queue.done(name)
+                self.after()
