@@ -39,7 +39,7 @@ Histogram = prometheus_client.core.HistogramMetricFamily
 Metric = prometheus_client.core.Metric
 Statuses = Callable[[], Iterable[Mapping[str, Any]]]
 ManifestState = Callable[[], tuple[Sequence[errors.ManifestError], int]]
-_Families = tuple[Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Counter]
+_Families = tuple[Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Counter]
 
 
 class _Buckets:
@@ -161,12 +161,16 @@ def _families() -> _Families:
               labels=["name", "application", "environment", "kind", "deployment"]),
         Gauge("tether_application_ready", "1 when the last pass converged (condition Ready).", labels=["name"]),
         Gauge("tether_application_suspended", "1 when spec.suspend is true: nothing changes.", labels=["name"]),
+        Gauge("tether_application_stalled", "1 when tether cannot make progress without a person (condition "
+              "Stalled): the last pass failed with a permanent error, or the manifest is invalid.", labels=["name"]),
         Gauge("tether_drift", "1 when the last check found drift of this type (current, deployment, links, content).",
               labels=["name", "type"]),
         Gauge("tether_drifted_files", "Files of the active deployment changed, added or removed since it became "
               "complete.", labels=["name"]),
         Gauge("tether_deployments", "Deployments by state.", labels=["name", "state"]),
         Gauge("tether_last_success_timestamp_seconds", "When a pass last ended Ready.", labels=["name"]),
+        Gauge("tether_next_attempt_timestamp_seconds", "When tether next retries a failed pass (nextAttemptAt); "
+              "absent while no retry is scheduled.", labels=["name"]),
         Counter("tether_hook_runs_total", "Hook runs by phase and outcome.", labels=["name", "hook", "outcome"]),
     )
 
@@ -189,13 +193,16 @@ def _timestamp(value: object) -> float | None:
 
 
 def _add_application(name: str, document: Mapping[str, Any], info: Gauge, ready: Gauge, suspended: Gauge,
-                     drift: Gauge, drifted: Gauge, deployments: Gauge, success: Gauge, runs: Counter) -> None:
-    condition = next((c for c in _list(document.get("conditions")) if c.get("type") == "Ready"), {})
+                     stalled: Gauge, drift: Gauge, drifted: Gauge, deployments: Gauge, success: Gauge,
+                     next_attempt: Gauge, runs: Counter) -> None:
+    conditions = {c.get("type"): c for c in reversed(_list(document.get("conditions")))}  # the first of a type
+    condition = conditions.get("Ready", {})
     is_ready = condition.get("status") == "True"
     info.add_metric([name, str(document.get("application") or ""), str(document.get("environment") or ""),
                      str(document.get("kind") or ""), str(document.get("current") or "")], 1)
     ready.add_metric([name], 1 if is_ready else 0)
     suspended.add_metric([name], 1 if condition.get("reason") == "Suspended" else 0)
+    stalled.add_metric([name], 1 if conditions.get("Stalled", {}).get("status") == "True" else 0)
     found = _mapping(document.get("drift"))
     for kind in DRIFT_TYPES:
         drift.add_metric([name, kind], 1 if found.get(kind) is True else 0)
@@ -209,6 +216,9 @@ def _add_application(name: str, document: Mapping[str, Any], info: Gauge, ready:
         last = _timestamp(document.get("updatedAt"))
     if last is not None:
         success.add_metric([name], last)
+    retry = _timestamp(document.get("nextAttemptAt"))
+    if retry is not None:
+        next_attempt.add_metric([name], retry)
     counts = {tuple(k.split("/", 1)): v for k, v in _mapping(document.get("hookRunCounts")).items()
               if isinstance(k, str) and "/" in k and isinstance(v, int)}
     for phase in sorted({phase for phase, _ in counts}):

@@ -521,7 +521,8 @@ def test_a_manifests_directory_that_is_removed_and_created_again_unmanages_nothi
 
 def test_an_invalid_manifest_keeps_the_last_good_state_until_it_is_fixed(
         node: support.Node, http: support.HttpServer, start: Start) -> None:
-    _, app = running_site(node, http, start, "v2", "v3")
+    daemon, app = running_site(node, http, start, "v2", "v3")
+    assert daemon.samples("tether_application_stalled", name="site") == 0
 
     broken = app_manifest(node, http, deployment="v2")
     broken["spec"]["retention"] = {"keep": "many"}
@@ -531,6 +532,7 @@ def test_an_invalid_manifest_keeps_the_last_good_state_until_it_is_fixed(
     assert document is not None and document["current"] == "v1" and document["desired"] == "v1"
     assert "site.yaml" in document["lastError"] and "/spec/retention/keep" in document["lastError"]
     assert condition(document, "Stalled")["status"] == "True"
+    assert daemon.samples("tether_application_stalled", name="site") == 1
 
     put(node.manifests, BROKEN_YAML, "site.yaml")
     wait_until(lambda: "/spec/retention/keep" not in status_of(node, "site")["lastError"])
@@ -541,6 +543,7 @@ def test_an_invalid_manifest_keeps_the_last_good_state_until_it_is_fixed(
     put(node.manifests, app_manifest(node, http, deployment="v3"))
     wait_converged(node, "site", "v3")
     assert status_of(node, "site")["lastError"] is None
+    assert daemon.samples("tether_application_stalled", name="site") == 0
 
 
 def test_restoring_the_last_good_content_of_an_invalid_manifest_makes_the_application_ready_again(
@@ -929,6 +932,35 @@ def test_a_failing_artifact_is_retried_after_its_back_off_not_in_a_tight_loop(
     assert second_at >= parse_time(first["nextAttemptAt"]), "retried before the back-off ended"
     assert len(requested(http, "/site/v1.tar.gz")) == 2
     assert parse_time(second["nextAttemptAt"]) - parse_time(second["updatedAt"]) >= 2  # it grows
+
+
+def test_an_artifact_that_answers_404_shows_as_stalled_with_its_next_attempt_in_the_metrics_until_a_good_bump(
+        node: support.Node, http: support.HttpServer, start: Start) -> None:
+    http.serve("/site/v1.tar.gz", support.Reply(404, b"no such artifact"))  # FetchRefused: a permanent error
+    serve(http, "site", "v2")
+    put(node.manifests, app_manifest(node, http))
+    daemon = start()
+
+    def exported() -> tuple[dict[str, Any], float, float] | None:
+        """(status, stalled, next attempt) from a scrape while the status stayed the same."""
+        before = read_status(node, "site")
+        stalled = daemon.samples("tether_application_stalled", name="site")
+        retry = daemon.samples("tether_next_attempt_timestamp_seconds", name="site")
+        if before is None or not before.get("nextAttemptAt") or read_status(node, "site") != before:
+            return None
+        return before, stalled, retry
+
+    found = wait_until(exported)
+    assert found is not None
+    document, stalled, retry = found
+    assert condition(document, "Stalled")["status"] == "True" and "HTTP 404" in document["lastError"]
+    assert stalled == 1
+    assert retry == parse_time(document["nextAttemptAt"])
+
+    put(node.manifests, app_manifest(node, http, deployment="v2"))
+    wait_converged(node, "site", "v2")
+    assert daemon.samples("tether_application_stalled", name="site") == 0
+    assert 'tether_next_attempt_timestamp_seconds{name="site"}' not in daemon.scrape()
 
 
 def test_a_bump_to_a_good_version_is_deployed_at_once_despite_the_back_off_of_a_failing_one(

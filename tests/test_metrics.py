@@ -62,7 +62,7 @@ def document(name: str, *, ready: bool = True, reason: str = "Converged", curren
 
 
 def three_applications() -> list[dict[str, Any]]:
-    """shop is ready; blog is suspended; wiki has content drift in 2 files and failing hooks."""
+    """shop is ready; blog is suspended; wiki has content drift in 2 files and failing hooks (retried at 10:05)."""
     return [
         document("shop", current="v1.4.2", kind="rails", lastSuccessAt="2024-09-17T10:00:00Z",
                  deployments=[deployment("v1.4.1", "complete"), deployment("v1.4.2", "complete", True)],
@@ -72,6 +72,7 @@ def three_applications() -> list[dict[str, Any]]:
         document("wiki", ready=False, reason="Failed", current="2024.09.1", lastSuccessAt="2024-09-16T08:01:00Z",
                  deployments=[deployment("2024.09.1", "complete", True), deployment("2024.09.2", "failed")],
                  counts={"afterActivate/success": 3, "afterActivate/failure": 2, "afterActivate/timeout": 1},
+                 nextAttemptAt="2024-09-17T10:05:00Z",
                  drift={"current": False, "deployment": False, "links": False, "content": True, "driftedFiles": 2}),
     ]
 
@@ -154,6 +155,10 @@ def test_a_scrape_of_three_applications_shows_their_state_drift_hooks_and_deploy
     assert value(found, "tether_last_success_timestamp_seconds", name="shop") == NOW
     assert value(found, "tether_last_success_timestamp_seconds", name="wiki") == NOW - 26 * 3600 + 60
     assert value(found, "tether_last_success_timestamp_seconds", name="blog") is None
+    assert {n: value(found, "tether_application_stalled", name=n) for n in ("shop", "blog", "wiki")} == \
+        {"shop": 0, "blog": 0, "wiki": 0}  # a failing hook is retried: not stalled
+    assert {n: value(found, "tether_next_attempt_timestamp_seconds", name=n) for n in ("shop", "blog", "wiki")} == \
+        {"shop": None, "blog": None, "wiki": NOW + 300}
     assert value(found, "tether_manifest_errors", file="/etc/tether/manifests/broken.yaml") == 1
     assert value(found, "tether_manifest_errors", file="/etc/tether/manifests/other.yml") == 1
     assert value(found, "tether_manifests", state="valid") == 3
@@ -281,6 +286,72 @@ def test_a_replaced_status_document_is_read_afresh_and_an_unchanged_one_gives_th
     assert value(found, "tether_hook_runs_total", name="wiki", hook="afterActivate", outcome="failure") is None
     assert {k: v for k, v in found.items() if ("name", "wiki") not in k[1]} == \
         {k: v for k, v in first.items() if ("name", "wiki") not in k[1]}
+
+
+# ---------------------------------------------------------------- stalled, and the next attempt
+
+
+def passed(name: str, desired: str, error: str | None = None, *, permanent: bool = False,
+           next_attempt: float | None = None) -> dict[str, Any]:
+    """The status document status.build writes after a pass of `name` (v1 active, `desired` wanted), with
+    the nextAttemptAt the daemon adds (a retry time after a failure, else None)."""
+    app = loading.parse(f"/etc/tether/manifests/{name}.yaml", "apiVersion: tether/v1\nkind: Application\n"
+                        f"metadata: {{name: {name}}}\nspec: {{path: /opt/{name}, deployment: {desired}}}\n")
+    assert isinstance(app, manifests.Application)
+    observed = records.Observed(f"/opt/{name}", True, "v1", f"/opt/{name}/v1", None, {
+        "v1": records.Deployment("v1", records.COMPLETE, True, NOW - 60, NOW - 50)}, "v1", (), ())
+    steps = () if desired == "v1" else (planning.Step(planning.DEPLOY, desired, "it is not complete"),)
+    result = reconciling.Result(name, planning.Plan(name, desired, steps), observed, error, permanent)
+    document = status.build(app, result, None, NOW)
+    document["nextAttemptAt"] = status.timestamp(next_attempt)
+    return document
+
+
+def stalled(document: dict[str, Any]) -> str:
+    return str(next(c["status"] for c in document["conditions"] if c["type"] == "Stalled"))
+
+
+def test_a_permanent_error_or_an_invalid_manifest_is_stalled_1_and_a_ready_or_retried_application_0() -> None:
+    documents = [
+        passed("shop", "v1"),
+        passed("api", "v2", "http://a.example/api/v2.tar.gz answered HTTP 503 Service Unavailable",
+               next_attempt=NOW + 60),
+        passed("wiki", "v2", "http://a.example/wiki/v2.tar.gz answered HTTP 404 Not Found; check the URL and the "
+               "deployment name", permanent=True, next_attempt=NOW + 30),
+        status.build_invalid("blog", "/etc/tether/manifests/blog.yaml:3: this is not valid YAML", passed("blog", "v1"),
+                             NOW),
+        document("paused", ready=False, reason="Suspended"),
+    ]
+    assert [stalled(d) for d in documents] == ["False", "False", "True", "True", "False"]  # as status.py says
+    found = scrape(metrics.registry(metrics.Collector(lambda: documents, lambda: ([], 5), metrics.Observations())))
+    assert {n: value(found, "tether_application_stalled", name=n) for n in ("shop", "api", "wiki", "blog", "paused")} \
+        == {"shop": 0, "api": 0, "wiki": 1, "blog": 1, "paused": 0}
+    assert value(found, "tether_application_ready", name="blog") == 0
+
+
+def test_the_next_attempt_shows_as_its_time_and_is_absent_while_none_is_scheduled() -> None:
+    documents = [passed("api", "v2", "HTTP 503", next_attempt=NOW + 90), passed("shop", "v1"),
+                 document("naive", ready=False, reason="Failed", nextAttemptAt="2024-09-17T10:00:30")]  # naive is UTC
+    registry = metrics.registry(metrics.Collector(lambda: documents, lambda: ([], 3), metrics.Observations()))
+    found = scrape(registry)
+    assert documents[0]["nextAttemptAt"] == "2024-09-17T10:01:30Z" and documents[1]["nextAttemptAt"] is None
+    assert value(found, "tether_next_attempt_timestamp_seconds", name="api") == NOW + 90
+    assert value(found, "tether_next_attempt_timestamp_seconds", name="naive") == NOW + 30
+    assert value(found, "tether_next_attempt_timestamp_seconds", name="shop") is None
+    documents[0] = passed("api", "v1")  # the retry succeeded: no retry is scheduled any more
+    assert value(scrape(registry), "tether_next_attempt_timestamp_seconds", name="api") is None
+
+
+def test_after_a_stalled_application_disappears_no_stalled_or_next_attempt_series_names_it() -> None:
+    documents = [passed("shop", "v1"), passed("wiki", "v2", "HTTP 404", permanent=True, next_attempt=NOW + 30)]
+    registry = metrics.registry(metrics.Collector(lambda: documents, lambda: ([], 2), metrics.Observations()))
+    before = scrape(registry)
+    assert value(before, "tether_application_stalled", name="wiki") == 1
+    assert value(before, "tether_next_attempt_timestamp_seconds", name="wiki") == NOW + 30
+    documents.pop()
+    found = scrape(registry)
+    assert not [key for key in found if ("name", "wiki") in key[1]]
+    assert value(found, "tether_application_stalled", name="shop") == 0
 
 
 # ---------------------------------------------------------------- no stale series

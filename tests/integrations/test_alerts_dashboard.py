@@ -140,9 +140,10 @@ def test_the_dashboard_queries_prometheus_through_its_datasource_variable_from_p
 def test_the_dashboard_shows_every_tether_metric() -> None:
     expressions = " ".join(expression for _, _, expression in queries())
     metrics = ["tether_application_info", "tether_application_ready", "tether_application_suspended",
-               "tether_drift{", "tether_drifted_files", "tether_hook_runs_total", "tether_hook_duration_seconds_bucket",
-               "tether_reconcile_total", "tether_reconcile_duration_seconds_bucket", "tether_deployments",
-               "tether_last_success_timestamp_seconds", "tether_manifest_errors", "tether_manifests{",
+               "tether_application_stalled", "tether_drift{", "tether_drifted_files", "tether_hook_runs_total",
+               "tether_hook_duration_seconds_bucket", "tether_reconcile_total", "tether_reconcile_duration_seconds_bucket",
+               "tether_deployments", "tether_last_success_timestamp_seconds", "tether_next_attempt_timestamp_seconds",
+               "tether_manifest_errors", "tether_manifests{",
                "tether_artifact_fetch_bytes_total", "tether_artifact_fetch_seconds_bucket",
                "tether_artifact_fetch_failures_total", "tether_build_info"]
 
@@ -182,8 +183,10 @@ def test_every_dashboard_query_returns_data_from_prometheus_scraping_a_real_daem
     values = {"job": "tether", "instance": instance[0], "__rate_interval": "5s", "__interval": "1s",
               "__range": "1m"}
     sent = {(title, ref): concrete(expression, values) for title, ref, expression in queries()}
-    # The fleet's stats once the daemon has passed over every application: "broken" and "missing" fail.
-    stats = {("Applications", "A"): 4.0, ("Not ready", "A"): 2.0, ("Suspended", "A"): 1.0,
+    # The fleet's stats once the daemon has passed over every application: "broken" and "missing" fail;
+    # only "missing" is stalled (its 404 is permanent; broken's failing hook is retried), and bad.yaml was
+    # never valid, so it has no application to stall.
+    stats = {("Applications", "A"): 4.0, ("Not ready", "A"): 2.0, ("Stalled", "A"): 1.0, ("Suspended", "A"): 1.0,
              ("Invalid manifests", "A"): 1.0, ("Daemons up", "A"): 1.0}
     waiting, answers = dict(sent), dict[tuple[str, str], list[dict[str, Any]]]()
     deadline = time.monotonic() + 90
@@ -204,6 +207,7 @@ def test_every_dashboard_query_returns_data_from_prometheus_scraping_a_real_daem
     assert [r["metric"]["file"] for r in answers[("Invalid manifest files", "A")]] == [str(node.manifests / "bad.yaml")]
     failures = {r["metric"]["name"] for r in answers[("Fetch failures", "A")]}
     assert failures == {"missing"}
+    assert {r["metric"]["name"] for r in answers[("Next retry of failed passes", "A")]} <= {"broken", "missing"}
 
 
 def test_prometheus_loads_the_alert_rules_and_fires_for_the_failing_hook_of_a_real_daemon(scraped: int) -> None:
