@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import grp
 import logging
 import os
-import pwd
 import re
 import selectors
 import shutil
@@ -19,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from controller import errors, hook_output, manifests, records
+from controller import errors, hook_output, manifests, owners, records
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +65,7 @@ class Identity:
 
 def identity(app: manifests.Application, euid: int | None = None) -> Identity:
     euid = os.geteuid() if euid is None else euid
-    try:
-        user = pwd.getpwnam(app.user) if app.user else pwd.getpwuid(euid)
-        gid = grp.getgrnam(app.group).gr_gid if app.group else user.pw_gid
-    except KeyError as exc:
-        raise errors.PermanentError(f"the user or group of {app.name} does not exist on this node: {exc}") from exc
+    user, gid = owners.account(app, euid)
     groups = tuple(os.getgrouplist(user.pw_name, gid))
     if euid != 0:
         return Identity(None, None, groups, user.pw_name, user.pw_dir, user.pw_shell or "/bin/sh")

@@ -11,11 +11,10 @@ from controller import errors, manifests
 Owner = tuple[int, int] | None
 
 
-def resolve(app: manifests.Application, euid: int | None = None) -> Owner:
-    """(uid, gid) to give every extracted file, or None to leave the process's own."""
+def account(app: manifests.Application, euid: int | None = None) -> tuple[pwd.struct_passwd, int]:
+    """The user that owns `app`'s deployments and runs its hooks (spec.user, else tether's own), and its
+    group id (spec.group, else that user's primary group)."""
     euid = os.geteuid() if euid is None else euid
-    if app.user is None and app.group is None:
-        return None
     try:
         user = pwd.getpwnam(app.user) if app.user is not None else pwd.getpwuid(euid)
     except KeyError as exc:
@@ -24,6 +23,15 @@ def resolve(app: manifests.Application, euid: int | None = None) -> Owner:
         gid = grp.getgrnam(app.group).gr_gid if app.group is not None else user.pw_gid
     except KeyError as exc:
         raise errors.PermanentError(f"group {app.group!r} does not exist on this node; create it or fix spec.group") from exc
+    return user, gid
+
+
+def resolve(app: manifests.Application, euid: int | None = None) -> Owner:
+    """(uid, gid) to give every extracted file, or None to leave the process's own."""
+    euid = os.geteuid() if euid is None else euid
+    if app.user is None and app.group is None:
+        return None
+    user, gid = account(app, euid)
     if euid != 0:
         if user.pw_uid != euid or gid not in [*os.getgroups(), os.getegid()]:
             raise errors.PermanentError(

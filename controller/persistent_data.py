@@ -17,7 +17,7 @@ import os
 import pwd
 import stat
 
-from controller import errors, fsutil, manifests, mtree, nofollow
+from controller import errors, fsutil, manifests, mtree, nofollow, owners
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,11 @@ def _pick(name: str | None, number: int | None, allowed: dict[str, int], mapping
     return number
 
 
-def owners(app: manifests.Application, euid: int | None = None) -> Owners:
+def allowed_owners(app: manifests.Application, euid: int | None = None) -> Owners:
     euid = os.geteuid() if euid is None else euid
     users: dict[str, int] = {}
     groups: dict[str, int] = {}
-    me = pwd.getpwnam(app.user) if app.user else pwd.getpwuid(euid)
-    primary = grp.getgrnam(app.group).gr_gid if app.group else me.pw_gid
+    me, primary = owners.account(app, euid)
     names = {me.pw_name, *app.user_mapping.values()}
     for name in names:
         try:
@@ -179,7 +178,7 @@ def apply(app: manifests.Application, deployment_path: str, deployment_owner: tu
     nodes = read_spec(deployment_path) if app.persistent_data == "auto" else None
     if not nodes:
         return []
-    allowed = owners(app, euid)
+    allowed = allowed_owners(app, euid)
     # Every refusal the spec itself deserves comes before the first change: a refused spec changes nothing.
     ids = {n.path: (allowed.uid(n, dict(app.user_mapping)), allowed.gid(n, dict(app.group_mapping))) for n in nodes}
     for node in nodes:

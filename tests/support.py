@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import http.server
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
+import time
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +157,71 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def tiny_artifact() -> bytes:
+    """The smallest valid artifact: site/index.html."""
+    return tar_bytes([Member("site/index.html", b"<h1>hello</h1>\n")])
+
+
+# ---------------------------------------------------------------- a daemon's log
+
+
+class LogLines:
+    """The lines of a stream (a daemon's stderr), each with the time it arrived, read by a thread."""
+
+    END = "<end of log>"
+
+    def __init__(self, stream: Iterable[str]) -> None:
+        self.lines: list[tuple[float, str]] = []  # (time.time() of arrival, line)
+        self._changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.reader.start()
+
+    def _read(self, stream: Iterable[str]) -> None:
+        for line in stream:
+            with self._changed:
+                self.lines.append((time.time(), line.rstrip("\n")))
+                self._changed.notify_all()
+        with self._changed:
+            self.lines.append((time.time(), self.END))
+            self._changed.notify_all()
+
+    def mark(self) -> int:
+        """A position in the log: later waits can look only at what comes after it."""
+        with self._changed:
+            return len(self.lines)
+
+    def text(self, start: int = 0) -> str:
+        with self._changed:
+            return "\n".join(line for _, line in self.lines[start:])
+
+    def wait_for(self, pattern: str, start: int = 0, timeout: float = 20) -> tuple[int, float, str]:
+        """Wait for a line matching the regular expression; (index, arrival time, line)."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            index = start
+            while True:
+                while index < len(self.lines):
+                    arrived, line = self.lines[index]
+                    if regex.search(line):
+                        return index, arrived, line
+                    index += 1
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.lines and self.lines[-1][1] == self.END):
+                    break
+                self._changed.wait(left)
+        raise AssertionError(f"no log line matches {pattern!r} after {timeout} s; the log:\n{self.text(start)}")
+
+
+@contextlib.contextmanager
+def notify_socket(address: Path | str, timeout: float = 20) -> Iterator[socket.socket]:
+    """A datagram socket bound at `address`, where systemd would listen for sd_notify messages."""
+    with contextlib.closing(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)) as sock:
+        sock.bind(str(address))
+        sock.settimeout(timeout)
+        yield sock
+
+
 # ---------------------------------------------------------------- manifests and trees
 
 
@@ -239,3 +308,13 @@ def walk_files(root: Path) -> Iterator[Path]:
 
 
 Check = Callable[[], bool]
+
+
+def sandbox(prefix: str, parent: str | None = None) -> tuple[Path, Path, Path, Path]:
+    """A fresh tree for a benchmark's daemon: (root, manifests, state, apps), each 0755."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    root.chmod(0o755)
+    directories = root / "manifests", root / "state", root / "apps"
+    for directory in directories:
+        directory.mkdir(mode=0o755)
+    return root, *directories

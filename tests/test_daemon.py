@@ -23,7 +23,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -72,48 +71,10 @@ class Daemon:
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE, text=True, env=full_env, cwd=node.root)
         self.pid = self.process.pid
-        self.lines: list[tuple[float, str]] = []  # (time.time() of arrival, line)
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self._port: int | None = None
-
-    def _read(self) -> None:
         assert self.process.stderr is not None
-        for line in self.process.stderr:
-            with self._changed:
-                self.lines.append((time.time(), line.rstrip("\n")))
-                self._changed.notify_all()
-        with self._changed:
-            self.lines.append((time.time(), "<end of log>"))
-            self._changed.notify_all()
-
-    def mark(self) -> int:
-        """A position in the log: later waits can look only at what comes after it."""
-        with self._changed:
-            return len(self.lines)
-
-    def log(self, start: int = 0) -> str:
-        with self._changed:
-            return "\n".join(line for _, line in self.lines[start:])
-
-    def wait_for_log(self, pattern: str, start: int = 0, timeout: float = 20) -> tuple[int, float, str]:
-        """Wait for a log line matching the regular expression; (index, arrival time, line)."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            index = start
-            while True:
-                while index < len(self.lines):
-                    arrived, line = self.lines[index]
-                    if regex.search(line):
-                        return index, arrived, line
-                    index += 1
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.lines and self.lines[-1][1] == "<end of log>"):
-                    break
-                self._changed.wait(left)
-        raise AssertionError(f"no log line matches {pattern!r} after {timeout} s; the log:\n{self.log(start)}")
+        self.stderr = support.LogLines(self.process.stderr)
+        self.mark, self.log, self.wait_for_log = self.stderr.mark, self.stderr.text, self.stderr.wait_for
+        self._port: int | None = None
 
     @property
     def port(self) -> int:
@@ -157,7 +118,7 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
-        self._reader.join(timeout=10)
+        self.stderr.reader.join(timeout=10)  # the whole log is in
         return self.process.returncode
 
 
@@ -796,9 +757,7 @@ def test_the_daemon_tells_systemd_it_is_ready_keeps_the_watchdog_fed_and_says_wh
     serve(http, "site", "v1")
     put(node.manifests, app_manifest(node, http))
     address = str(tmp_path / "notify.sock")
-    with contextlib.closing(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)) as sock:
-        sock.bind(address)
-        sock.settimeout(20)
+    with support.notify_socket(address) as sock:
         daemon = start(env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"}, wait=False)
 
         ready = sock.recv(4096).decode().splitlines()
@@ -829,9 +788,7 @@ def test_the_status_line_systemd_shows_counts_every_application_and_follows_chan
     serve(http, "site", "v1")
     put(node.manifests, app_manifest(node, http))
     address = str(tmp_path / "notify.sock")
-    with contextlib.closing(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)) as sock:
-        sock.bind(address)
-        sock.settimeout(20)
+    with support.notify_socket(address) as sock:
         start(env={"NOTIFY_SOCKET": address}, wait=False)  # no watchdog: nothing pings regularly
         statuses = [line for line in sock.recv(4096).decode().splitlines() if line.startswith("STATUS=")]
         wait_converged(node, "site", "v1")

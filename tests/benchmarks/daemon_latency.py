@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import argparse
 import http.server
-import io
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -41,6 +38,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests import support  # noqa: E402
 
 
 class Server:
@@ -71,46 +71,6 @@ class Server:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-class Log:
-    """The daemon's stderr, line by line, with the time each line arrived."""
-
-    def __init__(self, stream: io.TextIOBase) -> None:
-        self.lines: list[tuple[float, str]] = []
-        self.changed = threading.Condition()
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-
-    def _read(self, stream: io.TextIOBase) -> None:
-        for line in stream:
-            with self.changed:
-                self.lines.append((time.time(), line.rstrip("\n")))
-                self.changed.notify_all()
-
-    def wait_for(self, pattern: str, start: int = 0, timeout: float = 60) -> tuple[int, float, str]:
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        index = start
-        with self.changed:
-            while True:
-                while index < len(self.lines):
-                    arrived, line = self.lines[index]
-                    if regex.search(line):
-                        return index, arrived, line
-                    index += 1
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no log line matches {pattern!r}")
-                self.changed.wait(deadline - time.monotonic())
-
-
-def tiny_artifact() -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        data = b"<h1>hello</h1>\n"
-        info = tarfile.TarInfo("site/index.html")
-        info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
-        tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def write_atomically(path: Path, document: dict[str, object]) -> float:
@@ -151,12 +111,8 @@ def main() -> int:
     parser.add_argument("--dir", default=None, help="where to make the temporary tree (default: $TMPDIR)")
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="tether-p3-", dir=args.dir))
-    root.chmod(0o755)
-    manifests, state, apps = root / "manifests", root / "state", root / "apps"
-    for directory in (manifests, state, apps):
-        directory.mkdir(mode=0o755)
-    server = Server(tiny_artifact())
+    root, manifests, state, apps = support.sandbox("tether-p3-", args.dir)
+    server = Server(support.tiny_artifact())
     url = f"http://127.0.0.1:{server.port}/{{application}}/{{deployment}}.tar.gz"
     for i in range(args.background):
         name = f"background-{i:04d}"
@@ -172,11 +128,11 @@ def main() -> int:
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True, env=env, cwd=root)
     assert daemon.stderr is not None
-    log = Log(daemon.stderr)  # type: ignore[arg-type]
+    log = support.LogLines(daemon.stderr)
     http_latency: list[float] = []
     log_latency: list[float] = []
     try:
-        log.wait_for(r"tether is running")
+        log.wait_for(r"tether is running", timeout=60)
         current = apps / "site" / "current"
         deadline = time.monotonic() + 120
         while not (current.is_symlink() and os.readlink(current).endswith("/v0")):
@@ -185,9 +141,9 @@ def main() -> int:
             time.sleep(0.005)
         for i in range(1, args.changes + 1):
             deployment = f"v{i}"
-            mark = len(log.lines)
+            mark = log.mark()
             changed = write_atomically(target, manifest("site", apps / "site", url, deployment))
-            _, logged, _ = log.wait_for(rf"site: deploy {deployment} ", start=mark)
+            _, logged, _ = log.wait_for(rf"site: deploy {deployment} ", start=mark, timeout=60)
             log_latency.append(logged - changed)
             deadline = time.monotonic() + 60
             while not os.readlink(current).endswith(f"/{deployment}"):  # the request came before the switch

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import os
 import platform
 import re
@@ -38,7 +37,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -47,6 +45,10 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests import support  # noqa: E402
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -73,14 +75,6 @@ def wait_idle(pid: int, window: float = 0.5, threshold: float = 0.01, timeout: f
         if cpu_seconds(pid) - before < threshold:
             return time.monotonic() - started
     raise TimeoutError("the daemon never became idle")
-
-
-def tiny_artifact(path: Path) -> None:
-    with tarfile.open(path, "w:gz") as tar:
-        data = b"<h1>hello</h1>\n"
-        info = tarfile.TarInfo("site/index.html")
-        info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
-        tar.addfile(info, io.BytesIO(data))
 
 
 def statuses_ready(state: Path, names: list[str]) -> int:
@@ -117,13 +111,9 @@ def main() -> int:
     parser.add_argument("--dir", default=None, help="where to make the temporary tree (default: $TMPDIR)")
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="tether-p4-", dir=args.dir))
-    root.chmod(0o755)
-    manifests, state, apps = root / "manifests", root / "state", root / "apps"
-    for directory in (manifests, state, apps):
-        directory.mkdir(mode=0o755)
+    root, manifests, state, apps = support.sandbox("tether-p4-", args.dir)
     artifact = root / "artifact.tar.gz"
-    tiny_artifact(artifact)
+    artifact.write_bytes(support.tiny_artifact())
     names = [f"app-{i:04d}" for i in range(args.apps)]
     for name in names:
         document = {"apiVersion": "tether/v1", "kind": "Application", "metadata": {"name": name},

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import configparser
-import contextlib
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -87,9 +85,7 @@ def test_the_units_start_reload_and_stop_commands_drive_a_real_daemon_the_way_sy
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
     env.update(NOTIFY_SOCKET=address, WATCHDOG_USEC=str(watchdog_usec), TETHER_MANIFESTS=str(node.manifests),
                TETHER_STATE_DIR=str(node.state), TETHER_METRICS_ADDRESS="127.0.0.1:0")
-    with contextlib.closing(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)) as sock:
-        sock.bind(address)
-        sock.settimeout(30)
+    with support.notify_socket(address, timeout=30) as sock:
         start = shlex.split(service["ExecStart"].replace("/usr/bin/tether", VENV_TETHER))
         log = tmp_path / "daemon.log"
         daemon = subprocess.Popen(start, env=env, stderr=log.open("w"))
