@@ -14,7 +14,10 @@ could only have by climbing above the root.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 import re
+import stat
 
 from controller import errors
 
@@ -29,6 +32,8 @@ FLAGS = frozenset({"nochange", "optional", "ignore"})
 OCTAL = re.compile(r"\\([0-7]{3})|\\(\\)|\\(.)|\\$")
 MAX_ENTRIES = 10_000
 MAX_PATH = 4096
+MAX_LINK = 4095  # what symlink(2) accepts
+MAX_BYTES = 1024 * 1024
 
 
 class MtreeError(errors.PermanentError):
@@ -139,6 +144,8 @@ def _node(path: str, keys: dict[str, str], line: int) -> Node:
     link = unvis(keys["link"], line) if "link" in keys else None
     if link is not None and "\0" in link:
         raise MtreeError(line, f"link={keys['link']} holds a NUL byte, which a link target may not")
+    if link is not None and len(link.encode("utf-8", "surrogateescape")) > MAX_LINK:
+        raise MtreeError(line, f"link={keys['link'][:60]}... is longer than {MAX_LINK} bytes, which a link target may not")
     return Node(
         path=path,
         type=kind,
@@ -224,3 +231,56 @@ def leaves(nodes: list[Node]) -> list[Node]:
     """Entries that become symlinks in a deployment: files, links, and directories without children."""
     parents = {n.path.rpartition("/")[0] for n in nodes if n.path}
     return [n for n in nodes if n.path and (n.type != "dir" or n.path not in parents)]
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def read(path: str) -> list[Node] | None:
+    """The spec in the file `path`, parsed, or None when there is none; anything but a regular file of at most
+    MAX_BYTES of text is refused (MtreeError or PermanentError), never followed, never waited on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise errors.PermanentError(f"{path} is a symlink; tether does not follow it: ship the .mtree itself, a "
+                                        "regular file, at the root of the artifact") from exc
+        raise errors.PermanentError(f"{path} cannot be read: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise errors.PermanentError(f"{path} is a {_kind(st.st_mode)}, not a regular file; ship the .mtree as a "
+                                        "regular file at the root of the artifact")
+        if st.st_size > MAX_BYTES:
+            raise errors.PermanentError(f"{path} is larger than {MAX_BYTES // 1024 // 1024} MiB; tether reads no "
+                                        "bigger .mtree")
+        data = b""
+        while len(data) <= MAX_BYTES and (chunk := os.read(fd, MAX_BYTES + 1 - len(data))):
+            data += chunk
+    except OSError as exc:
+        raise errors.PermanentError(f"{path} cannot be read: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:
+        raise errors.PermanentError(f"{path} is larger than {MAX_BYTES // 1024 // 1024} MiB; tether reads no bigger "
+                                    ".mtree")
+    return parse(decode(data))
+
+
+def decode(data: bytes) -> str:
+    """The text of a spec: UTF-8 with no NUL byte (names with other bytes are written with octal escapes)."""
+    if b"\0" in data:
+        raise MtreeError(data.count(b"\n", 0, data.index(b"\0")) + 1,
+                         "the line holds a NUL byte; a .mtree is text (write such bytes as octal escapes)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MtreeError(data.count(b"\n", 0, exc.start) + 1,
+                         "the line is not valid UTF-8; write a name's other bytes as octal escapes such as \\377") from None

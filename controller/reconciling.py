@@ -41,7 +41,7 @@ from controller import (
 )
 
 log = logging.getLogger(__name__)
-PersistentData = Callable[[manifests.Application, str, owners.Owner], list[str]]
+PersistentData = Callable[..., list[str]]  # (app, deployment path, owner, checkpoint=...) -> linked leaves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +167,7 @@ class Engine:
                 raise
             self.on_fetch(app.name, size, time.monotonic() - started)
             self.checkpoint("extracted")
-            links = self.persistent_data(app, target, owner)
+            links = self.persistent_data(app, target, owner, checkpoint=self.checkpoint)
             self.checkpoint("linked-data")
         except BaseException:
             fsutil.remove_tree(target)
