@@ -8,6 +8,8 @@ retried with back-off. Messages are full sentences that say what to do.
 
 from __future__ import annotations
 
+import os
+
 
 class TetherError(Exception):
     """Base of every error tether raises on purpose."""
@@ -36,7 +38,7 @@ class ManifestError(PermanentError):
     """A manifest is invalid; carries the file, line and JSON pointer."""
 
     def __init__(self, file: str, message: str, line: int | None = None, pointer: str = "") -> None:
-        where = f"{file}:{line}" if line is not None else file
+        where = f"{shown_path(file)}:{line}" if line is not None else shown_path(file)
         at = f" (at {pointer})" if pointer else ""
         super().__init__(f"{where}: {message}{at}")
         self.file = file
@@ -63,3 +65,13 @@ class ChecksumMismatch(PermanentError):
 
 class LockBusy(TemporaryError):
     """Another tether process holds the application's lock."""
+
+
+def shown_path(path: str) -> str:
+    """A file name as printable text: bytes that are not UTF-8 (kept by Python as surrogates) and control
+    characters become escapes such as \\xff, so no log, terminal or scrape has to carry them."""
+    try:
+        text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
+        text = path.encode("utf-8", "backslashreplace").decode("ascii")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
