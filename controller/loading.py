@@ -181,9 +181,6 @@ def _parse(file: str, text: str) -> tuple[manifests.Application | manifests.Kind
     except DuplicateKey as exc:
         raise errors.ManifestError(file, f"the key {exc.key!r} appears twice; YAML would silently keep only the "
                                    "last one, so remove one of them", exc.line, exc.pointer) from exc
-    for path, message in validation.bad_strings(document):
-        where = validation.pointer(path)
-        raise errors.ManifestError(file, message, _line_for(where, lines), validation.printable(where))
     kind = document.get("kind")
     schema_name = validation.KIND_TO_SCHEMA.get(kind) if isinstance(kind, str) else None
     if schema_name is None:
@@ -191,6 +188,9 @@ def _parse(file: str, text: str) -> tuple[manifests.Application | manifests.Kind
             file, f"kind must be Application or ApplicationKind, not {kind!r}", _line_for("/kind", lines), "/kind"
         )
     for where, message in validation.errors(document, schema_name):
+        raise errors.ManifestError(file, message, _line_for(where, lines), where)
+    for path, message in validation.bad_strings(document):
+        where = validation.pointer(path)
         raise errors.ManifestError(file, message, _line_for(where, lines), where)
     complete = validation.with_defaults(document, schema_name)
     generation = hashlib.sha256(text.encode()).hexdigest()

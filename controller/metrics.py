@@ -21,7 +21,7 @@ import prometheus_client.core
 import prometheus_client.registry
 
 import controller
-from controller import errors, fsutil, hooks, manifests, records, validation
+from controller import errors, fsutil, hooks, manifests, records
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class Collector(prometheus_client.registry.Collector):
                     _add_application(name, document, *families)
                 except Exception:  # one odd document must never break the whole exposition
                     log.exception("The metrics of %s are left out of this scrape: its status document could not "
-                                  "be read.", validation.printable(str(name)))
+                                  "be read.", errors.printable(str(name)))
                     for family, mark in zip(families, marks, strict=True):
                         del family.samples[mark:]
                     continue
@@ -167,11 +167,11 @@ class Collector(prometheus_client.registry.Collector):
 def _printable_samples(samples: list[prometheus_client.core.Sample]) -> list[prometheus_client.core.Sample]:
     """The samples with every label value that an exposition cannot carry as it is (a lone surrogate, which
     is not UTF-8; a control character) shown as escapes instead, such as \\udcff."""
-    if not any(validation.CONTROL.search(value) for sample in samples for value in sample.labels.values()):
+    if not any(errors.CONTROL.search(value) for sample in samples for value in sample.labels.values()):
         return samples
     log.warning("Some label values of %s hold characters an exposition cannot carry; they are shown as escapes.",
                 samples[0].name)
-    return [sample._replace(labels={key: validation.printable(value) for key, value in sample.labels.items()})
+    return [sample._replace(labels={key: errors.printable(value) for key, value in sample.labels.items()})
             for sample in samples]
 
 

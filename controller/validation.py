@@ -12,6 +12,8 @@ from typing import Any
 
 import jsonschema
 
+from controller import errors as tether_errors  # `errors` below is this module's own function
+
 SCHEMA_FILES = {"application": "application.json", "kind": "kind.json"}
 KIND_TO_SCHEMA = {"Application": "application", "ApplicationKind": "kind"}
 
@@ -137,15 +139,10 @@ def _fill(instance: Any, node: dict[str, Any], root: dict[str, Any]) -> None:
 NEVER = re.compile(r"[\x00\ud800-\udfff]")
 # Control characters (C0, DEL, C1) and Unicode line breaks make no sense in a name, path, label, URL or header
 # (CR/LF in a header value would inject headers); only an inline hook script is free text.
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+CONTROL = tether_errors.CONTROL
 FREE_TEXT = re.compile(r"/spec/hooks/[^/]+")
 HEADER_VALUE = re.compile(r"/spec/source/headers/[^/]+")
 NOT_LATIN_1 = re.compile(r"[^\x00-\xff]")
-
-
-def printable(text: str) -> str:
-    """`text` with every control character, line break and lone surrogate shown as an escape (\\x00, \\udcff)."""
-    return CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
 
 
 def _character(char: str, index: int) -> str:

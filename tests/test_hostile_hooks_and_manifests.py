@@ -5,8 +5,13 @@ file:line and pointer, and nothing odd in a file name or a status breaks `/metri
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -102,7 +107,8 @@ BAD_STRINGS = [
      '    afterDeploy: "echo \\udcff"', "/spec/hooks/afterDeploy", 20),
     ("a lone surrogate in a hook path", '    afterDeploy: "echo deployed"',
      '    afterDeploy: {{path: "/usr/bin/\\udcfftrue"}}', "/spec/hooks/afterDeploy/path", 20),
-    ("a NUL in a top-level key", "spec:", '"spe\\0c":', "/spe\\x00c", 7),
+    ("a NUL in a label key", "    team: web", '    "te\\0am": web', "/metadata/labels/te\\x00am", 6),
+    ("an unknown key with a NUL", "spec:", '"spe\\0c": 1\nspec:', "/spe\\x00c", 7),
 ]
 
 
@@ -161,7 +167,6 @@ def test_a_kind_whose_hook_script_holds_a_lone_surrogate_is_refused(node: suppor
 
 
 def promtool() -> str:
-    import shutil
     found = shutil.which("promtool")
     if found is None:
         pytest.fail("promtool is missing: install the `prometheus` Debian package")
@@ -258,3 +263,261 @@ def test_deploy_refuses_a_url_with_control_characters(node: support.Node, tmp_pa
     assert "control character or line break U+000D" in done.stderr, done.stderr
     assert not (node.state / "overrides" / "site.json").exists() or "X-Admin" not in (
         node.state / "overrides" / "site.json").read_text()
+
+
+# ================================================================ item 10: hooks die with tether
+
+
+def reconcile_in_background(node: support.Node) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "controller", "reconcile", "--manifests", str(node.manifests),
+               "--state-dir", str(node.state), "-v"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=node.root)
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.endswith("\n") else None
+
+
+def exchange(tmp_path: Path) -> Path:
+    """A directory every user may write, where hooks leave their pids."""
+    directory = tmp_path / "pids"
+    directory.mkdir(mode=0o777)
+    directory.chmod(0o1777)
+    return directory
+
+
+# A hook that, while `block` exists, leaves its pid and its background child's, then sleeps.
+BLOCKING_HOOK = """\
+if [ -e {pids}/block ]; then
+  sleep 300 &
+  echo $! > {pids}/child.tmp && mv {pids}/child.tmp {pids}/child.pid
+  {escape}
+  echo $$ > {pids}/hook.tmp && mv {pids}/hook.tmp {pids}/hook.pid
+  sleep 300
+fi
+"""
+ESCAPE = "setsid sh -c 'echo $$ > {pids}/escaped.tmp && mv {pids}/escaped.tmp {pids}/escaped.pid; exec sleep 300' &"
+
+
+def blocking_site(node: support.Node, tmp_path: Path, phase: str = "beforeActivate", escape: bool = False,
+                  under: Path | None = None, **spec: object) -> Path:
+    """The application `site` at <apps>/site (or <under>/site) with a BLOCKING_HOOK; the hook's pid directory."""
+    pids = exchange(under or tmp_path)
+    (pids / "block").touch()
+    script = BLOCKING_HOOK.format(pids=pids, escape=ESCAPE.format(pids=pids) if escape else "")
+    support.write_manifest(node.manifests, support.application(
+        "site", (under or node.apps) / "site", deployment="v1", source={"url": artifact(tmp_path)},
+        hooks={phase: script}, **spec))
+    return pids
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user may traverse (pytest's temporary directory is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="tether-h10-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def gone(*pids: int) -> bool:
+    return not any(alive(pid) for pid in pids)
+
+
+def watchdogs_of(pgid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"tether-hook-watchdog" in argv and argv[-2:-1] == [str(pgid).encode()]:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("phase", ["beforeActivate", "afterDeploy"])
+def test_a_hook_and_its_children_die_promptly_when_tether_reconcile_is_killed(
+        node: support.Node, tmp_path: Path, phase: str) -> None:
+    pids = blocking_site(node, tmp_path, phase)
+    tether = reconcile_in_background(node)
+    try:
+        hook = wait_until(lambda: read_pid(pids / "hook.pid"), 60, "the hook never started")
+        child = wait_until(lambda: read_pid(pids / "child.pid"), 10)
+        assert alive(hook) and alive(child)
+        assert (node.apps / "site" / ".tether" / "running-hook.json").exists()
+        tether.kill()
+        tether.wait(10)
+        wait_until(lambda: gone(hook, child), 10, "the hook or its child outlived tether")
+        wait_until(lambda: not watchdogs_of(hook), 10, "the watchdog stays")
+    finally:
+        tether.kill()
+        tether.wait()
+    (pids / "block").unlink()
+    done = node.tether("reconcile")
+    assert done.returncode == 0, done.stderr
+    assert os.readlink(node.apps / "site" / "current").endswith("/v1")
+    assert not (node.apps / "site" / ".tether" / "running-hook.json").exists()
+
+
+def test_a_hook_of_another_user_dies_with_tether_and_the_next_pass_kills_its_group_even_without_the_watchdog(
+        node: support.Node, tmp_path: Path, open_dir: Path) -> None:
+    """The watchdog is killed first: the hook (running as nobody) still dies of PR_SET_PDEATHSIG, and its
+    background child, which PDEATHSIG does not reach, is killed by the next pass from the record."""
+    pids = blocking_site(node, tmp_path, under=open_dir, user="nobody", group="nogroup")
+    tether = reconcile_in_background(node)
+    try:
+        hook = wait_until(lambda: read_pid(pids / "hook.pid"), 60, "the hook never started")
+        child = wait_until(lambda: read_pid(pids / "child.pid"), 10)
+        for watchdog in wait_until(lambda: watchdogs_of(hook), 10, "no watchdog"):
+            os.kill(watchdog, signal.SIGKILL)
+        tether.kill()
+        tether.wait(10)
+        wait_until(lambda: not alive(hook), 10, "the hook outlived tether: PDEATHSIG is not armed")
+        assert alive(child)
+    finally:
+        tether.kill()
+        tether.wait()
+    (pids / "block").unlink()
+    done = node.tether("reconcile")
+    assert done.returncode == 0, done.stderr
+    assert gone(child), "the next pass left the hook's child running"
+    assert "outlived the tether that started it" in done.stderr
+    assert os.readlink(open_dir / "site" / "current").endswith("/v1")
+
+
+def test_a_hook_child_that_escapes_into_a_new_session_is_not_tethers_but_the_hook_group_dies(
+        node: support.Node, tmp_path: Path) -> None:
+    """What tether promises is the hook's process group (DESIGN 4): a process that left it with setsid is out
+    of reach; the group dies with tether and the next pass runs as usual."""
+    pids = blocking_site(node, tmp_path, escape=True)
+    tether = reconcile_in_background(node)
+    escaped = None
+    try:
+        hook = wait_until(lambda: read_pid(pids / "hook.pid"), 60, "the hook never started")
+        child = wait_until(lambda: read_pid(pids / "child.pid"), 10)
+        escaped = wait_until(lambda: read_pid(pids / "escaped.pid"), 10)
+        tether.kill()
+        tether.wait(10)
+        wait_until(lambda: gone(hook, child), 10, "the hook's group outlived tether")
+        (pids / "block").unlink()
+        done = node.tether("reconcile")
+        assert done.returncode == 0, done.stderr
+        assert os.readlink(node.apps / "site" / "current").endswith("/v1")
+        assert not (node.apps / "site" / ".tether" / "running-hook.json").exists()
+    finally:
+        tether.kill()
+        tether.wait()
+        if escaped is not None and alive(escaped):
+            os.kill(escaped, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- a survivor recorded by a tether that died
+
+
+def survivor() -> tuple[int, int]:
+    """A process group in a session of its own (a leader and a child), reaped by init: (leader, child)."""
+    script = "setsid sh -c 'sleep 300 >/dev/null 2>&1 & echo $$ $!; exec sleep 300 >/dev/null 2>&1' &"
+    out = subprocess.run(["sh", "-c", script],
+                         capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+    leader, child = map(int, out.stdout.split())
+    wait_until(lambda: alive(leader) and Path(f"/proc/{leader}/cmdline").read_bytes().startswith(b"sleep"))
+    return leader, child
+
+
+def boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+# The hook reports whether the recorded processes still lived when it ran.
+PROBE = """\
+for pid in {pids}; do
+  state=$(cut -d' ' -f3 /proc/$pid/stat 2>/dev/null)
+  if [ -n "$state" ] && [ "$state" != Z ]; then echo "$pid alive"; else echo "$pid dead"; fi
+done > {out}
+"""
+
+
+def probing_site(node: support.Node, tmp_path: Path, record: dict[str, object] | str, *watched: int) -> Path:
+    out = tmp_path / "probe.txt"
+    meta = node.apps / "site" / ".tether"
+    meta.mkdir(parents=True, mode=0o755)
+    (meta / "running-hook.json").write_text(record if isinstance(record, str) else json.dumps(record))
+    support.write_manifest(node.manifests, support.application(
+        "site", node.apps / "site", deployment="v1", source={"url": artifact(tmp_path)},
+        hooks={"afterDeploy": PROBE.format(pids=" ".join(map(str, watched)), out=out)}))
+    return out
+
+
+def record_of(leader: int, **changes: object) -> dict[str, object]:
+    return {"pid": leader, "pgid": leader, "startTime": start_time(leader), "bootId": boot_id(),
+            "phase": "afterDeploy", "source": "application", "deployment": "v1", **changes}
+
+
+def test_the_next_pass_kills_a_recorded_survivor_group_before_it_runs_any_hook(
+        node: support.Node, tmp_path: Path) -> None:
+    leader, child = survivor()
+    try:
+        out = probing_site(node, tmp_path, record_of(leader), leader, child)
+        done = node.tether("reconcile")
+        assert done.returncode == 0, done.stderr
+        assert out.read_text() == f"{leader} dead\n{child} dead\n"
+        assert "outlived the tether that started it" in done.stderr and f"process group {leader}" in done.stderr
+        assert not (node.apps / "site" / ".tether" / "running-hook.json").exists()
+    finally:
+        for pid in (leader, child):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_survivor_that_ignores_sigterm_is_killed_after_the_grace(node: support.Node, tmp_path: Path) -> None:
+    script = "setsid sh -c 'trap \"\" TERM; echo $$; exec >/dev/null 2>&1; while :; do sleep 1; done' &"
+    out = subprocess.run(["sh", "-c", script],
+                         capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+    leader = int(out.stdout)
+    try:
+        probe = probing_site(node, tmp_path, record_of(leader), leader)
+        done = node.tether("reconcile")
+        assert done.returncode == 0, done.stderr
+        assert probe.read_text() == f"{leader} dead\n"
+    finally:
+        if alive(leader):
+            os.killpg(leader, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("change", ["another start time", "another boot"])
+def test_a_record_whose_process_is_not_the_one_started_is_never_signalled(
+        node: support.Node, tmp_path: Path, change: str) -> None:
+    leader, child = survivor()
+    try:
+        record = record_of(leader, **({"startTime": start_time(leader) - 1} if change == "another start time"
+                                      else {"bootId": "00000000-0000-0000-0000-000000000000"}))
+        out = probing_site(node, tmp_path, record, leader, child)
+        done = node.tether("reconcile")
+        assert done.returncode == 0, done.stderr
+        assert out.read_text() == f"{leader} alive\n{child} alive\n"
+        assert alive(leader) and alive(child)
+        assert "outlived" not in done.stderr
+        assert not (node.apps / "site" / ".tether" / "running-hook.json").exists()
+    finally:
+        for pid in (leader, child):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("record", ["{not json", '{"pid": 1, "pgid": 1, "startTime": 1}', '[]',
+                                    '{"pid": 4194303, "pgid": 4194303, "startTime": 5, "bootId": "%s"}'])
+def test_a_record_that_is_garbage_or_names_no_process_is_dropped_and_the_pass_goes_on(
+        node: support.Node, tmp_path: Path, record: str) -> None:
+    probing_site(node, tmp_path, record.replace("%s", boot_id()))
+    done = node.tether("reconcile")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert os.readlink(node.apps / "site" / "current").endswith("/v1")
+    assert not (node.apps / "site" / ".tether" / "running-hook.json").exists()
