@@ -521,3 +521,19 @@ def test_a_record_that_is_garbage_or_names_no_process_is_dropped_and_the_pass_go
     assert "Traceback" not in done.stderr
     assert os.readlink(node.apps / "site" / "current").endswith("/v1")
     assert not (node.apps / "site" / ".tether" / "running-hook.json").exists()
+
+
+def test_a_hook_run_by_a_daemon_worker_lives_while_its_pass_runs_and_dies_when_the_daemon_is_killed(
+        node: support.Node, tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
+    """PDEATHSIG fires when the forking thread ends: a worker thread lives until its hook has ended, so the
+    hook is not killed early; SIGKILL of `tether run` kills the hook and its child."""
+    pids = blocking_site(node, tmp_path)
+    daemon = daemons()
+    hook = wait_until(lambda: read_pid(pids / "hook.pid"), 60, "the hook never started")
+    child = wait_until(lambda: read_pid(pids / "child.pid"), 10)
+    started = time.monotonic()
+    wait_until(lambda: time.monotonic() - started > 2 and daemon.scrape(), 10)  # the daemon works meanwhile
+    assert alive(hook) and alive(child), "the hook was killed while its pass ran"
+    daemon.signal(signal.SIGKILL)
+    daemon.process.wait(10)
+    wait_until(lambda: gone(hook, child), 10, "the hook or its child outlived the daemon")
