@@ -8,6 +8,9 @@ retried with back-off. Messages are full sentences that say what to do.
 
 from __future__ import annotations
 
+import os
+import re
+
 
 class TetherError(Exception):
     """Base of every error tether raises on purpose."""
@@ -36,8 +39,8 @@ class ManifestError(PermanentError):
     """A manifest is invalid; carries the file, line and JSON pointer."""
 
     def __init__(self, file: str, message: str, line: int | None = None, pointer: str = "") -> None:
-        where = f"{file}:{line}" if line is not None else file
-        at = f" (at {pointer})" if pointer else ""
+        where = f"{shown_path(file)}:{line}" if line is not None else shown_path(file)
+        at = f" (at {printable(pointer)})" if pointer else ""
         super().__init__(f"{where}: {message}{at}")
         self.file = file
         self.line = line
@@ -63,3 +66,22 @@ class ChecksumMismatch(PermanentError):
 
 class LockBusy(TemporaryError):
     """Another tether process holds the application's lock."""
+
+
+# Control characters (C0, DEL, C1), Unicode line breaks and lone surrogates (not UTF-8): no message, log line
+# or scrape should carry them as they are.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character, line break and lone surrogate shown as an escape (\\x00, \\udcff)."""
+    return CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
+def shown_path(path: str) -> str:
+    """A file name as printable text: bytes that are not UTF-8 (kept by Python as surrogates) become
+    escapes such as \\xff, and so do control characters."""
+    try:
+        return printable(os.fsencode(path).decode("utf-8", "backslashreplace"))
+    except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
+        return printable(path)

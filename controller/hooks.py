@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from controller import errors, hook_output, manifests, owners, records
+from controller import errors, hook_output, hook_processes, manifests, owners, records
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,8 @@ class Runner:
         output.note(f"== {phase} hook of {source} for {deployment} ==\n")
         started, wall = self.clock(), self.wall_clock()
         try:
-            exit_code, timed_out = self._spawn(argv, cwd, env, who, output, started + app.hook_timeout_seconds)
+            exit_code, timed_out = self._spawn(argv, cwd, env, who, output, started + app.hook_timeout_seconds,
+                                               app.path, {"phase": phase, "source": source, "deployment": deployment})
         except OSError as exc:
             output.write(f"tether could not start the hook: {exc}; the hook's user needs to be able to reach "
                          f"{records.meta_dir(app.path)} and {cwd}\n".encode())
@@ -161,20 +162,23 @@ class Runner:
                 app.name, phase, source, outcome, exit_code)
         return run
 
-    def _spawn(self, argv: list[str], cwd: str, env: dict[str, str], who: Identity,
-               output: hook_output.BoundedLog, deadline: float) -> tuple[int | None, bool]:
+    def _spawn(self, argv: list[str], cwd: str, env: dict[str, str], who: Identity, output: hook_output.BoundedLog,
+               deadline: float, app_path: str, about: dict[str, str]) -> tuple[int | None, bool]:
         ids: dict[str, object] = {}
         if who.uid is not None:
             ids = {"user": who.uid, "group": who.gid, "extra_groups": list(who.groups)}
         process = subprocess.Popen(  # type: ignore[call-overload]
             argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True, umask=0o022, **ids,
+            start_new_session=True, close_fds=True, umask=0o022, preexec_fn=hook_processes.die_with_parent(), **ids,
         )
         assert process.stdout is not None
         self._running.add(process.pid)
+        watchdog = hook_processes.Watchdog(process.pid)  # the hook's group dies with tether (DESIGN 4)
         try:
-            return self._supervise(process, process.stdout, output, deadline)
+            with hook_processes.recorded(app_path, process.pid, **about):
+                return self._supervise(process, process.stdout, output, deadline)
         finally:
+            watchdog.release()
             self._running.discard(process.pid)
 
     def _supervise(self, process: subprocess.Popen[bytes], stream: Any, output: hook_output.BoundedLog,

@@ -189,6 +189,9 @@ def _parse(file: str, text: str) -> tuple[manifests.Application | manifests.Kind
         )
     for where, message in validation.errors(document, schema_name):
         raise errors.ManifestError(file, message, _line_for(where, lines), where)
+    for path, message in validation.bad_strings(document):
+        where = validation.pointer(path)
+        raise errors.ManifestError(file, message, _line_for(where, lines), where)
     complete = validation.with_defaults(document, schema_name)
     generation = hashlib.sha256(text.encode()).hexdigest()
     if schema_name == "application":

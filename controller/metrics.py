@@ -128,12 +128,12 @@ class Collector(prometheus_client.registry.Collector):
         problems, valid = self.manifest_state()
         files = Gauge("tether_manifest_errors", "1 for each invalid manifest file; tether keeps the last good state "
                       "of its application.", labels=["file"])
-        for file in sorted({problem.file for problem in problems}):
+        for file in sorted({errors.shown_path(problem.file) for problem in problems}):
             files.add_metric([file], 1)
         counts = Gauge("tether_manifests", "Manifest files by state (valid or invalid).", labels=["state"])
         counts.add_metric(["valid"], valid)
         counts.add_metric(["invalid"], len(files.samples))
-        yield from (files, counts, *_observed(self.observations.snapshot()))
+        yield from map(_printable, (files, counts, *_observed(self.observations.snapshot())))
         build = Gauge("tether_build_info", "Always 1: the version of tether that runs.", labels=["version"])
         build.add_metric([self.version], 1)
         yield build
@@ -145,14 +145,39 @@ class Collector(prometheus_client.registry.Collector):
             known = before.get(name)
             if known is None or known[0] is not document:
                 marks = [len(family.samples) for family in families]
-                _add_application(name, document, *families)
-                known = (document, [f.samples[mark:] for f, mark in zip(families, marks, strict=True)])
+                try:
+                    _add_application(name, document, *families)
+                except Exception:  # one odd document must never break the whole exposition
+                    log.exception("The metrics of %s are left out of this scrape: its status document could not "
+                                  "be read.", errors.printable(str(name)))
+                    for family, mark in zip(families, marks, strict=True):
+                        del family.samples[mark:]
+                    continue
+                known = (document, [_printable_samples(f.samples[mark:]) for f, mark in zip(families, marks, strict=True)])
+                for family, mark, samples in zip(families, marks, known[1], strict=True):
+                    family.samples[mark:] = samples
             else:
                 for family, samples in zip(families, known[1], strict=True):
                     family.samples.extend(samples)
             made[name] = known  # (document, its samples per family); applications that are gone are dropped
         self._made = made
         return families
+
+
+def _printable_samples(samples: list[prometheus_client.core.Sample]) -> list[prometheus_client.core.Sample]:
+    """The samples with every label value that an exposition cannot carry as it is (a lone surrogate, which
+    is not UTF-8; a control character) shown as escapes instead, such as \\udcff."""
+    if not any(errors.CONTROL.search(value) for sample in samples for value in sample.labels.values()):
+        return samples
+    log.warning("Some label values of %s hold characters an exposition cannot carry; they are shown as escapes.",
+                samples[0].name)
+    return [sample._replace(labels={key: errors.printable(value) for key, value in sample.labels.items()})
+            for sample in samples]
+
+
+def _printable(family: Metric) -> Metric:
+    family.samples = _printable_samples(family.samples)
+    return family
 
 
 def _families() -> _Families:
@@ -261,8 +286,16 @@ def registry(collector: Collector, *, process: bool = False) -> prometheus_clien
 
 
 def write_textfile(path: str, registry: prometheus_client.CollectorRegistry) -> None:
-    """Write the exposition for node_exporter's textfile collector; readers see the old file or the new one."""
-    fsutil.atomic_write(path, prometheus_client.generate_latest(registry), 0o644)
+    """Write the exposition for node_exporter's textfile collector; readers see the old file or the new one.
+    A failure is logged, never raised: the daemon goes on, and writes the file again at the next change."""
+    try:
+        fsutil.atomic_write(path, prometheus_client.generate_latest(registry), 0o644)
+    except OSError as exc:
+        log.error("tether could not write the metrics textfile %s: %s; it tries again at the next change.",
+                  errors.shown_path(path), exc.strerror or exc)
+    except Exception:
+        log.exception("tether could not make the metrics for the textfile %s; it tries again at the next change.",
+                      errors.shown_path(path))
 
 
 class _Server4(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):

@@ -89,7 +89,10 @@ def check_deployment_name(name: str) -> None:
 def check_source(url: str | None, sha256: str | None) -> None:
     if url is not None:
         if not re.match(r"^(https?|file)://", url):
-            raise errors.PermanentError(f"--url must be an http(s):// or file:// URL, not {url!r}")
+            raise errors.PermanentError(f"--url must be an http(s):// or file:// URL, not {errors.printable(url)!r}")
+        if found := errors.CONTROL.search(url):
+            raise errors.PermanentError(f"--url holds the control character or line break U+{ord(found[0]):04X} at "
+                                        f"character {found.start() + 1}; percent-encode it")
         for placeholder in crosschecks.PLACEHOLDER.findall(url):
             if placeholder not in manifests.PLACEHOLDERS:
                 raise errors.PermanentError(f"--url has the unknown placeholder {{{placeholder}}}")

@@ -30,6 +30,7 @@ from controller import (
     extracting,
     fetching,
     fsutil,
+    hook_processes,
     hooks,
     locking,
     manifests,
@@ -98,6 +99,7 @@ class Engine:
         once `cancel` is set, failed downloads are not retried (the desired state changed).
         """
         with contextlib.nullcontext() if locked else locking.application_lock(self.state_dir, app.name):
+            hook_processes.stop_survivor(app.name, app.path)  # a hook left by a tether that died (item 10)
             plan = self.plan(app)
             work = _Pass(app, kind, dict(headers or {}), cancel)
             error, permanent = None, False

@@ -12,6 +12,8 @@ from typing import Any
 
 import jsonschema
 
+from controller import errors as tether_errors  # `errors` below is this module's own function
+
 SCHEMA_FILES = {"application": "application.json", "kind": "kind.json"}
 KIND_TO_SCHEMA = {"Application": "application", "ApplicationKind": "kind"}
 
@@ -130,3 +132,45 @@ def _fill(instance: Any, node: dict[str, Any], root: dict[str, Any]) -> None:
             instance[key] = copy.deepcopy(sub["default"])
         if key in instance:
             _fill(instance[key], sub, root)
+
+
+# No manifest string may hold a NUL (no path, environment variable or argument can carry one) or a lone
+# surrogate (YAML escapes such as "\udcff" make one; it cannot be encoded as UTF-8 for a file, a log or a scrape).
+NEVER = re.compile(r"[\x00\ud800-\udfff]")
+# Control characters (C0, DEL, C1) and Unicode line breaks make no sense in a name, path, label, URL or header
+# (CR/LF in a header value would inject headers); only an inline hook script is free text.
+CONTROL = tether_errors.CONTROL
+FREE_TEXT = re.compile(r"/spec/hooks/[^/]+")
+HEADER_VALUE = re.compile(r"/spec/source/headers/[^/]+")
+NOT_LATIN_1 = re.compile(r"[^\x00-\xff]")
+
+
+def _character(char: str, index: int) -> str:
+    code, at = ord(char), f"at character {index + 1}"
+    if code == 0:
+        return f"a NUL character (U+0000) {at}"
+    if 0xD800 <= code <= 0xDFFF:
+        return f"a lone surrogate (U+{code:04X}) {at}, which is not a character and cannot be written as UTF-8"
+    if char in "\r\n\u2028\u2029":
+        return f"a line break (U+{code:04X}) {at}"
+    return f"the control character U+{code:04X} {at}"
+
+
+def bad_strings(document: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """Yield (path, message) for every key or string value holding a character it may not hold."""
+    if isinstance(document, dict):
+        for key, value in document.items():
+            if isinstance(key, str) and (found := CONTROL.search(key)):
+                yield (*path, key), f"the key holds {_character(found[0], found.start())}; remove it"
+            yield from bad_strings(value, (*path, key))
+    elif isinstance(document, list):
+        for index, item in enumerate(document):
+            yield from bad_strings(item, (*path, index))
+    elif isinstance(document, str):
+        where = pointer(path)
+        found = (NEVER if FREE_TEXT.fullmatch(where) else CONTROL).search(document)
+        if found:
+            yield path, f"the value holds {_character(found[0], found.start())}; remove it"
+        elif HEADER_VALUE.fullmatch(where) and (wide := NOT_LATIN_1.search(document)):
+            yield path, (f"the header value holds U+{ord(wide[0]):04X} at character {wide.start() + 1}, which HTTP "
+                         "cannot send (header values are Latin-1); percent-encode it or put it in a file (fromFile)")
