@@ -63,3 +63,7 @@ class ChecksumMismatch(PermanentError):
 
 class LockBusy(TemporaryError):
     """Another tether process holds the application's lock."""
+
+
+class Cancelled(TemporaryError):
+    """A pass gave up because its desired state changed; the next pass applies the new one."""
