@@ -7,7 +7,7 @@ headers from the manifest are dropped when the host changes.
 
 Everything a server says (reason phrase, status line, headers, a body excerpt,
 the text of a protocol error) is server-supplied text: every error raised here
-passes through one :class:`Cleaner`, which redacts the secrets sent with the
+passes through one :class:`secrets.Cleaner`, which redacts the secrets sent with the
 request in any form a server may echo them, drops control characters and
 bounds the length, before it can reach a log, an error, a status file or a
 metric. A :class:`download_watch.Watch` ends a download promptly when the pass
@@ -16,7 +16,6 @@ is cancelled, the server stalls or the deadline passes.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import email.utils
 import functools
@@ -26,14 +25,13 @@ import io
 import logging
 import math
 import os
-import re
 import socket
 import ssl
 import stat
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any, TypeVar
 
 import tenacity
@@ -44,8 +42,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
-SERVER_TEXT_CHARS = 200  # a reason phrase, header or body excerpt quoted in an error
-MESSAGE_CHARS = 2000
 BODY_EXCERPT_BYTES = 512
 STALL_SECONDS = 60.0
 
@@ -60,58 +56,19 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}{query}"
 
 
-def _url_secrets(url: str) -> list[str]:
-    """Credentials carried by a URL: its password and query values (redact_url hides them too)."""
-    parts = urllib.parse.urlsplit(url)
-    values = [value for _, value in urllib.parse.parse_qsl(parts.query)]
-    return values + ([parts.password] if parts.password else [])
-
-
-@dataclasses.dataclass(frozen=True)
-class Cleaner:
-    """Makes server-supplied text safe to show: secrets redacted, control characters dropped, bounded."""
-
-    secret: re.Pattern[str] | None = None
-
-    @classmethod
-    def of(cls, values: Iterable[str]) -> Cleaner:
-        return cls(secrets.pattern(values))
-
-    def text(self, text: str, limit: int = SERVER_TEXT_CHARS) -> str:
-        if self.secret is not None:
-            text = self.secret.sub("<redacted>", text)
-        text = "".join(c if c.isprintable() else " " if c.isspace() else "?" for c in text)
-        return text if len(text) <= limit else text[:limit] + "..."
-
-    def error(self, exc: BaseException) -> str:
-        """A protocol error of the server's making, e.g. BadStatusLine quoting the status line."""
-        return self.text(f"{type(exc).__name__} {exc}")
-
-    @contextlib.contextmanager
-    def errors(self) -> Iterator[None]:
-        """The one place fetch errors leave: each is cleaned, and its cause (raw server text) dropped."""
-        try:
-            yield
-        except errors.TetherError as exc:
-            exc.message = self.text(exc.message, MESSAGE_CHARS)
-            exc.args = (exc.message,)
-            exc.__cause__ = exc.__context__ = None
-            raise
-
-
 class Download(io.RawIOBase):
     """A readable body that hashes, counts, copies and bounds what passes through it."""
 
     def __init__(self, raw: IO[bytes], url: str, *, max_bytes: int, deadline: float = math.inf,
                  clock: Callable[[], float] = time.monotonic, sink: IO[bytes] | None = None,
-                 watch: download_watch.Watch | None = None, clean: Cleaner | None = None,
+                 watch: download_watch.Watch | None = None, clean: secrets.Cleaner | None = None,
                  length: int | None = None) -> None:
         self._raw = raw
         self.url = url
         self._max_bytes = max_bytes
         self._watch = watch or download_watch.Watch(redact_url(url), cancel=None, stall_seconds=STALL_SECONDS,
                                                      deadline=deadline, clock=clock)
-        self._clean = clean or Cleaner.of(_url_secrets(url))
+        self._clean = clean or secrets.Cleaner.of(secrets.url_secrets(url))
         self._length = length
         self._sink = sink
         self._hash = hashlib.sha256()
@@ -211,7 +168,7 @@ class Fetcher:
     def open(self, url: str, headers: Mapping[str, str], *, max_bytes: int, sink: IO[bytes] | None = None,
              cancel: threading.Event | None = None, stall_seconds: float = STALL_SECONDS) -> Download:
         """Start one download; raise FetchError (retry) or FetchRefused (do not), each cleaned of secrets."""
-        clean = Cleaner.of([*headers.values(), *_url_secrets(url)])
+        clean = secrets.Cleaner.of([*headers.values(), *secrets.url_secrets(url)])
         watch = download_watch.Watch(redact_url(url), cancel=cancel, stall_seconds=stall_seconds,
                                      deadline=self.clock() + self.deadline_seconds, clock=self.clock)
         try:
@@ -222,7 +179,7 @@ class Fetcher:
             raise
 
     def _open(self, url: str, headers: dict[str, str], max_bytes: int, sink: IO[bytes] | None,
-              watch: download_watch.Watch, clean: Cleaner) -> Download:
+              watch: download_watch.Watch, clean: secrets.Cleaner) -> Download:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme != "file":
             return self._open_http(url, headers, max_bytes, sink, watch, clean)
@@ -241,7 +198,7 @@ class Fetcher:
         return Download(raw, url, max_bytes=max_bytes, watch=watch, clean=clean, length=st.st_size, sink=sink)
 
     def _open_http(self, url: str, headers: dict[str, str], max_bytes: int, sink: IO[bytes] | None,
-                   watch: download_watch.Watch, clean: Cleaner) -> Download:
+                   watch: download_watch.Watch, clean: secrets.Cleaner) -> Download:
         for _ in range(MAX_REDIRECTS + 1):
             response = self._request(url, headers, watch, clean)
             location = response.getheader("Location")
@@ -266,7 +223,7 @@ class Fetcher:
         raise errors.FetchRefused(f"{redact_url(url)} redirects more than {MAX_REDIRECTS} times")
 
     def _request(self, url: str, headers: Mapping[str, str], watch: download_watch.Watch,
-                 clean: Cleaner) -> http.client.HTTPResponse:
+                 clean: secrets.Cleaner) -> http.client.HTTPResponse:
         parts = urllib.parse.urlsplit(url)
         if not parts.hostname:
             raise errors.FetchRefused(f"{redact_url(url)} has no host name")
@@ -298,7 +255,7 @@ class Fetcher:
             connection.close()
             raise
 
-    def _check(self, response: http.client.HTTPResponse, url: str, clean: Cleaner,
+    def _check(self, response: http.client.HTTPResponse, url: str, clean: secrets.Cleaner,
                watch: download_watch.Watch) -> None:
         where = clean.text(redact_url(url))
         status = response.status

@@ -5,23 +5,32 @@ message built here contains one. A `fromFile` secret must be a regular file
 (a symlink to one is followed, as Kubernetes-style secret mounts and config
 management use them); a FIFO, socket, device or directory is refused without
 being read, so it can never hang a pass that holds the application's lock.
+
+:class:`Cleaner` is the scrubber for text a server supplies: it redacts every
+secret sent with a request in any form a server may echo it (as sent, the
+credentials after the auth scheme, Basic decoded, URL-encoded, base64, escaped;
+case-insensitively), drops control characters and bounds the length.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import dataclasses
 import html
 import json
 import os
 import re
 import stat
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from controller import errors, manifests
 
 MAX_SECRET_BYTES = 64 * 1024
+SERVER_TEXT_CHARS = 200  # a reason phrase, header or body excerpt quoted in an error
+MESSAGE_CHARS = 2000
 MIN_SCRUBBED = 4  # shorter values are not scrubbed: they would blank out ordinary words
 KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
@@ -140,3 +149,42 @@ def scrub(text: str, values: Mapping[str, str] | Iterable[str]) -> str:
     """`text` with every secret value (in any form a server may echo it) replaced, for foreign output."""
     found = pattern(values.values() if isinstance(values, Mapping) else values)
     return text if found is None else found.sub("<redacted>", text)
+
+
+def url_secrets(url: str) -> list[str]:
+    """Credentials carried by a URL: its password and query values (redact_url hides them too)."""
+    parts = urllib.parse.urlsplit(url)
+    values = [value for _, value in urllib.parse.parse_qsl(parts.query)]
+    return values + ([parts.password] if parts.password else [])
+
+
+@dataclasses.dataclass(frozen=True)
+class Cleaner:
+    """Makes server-supplied text safe to show: secrets redacted, control characters dropped, bounded."""
+
+    secret: re.Pattern[str] | None = None
+
+    @classmethod
+    def of(cls, values: Iterable[str]) -> Cleaner:
+        return cls(pattern(values))
+
+    def text(self, text: str, limit: int = SERVER_TEXT_CHARS) -> str:
+        if self.secret is not None:
+            text = self.secret.sub("<redacted>", text)
+        text = "".join(c if c.isprintable() else " " if c.isspace() else "?" for c in text)
+        return text if len(text) <= limit else text[:limit] + "..."
+
+    def error(self, exc: BaseException) -> str:
+        """A protocol error of the server's making, e.g. BadStatusLine quoting the status line."""
+        return self.text(f"{type(exc).__name__} {exc}")
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """The one place fetch errors leave: each is cleaned, and its cause (raw server text) dropped."""
+        try:
+            yield
+        except errors.TetherError as exc:
+            exc.message = self.text(exc.message, MESSAGE_CHARS)
+            exc.args = (exc.message,)
+            exc.__cause__ = exc.__context__ = None
+            raise
