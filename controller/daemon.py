@@ -132,6 +132,8 @@ class Daemon:
 
     def _unmanage(self, name: str) -> None:
         log.info("The manifest of %s is gone: tether stops managing it; its files stay on disk.", name)
+        if name in self.running:
+            self.running[name].set()  # its pass stops downloading and retrying
         self.seen.pop(name, None)
         self.drift.forget(name)
         self.backoff.succeeded(name)
@@ -167,10 +169,9 @@ class Daemon:
             result = reconciling.Result(name, self.engine.plan(effective), observed)
         else:
             plan = self.engine.plan(effective)
-            last = self.statuses.get(name)
-            if last is not None and not plan.converged and not plan.suspended:
-                steps = ", ".join(f"{step.action} {step.deployment or ''}".strip() for step in plan.steps)
-                self._publish(name, status.set_reconciling(last, steps, self.clock()))
+            if not plan.converged and not plan.suspended:  # say what the pass does while it works
+                last = self.statuses.get(name) or status.read(self.config.state_dir, name) or status.initial(effective)
+                self._publish(name, status.set_reconciling(last, status.working_on(effective, plan), self.clock()))
             cancel = self.running[name] = threading.Event()
             try:
                 result = self.engine.reconcile(effective, kind, cancel=cancel)
@@ -269,6 +270,8 @@ class Daemon:
                      f"{server.host}:{server.port}" if server else "nothing")
             self._loop(watcher, registry)
             self.notifier.send("STOPPING=1")
+            for cancel in list(self.running.values()):
+                cancel.set()  # downloads end now; hooks get the shutdown grace
             log.info("Stopping: no new work; waiting up to %.0f s for running passes.",
                      self.config.shutdown_grace_seconds)
             if not workers.stop(self.config.shutdown_grace_seconds, self.monotonic):

@@ -85,3 +85,6 @@ def shown_path(path: str) -> str:
         return printable(os.fsencode(path).decode("utf-8", "backslashreplace"))
     except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
         return printable(path)
+
+class Cancelled(TemporaryError):
+    """A pass gave up because its desired state changed; the next pass applies the new one."""

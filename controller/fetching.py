@@ -4,6 +4,14 @@ The body is never buffered whole: a :class:`Download` is a readable stream that
 hashes, counts and optionally copies (to the artifact cache) every byte as the
 extractor pulls it. Redirects are followed here, not by a library, so that
 headers from the manifest are dropped when the host changes.
+
+Everything a server says (reason phrase, status line, headers, a body excerpt,
+the text of a protocol error) is server-supplied text: every error raised here
+passes through one :class:`secrets.Cleaner`, which redacts the secrets sent with the
+request in any form a server may echo them, drops control characters and
+bounds the length, before it can reach a log, an error, a status file or a
+metric. A :class:`download_watch.Watch` ends a download promptly when the pass
+is cancelled, the server stalls or the deadline passes.
 """
 
 from __future__ import annotations
@@ -15,7 +23,11 @@ import hashlib
 import http.client
 import io
 import logging
+import math
+import os
+import socket
 import ssl
+import stat
 import threading
 import time
 import urllib.parse
@@ -24,12 +36,14 @@ from typing import IO, Any, TypeVar
 
 import tenacity
 
-from controller import errors
+from controller import download_watch, errors, secrets
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
+BODY_EXCERPT_BYTES = 512
+STALL_SECONDS = 60.0
 
 
 def redact_url(url: str) -> str:
@@ -45,13 +59,17 @@ def redact_url(url: str) -> str:
 class Download(io.RawIOBase):
     """A readable body that hashes, counts, copies and bounds what passes through it."""
 
-    def __init__(self, raw: IO[bytes], url: str, *, max_bytes: int, deadline: float,
-                 clock: Callable[[], float], sink: IO[bytes] | None = None) -> None:
+    def __init__(self, raw: IO[bytes], url: str, *, max_bytes: int, deadline: float = math.inf,
+                 clock: Callable[[], float] = time.monotonic, sink: IO[bytes] | None = None,
+                 watch: download_watch.Watch | None = None, clean: secrets.Cleaner | None = None,
+                 length: int | None = None) -> None:
         self._raw = raw
         self.url = url
         self._max_bytes = max_bytes
-        self._deadline = deadline
-        self._clock = clock
+        self._watch = watch or download_watch.Watch(redact_url(url), cancel=None, stall_seconds=STALL_SECONDS,
+                                                     deadline=deadline, clock=clock)
+        self._clean = clean or secrets.Cleaner.of(secrets.url_secrets(url))
+        self._length = length
         self._sink = sink
         self._hash = hashlib.sha256()
         self.received = 0
@@ -60,26 +78,34 @@ class Download(io.RawIOBase):
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self._clock() > self._deadline:
-            raise errors.FetchError(f"downloading {redact_url(self.url)} took longer than its deadline")
+        with self._clean.errors():
+            return self._readinto(buffer)
+
+    def _readinto(self, buffer: bytearray | memoryview) -> int:
+        where = redact_url(self.url)
         try:
-            count = self._raw.readinto(buffer)  # type: ignore[attr-defined]
-        except (OSError, http.client.HTTPException) as exc:
-            raise errors.FetchError(
-                f"the download of {redact_url(self.url)} broke off after {self.received} bytes: "
-                f"{type(exc).__name__} {exc}"
-            ) from exc
-        if count:
-            view = memoryview(buffer)[:count]
-            self._hash.update(view)
-            if self._sink is not None:
-                self._sink.write(view)
-            self.received += count
-            if self.received > self._max_bytes:
-                raise errors.FetchRefused(
-                    f"the artifact at {redact_url(self.url)} is larger than {self._max_bytes} bytes (limits.maxBytes)"
-                )
-        return int(count or 0)
+            with self._watch.waiting():
+                data = self._raw.read1(len(buffer))  # type: ignore[attr-defined]  # what has arrived, not all
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            self._watch.check()  # a cancel or stall shut the socket down: say that
+            raise errors.FetchError(f"the download of {where} broke off after {self.received} bytes: "
+                                    f"{self._clean.error(exc)}") from None
+        count = len(data)
+        if not count and len(buffer):
+            self._watch.check()
+            if self._length is not None and self.received < self._length:
+                raise errors.FetchError(f"the connection closed after {self.received} of the {self._length} bytes "
+                                        f"of {where}; the next attempt downloads it again")
+            return 0
+        buffer[:count] = data
+        self._hash.update(data)
+        if self._sink is not None:
+            self._sink.write(data)
+        self.received += count
+        self._watch.progress(count)
+        if self.received > self._max_bytes:
+            raise errors.FetchRefused(f"the artifact at {where} is larger than {self._max_bytes} bytes (limits.maxBytes)")
+        return count
 
     def drain(self) -> None:
         """Read to the end, so that the digest covers the whole body."""
@@ -90,6 +116,7 @@ class Download(io.RawIOBase):
         return self._hash.hexdigest()
 
     def close(self) -> None:
+        self._watch.close()
         try:
             self._raw.close()
         finally:
@@ -113,6 +140,17 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _excerpt(response: http.client.HTTPResponse, sock: socket.socket | None) -> str:
+    """The start of an error body, if it arrives at once (one read, a short timeout), on one line."""
+    try:
+        if sock is not None:
+            sock.settimeout(2.0)
+        data = response.read1(BODY_EXCERPT_BYTES)
+    except (OSError, ValueError, http.client.HTTPException):
+        return ""
+    return " ".join(data.decode("utf-8", "replace").split())
+
+
 @dataclasses.dataclass(frozen=True)
 class Fetcher:
     """Opens artifact URLs with timeouts, a deadline, redirects and retries."""
@@ -127,26 +165,42 @@ class Fetcher:
     clock: Callable[[], float] = time.monotonic
     ssl_context: ssl.SSLContext | None = None
 
-    def open(self, url: str, headers: Mapping[str, str], *, max_bytes: int,
-             sink: IO[bytes] | None = None) -> Download:
-        """Start one download; raise FetchError (retry) or FetchRefused (do not)."""
-        deadline = self.clock() + self.deadline_seconds
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme == "file":
-            path = urllib.parse.unquote(parts.path)
-            try:
-                raw: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed by Download
-            except FileNotFoundError as exc:
-                raise errors.FetchRefused(f"the artifact file {path} does not exist; check source.url") from exc
-            except OSError as exc:
-                raise errors.FetchRefused(f"the artifact file {path} cannot be read: {exc.strerror}") from exc
-            return Download(raw, url, max_bytes=max_bytes, deadline=deadline, clock=self.clock, sink=sink)
-        return self._open_http(url, dict(headers), max_bytes, deadline, sink)
+    def open(self, url: str, headers: Mapping[str, str], *, max_bytes: int, sink: IO[bytes] | None = None,
+             cancel: threading.Event | None = None, stall_seconds: float = STALL_SECONDS) -> Download:
+        """Start one download; raise FetchError (retry) or FetchRefused (do not), each cleaned of secrets."""
+        clean = secrets.Cleaner.of([*headers.values(), *secrets.url_secrets(url)])
+        watch = download_watch.Watch(redact_url(url), cancel=cancel, stall_seconds=stall_seconds,
+                                     deadline=self.clock() + self.deadline_seconds, clock=self.clock)
+        try:
+            with clean.errors():
+                return self._open(url, dict(headers), max_bytes, sink, watch, clean)
+        except BaseException:
+            watch.close()
+            raise
 
-    def _open_http(self, url: str, headers: dict[str, str], max_bytes: int, deadline: float,
-                   sink: IO[bytes] | None) -> Download:
+    def _open(self, url: str, headers: dict[str, str], max_bytes: int, sink: IO[bytes] | None,
+              watch: download_watch.Watch, clean: secrets.Cleaner) -> Download:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "file":
+            return self._open_http(url, headers, max_bytes, sink, watch, clean)
+        path = urllib.parse.unquote(parts.path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        except FileNotFoundError:
+            raise errors.FetchRefused(f"the artifact file {path} does not exist; check source.url") from None
+        except OSError as exc:
+            raise errors.FetchRefused(f"the artifact file {path} cannot be read: {exc.strerror}") from None
+        raw = open(fd, "rb")  # noqa: SIM115 - closed by Download
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raw.close()
+            raise errors.FetchRefused(f"the artifact file {path} is not a regular file; check source.url")
+        return Download(raw, url, max_bytes=max_bytes, watch=watch, clean=clean, length=st.st_size, sink=sink)
+
+    def _open_http(self, url: str, headers: dict[str, str], max_bytes: int, sink: IO[bytes] | None,
+                   watch: download_watch.Watch, clean: secrets.Cleaner) -> Download:
         for _ in range(MAX_REDIRECTS + 1):
-            response = self._request(url, headers)
+            response = self._request(url, headers, watch, clean)
             location = response.getheader("Location")
             if response.status in REDIRECTS and location:
                 response.close()
@@ -154,20 +208,22 @@ class Fetcher:
                 old, new = urllib.parse.urlsplit(url), urllib.parse.urlsplit(target)
                 if new.scheme not in ("http", "https") or (old.scheme, new.scheme) == ("https", "http"):
                     raise errors.FetchRefused(
-                        f"{redact_url(url)} redirects to {redact_url(target)}; tether refuses to leave https "
-                        "or to follow a redirect to a non-HTTP URL"
+                        f"{redact_url(url)} redirects to {clean.text(redact_url(target))}; tether refuses to leave "
+                        "https or to follow a redirect to a non-HTTP URL"
                     )
                 if (old.scheme, old.netloc) != (new.scheme, new.netloc) and headers:
                     log.info("The redirect to %s leaves %s; its headers are not sent there.",
-                             redact_url(target), old.netloc)
+                             clean.text(redact_url(target)), old.netloc)
                     headers = {}
                 url = target
                 continue
-            self._check(response, url)
-            return Download(response, url, max_bytes=max_bytes, deadline=deadline, clock=self.clock, sink=sink)
+            self._check(response, url, clean, watch)
+            return Download(response, url, max_bytes=max_bytes, watch=watch, clean=clean, length=response.length,
+                            sink=sink)
         raise errors.FetchRefused(f"{redact_url(url)} redirects more than {MAX_REDIRECTS} times")
 
-    def _request(self, url: str, headers: Mapping[str, str]) -> http.client.HTTPResponse:
+    def _request(self, url: str, headers: Mapping[str, str], watch: download_watch.Watch,
+                 clean: secrets.Cleaner) -> http.client.HTTPResponse:
         parts = urllib.parse.urlsplit(url)
         if not parts.hostname:
             raise errors.FetchRefused(f"{redact_url(url)} has no host name")
@@ -183,26 +239,42 @@ class Fetcher:
             connection.connect()
             assert connection.sock is not None
             connection.sock.settimeout(self.read_timeout)
-            connection.request("GET", target, headers=sent)
-            return connection.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
+            watch.attach(connection.sock)
+            with watch.waiting():
+                connection.request("GET", target, headers=sent)
+                return connection.getresponse()
+        except UnicodeError:
             connection.close()
-            raise errors.FetchError(f"cannot download {redact_url(url)}: {type(exc).__name__} {exc}") from exc
+            raise errors.FetchRefused("a header value is not ASCII (or Latin-1) text, which HTTP cannot carry; "
+                                      "fix the header's source") from None
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            connection.close()
+            watch.check()
+            raise errors.FetchError(f"cannot download {redact_url(url)}: {clean.error(exc)}") from None
+        except BaseException:
+            connection.close()
+            raise
 
-    def _check(self, response: http.client.HTTPResponse, url: str) -> None:
-        where = redact_url(url)
+    def _check(self, response: http.client.HTTPResponse, url: str, clean: secrets.Cleaner,
+               watch: download_watch.Watch) -> None:
+        where = clean.text(redact_url(url))
         status = response.status
         if status == 200:
             encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
             if encoding != "identity":
                 response.close()
                 raise errors.FetchRefused(
-                    f"{where} answered with Content-Encoding {encoding!r} although tether asked for identity; "
-                    "configure the server to send the artifact as it is"
+                    f"{where} answered with Content-Encoding {clean.text(encoding)!r} although tether asked for "
+                    "identity; configure the server to send the artifact as it is"
                 )
             return
+        message = f"{where} answered HTTP {status} {clean.text(response.reason or '')}".rstrip()
+        challenge = response.getheader("WWW-Authenticate") if status == 401 else None
+        if challenge:
+            message += f" (it asks for {clean.text(challenge)})"
+        if excerpt := _excerpt(response, watch.sock):
+            message += f": {clean.text(excerpt)}"
         response.close()
-        message = f"{where} answered HTTP {status} {response.reason}"
         if status in (408, 429) or status >= 500:
             raise errors.FetchError(message, retry_after=_retry_after(response.getheader("Retry-After")))
         hint = "; check the URL and the deployment name" if status == 404 else "; check the URL and headers"

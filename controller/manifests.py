@@ -47,6 +47,7 @@ class Source:
     format: str = "auto"
     strip_components: int | None = None  # None means auto
     limits: Limits = Limits()
+    stall_seconds: float = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +115,7 @@ def _source(data: Mapping[str, Any]) -> Source:
             max_members=int(limits["maxMembers"]),
             max_ratio=float(limits["maxRatio"]),
         ),
+        stall_seconds=float(data["stallSeconds"]),
     )
 
 

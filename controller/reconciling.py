@@ -162,8 +162,8 @@ class Engine:
             self._hooks(work, "beforeDeploy", deployment, previous)
             started = time.monotonic()
             try:
-                digest, size = self.fetcher.retrying(lambda: self._fetch(app, deployment, owner, url, headers),
-                                                     work.cancel)
+                digest, size = self.fetcher.retrying(
+                    lambda: self._fetch(app, deployment, owner, url, headers, work.cancel), work.cancel)
             except errors.TetherError as exc:
                 self.on_fetch_failure(app.name, type(exc).__name__)
                 raise
@@ -188,15 +188,15 @@ class Engine:
         self.checkpoint("completed")
 
     def _fetch(self, app: manifests.Application, deployment: str, owner: owners.Owner, url: str,
-               headers: Mapping[str, str]) -> tuple[str, int]:
+               headers: Mapping[str, str], cancel: threading.Event | None = None) -> tuple[str, int]:
         """One attempt: download and extract into staging, verify, move into place; (sha256, bytes)."""
         assert app.source is not None
         source = app.source
         stage = tempfile.mkdtemp(prefix=deployment + "-", dir=records.staging_dir(app.path))
         cache = artifact_cache.Entry(self.state_dir, app.name, deployment)
         try:
-            with cache.writer() as sink, self.fetcher.open(url, headers, max_bytes=source.limits.max_bytes,
-                                                           sink=sink) as download:
+            with cache.writer() as sink, self.fetcher.open(url, headers, max_bytes=source.limits.max_bytes, sink=sink,
+                                                           cancel=cancel, stall_seconds=source.stall_seconds) as download:
                 budget = archives.Budget(source.limits, lambda: download.received)
                 root = extracting.extract(download, stage, fmt=source.format, strip=source.strip_components,
                                           budget=budget, owner=owner, spool_dir=records.staging_dir(app.path),

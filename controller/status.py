@@ -1,4 +1,11 @@
-"""Per-application status, written atomically to `<state-dir>/status/<name>.json`."""
+"""Per-application status, written atomically to `<state-dir>/status/<name>.json`.
+
+Status files carry error messages and the tails of hook output, which may hold
+anything an application prints: they are written 0640 (root's group; the state
+dir itself is 0750 under systemd), so only root, as `tether status` runs, reads
+them. Errors built from what a server answered are scrubbed of secrets before
+they get here (controller/fetching.py).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import datetime
 import os
 from typing import Any
 
-from controller import fsutil, hooks, manifests, reconciling, records
+from controller import fetching, fsutil, hooks, manifests, planning, reconciling, records
 
 
 def timestamp(seconds: float | None) -> str | None:
@@ -17,6 +24,7 @@ def timestamp(seconds: float | None) -> str | None:
 
 DRIFT_TYPES = ("current", "deployment", "links", "content")
 DRIFT_PATHS_SHOWN = 10
+MODE = 0o640
 
 
 def status_path(state_dir: str, name: str) -> str:
@@ -143,6 +151,29 @@ def set_drift(document: dict[str, Any], types: list[str], files: list[str], now:
     document["conditions"] = others + _with_transitions([drifted], document.get("conditions", []), timestamp(now))
 
 
+def working_on(app: manifests.Application, plan: planning.Plan) -> str:
+    """What a pass is about to do, in words: "fetching v2 from https://host/app-v2.tar.gz, activate v2"."""
+    parts = []
+    for step in plan.steps:
+        if step.action == planning.DEPLOY and step.deployment and app.source is not None:
+            url = fetching.redact_url(manifests.expand_url(app.source.url, app, step.deployment))
+            parts.append(f"fetching {step.deployment} from {url}")
+        else:
+            parts.append(f"{step.action} {step.deployment or ''}".strip())
+    return ", ".join(parts)
+
+
+def initial(app: manifests.Application) -> dict[str, Any]:
+    """The status of an application before its first pass has ended."""
+    first = _condition("Ready", False, "FirstPass", "the first pass has not finished yet")
+    return {
+        "name": app.name, "application": app.application, "environment": app.environment, "kind": app.kind or "",
+        "path": app.path, "file": app.file, "observedGeneration": app.generation, "desired": app.deployment,
+        "current": None, "previous": None, "deployments": [], "conditions": [first], "lastHookRuns": [],
+        "hookRunCounts": {}, "lastError": None, "nextAttemptAt": None, "updatedAt": None,
+    }
+
+
 def set_reconciling(document: dict[str, Any], steps: str, now: float) -> dict[str, Any]:
     """A copy of `document` saying that a pass is working on `steps`."""
     changed = dict(document)
@@ -172,4 +203,4 @@ def build_invalid(name: str, error: str, previous: dict[str, Any] | None, now: f
 
 def write(state_dir: str, name: str, document: dict[str, Any]) -> None:
     fsutil.makedirs(os.path.join(state_dir, "status"))
-    fsutil.atomic_write_json(status_path(state_dir, name), document)
+    fsutil.atomic_write_json(status_path(state_dir, name), document, mode=MODE)
