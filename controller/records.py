@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import stat
 import time
 from typing import Any
 
@@ -98,13 +99,22 @@ def _current(path: str) -> tuple[str | None, str | None]:
     return (name if parent == path and is_deployment_name(name) else None), target
 
 
+def _real_dir(path: str) -> bool:
+    """True when `path` is a directory and not a symlink to one (tether reads no bookkeeping through a link)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def observe(path: str) -> Observed:
     """Read the deployment tree at `path`."""
     if not os.path.isdir(path):
         return Observed(path, False, None, None, None, {}, None, (), ())
     records: dict[str, dict[str, Any]] = {}
     records_dir = os.path.dirname(record_path(path, "x"))
-    if os.path.isdir(records_dir):
+    trusted = _real_dir(meta_dir(path))
+    if trusted and _real_dir(records_dir):
         for entry in os.listdir(records_dir):
             if entry.endswith(".json") and not entry.startswith("."):
                 data = fsutil.read_json(os.path.join(records_dir, entry))
@@ -116,7 +126,7 @@ def observe(path: str) -> Observed:
             leftovers.append(item.path)
         elif is_deployment_name(item.name) and item.is_dir(follow_symlinks=False):
             dirs.add(item.name)
-    if os.path.isdir(staging_dir(path)):
+    if trusted and _real_dir(staging_dir(path)):
         leftovers.extend(os.path.join(staging_dir(path), e) for e in os.listdir(staging_dir(path)))
     deployments = {}
     for name, data in records.items():
@@ -133,7 +143,7 @@ def observe(path: str) -> Observed:
             links=tuple(data.get("links", ())),
         )
     current, target = _current(path)
-    activation = fsutil.read_json(os.path.join(meta_dir(path), "activation.json")) or {}
+    activation = (fsutil.read_json(os.path.join(meta_dir(path), "activation.json")) if trusted else None) or {}
     return Observed(
         path=path,
         exists=True,
