@@ -187,7 +187,7 @@ class Engine:
         drift.record_digests(app.path, deployment, links)
         fsutil.sync_filesystem(target)
         records.write_record(app.path, deployment, records.COMPLETE, completedAt=self.clock(), sha256=digest,
-                             links=links)
+                             links=links, sequence=records.next_sequence(app.path))
         log.info("%s: deployment %s is complete.", app.name, deployment)
         self.checkpoint("completed")
 

@@ -53,6 +53,7 @@ class Deployment:
     activation_pending: bool = False  # switched to, but its afterActivate hooks have not succeeded yet
     failed_generation: str | None = None  # the manifest generation under which it failed
     links: tuple[str, ...] = ()  # persistent-data links made in it
+    sequence: int | None = None  # completion order within the application; None in records of older versions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +71,22 @@ class Observed:
     leftovers: tuple[str, ...]  # staging and temporary links from an interrupted pass
 
     def complete(self) -> list[Deployment]:
-        """Complete deployments, newest first."""
+        """Complete deployments, newest first: by deploy sequence, not by wall-clock time, which can step back;
+        records of older versions (no sequence) by completion time, older than any with a sequence."""
         found = [d for d in self.deployments.values() if d.state == COMPLETE and d.has_dir]
-        return sorted(found, key=lambda d: (d.completed_at or 0, d.name), reverse=True)
+        return sorted(found, key=_age, reverse=True)
+
+
+def _age(deployment: Deployment) -> tuple[int, float, str]:
+    if deployment.sequence is not None:
+        return 1, float(deployment.sequence), deployment.name
+    return 0, deployment.completed_at or 0.0, deployment.name
+
+
+def next_sequence(path: str) -> int:
+    """One more than the highest deploy sequence of any record of the application (1 for the first)."""
+    sequences = [d.sequence for d in observe(path).deployments.values() if d.sequence is not None]
+    return max(sequences, default=0) + 1
 
 
 def write_record(path: str, deployment: str, state: str, **fields: Any) -> None:
@@ -87,6 +101,10 @@ def write_record(path: str, deployment: str, state: str, **fields: Any) -> None:
 def remove_record(path: str, deployment: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(record_path(path, deployment))
+
+
+def _integer(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _current(path: str) -> tuple[str | None, str | None]:
@@ -141,6 +159,7 @@ def observe(path: str) -> Observed:
             activation_pending=bool(data.get("activationPending")),
             failed_generation=data.get("failedGeneration"),
             links=tuple(data.get("links", ())),
+            sequence=_integer(data.get("sequence")),
         )
     current, target = _current(path)
     activation = (fsutil.read_json(os.path.join(meta_dir(path), "activation.json")) if trusted else None) or {}

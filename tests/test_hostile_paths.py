@@ -13,6 +13,7 @@ with real users (`nobody`) and a real HTTP server on loopback.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import pwd
@@ -20,12 +21,14 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from controller import daemon, fetching, queueing, reconciling
 from tests import support
 
 INVALID = 2
@@ -483,3 +486,138 @@ def test_links_a_hook_plants_in_the_new_deployment_beside_the_artifact_are_never
     assert _tree(outside) == before
     assert os.readlink(app / "v1" / "extra") == str(outside)
     assert os.lstat(app / "v1").st_uid == NOBODY.pw_uid and os.lstat(app).st_uid == 0
+
+
+# ---------------------------------------------------------------- item 18: clocks
+
+
+def _deploy_versions(node: support.Node, http: support.HttpServer, app: Path, versions: list[str], keep: int) -> None:
+    for version in versions:
+        http.serve(f"/{version}.tar.gz", support.tar_bytes(support.site(version)))
+        support.write_manifest(node.manifests, support.application(
+            "site", app, deployment=version, retention={"keep": keep}, source={"url": http.url("/{deployment}.tar.gz")}))
+        run = node.tether("reconcile")
+        assert run.returncode == 0, run.stdout + run.stderr
+
+
+def _deployments(app: Path) -> list[str]:
+    return sorted(p.name for p in app.iterdir() if not p.name.startswith(".") and p.name != "current")
+
+
+def _set_record(app: Path, deployment: str, **fields: Any) -> None:
+    record = app / ".tether" / "deployments" / f"{deployment}.json"
+    document = json.loads(record.read_text())
+    document.update(fields)
+    record.write_text(json.dumps({k: v for k, v in document.items() if v is not None}))
+
+
+TEN_YEARS = 10 * 365 * 86400.0
+
+
+def test_retention_keeps_the_newest_deployments_by_deploy_order_after_a_clock_that_ran_ahead_is_corrected(
+        node: support.Node, http: support.HttpServer) -> None:
+    app = node.apps / "site"
+    _deploy_versions(node, http, app, ["v1", "v2"], keep=3)
+    for version in ("v1", "v2"):  # completed while the clock ran ten years ahead
+        _set_record(app, version, completedAt=time.time() + TEN_YEARS)
+
+    _deploy_versions(node, http, app, ["v3", "v4", "v5"], keep=3)
+
+    assert _deployments(app) == ["v3", "v4", "v5"]
+    assert os.readlink(app / "current") == str(app / "v5")
+
+
+def test_records_of_an_older_version_without_a_sequence_are_kept_working_and_count_as_older_than_any_new_one(
+        node: support.Node, http: support.HttpServer) -> None:
+    app = node.apps / "site"
+    (app / ".tether" / "deployments").mkdir(parents=True)
+    future = time.time() + TEN_YEARS  # the old version ran with a clock ten years ahead
+    for name, completed in (("old1", future + 100), ("old2", future + 50)):
+        (app / name).mkdir()
+        (app / name / "index.html").write_text(f"{name}\n")
+        (app / ".tether" / "deployments" / f"{name}.json").write_text(json.dumps(
+            {"name": name, "state": "complete", "createdAt": completed - 10, "completedAt": completed}))
+    listed = node.tether("list", "site")
+
+    _deploy_versions(node, http, app, ["v1", "v2", "v3"], keep=4)
+
+    assert _deployments(app) == ["old1", "v1", "v2", "v3"], listed.stdout  # old2 completed before old1
+    sequences = {v: json.loads((app / ".tether" / "deployments" / f"{v}.json").read_text()).get("sequence")
+                 for v in ("old1", "v1", "v2", "v3")}
+    assert sequences == {"old1": None, "v1": 1, "v2": 2, "v3": 3}
+    run = node.tether("activate", "site", "old1")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (app / "current" / "index.html").read_text() == "old1\n"
+
+
+def test_a_deploy_sequence_keeps_growing_when_the_newest_record_is_removed_with_its_deployment(
+        node: support.Node, http: support.HttpServer) -> None:
+    app = node.apps / "site"
+    _deploy_versions(node, http, app, ["v1", "v2", "v3"], keep=5)
+    assert node.tether("activate", "site", "v1").returncode == 0
+    assert node.tether("remove", "site", "v3").returncode == 0
+
+    _deploy_versions(node, http, app, ["v4"], keep=5)
+
+    record = json.loads((app / ".tether" / "deployments" / "v4.json").read_text())
+    assert record["sequence"] > json.loads((app / ".tether" / "deployments" / "v2.json").read_text())["sequence"]
+
+
+class _Clocks:
+    """A wall clock and a monotonic clock that a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.wall, self.monotonic = time.time(), 1000.0
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.monotonic += seconds
+
+
+def test_a_wall_clock_stepping_back_does_not_keep_a_failed_application_waiting(
+        node: support.Node, http: support.HttpServer) -> None:
+    http.serve("/v1.tar.gz", support.Reply(503, b"try later"))
+    support.write_manifest(node.manifests, support.application(
+        "site", node.apps / "site", deployment="v1", source={"url": http.url("/{deployment}.tar.gz")}))
+    clocks = _Clocks()
+    engine = reconciling.Engine(str(node.state), fetcher=fetching.Fetcher(attempts=1))
+    runner = daemon.Daemon(daemon.Config(str(node.manifests), str(node.state)), engine,
+                           clock=lambda: clocks.wall, monotonic=lambda: clocks.monotonic)
+    runner.scan(everything=True)
+    runner.process("site")
+    assert len(http.requests) == 1
+    first = json.loads((node.state / "status" / "site.json").read_text())
+    waits = _parse(first["nextAttemptAt"]) - clocks.wall
+    assert 0 < waits <= runner.backoff.cap_seconds
+
+    clocks.wall -= 2 * 86400  # NTP steps the wall clock back two days
+    clocks.monotonic += waits + 1
+    runner.process("site")
+
+    assert len(http.requests) == 2, "the retry waited for the wall clock to catch up"
+    second = json.loads((node.state / "status" / "site.json").read_text())
+    assert 0 < _parse(second["nextAttemptAt"]) - clocks.wall <= runner.backoff.cap_seconds
+
+
+def test_a_failed_application_is_not_retried_before_its_back_off_on_the_monotonic_clock_ends(
+        node: support.Node, http: support.HttpServer) -> None:
+    http.serve("/v1.tar.gz", support.Reply(503, b"try later"))
+    support.write_manifest(node.manifests, support.application(
+        "site", node.apps / "site", deployment="v1", source={"url": http.url("/{deployment}.tar.gz")}))
+    clocks = _Clocks()
+    engine = reconciling.Engine(str(node.state), fetcher=fetching.Fetcher(attempts=1))
+    runner = daemon.Daemon(daemon.Config(str(node.manifests), str(node.state)), engine,
+                           clock=lambda: clocks.wall, monotonic=lambda: clocks.monotonic)
+    runner.scan(everything=True)
+    runner.process("site")
+
+    clocks.wall += 30 * 86400  # the wall clock jumps ahead a month; no time passed
+    runner.process("site")
+
+    assert len(http.requests) == 1, "a wall-clock jump ended the back-off early"
+    assert queueing.wall_time(runner.backoff.pending()["site"], lambda: clocks.monotonic,
+                              lambda: clocks.wall) > clocks.wall
+
+
+def _parse(stamp: str) -> float:
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
