@@ -48,7 +48,10 @@ def verify(path: str) -> None:
 
 
 def prepare(path: str) -> None:
-    """Verify `path`, create it, `.tether` and its subdirectories where missing, and verify them."""
+    """Verify `path`, create it, `.tether` and its subdirectories where missing, and verify them.
+
+    Everything that exists is verified first, so a refusal leaves the tree as it was."""
+    _check(path, create=False)
     _check(path, create=True)
 
 
@@ -66,7 +69,7 @@ def _check(path: str, create: bool) -> None:
         st = _lstat(directory)
         if st is None:
             if not create:
-                return
+                continue
             st = _make(path, directory, uids, ancestor=False)
         _check_entry(path, directory, st, uids, ancestor=False, role=role)
 
