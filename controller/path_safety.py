@@ -108,6 +108,8 @@ def _walk(path: str, parent: str, uids: frozenset[int]) -> tuple[str, list[str]]
         candidate = os.path.join(resolved, part)
         st = _lstat(candidate)
         if st is None:
+            if "." in pending or ".." in pending:
+                _unsafe(path, f"a symlink on the way leads through {candidate}, which does not exist; create it")
             return resolved, [part, *pending]
         if stat.S_ISLNK(st.st_mode):
             links += 1
