@@ -15,7 +15,18 @@ import sys
 import time
 from typing import Any, TextIO
 
-from controller import errors, fetching, loading, locking, manifests, overrides, reconciling, records, status
+from controller import (
+    errors,
+    fetching,
+    loading,
+    locking,
+    manifests,
+    overrides,
+    path_safety,
+    reconciling,
+    records,
+    status,
+)
 
 OK, FAILED, INVALID = 0, 1, 2
 
@@ -104,6 +115,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def _pin(args: argparse.Namespace, deployment: str | None, what: str) -> int:
     found = catalog(args)
     app = application(args, found)
+    path_safety.verify(app.path)  # say why, rather than that there is no such deployment
     observed = records.observe(app.path)
     record = observed.deployments.get(deployment or "")
     if deployment is None or record is None or record.state != records.COMPLETE or not record.has_dir:

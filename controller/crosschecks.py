@@ -9,13 +9,27 @@ from collections.abc import Iterator, Sequence
 
 from controller import errors, manifests
 
-# Directories that are never an application path themselves.
-SYSTEM_DIRS = frozenset(
-    ["/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/local", "/usr/sbin", "/usr/share", "/var", "/var/cache", "/var/lib", "/var/log", "/var/spool", "/var/tmp", "/var/www"]
-)
-# Trees that an application path may never be inside.
-SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32",
-                "/proc", "/run", "/sbin", "/sys", "/usr/bin", "/usr/lib", "/usr/sbin")
+# The system hierarchy: top-level directories of the FHS and of common distributions. An application
+# path inside it must be below one of the application roots; outside it (/data/..., /app) anything goes.
+SYSTEM_TOP = frozenset(["bin", "boot", "cdrom", "dev", "efi", "etc", "home", "lib", "lib32", "lib64", "libx32",
+                        "lost+found", "media", "mnt", "nix", "opt", "proc", "root", "run", "sbin", "snap", "srv",
+                        "sys", "tmp", "usr", "var"])
+# Roots of which any directory below is an application's (temporary directories are not system ones).
+APPLICATION_ROOTS = ("/opt", "/srv", "/var/www", "/tmp", "/var/tmp")
+# Roots whose first level names an application, unless that name is one the system uses there.
+FHS_LOCAL = frozenset(["bin", "etc", "games", "include", "lib", "lib32", "lib64", "libexec", "libx32", "man",
+                       "sbin", "share", "src"])
+SYSTEM_STATE = frozenset([
+    "apt", "aptitude", "AccountsService", "apache2", "cloud", "containerd", "dbus", "dhcp", "dkms", "dnf", "docker",
+    "dpkg", "fwupd", "git", "grub", "initramfs-tools", "libvirt", "locales", "logrotate", "lxc", "lxd", "machines",
+    "man-db", "misc", "mysql", "nginx", "nfs", "ntp", "chrony", "os-prober", "pacman", "pam", "php", "polkit-1",
+    "portables", "postfix", "postgresql", "private", "python", "redis", "rpm", "rsyslog", "snapd", "sss", "sudo",
+    "systemd", "tether", "ucf", "udisks2", "update-manager", "update-notifier", "ubuntu-advantage", "usbutils",
+    "vim", "yum",
+])
+NAMED_ROOTS = {"/usr/local": FHS_LOCAL, "/var/lib": SYSTEM_STATE, "/var/opt": SYSTEM_STATE}
+ALLOWED = ("below /opt, /srv, /var/www, /home/USER, /usr/local/APP, /var/lib/APP or /var/opt/APP (APP not a "
+           "name the system uses there), below /tmp or /var/tmp, or outside the system hierarchy")
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
@@ -33,14 +47,40 @@ def path_problem(path: str) -> str | None:
         return f"path {path!r} is not normalised; write {normal!r}"
     if path == "/":
         return "path '/' is the root directory; give the application a directory of its own"
-    if path in SYSTEM_DIRS:
-        return f"path {path!r} is a system directory; use a directory below it, such as {path}/APP"
-    for tree in SYSTEM_TREES:
-        if is_inside(path, tree):
-            return f"path {path!r} is inside the system directory {tree}; choose another place"
     if "\n" in path or "\0" in path:
         return "path contains a control character"
-    return None
+    return placement_problem(path)
+
+
+def placement_problem(path: str) -> str | None:
+    """Why the normalised absolute `path` is in the system hierarchy but not below an application root, or None."""
+    parts = path.strip("/").split("/")
+    if parts[0] not in SYSTEM_TOP or any(is_inside(path, root) and path != root for root in APPLICATION_ROOTS):
+        return None
+    if parts[0] == "home" and len(parts) <= 2:
+        return (f"path {path!r} is /home or a home directory itself; use a directory of its own below a home "
+                "directory, such as /home/USER/APP")
+    if parts[0] == "home":
+        if not any(part.startswith(".") for part in parts[2:]):
+            return None
+        return (f"path {path!r} is inside a hidden directory of a home directory (like ~/.ssh or ~/.config, which "
+                "programs read as configuration); use a directory such as /home/USER/APP")
+    for root, names in NAMED_ROOTS.items():
+        if is_inside(path, root) and path != root:
+            name = parts[len(root.split("/")) - 1]
+            if name not in names:
+                return None
+            return (f"path {path!r} is inside the system directory {root}/{name}; below {root} an application "
+                    f"needs a directory whose name the system does not use there, such as {root}/APP")
+    tree = "/" + "/".join(parts[: 2 if parts[0] in ("usr", "var") and len(parts) > 1 else 1])
+    if path in (*APPLICATION_ROOTS, *NAMED_ROOTS):
+        return f"path {path!r} is a system directory; use a directory below it, such as {path}/APP"
+    if path in ("/usr", "/var"):
+        return f"path {path!r} is a system directory; an application path must be {ALLOWED}"
+    if path == tree:
+        return (f"path {path!r} is a system directory, and so is everything below it ({path}/APP too); an "
+                f"application path must be {ALLOWED}")
+    return f"path {path!r} is inside the system directory {tree}; an application path must be {ALLOWED}"
 
 
 def application_problems(app: manifests.Application) -> Iterator[tuple[str, str]]:

@@ -156,7 +156,7 @@ class Daemon:
         override = overrides.read(self.config.state_dir, name)
         key = (app.generation, override)
         due = self.backoff.due(name, key)
-        if due is not None and due > self.clock():
+        if due is not None and due > self.monotonic():
             return  # the main loop queues it again when the back-off ends
         effective = overrides.effective(app, override)
         observed = records.observe(effective.path)
@@ -186,10 +186,10 @@ class Daemon:
         if result.ok:
             self.backoff.succeeded(name)
         else:
-            next_attempt = self.backoff.failed(name, key, self.clock())
+            next_attempt = self.backoff.failed(name, key, self.monotonic())
         previous = status.read(self.config.state_dir, name) or self.statuses.get(name)  # the CLI may have written it
         document = status.build(effective, result, previous, self.clock())
-        document["nextAttemptAt"] = status.timestamp(next_attempt)
+        document["nextAttemptAt"] = status.timestamp(queueing.wall_time(next_attempt, self.monotonic, self.clock))
         document["lastSuccessAt"] = document["updatedAt"] if result.ok else (previous or {}).get("lastSuccessAt")
         self.drift.record(effective, document)
         if name in self.invalid:  # still running on the last good manifest: keep saying so
@@ -298,15 +298,14 @@ class Daemon:
                     self.request_rescan()
                 if everything:
                     next_resync = now + self.config.resync_seconds
-            wall = self.clock()
             for name, due in self.backoff.pending().items():
-                if due <= wall:
+                if due <= now:
                     self.queue.put(name)
             next_ping = self.notifier.keep_alive(now, self._summary())
             if self.config.metrics_textfile and self._changed.is_set():
                 self._changed.clear()
                 metrics.write_textfile(self.config.metrics_textfile, registry)
-            waits = [next_resync - now] + [due - wall for due in self.backoff.pending().values() if due > wall]
+            waits = [next_resync - now] + [due - now for due in self.backoff.pending().values() if due > now]
             if next_ping is not None:
                 waits.append(next_ping - now)
             self._wake.wait(timeout=max(0.01, min(waits)))

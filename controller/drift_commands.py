@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from controller import commands, digests, drift, errors, locking, manifests, overrides, owners, records
+from controller import commands, digests, drift, errors, locking, manifests, overrides, owners, path_safety, records
 
 OK, FAILED, INVALID = 0, 1, 2
 
@@ -85,6 +85,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
         return INVALID
     owner = owners.resolve(app)
     with locking.application_lock(args.state_dir, app.name):
+        path_safety.prepare(app.path)
         observed = records.observe(app.path)
         active = desired(app, observed)
         structure = drift.check_structure(app.path, observed, active)

@@ -56,8 +56,8 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 
 def sync_filesystem(path: str) -> None:
-    """Flush every dirty page of the filesystem holding `path` (syncfs(2), else sync(2))."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    """Flush every dirty page of the filesystem holding `path` (syncfs(2), else sync(2)); a symlink is not followed."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         syncfs = getattr(_libc, "syncfs", None)
         if syncfs is None or syncfs(fd) != 0:

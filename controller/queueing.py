@@ -60,9 +60,19 @@ class WorkQueue:
             self._changed.notify_all()
 
 
+def wall_time(due: float | None, monotonic: Callable[[], float] = time.monotonic,
+              wall: Callable[[], float] = time.time) -> float | None:
+    """The wall-clock time of a `due` time on the monotonic clock (for status: now plus what remains)."""
+    return None if due is None else wall() + (due - monotonic())
+
+
 @dataclasses.dataclass
 class BackOff:
-    """Exponential back-off with jitter per application, reset when its desired state changes."""
+    """Exponential back-off with jitter per application, reset when its desired state changes.
+
+    Callers give `now` on the monotonic clock, and get due times on it: a wall clock that steps back
+    (an NTP correction) must not keep an application waiting for as long as it stepped.
+    """
 
     base_seconds: float = 5.0
     cap_seconds: float = 300.0

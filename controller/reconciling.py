@@ -34,7 +34,9 @@ from controller import (
     hooks,
     locking,
     manifests,
+    nofollow,
     owners,
+    path_safety,
     persistent_data,
     planning,
     records,
@@ -104,6 +106,10 @@ class Engine:
             work = _Pass(app, kind, dict(headers or {}), cancel)
             error, permanent = None, False
             try:
+                if plan.steps:
+                    path_safety.prepare(app.path)  # before anything below path changes
+                elif not plan.suspended:
+                    path_safety.verify(app.path)
                 for step in plan.steps:
                     self._apply(step, work)
                 if not plan.suspended:
@@ -151,19 +157,19 @@ class Engine:
         previous = records.observe(app.path).current
         url = manifests.expand_url(app.source.url, app, deployment)
         headers = {**secrets.resolve(app.source.headers, self.environ), **work.headers}
-        fsutil.makedirs(records.staging_dir(app.path))
         records.write_record(app.path, deployment, records.INCOMPLETE, source=fetching.redact_url(url))
         self.checkpoint("recorded")
         os.mkdir(target, 0o755)
         if owner is not None:
             os.chown(target, *owner)
+        made = os.lstat(target)  # the directory the artifact goes into, whatever a hook does meanwhile
         self.checkpoint("created")
         try:
             self._hooks(work, "beforeDeploy", deployment, previous)
             started = time.monotonic()
             try:
                 digest, size = self.fetcher.retrying(
-                    lambda: self._fetch(app, deployment, owner, url, headers, work.cancel), work.cancel)
+                    lambda: self._fetch(app, deployment, owner, url, headers, made, work.cancel), work.cancel)
             except errors.TetherError as exc:
                 self.on_fetch_failure(app.name, type(exc).__name__)
                 raise
@@ -183,12 +189,13 @@ class Engine:
         drift.record_digests(app.path, deployment, links)
         fsutil.sync_filesystem(target)
         records.write_record(app.path, deployment, records.COMPLETE, completedAt=self.clock(), sha256=digest,
-                             links=links)
+                             links=links, sequence=records.next_sequence(app.path))
         log.info("%s: deployment %s is complete.", app.name, deployment)
         self.checkpoint("completed")
 
     def _fetch(self, app: manifests.Application, deployment: str, owner: owners.Owner, url: str,
-               headers: Mapping[str, str], cancel: threading.Event | None = None) -> tuple[str, int]:
+               headers: Mapping[str, str], made: os.stat_result,
+               cancel: threading.Event | None = None) -> tuple[str, int]:
         """One attempt: download and extract into staging, verify, move into place; (sha256, bytes)."""
         assert app.source is not None
         source = app.source
@@ -209,7 +216,7 @@ class Engine:
                         "source.sha256 says; check the artifact and the manifest"
                     )
                 cache.keep()
-            _move_entries(root, os.path.join(app.path, deployment))
+            _move_entries(root, os.path.join(app.path, deployment), made)
         finally:
             fsutil.remove_tree(stage)
         return digest, size
@@ -262,16 +269,19 @@ class Engine:
     def relink(self, app: manifests.Application, deployment: str) -> list[str]:
         """Restore the persistent-data links of a deployment (link drift), holding the lock."""
         with locking.application_lock(self.state_dir, app.name):
+            path_safety.prepare(app.path)
             return drift.relink(app, deployment, owners.resolve(app))
 
     def prune(self, app: manifests.Application, keep: int) -> None:
         """Apply retention now with `keep` (tether prune)."""
         with locking.application_lock(self.state_dir, app.name):
+            path_safety.verify(app.path)
             self._prune(dataclasses.replace(app, keep=keep))
 
     def remove(self, app: manifests.Application, deployment: str) -> None:
         """Remove one deployment (tether remove); never the active or the desired one."""
         with locking.application_lock(self.state_dir, app.name):
+            path_safety.verify(app.path)
             observed = records.observe(app.path)
             if deployment in (observed.current, app.deployment):
                 raise errors.PermanentError(f"{deployment} is the active or desired deployment of {app.name}; "
@@ -285,8 +295,10 @@ class Engine:
         observed = records.observe(app.path)
         if not observed.exists:
             return
-        fsutil.makedirs(records.staging_dir(app.path))
-        for name in planning.prune_candidates(observed, app.deployment, app.keep, active=observed.current):
+        candidates = planning.prune_candidates(observed, app.deployment, app.keep, active=observed.current)
+        if candidates:
+            path_safety.prepare(app.path)
+        for name in candidates:
             log.info("%s: pruning deployment %s.", app.name, name)
             doomed = os.path.join(records.staging_dir(app.path), f"pruned-{name}-{token.token_hex(4)}")
             os.rename(os.path.join(app.path, name), doomed)
@@ -307,6 +319,7 @@ class Engine:
         """Forget failure marks, so the next pass tries those deployments again."""
         cleared = []
         with locking.application_lock(self.state_dir, app.name):
+            path_safety.verify(app.path)
             for deployment in records.observe(app.path).deployments.values():
                 if deployment.state != records.FAILED:
                     continue
@@ -338,11 +351,16 @@ def switch_current(path: str, deployment: str, checkpoint: Callable[[str], None]
     fsutil.fsync_dir(path)
 
 
-def _move_entries(root: str, target: str) -> None:
-    for name in sorted(os.listdir(root)):
-        destination = os.path.join(target, name)
-        if os.path.lexists(destination):
-            raise errors.PermanentError(
-                f"{destination} already exists (made by a beforeDeploy hook?) and the artifact ships it too"
-            )
-        os.rename(os.path.join(root, name), destination)
+def _move_entries(root: str, target: str, made: os.stat_result) -> None:
+    """Move the extracted entries into the deployment directory tether made (`made`), through descriptors:
+    its user's hooks may have changed what is inside it, but never where the entries go."""
+    with nofollow.walk(root, [], None, make=False) as source, nofollow.walk(target, [], None, make=False) as into:
+        st = os.fstat(into)
+        if (st.st_dev, st.st_ino) != (made.st_dev, made.st_ino):
+            raise errors.PermanentError(f"{target} is no longer the directory tether made for this deployment; "
+                                        "something replaced it during the pass")
+        for name in sorted(os.listdir(source)):
+            if nofollow.exists(name, into) is not None:
+                raise errors.PermanentError(f"{os.path.join(target, name)} already exists (made by a beforeDeploy "
+                                            "hook?) and the artifact ships it too")
+            os.rename(name, name, src_dir_fd=source, dst_dir_fd=into)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import stat
 import time
 from typing import Any
 
@@ -52,6 +53,7 @@ class Deployment:
     activation_pending: bool = False  # switched to, but its afterActivate hooks have not succeeded yet
     failed_generation: str | None = None  # the manifest generation under which it failed
     links: tuple[str, ...] = ()  # persistent-data links made in it
+    sequence: int | None = None  # completion order within the application; None in records of older versions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +71,22 @@ class Observed:
     leftovers: tuple[str, ...]  # staging and temporary links from an interrupted pass
 
     def complete(self) -> list[Deployment]:
-        """Complete deployments, newest first."""
+        """Complete deployments, newest first: by deploy sequence, not by wall-clock time, which can step back;
+        records of older versions (no sequence) by completion time, older than any with a sequence."""
         found = [d for d in self.deployments.values() if d.state == COMPLETE and d.has_dir]
-        return sorted(found, key=lambda d: (d.completed_at or 0, d.name), reverse=True)
+        return sorted(found, key=_age, reverse=True)
+
+
+def _age(deployment: Deployment) -> tuple[int, float, str]:
+    if deployment.sequence is not None:
+        return 1, float(deployment.sequence), deployment.name
+    return 0, deployment.completed_at or 0.0, deployment.name
+
+
+def next_sequence(path: str) -> int:
+    """One more than the highest deploy sequence of any record of the application (1 for the first)."""
+    sequences = [d.sequence for d in observe(path).deployments.values() if d.sequence is not None]
+    return max(sequences, default=0) + 1
 
 
 def write_record(path: str, deployment: str, state: str, **fields: Any) -> None:
@@ -88,6 +103,10 @@ def remove_record(path: str, deployment: str) -> None:
         os.unlink(record_path(path, deployment))
 
 
+def _integer(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _current(path: str) -> tuple[str | None, str | None]:
     link = os.path.join(path, "current")
     try:
@@ -98,13 +117,22 @@ def _current(path: str) -> tuple[str | None, str | None]:
     return (name if parent == path and is_deployment_name(name) else None), target
 
 
+def _real_dir(path: str) -> bool:
+    """True when `path` is a directory and not a symlink to one (tether reads no bookkeeping through a link)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def observe(path: str) -> Observed:
     """Read the deployment tree at `path`."""
     if not os.path.isdir(path):
         return Observed(path, False, None, None, None, {}, None, (), ())
     records: dict[str, dict[str, Any]] = {}
     records_dir = os.path.dirname(record_path(path, "x"))
-    if os.path.isdir(records_dir):
+    trusted = _real_dir(meta_dir(path))
+    if trusted and _real_dir(records_dir):
         for entry in os.listdir(records_dir):
             if entry.endswith(".json") and not entry.startswith("."):
                 data = fsutil.read_json(os.path.join(records_dir, entry))
@@ -116,7 +144,7 @@ def observe(path: str) -> Observed:
             leftovers.append(item.path)
         elif is_deployment_name(item.name) and item.is_dir(follow_symlinks=False):
             dirs.add(item.name)
-    if os.path.isdir(staging_dir(path)):
+    if trusted and _real_dir(staging_dir(path)):
         leftovers.extend(os.path.join(staging_dir(path), e) for e in os.listdir(staging_dir(path)))
     deployments = {}
     for name, data in records.items():
@@ -131,9 +159,10 @@ def observe(path: str) -> Observed:
             activation_pending=bool(data.get("activationPending")),
             failed_generation=data.get("failedGeneration"),
             links=tuple(data.get("links", ())),
+            sequence=_integer(data.get("sequence")),
         )
     current, target = _current(path)
-    activation = fsutil.read_json(os.path.join(meta_dir(path), "activation.json")) or {}
+    activation = (fsutil.read_json(os.path.join(meta_dir(path), "activation.json")) if trusted else None) or {}
     return Observed(
         path=path,
         exists=True,
