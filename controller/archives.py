@@ -117,6 +117,12 @@ class Budget:
                 f"the archive has more than {self.limits.max_members} members (limits.maxMembers) "
                 f"at {name!r}; raise the limit if this is expected"
             )
+        depth = sum(1 for part in name.split("/") if part not in ("", "."))
+        if depth > self.limits.max_depth:
+            raise errors.ArchiveError(
+                f"member {name if len(name) <= 80 else name[:80] + '...'!r} is {depth} levels deep, more than limits.maxDepth "
+                f"{self.limits.max_depth}; raise the limit if this artifact is really that deep"
+            )
 
 
 class Metered(io.RawIOBase):
