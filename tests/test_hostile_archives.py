@@ -401,7 +401,7 @@ def _zip_version_too_new() -> bytes:
     def patch(buffer: bytearray, index: int) -> None:
         buffer[index + 6] = 99  # version needed to extract: 9.9
 
-    return _patched_zip(_zip(("site/index.html", b"x")), b"PK\x01\x02", patch)
+    return _patched_zip(support.zip_bytes([support.Member("site/index.html", b"x")]), b"PK\x01\x02", patch)
 
 
 def _zip_name_not_utf8() -> bytes:
@@ -415,7 +415,7 @@ def _zip_unknown_compression() -> bytes:
         where = index + (10 if buffer[index + 2:index + 4] == b"\x01\x02" else 8)
         buffer[where:where + 2] = struct.pack("<H", 99)  # compression method 99 (AES), not supported
 
-    data = _zip(("site/index.html", b"x"))
+    data = support.zip_bytes([support.Member("site/index.html", b"x")])
     return _patched_zip(_patched_zip(data, b"PK\x01\x02", patch), b"PK\x03\x04", patch)
 
 
@@ -435,8 +435,10 @@ BAD_TARS: dict[str, bytes] = {
     "GNU sparse 1.0 map without an end": _sparse_10(b"99999999"),
 }
 BAD_ZIPS: dict[str, bytes] = {
-    "backslashes in a zip name": _zip(("site/index.html", b"x"), ("site\\..\\..\\evil", b"x")),
-    "a drive letter in a zip name": _zip(("site/index.html", b"x"), ("C:/evil", b"x")),
+    "backslashes in a zip name": support.zip_bytes([support.Member("site/index.html", b"x"),
+                                                    support.Member("site\\..\\..\\evil", b"x")]),
+    "a drive letter in a zip name": support.zip_bytes([support.Member("site/index.html", b"x"),
+                                                       support.Member("C:/evil", b"x")]),
     "zip version too new": _zip_version_too_new(),
     "zip name not UTF-8 under the UTF-8 flag": _zip_name_not_utf8(),
     "zip compression method unknown": _zip_unknown_compression(),
