@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import bz2
+import contextlib
+import errno
 import gzip
 import importlib.util
 import io
 import lzma
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Protocol, cast
 
 from controller import errors, manifests
@@ -117,6 +119,44 @@ class Budget:
                 f"the archive has more than {self.limits.max_members} members (limits.maxMembers) "
                 f"at {name!r}; raise the limit if this is expected"
             )
+        depth = sum(1 for part in name.split("/") if part not in ("", "."))
+        if depth > self.limits.max_depth:
+            raise errors.ArchiveError(
+                f"member {name if len(name) <= 80 else name[:80] + '...'!r} is {depth} levels deep, more than limits.maxDepth "
+                f"{self.limits.max_depth}; raise the limit if this artifact is really that deep"
+            )
+
+
+MESSAGE_CHARS = 300
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one short line, for an error message."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + "..."
+
+
+@contextlib.contextmanager
+def untrusted(what: str) -> Iterator[None]:
+    """Turn whatever reading untrusted archive data raises into an ArchiveError naming it.
+
+    Python's tar, zip and decompression readers raise many kinds of errors on malformed input (ValueError,
+    OverflowError, UnicodeError, struct.error, EOFError, RecursionError, NotImplementedError, zlib.error,
+    LZMAError, BadZipFile, TarError, OSError without an errno, ...). Only an OSError with an errno (real I/O
+    on tether's side, such as a full disk or a failed read of its own spool file) passes through.
+    """
+    try:
+        yield
+    except errors.TetherError:
+        raise
+    except OSError as exc:
+        if exc.errno is not None and exc.errno != errno.EINVAL:
+            raise
+        raise errors.ArchiveError(f"the archive is truncated or not a valid {what}: {describe(exc)}") from exc
+    except EOFError as exc:
+        raise errors.ArchiveError(f"the archive is truncated: {describe(exc)}") from exc
+    except Exception as exc:
+        raise errors.ArchiveError(f"the archive is truncated or not a valid {what}: {describe(exc)}") from exc
 
 
 class Metered(io.RawIOBase):
@@ -135,9 +175,9 @@ class Metered(io.RawIOBase):
         except errors.TetherError:
             raise
         except EOFError as exc:
-            raise errors.ArchiveError(f"the archive is truncated: {exc}") from exc
+            raise errors.ArchiveError(f"the archive is truncated: {describe(exc)}") from exc
         except Exception as exc:
-            raise errors.ArchiveError(f"the archive is corrupt: {exc}") from exc
+            raise errors.ArchiveError(f"the archive is corrupt: {describe(exc)}") from exc
         buffer[: len(data)] = data
         self._budget.add_bytes(len(data))
         return len(data)

@@ -53,11 +53,15 @@ def _mode(st: os.stat_result) -> str:
 
 def scan(root: str, skip: Callable[[str], bool], links: Mapping[str, str]) -> dict[str, Entry]:
     """Every entry below `root` by relative path, except `skip`ped subtrees; `links` (path -> target) are
-    taken as links and not descended."""
+    taken as links and not descended. Iterative at any depth (nofollow.walk_tree)."""
     found: dict[str, Entry] = {}
     buffer = bytearray(CHUNK)
 
-    def visit(dir_fd: int, prefix: str) -> None:
+    def visit(dir_fd: int, parts: list[str]) -> list[str]:
+        prefix = "/".join(parts) + "/" if parts else ""
+        if parts:
+            found[prefix[:-1]] = {"type": "dir", "mode": _mode(os.fstat(dir_fd))}
+        subdirs = []
         with os.scandir(dir_fd) as items:
             for item in items:
                 rel = prefix + item.name
@@ -71,12 +75,7 @@ def scan(root: str, skip: Callable[[str], bool], links: Mapping[str, str]) -> di
                     if stat.S_ISLNK(st.st_mode):
                         found[rel] = {"type": "link", "mode": "0777", "target": os.readlink(item.name, dir_fd=dir_fd)}
                     elif stat.S_ISDIR(st.st_mode):
-                        child = os.open(item.name, nofollow.DIR_FLAGS, dir_fd=dir_fd)
-                        try:
-                            found[rel] = {"type": "dir", "mode": _mode(os.fstat(child))}
-                            visit(child, rel + "/")
-                        finally:
-                            os.close(child)
+                        subdirs.append(item.name)
                     elif stat.S_ISREG(st.st_mode):
                         st, digest = sha256(item.name, dir_fd, buffer)
                         found[rel] = {"type": "file", "mode": _mode(st), "sha256": digest or ""}
@@ -86,10 +85,14 @@ def scan(root: str, skip: Callable[[str], bool], links: Mapping[str, str]) -> di
                     continue  # removed while we looked
                 except OSError as exc:  # replaced by a symlink or a file while we looked
                     found[rel] = {"type": "other", "mode": "", "error": exc.strerror or str(exc)}
+        return subdirs
+
+    def refused(dir_fd: int, parts: list[str], name: str, exc: OSError) -> None:  # a directory no longer
+        found["/".join([*parts, name])] = {"type": "other", "mode": "", "error": exc.strerror or str(exc)}
 
     fd = os.open(root, nofollow.DIR_FLAGS)
     try:
-        visit(fd, "")
+        nofollow.walk_tree(fd, visit, refused=refused)
     finally:
         os.close(fd)
     return found

@@ -8,6 +8,7 @@ and that no archive member can redirect.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -24,12 +25,15 @@ MAX_COMPONENT = 255
 MAX_SYMLINK_HOPS = 40  # as Linux: a path that needs more does not resolve at all (ELOOP)
 CHUNK = 1024 * 1024
 Owner = tuple[int, int] | None
+NAME_ERRORS = (errno.ENAMETOOLONG, errno.EILSEQ, errno.ELOOP, errno.EEXIST)  # the archive's names cause these
 
 
 def clean_name(raw: str, strip: int) -> str | None:
     """The relative path a member may be written to, or None for the archive root."""
     if any(ord(c) < 32 or ord(c) == 127 for c in raw):
         raise errors.ArchiveError(f"member {raw!r} has a control character in its name")
+    if not _utf8(raw):
+        raise errors.ArchiveError(f"member {raw!r} has a name that is not valid UTF-8")
     if raw.startswith("/"):
         raise errors.ArchiveError(f"member {raw!r} has an absolute name; archives must be relative")
     parts = [p for p in raw.split("/") if p not in ("", ".")]
@@ -76,6 +80,14 @@ class Writer:
                 self.dirs[parent] = 0o755
 
     def add(self, entry: members.Entry) -> None:
+        try:
+            self._add(entry)
+        except OSError as exc:
+            if exc.errno not in NAME_ERRORS:
+                raise
+            raise errors.ArchiveError(f"member {entry.name[:200]!r} cannot be written: {exc.strerror}") from exc
+
+    def _add(self, entry: members.Entry) -> None:
         self.budget.add_member(entry.name)
         if entry.mode & (stat.S_ISUID | stat.S_ISGID) and entry.type != "dir":  # on directories: cleared
             raise errors.ArchiveError(f"member {entry.name!r} is setuid or setgid; tether does not install such files")
@@ -138,7 +150,7 @@ class Writer:
             raise errors.ArchiveError(
                 f"member {entry.name!r} is a symlink to the absolute path {target!r}; only relative symlinks are allowed"
             )
-        if not target or "\0" in target:
+        if not target or "\0" in target or not _utf8(target):
             raise errors.ArchiveError(f"member {entry.name!r} is a symlink to {target!r}; only relative symlinks are allowed")
         resolved = os.path.normpath(os.path.join(os.path.dirname(name), target))
         if resolved == ".." or resolved.startswith("../"):
@@ -160,6 +172,14 @@ class Writer:
         for name in sorted(self.dirs, key=lambda d: -d.count("/")):
             os.chmod(os.path.join(self.dest, name), self.dirs[name])
         return root
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by tarfile and zipfile as lone surrogates
+        return False
+    return True
 
 
 def _resolves_outside(root: str, name: str) -> bool:

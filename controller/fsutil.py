@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import json
 import os
-import shutil
+import stat
 import tempfile
 from typing import Any
+
+from controller import nofollow
 
 
 def fsync_dir(path: str) -> None:
@@ -67,15 +70,20 @@ def sync_filesystem(path: str) -> None:
 
 
 def remove_tree(path: str) -> None:
-    """Remove a directory tree without following symlinks; a missing path is fine."""
+    """Remove a directory tree of any depth without following symlinks; a missing path is fine."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif st:
+    if not stat.S_ISDIR(st.st_mode):
         os.unlink(path)
+        return
+    parent, name = os.path.split(os.path.normpath(path))
+    fd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        remove_tree_at(name, fd)
+    finally:
+        os.close(fd)
 
 
 def makedirs(path: str, mode: int = 0o755) -> None:
@@ -83,5 +91,50 @@ def makedirs(path: str, mode: int = 0o755) -> None:
 
 
 def remove_tree_at(name: str, dir_fd: int) -> None:
-    """Remove the directory `name` inside the open directory `dir_fd`, not following symlinks."""
-    shutil.rmtree(name, dir_fd=dir_fd)
+    """Remove `name` inside the open directory `dir_fd`, a tree of any depth, never following a symlink.
+
+    Iterative (nofollow.walk_tree): a tree thousands of levels deep, made by a hook or left by a killed pass,
+    is removed like any other. A symlink is removed itself, never what it points to.
+    """
+    try:
+        fd = os.open(name, nofollow.DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        os.unlink(name, dir_fd=dir_fd)  # a symlink or a file: remove it, not its target
+        return
+    try:
+        nofollow.walk_tree(fd, _empty, leave=_rmdir, refused=_unlink)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
+
+
+def _empty(fd: int, parts: list[str]) -> list[str]:
+    """Unlink every non-directory in the directory `fd`; return its subdirectories."""
+    with os.scandir(fd) as items:
+        entries = [(item.name, item.is_dir(follow_symlinks=False)) for item in items]
+    subdirs = []
+    for name, is_dir in entries:
+        if is_dir:
+            subdirs.append(name)
+            continue
+        try:
+            os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:  # replaced by a directory meanwhile
+            subdirs.append(name)
+    return subdirs
+
+
+def _rmdir(parent: int, name: str) -> None:
+    os.rmdir(name, dir_fd=parent)
+
+
+def _unlink(parent: int, parts: list[str], name: str, error: OSError) -> None:
+    if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+        raise error
+    os.unlink(name, dir_fd=parent)  # a directory swapped for a symlink: remove the link, not its target

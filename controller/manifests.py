@@ -35,6 +35,7 @@ class HeaderValue:
 class Limits:
     max_bytes: int = 4 * 1024**3
     max_members: int = 100_000
+    max_depth: int = 256
     max_ratio: float = 100.0
     ratio_after_bytes: int = 256 * 1024**2
 
@@ -113,6 +114,7 @@ def _source(data: Mapping[str, Any]) -> Source:
         limits=Limits(
             max_bytes=int(limits["maxBytes"]),
             max_members=int(limits["maxMembers"]),
+            max_depth=int(limits["maxDepth"]),
             max_ratio=float(limits["maxRatio"]),
         ),
         stall_seconds=float(data["stallSeconds"]),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from controller import errors
 
@@ -67,23 +67,113 @@ def copy_file(src_dir: int, dst_dir: int, name: str) -> None:
 
 
 def copy_tree(src_dir: int, dst_dir: int, owner: tuple[int, int] | None) -> None:
-    """Copy the contents of one directory into another; symlinks are copied as links, not followed."""
-    for entry in os.scandir(src_dir):
-        st = entry.stat(follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            os.mkdir(entry.name, stat.S_IMODE(st.st_mode) & 0o777, dir_fd=dst_dir)
-            src = os.open(entry.name, DIR_FLAGS, dir_fd=src_dir)
-            dst = os.open(entry.name, DIR_FLAGS, dir_fd=dst_dir)
-            try:
-                copy_tree(src, dst, owner)
-            finally:
-                os.close(src)
-                os.close(dst)
-        elif stat.S_ISREG(st.st_mode):
-            copy_file(src_dir, dst_dir, entry.name)
-        elif stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(entry.name, dir_fd=src_dir), entry.name, dir_fd=dst_dir)
-        else:
-            continue
-        if owner is not None:
-            os.chown(entry.name, *owner, dir_fd=dst_dir, follow_symlinks=False)
+    """Copy the contents of one directory into another; symlinks are copied as links, not followed.
+
+    Iterative at any depth (see `walk_tree`): the destination is followed one directory at a time beside
+    the source, and checked like it on the way back up.
+    """
+    dst = [os.open(".", DIR_FLAGS, dir_fd=dst_dir)]  # [0]: the destination directory matching the source's
+    above: list[tuple[int, int]] = []  # identities of the destination directories above it
+
+    def visit(src: int, parts: list[str]) -> list[str]:
+        if parts:
+            child = os.open(parts[-1], DIR_FLAGS, dir_fd=dst[0])
+            above.append(_identity(dst[0]))
+            os.close(dst[0])
+            dst[0] = child
+        subdirs = []
+        with os.scandir(src) as entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    os.mkdir(entry.name, stat.S_IMODE(st.st_mode) & 0o777, dir_fd=dst[0])
+                    subdirs.append(entry.name)
+                elif stat.S_ISREG(st.st_mode):
+                    copy_file(src, dst[0], entry.name)
+                elif stat.S_ISLNK(st.st_mode):
+                    os.symlink(os.readlink(entry.name, dir_fd=src), entry.name, dir_fd=dst[0])
+                else:
+                    continue
+                if owner is not None:
+                    os.chown(entry.name, *owner, dir_fd=dst[0], follow_symlinks=False)
+        return subdirs
+
+    def leave(src_parent: int, name: str) -> None:
+        fd, dst[0] = dst[0], -1
+        dst[0] = up(fd, above.pop())
+
+    try:
+        walk_tree(src_dir, visit, leave)
+    finally:
+        if dst[0] >= 0:
+            os.close(dst[0])
+
+
+Visit = Callable[[int, list[str]], Iterable[str]]
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def up(fd: int, expected: tuple[int, int]) -> int:
+    """A descriptor of the parent of the directory `fd` (closed), which must be the directory `expected`."""
+    try:
+        parent = os.open("..", DIR_FLAGS, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if _identity(parent) != expected:
+        os.close(parent)
+        raise errors.PermanentError(
+            "a directory was moved while tether walked the tree holding it; nothing outside the tree was touched, "
+            "and the next pass walks it again"
+        )
+    return parent
+
+
+def walk_tree(root_fd: int, visit: Visit, leave: Callable[[int, str], None] = lambda fd, name: None,
+              refused: Callable[[int, list[str], str, OSError], None] | None = None) -> None:
+    """Walk the tree below the open directory `root_fd` depth first, at any depth, never following a symlink.
+
+    `visit(fd, parts)` is called once for every directory, the root first (`parts` is its path below the root
+    as components, [] for the root; neither `fd` nor `parts` may be kept after the call) and returns the
+    names of the subdirectories to enter. Each is opened O_NOFOLLOW relative to its parent: one gone
+    meanwhile is skipped, one that is no longer a directory (a symlink swapped in) goes to
+    `refused(parent_fd, parts, name, error)` (default: raise). `leave(parent_fd, name)` is called once a
+    subdirectory and everything below it is done, e.g. to remove it.
+
+    Iterative, with one directory descriptor open at a time (a 5000-deep tree needs neither recursion nor
+    5000 descriptors): the way back up re-opens '..' and checks it is the very directory left (device and
+    inode), so a directory moved elsewhere meanwhile stops the walk instead of leading it out of the tree.
+    """
+    fd = os.open(".", DIR_FLAGS, dir_fd=root_fd)
+    parts: list[str] = []
+    try:
+        stack = [(_identity(fd), list(visit(fd, parts))[::-1])]
+        while stack:
+            pending = stack[-1][1]
+            if pending:
+                name = pending.pop()
+                try:
+                    child = os.open(name, DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    if refused is None:
+                        raise
+                    refused(fd, parts, name, exc)
+                    continue
+                os.close(fd)
+                fd = child
+                parts.append(name)
+                stack.append((_identity(fd), list(visit(fd, parts))[::-1]))
+                continue
+            stack.pop()
+            if stack:
+                old, fd = fd, -1
+                fd = up(old, stack[-1][0])
+                leave(fd, parts.pop())
+    finally:
+        if fd >= 0:
+            os.close(fd)
