@@ -61,7 +61,7 @@ test: system-packages lint unit test-debian12 integrations
 
 # docs/manifests.md is generated from the JSON Schemas; tests/test_reference.py keeps it current.
 docs: venv
-	$(BIN)/python -m controller.reference > docs/manifests.md
+	$(BIN)/python -m controller.manifests.reference > docs/manifests.md
 
 bench: venv
 	$(BIN)/python tests/benchmarks/deploy_speed.py

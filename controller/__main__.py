@@ -1,5 +1,5 @@
 import sys
 
-from controller import cli
+from controller.cli import main
 
-sys.exit(cli.main())
+sys.exit(main.main())

@@ -27,7 +27,9 @@ from typing import Any
 import pytest
 import zstandard
 
-from controller import fetching, loading, reconciling
+from controller.artifacts import fetching
+from controller.engine import reconciling
+from controller.manifests import loading
 from tests import support
 
 NAME = "site"

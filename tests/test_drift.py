@@ -15,7 +15,10 @@ from typing import Any
 
 import pytest
 
-from controller import digests, drift, drift_commands, errors, loading, manifests, owners, records
+from controller import errors
+from controller.cli import drift_commands
+from controller.manifests import loading, model
+from controller.tree import digests, drift, owners, records
 from tests import support
 
 MTREE = """\
@@ -77,7 +80,7 @@ class Site:
     def record(self, deployment: str) -> dict[str, Any]:
         return dict(json.loads((self.path / ".tether" / "deployments" / f"{deployment}.json").read_text()))
 
-    def app(self) -> manifests.Application:
+    def app(self) -> model.Application:
         return loading.load([str(self.node.manifests)], secure=True).applications["site"]
 
     def structure(self, desired: str | None = "v1") -> drift.Structural:

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from controller import errors, fetching, loading, locking, manifests, owners
+from controller import errors
+from controller.artifacts import fetching
+from controller.manifests import loading, model
+from controller.tree import locking, owners
 from tests import support
 
 
@@ -36,7 +39,7 @@ def test_as_root_every_extracted_file_belongs_to_the_manifest_user(node: support
 def test_without_root_another_owner_is_refused_with_advice(tmp_path: Path) -> None:
     manifest = support.write_manifest(tmp_path, support.application("site", "/srv/site", user="root"))
     app = loading.parse(str(manifest), manifest.read_text())
-    assert not isinstance(app, manifests.Kind)
+    assert not isinstance(app, model.Kind)
     with pytest.raises(errors.PermanentError, match=r"leave spec\.user and spec\.group unset"):
         owners.resolve(app, euid=12345)
 
@@ -90,7 +93,7 @@ def test_yaml_errors_and_schema_errors_name_the_line(tmp_path: Path) -> None:
 def test_defaults_come_from_the_schema(tmp_path: Path) -> None:
     app = loading.parse("site.yaml", "apiVersion: tether/v1\nkind: Application\nmetadata: {name: site}\n"
                         "spec: {path: /srv/site, source: {url: 'https://x.invalid/{deployment}.tgz'}}\n")
-    assert isinstance(app, manifests.Application)
+    assert isinstance(app, model.Application)
     assert (app.keep, app.environment, app.hook_timeout_seconds, app.application) == (5, "production", 600.0, "site")
     assert app.source is not None and app.source.limits.max_members == 100_000 and app.source.strip_components is None
 

@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 
-from controller import hooks, loading, manifests
+from controller.engine import hooks
+from controller.manifests import loading, model
 from tests import support
 
 HOOK_USER, EXTRA_GROUP = "tether-hook-test", "tether-hook-extra"
@@ -109,18 +110,18 @@ def _deploy_manifest(node: support.Node, http: support.HttpServer, name: str, ap
         name, app, deployment=deployment, source={"url": http.url("/{deployment}.tar.gz")}, **spec))
 
 
-def _parsed(tmp_path: Path, hook: str, timeout: float) -> manifests.Application:
+def _parsed(tmp_path: Path, hook: str, timeout: float) -> model.Application:
     """An application whose beforeActivate hook is `hook`, with its deployment directory v1 made."""
     document = support.application("slow", tmp_path / "app", hookTimeoutSeconds=timeout,
                                     hooks={"beforeActivate": hook})
     manifest = support.write_manifest(tmp_path / "manifests", document)
     app = loading.parse(str(manifest), manifest.read_text())
-    assert isinstance(app, manifests.Application)
+    assert isinstance(app, model.Application)
     (tmp_path / "app" / "v1").mkdir(parents=True)
     return app
 
 
-def _run_failing(app: manifests.Application, grace: float) -> tuple[hooks.HookRun, float, str]:
+def _run_failing(app: model.Application, grace: float) -> tuple[hooks.HookRun, float, str]:
     """Run the beforeActivate hooks of `app`, which must fail: (the run, seconds taken, the error)."""
     runs: list[hooks.HookRun] = []
     started = time.monotonic()

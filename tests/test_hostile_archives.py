@@ -28,7 +28,9 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from controller import archives, errors, extracting, manifests
+from controller import errors
+from controller.artifacts import archives, extracting
+from controller.manifests import model
 from tests import support
 
 NAME = "site"
@@ -489,7 +491,7 @@ def test_random_damage_to_a_valid_archive_is_extracted_or_refused_as_an_archive_
 
     try:
         extracting.extract(io.BytesIO(bytes(damaged)), str(dest), fmt="auto", strip=None, owner=None,
-                           budget=archives.Budget(manifests.Limits(), lambda: len(damaged)), spool_dir=str(tmp_path))
+                           budget=archives.Budget(model.Limits(), lambda: len(damaged)), spool_dir=str(tmp_path))
     except errors.TetherError as exc:
         assert "\n" not in str(exc)
 

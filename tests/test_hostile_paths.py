@@ -28,7 +28,9 @@ from typing import Any
 
 import pytest
 
-from controller import daemon, fetching, queueing, reconciling
+from controller.artifacts import fetching
+from controller.daemon import loop, queueing
+from controller.engine import reconciling
 from tests import support
 
 INVALID = 2
@@ -581,7 +583,7 @@ def test_a_wall_clock_stepping_back_does_not_keep_a_failed_application_waiting(
         "site", node.apps / "site", deployment="v1", source={"url": http.url("/{deployment}.tar.gz")}))
     clocks = _Clocks()
     engine = reconciling.Engine(str(node.state), fetcher=fetching.Fetcher(attempts=1))
-    runner = daemon.Daemon(daemon.Config(str(node.manifests), str(node.state)), engine,
+    runner = loop.Daemon(loop.Config(str(node.manifests), str(node.state)), engine,
                            clock=lambda: clocks.wall, monotonic=lambda: clocks.monotonic)
     runner.scan(everything=True)
     runner.process("site")
@@ -606,7 +608,7 @@ def test_a_failed_application_is_not_retried_before_its_back_off_on_the_monotoni
         "site", node.apps / "site", deployment="v1", source={"url": http.url("/{deployment}.tar.gz")}))
     clocks = _Clocks()
     engine = reconciling.Engine(str(node.state), fetcher=fetching.Fetcher(attempts=1))
-    runner = daemon.Daemon(daemon.Config(str(node.manifests), str(node.state)), engine,
+    runner = loop.Daemon(loop.Config(str(node.manifests), str(node.state)), engine,
                            clock=lambda: clocks.wall, monotonic=lambda: clocks.monotonic)
     runner.scan(everything=True)
     runner.process("site")

@@ -27,7 +27,11 @@ import prometheus_client.parser
 import pytest
 
 import controller
-from controller import errors, hooks, loading, manifests, metrics, planning, reconciling, records, status
+from controller import errors
+from controller.daemon import metrics
+from controller.engine import hooks, planning, reconciling, status
+from controller.manifests import loading, model
+from controller.tree import records
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 NOW = datetime.datetime(2024, 9, 17, 10, 0, 0, tzinfo=datetime.UTC).timestamp()
@@ -209,7 +213,7 @@ def test_the_openmetrics_exposition_that_prometheus_negotiates_parses_strictly(
 def test_a_status_document_made_by_status_build_is_read_as_written() -> None:
     app = loading.parse("/etc/tether/manifests/acme.yaml", "apiVersion: tether/v1\nkind: Application\n"
                         "metadata: {name: acme}\nspec: {path: /opt/acme, environment: staging, deployment: v2}\n")
-    assert isinstance(app, manifests.Application)
+    assert isinstance(app, model.Application)
     observed = records.Observed("/opt/acme", True, "v2", "/opt/acme/v2", "v1", {
         "v1": records.Deployment("v1", records.COMPLETE, True, NOW - 60, NOW - 50),
         "v2": records.Deployment("v2", records.COMPLETE, True, NOW - 10, NOW - 5)}, "v2", (), ())
@@ -297,7 +301,7 @@ def passed(name: str, desired: str, error: str | None = None, *, permanent: bool
     the nextAttemptAt the daemon adds (a retry time after a failure, else None)."""
     app = loading.parse(f"/etc/tether/manifests/{name}.yaml", "apiVersion: tether/v1\nkind: Application\n"
                         f"metadata: {{name: {name}}}\nspec: {{path: /opt/{name}, deployment: {desired}}}\n")
-    assert isinstance(app, manifests.Application)
+    assert isinstance(app, model.Application)
     observed = records.Observed(f"/opt/{name}", True, "v1", f"/opt/{name}/v1", None, {
         "v1": records.Deployment("v1", records.COMPLETE, True, NOW - 60, NOW - 50)}, "v1", (), ())
     steps = () if desired == "v1" else (planning.Step(planning.DEPLOY, desired, "it is not complete"),)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller import mtree
+from controller.tree import mtree
 
 # DESIGN 5, copied exactly (tabs included).
 DESIGN_EXAMPLE = (

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from controller import planning, records
+from controller.engine import planning
+from controller.tree import records
 
 
 def observed(current: str | None = None, previous: str | None = None, foreign: tuple[str, ...] = (),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from controller import reference, validation
+from controller.manifests import reference, validation
 from tests import support
 
 

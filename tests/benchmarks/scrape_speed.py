@@ -34,7 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import prometheus_client
 
-from controller import errors, hooks, manifests, metrics, status
+from controller import errors
+from controller.daemon import metrics
+from controller.engine import hooks, status
+from controller.manifests import model
 
 EPOCH = 1_726_567_200.0  # 2024-09-17T10:00:00Z
 PROMETHEUS_ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
@@ -60,7 +63,7 @@ def document(index: int, phases: int = 4) -> dict[str, Any]:
                         "lastTransitionTime": status.timestamp(EPOCH - 600)} for kind, ok, why in conditions],
         "lastHookRuns": [], "lastError": None if ready else "the afterActivate hook exited with status 1",
         "hookRunCounts": {f"{phase}/{outcome}": (index + n) % 9
-                          for n, phase in enumerate(manifests.HOOK_PHASES[:phases])
+                          for n, phase in enumerate(model.HOOK_PHASES[:phases])
                           for outcome in metrics.HOOK_OUTCOMES if outcome == hooks.SUCCESS or index % 10 == 0},
         "drift": {"current": False, "deployment": False, "links": index % 40 == 0, "content": index % 20 == 0,
                   "driftedFiles": 3 if index % 20 == 0 else 0},

@@ -1,0 +1,269 @@
+"""The `tether` command line. Exit codes: 0 ok, 1 failed, 2 invalid input."""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from controller import __version__, errors
+from controller.cli import commands as imperative
+from controller.cli import drift_commands, logs
+from controller.engine import reconciling, status
+from controller.manifests import loading, overrides, reference, validation
+from controller.tree import locking, records
+
+OK, FAILED, INVALID = 0, 1, 2
+CRASH_VARIABLE = "TETHER_TEST_CRASH_AT"  # test-only: SIGKILL ourselves at this named step
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--manifests", default=os.environ.get("TETHER_MANIFESTS", "/etc/tether/manifests"),
+                        help="directory of manifests (TETHER_MANIFESTS)")
+    common.add_argument("--state-dir", default=os.environ.get("TETHER_STATE_DIR", "/var/lib/tether"),
+                        help="status, locks and artifact cache (TETHER_STATE_DIR)")
+    common.add_argument("--insecure-manifests", action="store_true", default=_env_flag("TETHER_INSECURE_MANIFESTS"),
+                        help="accept manifests not owned by root or writable by others (development only)")
+    common.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("TETHER_LOG_FORMAT", "text"))
+    common.add_argument("-v", "--verbose", action="count", default=0)
+    common.add_argument("-q", "--quiet", action="count", default=0)
+    return common
+
+
+def parser() -> argparse.ArgumentParser:
+    common = _common()
+    top = argparse.ArgumentParser(prog="tether", description="Node-local continuous-delivery controller.")
+    top.add_argument("--version", action="version", version=f"tether {__version__}")
+    commands = top.add_subparsers(dest="command", required=True)
+    for name, text in (("reconcile", "one pass now, then exit"), ("plan", "what a pass would do, without doing it")):
+        sub = commands.add_parser(name, parents=[common], help=text)
+        sub.add_argument("names", nargs="*", metavar="NAME")
+        sub.add_argument("--json", action="store_true")
+    sub = commands.add_parser("status", parents=[common], help="applications and their state")
+    sub.add_argument("name", nargs="?")
+    sub.add_argument("--json", action="store_true")
+    sub = commands.add_parser("list", parents=[common], help="deployments of one application")
+    sub.add_argument("name")
+    sub.add_argument("--json", action="store_true")
+    sub = commands.add_parser("validate", parents=[common], help="lint manifest files or directories")
+    sub.add_argument("paths", nargs="+", metavar="PATH")
+    sub.add_argument("--json", action="store_true")
+    for name, text in (("verify", "check the active deployment for drift, content included"),
+                       ("repair", "restore drifted content from the cached artifact, and links")):
+        sub = commands.add_parser(name, parents=[common], help=text)
+        sub.add_argument("name")
+        sub.add_argument("--json", action="store_true")
+    sub = commands.add_parser("run", parents=[common], help="the daemon: watch, reconcile, serve metrics")
+    sub.add_argument("--workers", type=int, default=int(os.environ.get("TETHER_WORKERS", "4")))
+    sub.add_argument("--resync-interval", type=float, default=float(os.environ.get("TETHER_RESYNC_INTERVAL", "60")),
+                     help="seconds between full passes over every application")
+    sub.add_argument("--metrics-address", default=os.environ.get("TETHER_METRICS_ADDRESS", "127.0.0.1:9731"),
+                     help="host:port of the Prometheus endpoint; empty to serve none")
+    sub.add_argument("--metrics-textfile", default=os.environ.get("TETHER_METRICS_TEXTFILE"),
+                     help="also write the metrics to this file (node_exporter textfile collector)")
+    sub.add_argument("--shutdown-grace", type=float, default=float(os.environ.get("TETHER_SHUTDOWN_GRACE", "30")),
+                     help="seconds a running pass may take to finish after SIGTERM")
+    sub.add_argument("--content-check-interval", type=float,
+                     default=float(os.environ.get("TETHER_CONTENT_CHECK_INTERVAL", "600")),
+                     help="seconds between content drift checks of an application (digests of every file)")
+    sub = commands.add_parser("schema", help="print a JSON Schema")
+    sub.add_argument("which", choices=sorted(validation.SCHEMA_FILES))
+    sub.add_argument("--markdown", action="store_true", help="the fields as a Markdown table (docs/manifests.md)")
+    imperative.add_parsers(commands, common)
+    return top
+
+
+
+
+def _print_problems(catalog: loading.Catalog) -> None:
+    for problem in catalog.problems:
+        print(f"tether: {problem}", file=sys.stderr)
+
+
+def _checkpoint() -> Callable[[str], None]:
+    target = os.environ.get(CRASH_VARIABLE)
+
+    def crash(step: str) -> None:
+        if step == target:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return crash if target else (lambda step: None)
+
+
+def _selected(catalog: loading.Catalog, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(names to work on, requested names that are unknown or invalid)."""
+    if not names:
+        return sorted(catalog.applications), []
+    return [n for n in names if n in catalog.applications], [n for n in names if n not in catalog.applications]
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    catalog = imperative.catalog(args)
+    _print_problems(catalog)
+    names, missing = _selected(catalog, args.names)
+    now = time.time()
+    for name, problem in catalog.invalid_names.items():
+        if not args.names or name in args.names:
+            document = status.build_invalid(name, str(problem), status.read(args.state_dir, name), now)
+            status.write(args.state_dir, name, document)
+    for name in missing:
+        if name not in catalog.invalid_names:
+            print(f"tether: no valid manifest for an application named {name!r}", file=sys.stderr)
+    engine = reconciling.Engine(args.state_dir, checkpoint=_checkpoint())
+
+    def one(name: str) -> reconciling.Result:
+        with locking.application_lock(args.state_dir, name):  # the status too, so a daemon's pass starts from it
+            app = overrides.applied(args.state_dir, catalog.applications[name])
+            result = engine.reconcile(app, catalog.kinds.get(app.kind) if app.kind else None, locked=True)
+            previous = status.read(args.state_dir, name)
+            status.write(args.state_dir, name, status.build(app, result, previous, time.time()))
+        return result
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(4, len(names)))) as pool:
+        results = list(pool.map(one, names))
+    if args.json:
+        print(json.dumps([{"name": r.name, "converged": r.ok and not r.plan.suspended, "error": r.error}
+                          for r in results], indent=2))
+    for result in [] if args.json else results:
+        print(f"{result.name}: " + ("converged" if result.ok else f"failed: {result.error}"))
+    if any(not r.ok for r in results):
+        return FAILED
+    return INVALID if missing or (catalog.problems and not args.names) else OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    catalog = imperative.catalog(args)
+    _print_problems(catalog)
+    names, missing = _selected(catalog, args.names)
+    engine = reconciling.Engine(args.state_dir)
+    plans = [engine.plan(overrides.applied(args.state_dir, catalog.applications[n])) for n in names]
+    if args.json:
+        print(json.dumps([_plan_json(p) for p in plans], indent=2))
+    for plan in [] if args.json else plans:
+        print(f"{plan.application}:" + (" suspended" if plan.suspended else " nothing to do" if not plan.steps else ""))
+        for step in plan.steps:
+            print(f"  {step.action} {step.deployment or ''}".rstrip() + f"  ({step.reason})")
+    return INVALID if missing or catalog.problems else OK
+
+
+def _plan_json(plan: Any) -> dict[str, Any]:
+    return {"application": plan.application, "desired": plan.desired, "suspended": plan.suspended,
+            "steps": [{"action": s.action, "deployment": s.deployment, "reason": s.reason} for s in plan.steps]}
+
+
+def _ready(document: dict[str, Any]) -> str:
+    ready = next((c for c in document.get("conditions", []) if c["type"] == "Ready"), None)
+    return "True" if ready and ready["status"] == "True" else (ready or {}).get("reason", "Unknown")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    documents = status.read_all(args.state_dir)
+    if args.name:
+        documents = [d for d in documents if d.get("name") == args.name]
+        if not documents:
+            print(f"tether: no status for {args.name!r}; has it been reconciled?", file=sys.stderr)
+            return INVALID
+    if args.json:
+        print(json.dumps(documents[0] if args.name else documents, indent=2))
+        return OK
+    rows = [("NAME", "DESIRED", "CURRENT", "READY", "MESSAGE")]
+    for d in documents:
+        rows.append((d.get("name", ""), d.get("desired") or "-", d.get("current") or "-", _ready(d),
+                     (d.get("lastError") or "")[:100]))
+    _table(rows)
+    return OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    catalog = imperative.catalog(args)
+    app = catalog.applications.get(args.name)
+    path = app.path if app else (status.read(args.state_dir, args.name) or {}).get("path")
+    if path is None:
+        print(f"tether: no application named {args.name!r}", file=sys.stderr)
+        return INVALID
+    rows = status.deployments(records.observe(path))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return OK
+    table = [("DEPLOYMENT", "STATE", "ACTIVE", "CREATED", "COMPLETED")]
+    for row in rows:
+        table.append((row["name"], row["state"], "*" if row["active"] else "", row["createdAt"] or "-",
+                      row["completedAt"] or "-"))
+    _table(table)
+    return OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    catalog = loading.load(args.paths, secure=False)
+    if args.json:
+        print(json.dumps({
+            "valid": not catalog.problems,
+            "applications": sorted(catalog.applications),
+            "kinds": sorted(catalog.kinds),
+            "problems": [{"file": p.file, "line": p.line, "pointer": p.pointer, "message": p.detail}
+                         for p in catalog.problems],
+        }, indent=2))
+    else:
+        for problem in catalog.problems:
+            print(problem)
+        if not catalog.problems:
+            print(f"{len(catalog.applications)} applications and {len(catalog.kinds)} kinds are valid.")
+    return INVALID if catalog.problems else OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from controller.daemon import loop  # the daemon's imports (watchdog, the metrics server) only when needed
+
+    config = loop.Config(manifests=args.manifests, state_dir=args.state_dir,
+                           insecure_manifests=args.insecure_manifests, workers=max(1, args.workers),
+                           resync_seconds=args.resync_interval, metrics_address=args.metrics_address,
+                           metrics_textfile=args.metrics_textfile, shutdown_grace_seconds=args.shutdown_grace,
+                           content_check_seconds=args.content_check_interval)
+    return loop.Daemon(config, reconciling.Engine(args.state_dir, checkpoint=_checkpoint())).run()
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(reference.markdown(args.which) if args.markdown else validation.schema_text(args.which))
+    return OK
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "reconcile": cmd_reconcile, "plan": cmd_plan, "status": cmd_status, "list": cmd_list,
+    "validate": cmd_validate, "schema": cmd_schema, "run": cmd_run,
+    "verify": drift_commands.cmd_verify, "repair": drift_commands.cmd_repair,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logs.configure(getattr(args, "log_format", "text"), getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
+    try:
+        return {**COMMANDS, **imperative.COMMANDS}[args.command](args)
+    except errors.TetherError as exc:
+        print(f"tether: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):  # a caller parsing stdout (Bolt, Ansible) gets the error too
+            print(json.dumps({"ok": False, "error": str(exc)}, indent=2))
+        return INVALID if isinstance(exc, errors.PermanentError) else FAILED
+    except KeyboardInterrupt:
+        return FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""`tether run`: watch the manifests, reconcile with bounded workers, serve metrics.
+
+Watch events and the periodic resync only ask for a rescan; the rescan
+compares each application's manifest content hash and overrides with what it
+saw last and queues the applications that changed. A manifest that becomes
+invalid keeps its application's last good desired state; one that disappears
+stops tether managing the application (its files stay) and removes its status
+and metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from controller import errors, fsutil
+from controller.daemon import drift_watch, metrics, notify, queueing, scanning, watching
+from controller.engine import reconciling, status
+from controller.manifests import model, overrides
+from controller.tree import drift, locking, records
+
+log = logging.getLogger(__name__)
+HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    manifests: str
+    state_dir: str
+    insecure_manifests: bool = False
+    workers: int = 4
+    resync_seconds: float = 60.0
+    metrics_address: str = "127.0.0.1:9731"
+    metrics_textfile: str | None = None
+    shutdown_grace_seconds: float = 30.0
+    content_check_seconds: float = 600.0
+
+
+class Daemon:
+    def __init__(self, config: Config, engine: reconciling.Engine | None = None,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.engine = engine or reconciling.Engine(config.state_dir)
+        self.clock = clock
+        self.monotonic = monotonic
+        self.notifier = notify.Notifier(os.environ if environ is None else environ)
+        self.queue = queueing.WorkQueue()
+        self.backoff = queueing.BackOff()
+        self.observations = metrics.Observations()
+        self.engine = dataclasses.replace(self.engine, on_fetch=self.observations.fetched,
+                                          on_fetch_failure=self.observations.fetch_failed)
+        self.apps: dict[str, model.Application] = {}
+        self.kinds: dict[str, model.Kind] = {}
+        self.seen: dict[str, tuple[str, overrides.Override]] = {}
+        self.statuses: dict[str, dict[str, Any]] = {}
+        self.problems: list[errors.ManifestError] = []
+        self.files: dict[str, str] = {}  # manifest file -> application name, for invalid files
+        self.drift = drift_watch.DriftWatch(config.content_check_seconds, clock)
+        self.invalid: dict[str, str] = {}  # application -> why its manifest is invalid now (last good kept)
+        self.reported: set[str] = set()  # manifest problems already logged
+        self.running: dict[str, threading.Event] = {}  # application -> set when its pass should give up retrying
+        self.parsed: dict[Any, Any] = {}  # loading's cache of parsed manifests
+        self._guard = threading.Lock()
+        self._wake = threading.Event()
+        self._rescan = threading.Event()
+        self._full = threading.Event()  # SIGHUP: re-read and reconcile everything
+        self._stop = threading.Event()
+        self._changed = threading.Event()  # a status changed: rewrite the metrics textfile
+
+    # ------------------------------------------------------------ scanning
+
+    def request_rescan(self) -> None:
+        self._rescan.set()
+        self._wake.set()
+
+    def scan(self, everything: bool = False) -> None:
+        """Read the manifests and queue what changed (or everything)."""
+        found = scanning.read(self.config.manifests, self.config.state_dir, not self.config.insecure_manifests,
+                              self.parsed)
+        if found is None:
+            log.info("The manifests directory was replaced while it was read; reading it again.")
+            self.request_rescan()
+            return
+        if any(p.file == self.config.manifests for p in found.problems):
+            log.error("Cannot read the manifests directory: %s; keeping every application as it was.",
+                      found.problems[0])
+            with self._guard:
+                self.problems = found.problems
+            return
+        scanned = scanning.merge(found, self.apps, self.kinds, self.files)
+        for text in scanned.broken - self.reported:
+            log.error("Invalid manifest: %s", text)
+        with self._guard:
+            removed = set(self.apps) - set(scanned.apps)
+            healed = set(self.invalid) - set(scanned.invalid)
+            last_apps = self.apps
+            self.apps, self.kinds, self.problems = scanned.apps, scanned.kinds, scanned.problems
+            self.files, self.invalid, self.reported = scanned.files, scanned.invalid, set(scanned.broken)
+        for name, error in scanned.invalid.items():
+            if name in last_apps:  # running on its last good manifest: say why in its status
+                previous = self.statuses.get(name) or status.read(self.config.state_dir, name)
+                self._publish(name, status.build_invalid(name, error, previous, self.clock()))
+        for name in removed:
+            self._unmanage(name)
+        for name, app in scanned.apps.items():
+            key = (app.generation, overrides.read(self.config.state_dir, name))
+            if self.seen.get(name) != key and name in self.running:
+                self.running[name].set()  # a pass of the old desired state stops retrying downloads
+            if everything or self.seen.get(name) != key or name in healed:
+                self.seen[name] = key
+                self.queue.put(name)
+
+    def _unmanage(self, name: str) -> None:
+        log.info("The manifest of %s is gone: tether stops managing it; its files stay on disk.", name)
+        if name in self.running:
+            self.running[name].set()  # its pass stops downloading and retrying
+        self.seen.pop(name, None)
+        self.drift.forget(name)
+        self.backoff.succeeded(name)
+        self.observations.forget(name)
+        with self._guard:
+            self.statuses.pop(name, None)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(status.status_path(self.config.state_dir, name))
+        self._changed.set()
+
+    # ------------------------------------------------------------ working
+
+    def process(self, name: str) -> None:
+        """One pass for one application, respecting its back-off."""
+        with self._guard:
+            app = self.apps.get(name)
+            kind = self.kinds.get(app.kind) if app is not None and app.kind else None
+        if app is None:
+            return
+        override = overrides.read(self.config.state_dir, name)
+        key = (app.generation, override)
+        due = self.backoff.due(name, key)
+        if due is not None and due > self.monotonic():
+            return  # the main loop queues it again when the back-off ends
+        effective = overrides.effective(app, override)
+        observed = records.observe(effective.path)
+        before = drift.check_structure(effective.path, observed, effective.deployment)
+        started = self.monotonic()
+        if (effective.drift == "report" and before.types and not effective.suspend
+                and effective.deployment == observed.last_activated):
+            log.warning("%s has drifted (%s); spec.drift is report, so tether leaves it as it is.", name,
+                        ", ".join(before.types))
+            result = reconciling.Result(name, self.engine.plan(effective), observed)
+        else:
+            plan = self.engine.plan(effective)
+            if not plan.converged and not plan.suspended:  # say what the pass does while it works
+                last = self.statuses.get(name) or status.read(self.config.state_dir, name) or status.initial(effective)
+                self._publish(name, status.set_reconciling(last, status.working_on(effective, plan), self.clock()))
+            cancel = self.running[name] = threading.Event()
+            try:
+                result = self.engine.reconcile(effective, kind, cancel=cancel)
+            finally:
+                self.running.pop(name, None)
+            current = result.observed.current
+            if (result.ok and effective.drift == "correct" and current is not None
+                    and drift.check_structure(effective.path, result.observed, effective.deployment).links):
+                self.engine.relink(effective, current)
+        took = self.monotonic() - started
+        next_attempt = None
+        if result.ok:
+            self.backoff.succeeded(name)
+        else:
+            next_attempt = self.backoff.failed(name, key, self.monotonic())
+        previous = status.read(self.config.state_dir, name) or self.statuses.get(name)  # the CLI may have written it
+        document = status.build(effective, result, previous, self.clock())
+        document["nextAttemptAt"] = status.timestamp(queueing.wall_time(next_attempt, self.monotonic, self.clock))
+        document["lastSuccessAt"] = document["updatedAt"] if result.ok else (previous or {}).get("lastSuccessAt")
+        self.drift.record(effective, document)
+        if name in self.invalid:  # still running on the last good manifest: keep saying so
+            document = status.build_invalid(name, self.invalid[name], document, self.clock())
+        self._publish(name, document)
+        self.observations.reconciled(name, "success" if result.ok else "failure", took)  # after the status
+        for run in result.hook_runs:
+            self.observations.hook_ran(run, name)
+
+    def _publish(self, name: str, document: dict[str, Any]) -> None:
+        """Write and serve a status, unless the application stopped being managed meanwhile."""
+        with self._guard:
+            if name not in self.apps:
+                return
+            status.write(self.config.state_dir, name, document)
+            self.statuses[name] = document
+        self._changed.set()
+
+    # ------------------------------------------------------------ metrics and systemd
+
+    def status_documents(self) -> list[dict[str, Any]]:
+        with self._guard:
+            return [self.statuses[n] for n in sorted(self.statuses) if n in self.apps]
+
+    def manifest_state(self) -> tuple[list[errors.ManifestError], int]:
+        """The manifest problems, and how many manifest files are valid."""
+        with self._guard:
+            broken = {p.file for p in self.problems}
+            files = {a.file for a in self.apps.values()} | {k.file for k in self.kinds.values()}
+            return list(self.problems), len(files - broken)
+
+    def _summary(self) -> str:
+        documents = self.status_documents()
+        ready = sum(1 for d in documents if status.is_ready(d))
+        total = len(self.apps)
+        return f"STATUS={ready} of {total} applications ready, {total - ready} not ready"
+
+    # ------------------------------------------------------------ the main loop
+
+    def _on_stop(self, signum: int, frame: object) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _on_reload(self, signum: int, frame: object) -> None:
+        log.info("SIGHUP: reading every manifest again.")
+        self._full.set()
+        self.request_rescan()
+
+    def run(self) -> int:
+        fsutil.makedirs(self.config.state_dir, 0o755)
+        with locking.daemon_lock(self.config.state_dir) as locked:
+            if not locked:
+                log.error("Another `tether run` already uses the state dir %s; stop it first.", self.config.state_dir)
+                return 1
+            return self._run()
+
+    def _run(self) -> int:
+        # Threads started from here on block these signals, so the kernel hands them to the main
+        # thread, whose handlers wake the loop at once.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        registry = metrics.registry(metrics.Collector(self.status_documents, self.manifest_state, self.observations))
+        server = metrics.Server(self.config.metrics_address, registry) if self.config.metrics_address else None
+        watcher = watching.Watcher([self.config.manifests], self.request_rescan,
+                                   exact=[os.path.join(self.config.state_dir, "overrides")])
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+        signal.signal(signal.SIGIO, signal.SIG_IGN)  # announces a writer waiting on a manifest's read lease
+        try:
+            fsutil.makedirs(os.path.join(self.config.state_dir, "overrides"), 0o700)
+            watcher.start()
+            self.scan(everything=True)
+            workers = queueing.Workers(self.queue, self.config.workers, self.process, self._wake.set)
+            workers.start()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+            self.notifier.send("READY=1", self._summary())
+            log.info("tether is running: %d applications, metrics on %s.", len(self.apps),
+                     f"{server.host}:{server.port}" if server else "nothing")
+            self._loop(watcher, registry)
+            self.notifier.send("STOPPING=1")
+            for cancel in list(self.running.values()):
+                cancel.set()  # downloads end now; hooks get the shutdown grace
+            log.info("Stopping: no new work; waiting up to %.0f s for running passes.",
+                     self.config.shutdown_grace_seconds)
+            if not workers.stop(self.config.shutdown_grace_seconds, self.monotonic):
+                log.warning("The shutdown grace is over: killing the hooks still running; the next start "
+                            "finishes what their passes left.")
+                self.engine.hooks.kill_all()
+        finally:
+            watcher.stop()
+            if server is not None:
+                server.close()
+        return 0
+
+    def _loop(self, watcher: watching.Watcher, registry: Any) -> None:
+        next_resync = self.monotonic() + self.config.resync_seconds
+        while not self._stop.is_set():
+            now = self.monotonic()
+            everything = now >= next_resync or self._full.is_set()
+            if self._rescan.is_set() or everything:
+                self._rescan.clear()
+                if everything:
+                    self._full.clear()
+                self.scan(everything=everything)
+                if watcher.refresh():
+                    self.request_rescan()
+                if everything:
+                    next_resync = now + self.config.resync_seconds
+            for name, due in self.backoff.pending().items():
+                if due <= now:
+                    self.queue.put(name)
+            next_ping = self.notifier.keep_alive(now, self._summary())
+            if self.config.metrics_textfile and self._changed.is_set():
+                self._changed.clear()
+                metrics.write_textfile(self.config.metrics_textfile, registry)
+            waits = [next_resync - now] + [due - now for due in self.backoff.pending().values() if due > now]
+            if next_ping is not None:
+                waits.append(next_ping - now)
+            self._wake.wait(timeout=max(0.01, min(waits)))
+            self._wake.clear()
+

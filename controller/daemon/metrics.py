@@ -1,0 +1,346 @@
+"""Prometheus metrics (DESIGN 8): per-application series are computed at scrape time from the
+status documents, so an application that is no longer managed leaves no stale series;
+`Observations` keeps what happened since the process started (passes, hook durations, fetches)."""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import datetime
+import itertools
+import logging
+import socket
+import socketserver
+import threading
+import wsgiref.simple_server
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import prometheus_client
+import prometheus_client.core
+import prometheus_client.registry
+
+import controller
+from controller import errors, fsutil
+from controller.engine import hooks
+from controller.manifests import model
+from controller.tree import records
+
+log = logging.getLogger(__name__)
+
+DRIFT_TYPES = ("current", "deployment", "links", "content")
+HOOK_OUTCOMES = (hooks.SUCCESS, hooks.FAILURE, hooks.TIMEOUT)
+RESULTS = ("success", "failure")
+DEPLOYMENT_STATES = (records.COMPLETE, records.INCOMPLETE, records.FAILED)  # others ("missing") only when present
+RECONCILE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+HOOK_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+FETCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+Gauge = prometheus_client.core.GaugeMetricFamily
+Counter = prometheus_client.core.CounterMetricFamily
+Histogram = prometheus_client.core.HistogramMetricFamily
+Metric = prometheus_client.core.Metric
+Statuses = Callable[[], Iterable[Mapping[str, Any]]]
+ManifestState = Callable[[], tuple[Sequence[errors.ManifestError], int]]
+_Families = tuple[Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Counter]
+
+
+class _Buckets:
+    """A histogram: counts per bucket (not cumulative; the last bucket is +Inf) and the sum."""
+
+    def __init__(self, bounds: tuple[float, ...], counts: list[int] | None = None, total: float = 0.0) -> None:
+        self.bounds, self.counts, self.total = bounds, counts or [0] * (len(bounds) + 1), total
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # `le` is inclusive
+        self.total += value
+
+    def copy(self) -> _Buckets:
+        return _Buckets(self.bounds, list(self.counts), self.total)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        return list(zip([*map(repr, self.bounds), "+Inf"], map(float, itertools.accumulate(self.counts)), strict=True))
+
+
+class Observations:
+    """Events since the process started, recorded from any thread. Hook runs are counted from the
+    status documents (`hookRunCounts` survives restarts): `hook_ran` feeds the duration histogram only."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reconciles: dict[tuple[str, str], int] = {}
+        self.reconcile_seconds = _Buckets(RECONCILE_BUCKETS)
+        self.hook_seconds = {phase: _Buckets(HOOK_BUCKETS) for phase in model.HOOK_PHASES}
+        self.fetch_bytes = 0
+        self.fetch_seconds = _Buckets(FETCH_BUCKETS)
+        self.fetch_failures: dict[tuple[str, str], int] = {}
+
+    def reconciled(self, name: str, result: str, seconds: float) -> None:
+        """A pass of `name` ended with `result` ("success" or "failure") after `seconds`."""
+        if result not in RESULTS:
+            raise ValueError(f"a reconcile result is success or failure, not {result!r}")
+        with self._lock:
+            for other in RESULTS:  # both series exist from the first pass, so increase() sees a first failure
+                self.reconciles.setdefault((name, other), 0)
+            self.reconciles[(name, result)] += 1
+            self.reconcile_seconds.observe(seconds)
+
+    def hook_ran(self, run: hooks.HookRun, name: str) -> None:
+        """A hook of application `name` ended: its duration goes to the histogram of its phase."""
+        with self._lock:
+            self.hook_seconds.setdefault(run.phase, _Buckets(HOOK_BUCKETS)).observe(run.duration_seconds)
+
+    def fetched(self, name: str, bytes_: int, seconds: float) -> None:
+        """An artifact of `name` was downloaded: `bytes_` bytes in `seconds`."""
+        with self._lock:
+            self.fetch_bytes += bytes_
+            self.fetch_seconds.observe(seconds)
+
+    def fetch_failed(self, name: str, reason: str) -> None:
+        """A download for `name` failed; `reason` is one of a few words (e.g. the error's class name)."""
+        with self._lock:
+            self.fetch_failures[(name, reason)] = self.fetch_failures.get((name, reason), 0) + 1
+
+    def forget(self, name: str) -> None:
+        """Drop every per-application series of `name`, which is no longer managed."""
+        with self._lock:
+            self.reconciles = {k: v for k, v in self.reconciles.items() if k[0] != name}
+            self.fetch_failures = {k: v for k, v in self.fetch_failures.items() if k[0] != name}
+
+    def snapshot(self) -> Observations:
+        copy = Observations()  # that no other thread changes, for one scrape
+        with self._lock:
+            copy.reconciles, copy.fetch_failures = dict(self.reconciles), dict(self.fetch_failures)
+            copy.reconcile_seconds, copy.fetch_seconds = self.reconcile_seconds.copy(), self.fetch_seconds.copy()
+            copy.hook_seconds, copy.fetch_bytes = {k: v.copy() for k, v in self.hook_seconds.items()}, self.fetch_bytes
+        return copy
+
+
+class Collector(prometheus_client.registry.Collector):
+    """Every tether series, computed when Prometheus (or the textfile writer) asks. A status document
+    must not change once `statuses` returned it (publish a new dict): its samples are made once."""
+
+    def __init__(self, statuses: Statuses, manifest_state: ManifestState, observations: Observations,
+                 version: str = controller.__version__) -> None:
+        self.statuses, self.manifest_state = statuses, manifest_state
+        self.observations, self.version = observations, version
+        self._made: dict[str, tuple[Mapping[str, Any], list[list[prometheus_client.core.Sample]]]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._applications()
+        problems, valid = self.manifest_state()
+        files = Gauge("tether_manifest_errors", "1 for each invalid manifest file; tether keeps the last good state "
+                      "of its application.", labels=["file"])
+        for file in sorted({errors.shown_path(problem.file) for problem in problems}):
+            files.add_metric([file], 1)
+        counts = Gauge("tether_manifests", "Manifest files by state (valid or invalid).", labels=["state"])
+        counts.add_metric(["valid"], valid)
+        counts.add_metric(["invalid"], len(files.samples))
+        yield from map(_printable, (files, counts, *_observed(self.observations.snapshot())))
+        build = Gauge("tether_build_info", "Always 1: the version of tether that runs.", labels=["version"])
+        build.add_metric([self.version], 1)
+        yield build
+
+    def _applications(self) -> _Families:
+        families, before, made = _families(), self._made, {}
+        for document in (d for d in self.statuses() if isinstance(d.get("name"), str)):
+            name = document["name"]
+            known = before.get(name)
+            if known is None or known[0] is not document:
+                marks = [len(family.samples) for family in families]
+                try:
+                    _add_application(name, document, *families)
+                except Exception:  # one odd document must never break the whole exposition
+                    log.exception("The metrics of %s are left out of this scrape: its status document could not "
+                                  "be read.", errors.printable(str(name)))
+                    for family, mark in zip(families, marks, strict=True):
+                        del family.samples[mark:]
+                    continue
+                known = (document, [_printable_samples(f.samples[mark:]) for f, mark in zip(families, marks, strict=True)])
+                for family, mark, samples in zip(families, marks, known[1], strict=True):
+                    family.samples[mark:] = samples
+            else:
+                for family, samples in zip(families, known[1], strict=True):
+                    family.samples.extend(samples)
+            made[name] = known  # (document, its samples per family); applications that are gone are dropped
+        self._made = made
+        return families
+
+
+def _printable_samples(samples: list[prometheus_client.core.Sample]) -> list[prometheus_client.core.Sample]:
+    """The samples with every label value that an exposition cannot carry as it is (a lone surrogate, which
+    is not UTF-8; a control character) shown as escapes instead, such as \\udcff."""
+    if not any(errors.CONTROL.search(value) for sample in samples for value in sample.labels.values()):
+        return samples
+    log.warning("Some label values of %s hold characters an exposition cannot carry; they are shown as escapes.",
+                samples[0].name)
+    return [sample._replace(labels={key: errors.printable(value) for key, value in sample.labels.items()})
+            for sample in samples]
+
+
+def _printable(family: Metric) -> Metric:
+    family.samples = _printable_samples(family.samples)
+    return family
+
+
+def _families() -> _Families:
+    return (
+        Gauge("tether_application_info", "Always 1: each managed application and the deployment current points to.",
+              labels=["name", "application", "environment", "kind", "deployment"]),
+        Gauge("tether_application_ready", "1 when the last pass converged (condition Ready).", labels=["name"]),
+        Gauge("tether_application_suspended", "1 when spec.suspend is true: nothing changes.", labels=["name"]),
+        Gauge("tether_application_stalled", "1 when tether cannot make progress without a person (condition "
+              "Stalled): the last pass failed with a permanent error, or the manifest is invalid.", labels=["name"]),
+        Gauge("tether_drift", "1 when the last check found drift of this type (current, deployment, links, content).",
+              labels=["name", "type"]),
+        Gauge("tether_drifted_files", "Files of the active deployment changed, added or removed since it became "
+              "complete.", labels=["name"]),
+        Gauge("tether_deployments", "Deployments by state.", labels=["name", "state"]),
+        Gauge("tether_last_success_timestamp_seconds", "When a pass last ended Ready.", labels=["name"]),
+        Gauge("tether_next_attempt_timestamp_seconds", "When tether next retries a failed pass (nextAttemptAt); "
+              "absent while no retry is scheduled.", labels=["name"]),
+        Counter("tether_hook_runs_total", "Hook runs by phase and outcome.", labels=["name", "hook", "outcome"]),
+    )
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: object) -> list[Mapping[str, Any]]:
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
+
+
+def _timestamp(value: object) -> float | None:
+    """Seconds since the epoch of an ISO 8601 time as status.py writes it (naive means UTC), or None."""
+    try:
+        moment = datetime.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return None if moment is None else (moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)).timestamp()
+
+
+def _add_application(name: str, document: Mapping[str, Any], info: Gauge, ready: Gauge, suspended: Gauge,
+                     stalled: Gauge, drift: Gauge, drifted: Gauge, deployments: Gauge, success: Gauge,
+                     next_attempt: Gauge, runs: Counter) -> None:
+    conditions = {c.get("type"): c for c in reversed(_list(document.get("conditions")))}  # the first of a type
+    condition = conditions.get("Ready", {})
+    is_ready = condition.get("status") == "True"
+    info.add_metric([name, str(document.get("application") or ""), str(document.get("environment") or ""),
+                     str(document.get("kind") or ""), str(document.get("current") or "")], 1)
+    ready.add_metric([name], 1 if is_ready else 0)
+    suspended.add_metric([name], 1 if condition.get("reason") == "Suspended" else 0)
+    stalled.add_metric([name], 1 if conditions.get("Stalled", {}).get("status") == "True" else 0)
+    found = _mapping(document.get("drift"))
+    for kind in DRIFT_TYPES:
+        drift.add_metric([name, kind], 1 if found.get(kind) is True else 0)
+    files = found.get("driftedFiles")
+    drifted.add_metric([name], files if isinstance(files, int) and not isinstance(files, bool) else 0)
+    states = collections.Counter(str(d.get("state") or "") for d in _list(document.get("deployments")))
+    for state in (*DEPLOYMENT_STATES, *sorted(set(states) - set(DEPLOYMENT_STATES))):
+        deployments.add_metric([name, state], states[state])
+    last = _timestamp(document.get("lastSuccessAt"))
+    if last is None and is_ready:
+        last = _timestamp(document.get("updatedAt"))
+    if last is not None:
+        success.add_metric([name], last)
+    retry = _timestamp(document.get("nextAttemptAt"))
+    if retry is not None:
+        next_attempt.add_metric([name], retry)
+    counts = {tuple(k.split("/", 1)): v for k, v in _mapping(document.get("hookRunCounts")).items()
+              if isinstance(k, str) and "/" in k and isinstance(v, int)}
+    for phase in sorted({phase for phase, _ in counts}):
+        extra = sorted({outcome for p, outcome in counts if p == phase} - set(HOOK_OUTCOMES))
+        for outcome in (*HOOK_OUTCOMES, *extra):  # every outcome once a phase has run, 0 included
+            runs.add_metric([name, phase, outcome], counts.get((phase, outcome), 0))
+
+
+def _observed(seen: Observations) -> Iterator[Metric]:
+    passes = Counter("tether_reconcile_total", "Reconcile passes since tether started, by result.",
+                     labels=["name", "result"])
+    for (name, result), count in sorted(seen.reconciles.items()):
+        passes.add_metric([name, result], count)
+    yield passes
+    yield Histogram("tether_reconcile_duration_seconds", "How long reconcile passes took.",
+                    buckets=seen.reconcile_seconds.cumulative(), sum_value=seen.reconcile_seconds.total)
+    durations = Histogram("tether_hook_duration_seconds", "How long hooks ran, by phase.", labels=["hook"])
+    for phase, buckets in sorted(seen.hook_seconds.items()):
+        durations.add_metric([phase], buckets.cumulative(), buckets.total)
+    yield durations
+    yield Counter("tether_artifact_fetch_bytes_total", "Artifact bytes downloaded since tether started.",
+                  value=seen.fetch_bytes)
+    yield Histogram("tether_artifact_fetch_seconds", "How long artifact downloads took.",
+                    buckets=seen.fetch_seconds.cumulative(), sum_value=seen.fetch_seconds.total)
+    failures = Counter("tether_artifact_fetch_failures_total", "Failed artifact downloads since tether started, "
+                       "by reason.", labels=["name", "reason"])
+    for (name, reason), count in sorted(seen.fetch_failures.items()):
+        failures.add_metric([name, reason], count)
+    yield failures
+
+
+def registry(collector: Collector, *, process: bool = False) -> prometheus_client.CollectorRegistry:
+    """A fresh registry with tether's collector; `process` adds process_* (never for the textfile:
+    node_exporter has process_* series of its own and would refuse the file)."""
+    fresh = prometheus_client.CollectorRegistry(auto_describe=False)  # registering must not call the callables
+    fresh.register(collector)
+    if process:
+        prometheus_client.ProcessCollector(registry=fresh)
+    return fresh
+
+
+def write_textfile(path: str, registry: prometheus_client.CollectorRegistry) -> None:
+    """Write the exposition for node_exporter's textfile collector; readers see the old file or the new one.
+    A failure is logged, never raised: the daemon goes on, and writes the file again at the next change."""
+    try:
+        fsutil.atomic_write(path, prometheus_client.generate_latest(registry), 0o644)
+    except OSError as exc:
+        log.error("tether could not write the metrics textfile %s: %s; it tries again at the next change.",
+                  errors.shown_path(path), exc.strerror or exc)
+    except Exception:
+        log.exception("tether could not make the metrics for the textfile %s; it tries again at the next change.",
+                      errors.shown_path(path))
+
+
+class _Server4(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server4):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("Metrics request from %s: %s", self.address_string(), format % args)
+
+
+class Server:
+    """The metrics endpoint on "host:port", "[v6]:port" or ":port" (every interface), served from a
+    daemon thread until `close()`; `.port` is the actual port (the kernel picks one for port 0)."""
+
+    def __init__(self, address: str, registry: prometheus_client.CollectorRegistry) -> None:
+        host, colon, port = address.rpartition(":")
+        if not colon or not port.isdigit() or int(port) > 65535:
+            raise errors.PermanentError(f"the metrics address {address!r} is not host:port, e.g. 127.0.0.1:9731")
+        host = host.removeprefix("[").removesuffix("]")
+        try:
+            self._server: _Server4 = wsgiref.simple_server.make_server(
+                host, int(port), prometheus_client.make_wsgi_app(registry), _Server6 if ":" in host else _Server4,
+                _QuietHandler)
+        except OSError as exc:
+            raise errors.TemporaryError(f"tether cannot serve metrics on {address}: {exc.strerror}; is another "
+                                        "process listening there?") from exc
+        self.host, self.port = host, int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
+        log.info("Serving metrics on %s port %d.", self._server.server_address[0], self.port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+def serve(address: str, registry: prometheus_client.CollectorRegistry) -> Server:
+    """Serve the exposition over HTTP (see `Server`)."""
+    return Server(address, registry)

@@ -1,0 +1,351 @@
+"""One reconcile pass for one application: observe, plan, apply, record.
+
+Every step that changes the disk is named and reported to `checkpoint`
+before the next one starts, so a test can kill the process at each of them.
+The order makes a crash at any point safe: a deployment is recorded as
+incomplete before its directory exists and marked complete only after its
+content is durable; `current` changes with one rename(2); a switch whose
+afterActivate hooks have not succeeded is recorded as pending and finished
+by the next pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import secrets as token
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from controller import errors, fsutil, nofollow
+from controller.artifacts import archives, extracting, fetching
+from controller.artifacts import cache as artifact_cache
+from controller.engine import hook_processes, hooks, planning
+from controller.manifests import model, secrets
+from controller.tree import digests, drift, locking, owners, path_safety, persistent_data, records
+
+log = logging.getLogger(__name__)
+PersistentData = Callable[..., list[str]]  # (app, deployment path, owner, checkpoint=...) -> linked leaves
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    name: str
+    plan: planning.Plan
+    observed: records.Observed
+    error: str | None = None
+    permanent: bool = False
+    hook_runs: tuple[hooks.HookRun, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclasses.dataclass
+class _Pass:
+    """What one pass works on, and the hook runs it has made so far."""
+
+    app: model.Application
+    kind: model.Kind | None
+    headers: dict[str, str]
+    cancel: threading.Event | None = None
+    runs: list[hooks.HookRun] = dataclasses.field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        return self.app.path
+
+
+@dataclasses.dataclass
+class Engine:
+    state_dir: str
+    fetcher: fetching.Fetcher = dataclasses.field(default_factory=fetching.Fetcher)
+    hooks: hooks.Runner = dataclasses.field(default_factory=hooks.Runner)
+    persistent_data: PersistentData = persistent_data.apply
+    checkpoint: Callable[[str], None] = lambda step: None
+    on_fetch: Callable[[str, int, float], None] = lambda name, size, seconds: None
+    on_fetch_failure: Callable[[str, str], None] = lambda name, reason: None
+    clock: Callable[[], float] = time.time
+    environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
+
+    def plan(self, app: model.Application) -> planning.Plan:
+        return planning.plan(app.name, app.deployment, records.observe(app.path), keep=app.keep,
+                             suspended=app.suspend, generation=app.generation)
+
+    def reconcile(self, app: model.Application, kind: model.Kind | None = None,
+                  headers: Mapping[str, str] | None = None, cancel: threading.Event | None = None,
+                  locked: bool = False) -> Result:
+        """Bring the application's tree to its desired state, holding its lock (unless the caller does).
+
+        `headers` are sent with this pass's downloads only (e.g. a CI job's token);
+        once `cancel` is set, failed downloads are not retried (the desired state changed).
+        """
+        with contextlib.nullcontext() if locked else locking.application_lock(self.state_dir, app.name):
+            hook_processes.stop_survivor(app.name, app.path)  # a hook left by a tether that died (item 10)
+            plan = self.plan(app)
+            work = _Pass(app, kind, dict(headers or {}), cancel)
+            error, permanent = None, False
+            try:
+                if plan.steps:
+                    path_safety.prepare(app.path)  # before anything below path changes
+                elif not plan.suspended:
+                    path_safety.verify(app.path)
+                for step in plan.steps:
+                    self._apply(step, work)
+                if not plan.suspended:
+                    self._prune(app)
+            except errors.TetherError as exc:
+                log.error("Reconciling %s failed: %s", app.name, exc)
+                error, permanent = str(exc), isinstance(exc, errors.PermanentError)
+            except Exception as exc:  # one application's failure must not stop the others
+                log.exception("Reconciling %s failed unexpectedly; the next pass tries again.", app.name)
+                error = f"{type(exc).__name__}: {exc}"
+            return Result(app.name, plan, records.observe(app.path), error, permanent, tuple(work.runs))
+
+    def _apply(self, step: planning.Step, work: _Pass) -> None:
+        log.info("%s: %s %s (%s).", work.app.name, step.action, step.deployment or "", step.reason)
+        if step.action == planning.CLEAN:
+            self._clean(work.path, step.deployment)
+        elif step.action == planning.BLOCKED:
+            raise errors.PermanentError(f"{work.app.name}: cannot deploy {step.deployment}: {step.reason}")
+        elif step.deployment is not None and step.action == planning.DEPLOY:
+            self._deploy(work, step.deployment)
+        elif step.deployment is not None and step.action == planning.ACTIVATE:
+            self._activate(work, step.deployment)
+        elif step.deployment is not None and step.action == planning.FINISH:
+            previous = records.observe(work.path).previous
+            self._after_activate(work, step.deployment, previous)
+
+    def _clean(self, path: str, deployment: str | None) -> None:
+        if deployment is None:
+            for leftover in records.observe(path).leftovers:
+                fsutil.remove_tree(leftover)
+        else:
+            fsutil.remove_tree(os.path.join(path, deployment))
+            records.remove_record(path, deployment)
+        self.checkpoint("cleaned")
+
+    def _hooks(self, work: _Pass, phase: str, deployment: str, previous: str | None) -> None:
+        self.hooks.run_phase(phase, work.app, work.kind, deployment, previous, work.runs.append)
+
+    def _deploy(self, work: _Pass, deployment: str) -> None:
+        app = work.app
+        if app.source is None:
+            raise errors.PermanentError(f"{app.name}: spec.source is missing; tether cannot fetch {deployment}")
+        owner = owners.resolve(app)
+        target = os.path.join(app.path, deployment)
+        previous = records.observe(app.path).current
+        url = model.expand_url(app.source.url, app, deployment)
+        headers = {**secrets.resolve(app.source.headers, self.environ), **work.headers}
+        records.write_record(app.path, deployment, records.INCOMPLETE, source=fetching.redact_url(url))
+        self.checkpoint("recorded")
+        os.mkdir(target, 0o755)
+        if owner is not None:
+            os.chown(target, *owner)
+        made = os.lstat(target)  # the directory the artifact goes into, whatever a hook does meanwhile
+        self.checkpoint("created")
+        try:
+            self._hooks(work, "beforeDeploy", deployment, previous)
+            started = time.monotonic()
+            try:
+                digest, size = self.fetcher.retrying(
+                    lambda: self._fetch(app, deployment, owner, url, headers, made, work.cancel), work.cancel)
+            except errors.TetherError as exc:
+                self.on_fetch_failure(app.name, type(exc).__name__)
+                raise
+            self.on_fetch(app.name, size, time.monotonic() - started)
+            self.checkpoint("extracted")
+            links = self.persistent_data(app, target, owner, checkpoint=self.checkpoint)
+            self.checkpoint("linked-data")
+        except BaseException:
+            fsutil.remove_tree(target)
+            records.remove_record(app.path, deployment)
+            raise
+        try:
+            self._hooks(work, "afterDeploy", deployment, previous)
+        except hooks.HookFailed as exc:
+            records.write_record(app.path, deployment, records.INCOMPLETE, error=str(exc))
+            raise
+        drift.record_digests(app.path, deployment, links)
+        fsutil.sync_filesystem(target)
+        records.write_record(app.path, deployment, records.COMPLETE, completedAt=self.clock(), sha256=digest,
+                             links=links, sequence=records.next_sequence(app.path))
+        log.info("%s: deployment %s is complete.", app.name, deployment)
+        self.checkpoint("completed")
+
+    def _fetch(self, app: model.Application, deployment: str, owner: owners.Owner, url: str,
+               headers: Mapping[str, str], made: os.stat_result,
+               cancel: threading.Event | None = None) -> tuple[str, int]:
+        """One attempt: download and extract into staging, verify, move into place; (sha256, bytes)."""
+        assert app.source is not None
+        source = app.source
+        stage = tempfile.mkdtemp(prefix=deployment + "-", dir=records.staging_dir(app.path))
+        cache = artifact_cache.Entry(self.state_dir, app.name, deployment)
+        try:
+            with cache.writer() as sink, self.fetcher.open(url, headers, max_bytes=source.limits.max_bytes, sink=sink,
+                                                           cancel=cancel, stall_seconds=source.stall_seconds) as download:
+                budget = archives.Budget(source.limits, lambda: download.received)
+                root = extracting.extract(download, stage, fmt=source.format, strip=source.strip_components,
+                                          budget=budget, owner=owner, spool_dir=records.staging_dir(app.path),
+                                          checkpoint=self.checkpoint)
+                download.drain()
+                digest, size = download.hexdigest(), download.received
+                if source.sha256 is not None and digest != source.sha256:
+                    raise errors.ChecksumMismatch(
+                        f"the artifact from {fetching.redact_url(url)} has sha256 {digest}, not {source.sha256} as "
+                        "source.sha256 says; check the artifact and the manifest"
+                    )
+                cache.keep()
+            _move_entries(root, os.path.join(app.path, deployment), made)
+        finally:
+            fsutil.remove_tree(stage)
+        return digest, size
+
+    def _activate(self, work: _Pass, deployment: str) -> None:
+        app = work.app
+        observed = records.observe(app.path)
+        record = observed.deployments.get(deployment)
+        if record is None or record.state != records.COMPLETE or not record.has_dir:
+            raise errors.PermanentError(f"{app.name}: {deployment} is not a complete deployment; it cannot be activated")
+        current = os.path.join(app.path, "current")
+        if os.path.lexists(current) and not os.path.islink(current):
+            raise errors.PermanentError(f"{current} is not a symlink; move it away so tether can manage it")
+        previous = observed.current
+        self._hooks(work, "beforeActivate", deployment, previous)
+        records.write_record(app.path, deployment, records.COMPLETE, activationPending=True)
+        _write_activation(app.path, deployment, previous if previous != deployment else observed.previous)
+        self.checkpoint("recorded-previous")
+        switch_current(app.path, deployment, self.checkpoint)
+        log.info("%s: current now points to %s.", app.name, deployment)
+        self.checkpoint("switched")
+        self._after_activate(work, deployment, previous, restore_previous=observed.previous)
+
+    def _after_activate(self, work: _Pass, deployment: str, previous: str | None,
+                        restore_previous: str | None = None) -> None:
+        """Run afterActivate; on failure roll back to `previous` when the manifest asks for it."""
+        app = work.app
+        try:
+            self._hooks(work, "afterActivate", deployment, previous)
+        except hooks.HookFailed as exc:
+            back = records.observe(app.path).deployments.get(previous or "")
+            if not app.rollback_on_failure or back is None or back.state != records.COMPLETE or not back.has_dir:
+                records.write_record(app.path, deployment, records.COMPLETE, activationPending=None, error=str(exc))
+                raise
+            assert previous is not None
+            switch_current(app.path, previous, self.checkpoint)  # first: a kill now retries, never strands
+            _write_activation(app.path, previous, restore_previous)
+            records.write_record(app.path, deployment, records.FAILED, activationPending=None, error=str(exc),
+                                 failedGeneration=app.generation)
+            log.warning("%s: rolled back to %s because %s", app.name, previous, exc)
+            self.checkpoint("rolled-back")
+            try:
+                self._hooks(work, "afterActivate", previous, deployment)
+            except hooks.HookFailed as again:
+                raise hooks.HookFailed(again.run) from exc
+            raise errors.TemporaryError(f"{exc}; rolled back to {previous}; {deployment} is marked failed until "
+                                        "the desired state changes or `tether retry`") from exc
+        records.write_record(app.path, deployment, records.COMPLETE, activationPending=None, error=None)
+
+    def relink(self, app: model.Application, deployment: str) -> list[str]:
+        """Restore the persistent-data links of a deployment (link drift), holding the lock."""
+        with locking.application_lock(self.state_dir, app.name):
+            path_safety.prepare(app.path)
+            return drift.relink(app, deployment, owners.resolve(app))
+
+    def prune(self, app: model.Application, keep: int) -> None:
+        """Apply retention now with `keep` (tether prune)."""
+        with locking.application_lock(self.state_dir, app.name):
+            path_safety.verify(app.path)
+            self._prune(dataclasses.replace(app, keep=keep))
+
+    def remove(self, app: model.Application, deployment: str) -> None:
+        """Remove one deployment (tether remove); never the active or the desired one."""
+        with locking.application_lock(self.state_dir, app.name):
+            path_safety.verify(app.path)
+            observed = records.observe(app.path)
+            if deployment in (observed.current, app.deployment):
+                raise errors.PermanentError(f"{deployment} is the active or desired deployment of {app.name}; "
+                                            "activate another one first")
+            if deployment not in observed.deployments:
+                raise errors.PermanentError(f"{app.name} has no deployment {deployment} that tether made")
+            self._clean(app.path, deployment)
+            self._tidy(app)
+
+    def _prune(self, app: model.Application) -> None:
+        observed = records.observe(app.path)
+        if not observed.exists:
+            return
+        candidates = planning.prune_candidates(observed, app.deployment, app.keep, active=observed.current)
+        if candidates:
+            path_safety.prepare(app.path)
+        for name in candidates:
+            log.info("%s: pruning deployment %s.", app.name, name)
+            doomed = os.path.join(records.staging_dir(app.path), f"pruned-{name}-{token.token_hex(4)}")
+            os.rename(os.path.join(app.path, name), doomed)
+            self.checkpoint("pruning")
+            records.remove_record(app.path, name)
+            fsutil.remove_tree(doomed)
+            self.checkpoint("pruned")
+        self._tidy(app)
+
+    def _tidy(self, app: model.Application) -> None:
+        """Drop cached artifacts, digests and (beyond a bound) hook logs of deployments that are gone."""
+        kept = set(records.observe(app.path).deployments)
+        artifact_cache.prune(self.state_dir, app.name, keep=kept)
+        digests.prune(app.path, keep=kept)
+        hooks.prune_logs(app.path, keep=kept)
+
+    def retry(self, app: model.Application) -> list[str]:
+        """Forget failure marks, so the next pass tries those deployments again."""
+        cleared = []
+        with locking.application_lock(self.state_dir, app.name):
+            path_safety.verify(app.path)
+            for deployment in records.observe(app.path).deployments.values():
+                if deployment.state != records.FAILED:
+                    continue
+                if deployment.has_dir and deployment.completed_at is not None:
+                    records.write_record(app.path, deployment.name, records.COMPLETE, error=None,
+                                         failedGeneration=None)
+                else:
+                    self._clean(app.path, deployment.name)
+                cleared.append(deployment.name)
+        return cleared
+
+
+def _write_activation(path: str, active: str, previous: str | None) -> None:
+    """Record what tether activated last, and what was active before it."""
+    fsutil.atomic_write_json(os.path.join(records.meta_dir(path), "activation.json"),
+                             {"active": active, "previous": previous})
+
+
+def switch_current(path: str, deployment: str, checkpoint: Callable[[str], None] = lambda step: None) -> None:
+    """Point `<path>/current` at the deployment with one rename(2), durably."""
+    link = os.path.join(path, f".current-{token.token_hex(6)}")
+    os.symlink(os.path.join(path, deployment), link)
+    checkpoint("linked")
+    try:
+        os.replace(link, os.path.join(path, "current"))
+    except BaseException:
+        os.unlink(link)
+        raise
+    fsutil.fsync_dir(path)
+
+
+def _move_entries(root: str, target: str, made: os.stat_result) -> None:
+    """Move the extracted entries into the deployment directory tether made (`made`), through descriptors:
+    its user's hooks may have changed what is inside it, but never where the entries go."""
+    with nofollow.walk(root, [], None, make=False) as source, nofollow.walk(target, [], None, make=False) as into:
+        st = os.fstat(into)
+        if (st.st_dev, st.st_ino) != (made.st_dev, made.st_ino):
+            raise errors.PermanentError(f"{target} is no longer the directory tether made for this deployment; "
+                                        "something replaced it during the pass")
+        for name in sorted(os.listdir(source)):
+            if nofollow.exists(name, into) is not None:
+                raise errors.PermanentError(f"{os.path.join(target, name)} already exists (made by a beforeDeploy "
+                                            "hook?) and the artifact ships it too")
+            os.rename(name, name, src_dir_fd=source, dst_dir_fd=into)

@@ -1,0 +1,210 @@
+"""Per-application status, written atomically to `<state-dir>/status/<name>.json`.
+
+Status files carry error messages and the tails of hook output, which may hold
+anything an application prints: they are written 0640 (root's group; the state
+dir itself is 0750 under systemd), so only root, as `tether status` runs, reads
+them. Errors built from what a server answered are scrubbed of secrets before
+they get here (controller/fetching.py).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+from controller import fsutil
+from controller.artifacts import fetching
+from controller.engine import hooks, planning, reconciling
+from controller.manifests import model
+from controller.tree import records
+
+
+def timestamp(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+DRIFT_TYPES = ("current", "deployment", "links", "content")
+DRIFT_PATHS_SHOWN = 10
+MODE = 0o640
+
+
+def status_path(state_dir: str, name: str) -> str:
+    return os.path.join(state_dir, "status", name + ".json")
+
+
+def read(state_dir: str, name: str) -> dict[str, Any] | None:
+    data = fsutil.read_json(status_path(state_dir, name))
+    return data if isinstance(data, dict) else None
+
+
+def read_all(state_dir: str) -> list[dict[str, Any]]:
+    directory = os.path.join(state_dir, "status")
+    if not os.path.isdir(directory):
+        return []
+    names = sorted(e[:-5] for e in os.listdir(directory) if e.endswith(".json") and not e.startswith("."))
+    return [s for s in (read(state_dir, n) for n in names) if s is not None]
+
+
+def is_ready(document: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in document.get("conditions", []))
+
+
+def _condition(kind: str, status: bool, reason: str, message: str) -> dict[str, Any]:
+    return {"type": kind, "status": "True" if status else "False", "reason": reason, "message": message}
+
+
+def _with_transitions(new: list[dict[str, Any]], old: list[dict[str, Any]], now: str | None) -> list[dict[str, Any]]:
+    before = {c["type"]: c for c in old}
+    for condition in new:
+        prior = before.get(condition["type"])
+        same = prior is not None and prior.get("status") == condition["status"]
+        condition["lastTransitionTime"] = prior.get("lastTransitionTime") if same and prior else now
+    return new
+
+
+def deployments(observed: records.Observed) -> list[dict[str, Any]]:
+    rows = sorted(observed.deployments.values(), key=lambda d: (d.created_at or 0, d.name))
+    return [
+        {
+            "name": d.name,
+            "state": d.state if d.has_dir or d.state == records.FAILED else "missing",
+            "active": d.name == observed.current,
+            "createdAt": timestamp(d.created_at),
+            "completedAt": timestamp(d.completed_at),
+            "sha256": d.sha256,
+        }
+        for d in rows
+    ]
+
+
+def hook_run(run: hooks.HookRun) -> dict[str, Any]:
+    return {
+        "phase": run.phase, "source": run.source, "deployment": run.deployment, "outcome": run.outcome,
+        "exitCode": run.exit_code, "startedAt": timestamp(run.started_at),
+        "durationSeconds": round(run.duration_seconds, 3), "outputTail": run.output_tail, "log": run.log,
+    }
+
+
+def _counts(before: dict[str, int], result: reconciling.Result) -> dict[str, int]:
+    """Hook runs so far by "phase/outcome", carried from pass to pass for the metrics."""
+    counts = dict(before)
+    for run in result.hook_runs:
+        key = f"{run.phase}/{run.outcome}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def build(app: model.Application, result: reconciling.Result, previous: dict[str, Any] | None,
+          now: float) -> dict[str, Any]:
+    """The status document after a pass."""
+    observed, plan = result.observed, result.plan
+    desired = plan.desired
+    ready = result.ok and not plan.suspended and desired is not None and observed.current == desired
+    if plan.suspended:
+        reason, message = "Suspended", "spec.suspend is true; nothing is changed"
+    elif not result.ok:
+        reason, message = "Failed", result.error or ""
+    elif desired is None:
+        reason, message = "NoDesiredDeployment", "spec.deployment is not set; `tether deploy` sets it"
+    elif observed.current != desired:
+        reason, message = "NotConverged", f"current points to {observed.current or 'nothing'}, not {desired}"
+    else:
+        reason, message = "Converged", f"current points to {desired}"
+    stamp = timestamp(now)
+    conditions = [
+        _condition("Ready", ready, reason, message),
+        _condition("Reconciling", False, "Idle", "no pass is running"),
+        _condition("Stalled", result.permanent, "PermanentError" if result.permanent else "None",
+                   (result.error or "") if result.permanent else ""),
+        _condition("Drifted", False, "NotChecked", "drift detection is not enabled"),
+    ]
+    return {
+        "name": app.name,
+        "application": app.application,
+        "environment": app.environment,
+        "kind": app.kind or "",
+        "path": app.path,
+        "file": app.file,
+        "observedGeneration": app.generation,
+        "desired": desired,
+        "current": observed.current,
+        "previous": observed.previous,
+        "deployments": deployments(observed),
+        "conditions": _with_transitions(conditions, (previous or {}).get("conditions", []), stamp),
+        "lastHookRuns": [hook_run(r) for r in result.hook_runs] or (previous or {}).get("lastHookRuns", []),
+        "hookRunCounts": _counts((previous or {}).get("hookRunCounts", {}), result),
+        "lastError": result.error,
+        "nextAttemptAt": None,
+        "updatedAt": stamp,
+    }
+
+
+def set_drift(document: dict[str, Any], types: list[str], files: list[str], now: float,
+              note: str = "") -> None:
+    """Record drift: the `drift` field the metrics read, and the Drifted condition."""
+    document["drift"] = {kind: kind in types for kind in DRIFT_TYPES} | {"driftedFiles": len(files)}
+    if files:
+        shown = ", ".join(files[:DRIFT_PATHS_SHOWN]) + (" ..." if len(files) > DRIFT_PATHS_SHOWN else "")
+        note = f"{len(files)} files changed since the deployment completed: {shown}; `tether repair` restores them"
+    drifted = _condition("Drifted", bool(types), "Drifted" if types else "InSync",
+                         ("drift: " + ", ".join(types) + (f"; {note}" if note else "")) if types else note)
+    others = [c for c in document.get("conditions", []) if c["type"] != "Drifted"]
+    document["conditions"] = others + _with_transitions([drifted], document.get("conditions", []), timestamp(now))
+
+
+def working_on(app: model.Application, plan: planning.Plan) -> str:
+    """What a pass is about to do, in words: "fetching v2 from https://host/app-v2.tar.gz, activate v2"."""
+    parts = []
+    for step in plan.steps:
+        if step.action == planning.DEPLOY and step.deployment and app.source is not None:
+            url = fetching.redact_url(model.expand_url(app.source.url, app, step.deployment))
+            parts.append(f"fetching {step.deployment} from {url}")
+        else:
+            parts.append(f"{step.action} {step.deployment or ''}".strip())
+    return ", ".join(parts)
+
+
+def initial(app: model.Application) -> dict[str, Any]:
+    """The status of an application before its first pass has ended."""
+    first = _condition("Ready", False, "FirstPass", "the first pass has not finished yet")
+    return {
+        "name": app.name, "application": app.application, "environment": app.environment, "kind": app.kind or "",
+        "path": app.path, "file": app.file, "observedGeneration": app.generation, "desired": app.deployment,
+        "current": None, "previous": None, "deployments": [], "conditions": [first], "lastHookRuns": [],
+        "hookRunCounts": {}, "lastError": None, "nextAttemptAt": None, "updatedAt": None,
+    }
+
+
+def set_reconciling(document: dict[str, Any], steps: str, now: float) -> dict[str, Any]:
+    """A copy of `document` saying that a pass is working on `steps`."""
+    changed = dict(document)
+    working = _condition("Reconciling", True, "Progressing", steps)
+    others = [c for c in document.get("conditions", []) if c["type"] != "Reconciling"]
+    changed["conditions"] = others + _with_transitions([working], document.get("conditions", []), timestamp(now))
+    return changed
+
+
+def build_invalid(name: str, error: str, previous: dict[str, Any] | None, now: float) -> dict[str, Any]:
+    """Status for an application whose manifest is invalid: last good state, plus the error."""
+    document = dict(previous or {"name": name, "deployments": [], "conditions": []})
+    stamp = timestamp(now)
+    others = [c for c in document.get("conditions", []) if c["type"] not in ("Ready", "Stalled")]
+    conditions = [
+        _condition("Ready", False, "InvalidManifest", error),
+        _condition("Stalled", True, "InvalidManifest", error),
+        *others,
+    ]
+    document.update(
+        conditions=_with_transitions(conditions, document.get("conditions", []), stamp),
+        lastError=error,
+        updatedAt=stamp,
+    )
+    return document
+
+
+def write(state_dir: str, name: str, document: dict[str, Any]) -> None:
+    fsutil.makedirs(os.path.join(state_dir, "status"))
+    fsutil.atomic_write_json(status_path(state_dir, name), document, mode=MODE)

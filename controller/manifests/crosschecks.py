@@ -1,0 +1,139 @@
+"""Checks that a single schema cannot express: paths, placeholders, and checks across manifests."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+
+from controller import errors
+from controller.manifests import model
+
+# The system hierarchy: top-level directories of the FHS and of common distributions. An application
+# path inside it must be below one of the application roots; outside it (/data/..., /app) anything goes.
+SYSTEM_TOP = frozenset(["bin", "boot", "cdrom", "dev", "efi", "etc", "home", "lib", "lib32", "lib64", "libx32",
+                        "lost+found", "media", "mnt", "nix", "opt", "proc", "root", "run", "sbin", "snap", "srv",
+                        "sys", "tmp", "usr", "var"])
+# Roots of which any directory below is an application's (temporary directories are not system ones).
+APPLICATION_ROOTS = ("/opt", "/srv", "/var/www", "/tmp", "/var/tmp")
+# Roots whose first level names an application, unless that name is one the system uses there.
+FHS_LOCAL = frozenset(["bin", "etc", "games", "include", "lib", "lib32", "lib64", "libexec", "libx32", "man",
+                       "sbin", "share", "src"])
+SYSTEM_STATE = frozenset([
+    "apt", "aptitude", "AccountsService", "apache2", "cloud", "containerd", "dbus", "dhcp", "dkms", "dnf", "docker",
+    "dpkg", "fwupd", "git", "grub", "initramfs-tools", "libvirt", "locales", "logrotate", "lxc", "lxd", "machines",
+    "man-db", "misc", "mysql", "nginx", "nfs", "ntp", "chrony", "os-prober", "pacman", "pam", "php", "polkit-1",
+    "portables", "postfix", "postgresql", "private", "python", "redis", "rpm", "rsyslog", "snapd", "sss", "sudo",
+    "systemd", "tether", "ucf", "udisks2", "update-manager", "update-notifier", "ubuntu-advantage", "usbutils",
+    "vim", "yum",
+])
+NAMED_ROOTS = {"/usr/local": FHS_LOCAL, "/var/lib": SYSTEM_STATE, "/var/opt": SYSTEM_STATE}
+ALLOWED = ("below /opt, /srv, /var/www, /home/USER, /usr/local/APP, /var/lib/APP or /var/opt/APP (APP not a "
+           "name the system uses there), below /tmp or /var/tmp, or outside the system hierarchy")
+PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def is_inside(path: str, tree: str) -> bool:
+    """True when `path` is `tree` or below it (both normalised absolute paths)."""
+    return path == tree or path.startswith(tree.rstrip("/") + "/")
+
+
+def path_problem(path: str) -> str | None:
+    """Why `path` cannot be an application path, or None."""
+    if not path.startswith("/"):
+        return f"path {path!r} must be absolute"
+    normal = "/" + os.path.normpath(path).lstrip("/")  # normpath keeps a leading //
+    if normal != path:
+        return f"path {path!r} is not normalised; write {normal!r}"
+    if path == "/":
+        return "path '/' is the root directory; give the application a directory of its own"
+    if "\n" in path or "\0" in path:
+        return "path contains a control character"
+    return placement_problem(path)
+
+
+def placement_problem(path: str) -> str | None:
+    """Why the normalised absolute `path` is in the system hierarchy but not below an application root, or None."""
+    parts = path.strip("/").split("/")
+    if parts[0] not in SYSTEM_TOP or any(is_inside(path, root) and path != root for root in APPLICATION_ROOTS):
+        return None
+    if parts[0] == "home" and len(parts) <= 2:
+        return (f"path {path!r} is /home or a home directory itself; use a directory of its own below a home "
+                "directory, such as /home/USER/APP")
+    if parts[0] == "home":
+        if not any(part.startswith(".") for part in parts[2:]):
+            return None
+        return (f"path {path!r} is inside a hidden directory of a home directory (like ~/.ssh or ~/.config, which "
+                "programs read as configuration); use a directory such as /home/USER/APP")
+    for root, names in NAMED_ROOTS.items():
+        if is_inside(path, root) and path != root:
+            name = parts[len(root.split("/")) - 1]
+            if name not in names:
+                return None
+            return (f"path {path!r} is inside the system directory {root}/{name}; below {root} an application "
+                    f"needs a directory whose name the system does not use there, such as {root}/APP")
+    tree = "/" + "/".join(parts[: 2 if parts[0] in ("usr", "var") and len(parts) > 1 else 1])
+    if path in (*APPLICATION_ROOTS, *NAMED_ROOTS):
+        return f"path {path!r} is a system directory; use a directory below it, such as {path}/APP"
+    if path in ("/usr", "/var"):
+        return f"path {path!r} is a system directory; an application path must be {ALLOWED}"
+    if path == tree:
+        return (f"path {path!r} is a system directory, and so is everything below it ({path}/APP too); an "
+                f"application path must be {ALLOWED}")
+    return f"path {path!r} is inside the system directory {tree}; an application path must be {ALLOWED}"
+
+
+def application_problems(app: model.Application) -> Iterator[tuple[str, str]]:
+    """(message, JSON pointer) for what is wrong with one application on its own."""
+    if problem := path_problem(app.path):
+        yield problem, "/spec/path"
+    if not math.isfinite(app.hook_timeout_seconds):
+        yield "hookTimeoutSeconds must be a finite number of seconds", "/spec/hookTimeoutSeconds"
+    if app.source is not None:
+        for name in PLACEHOLDER.findall(app.source.url):
+            if name not in model.PLACEHOLDERS:
+                allowed = ", ".join("{" + p + "}" for p in model.PLACEHOLDERS)
+                yield f"unknown placeholder {{{name}}} in the URL; only {allowed} exist", "/spec/source/url"
+
+
+def check(
+    parsed: Sequence[model.Application | model.Kind],
+    reserved_paths: Sequence[str] = (),
+) -> tuple[dict[str, model.Application], dict[str, model.Kind], list[errors.ManifestError]]:
+    """Check manifests against each other; return the valid applications and kinds, and problems."""
+    problems: list[errors.ManifestError] = []
+    kinds: dict[str, model.Kind] = {}
+    apps: dict[str, model.Application] = {}
+    refused: set[str] = set()  # files refused by a cross check
+
+    def refuse(file: str, message: str, pointer: str) -> None:
+        problems.append(errors.ManifestError(file, message, None, pointer))
+        refused.add(file)
+
+    seen: dict[tuple[str, str], str] = {}
+    for item in parsed:
+        kind = "Application" if isinstance(item, model.Application) else "ApplicationKind"
+        other = seen.setdefault((kind, item.name), item.file)
+        if other != item.file:
+            refuse(item.file, f"the {kind} name {item.name!r} is also used by {other}; names must be unique", "/metadata/name")
+            refuse(other, f"the {kind} name {item.name!r} is also used by {item.file}; names must be unique", "/metadata/name")
+    applications = [a for a in parsed if isinstance(a, model.Application)]
+    for index, app in enumerate(applications):
+        for other_app in applications[index + 1:]:
+            if is_inside(app.path, other_app.path) or is_inside(other_app.path, app.path):
+                for one, two in ((app, other_app), (other_app, app)):
+                    refuse(one.file, f"path {one.path} overlaps {two.path} of {two.file}; each application needs its own tree", "/spec/path")
+        real = os.path.realpath(app.path)
+        for reserved in reserved_paths:
+            if any(is_inside(p, reserved) or is_inside(reserved, p) for p in (app.path, real)):
+                refuse(app.file, f"path {app.path} overlaps tether's own directory {reserved}", "/spec/path")
+    for item in parsed:
+        if isinstance(item, model.Kind) and item.file not in refused:
+            kinds[item.name] = item
+    for app in applications:
+        if app.kind is not None and app.kind not in kinds and app.file not in refused:
+            refuse(app.file, f"unknown kind {app.kind!r}; add an ApplicationKind manifest named so", "/spec/kind")
+        if app.file not in refused:
+            apps[app.name] = app
+    return apps, kinds, problems

@@ -1,0 +1,130 @@
+"""The digest list of a deployment: its tree as it was when it became complete (DESIGN 6).
+
+`<path>/.tether/digests/<deployment>.json` maps every relative path to its
+type (file|dir|link), mode, and sha256 (files) or target (links). Trees are
+read through O_NOFOLLOW descriptors: a symlink is recorded, never followed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Collection, Mapping
+
+from controller import errors, fsutil, nofollow
+from controller.tree import persistent_data, records
+
+VERSION = 1
+CHUNK = 1024 * 1024
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+Entry = dict[str, str]  # type (file|dir|link|other), mode, and sha256 (files) or target (links)
+
+
+class NoDigests(errors.PermanentError):
+    """A deployment has no digest list to compare with."""
+
+    def __init__(self, message: str, path: str, deployment: str) -> None:
+        super().__init__(message)
+        self.path, self.deployment = path, deployment
+
+
+def digests_path(path: str, deployment: str) -> str:
+    return os.path.join(records.meta_dir(path), "digests", deployment + ".json")
+
+
+def sha256(name: str, dir_fd: int, buffer: bytearray) -> tuple[os.stat_result, str | None]:
+    """The file's own stat and content digest (None when it is not a regular file), never following a link."""
+    fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return st, None
+        digest, view = hashlib.sha256(), memoryview(buffer)
+        while count := os.readv(fd, [buffer]):
+            digest.update(view[:count])
+        return st, digest.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def _mode(st: os.stat_result) -> str:
+    return f"{stat.S_IMODE(st.st_mode):04o}"
+
+
+def scan(root: str, skip: Callable[[str], bool], links: Mapping[str, str]) -> dict[str, Entry]:
+    """Every entry below `root` by relative path, except `skip`ped subtrees; `links` (path -> target) are
+    taken as links and not descended. Iterative at any depth (nofollow.walk_tree)."""
+    found: dict[str, Entry] = {}
+    buffer = bytearray(CHUNK)
+
+    def visit(dir_fd: int, parts: list[str]) -> list[str]:
+        prefix = "/".join(parts) + "/" if parts else ""
+        if parts:
+            found[prefix[:-1]] = {"type": "dir", "mode": _mode(os.fstat(dir_fd))}
+        subdirs = []
+        with os.scandir(dir_fd) as items:
+            for item in items:
+                rel = prefix + item.name
+                if skip(rel):
+                    continue
+                if rel in links:
+                    found[rel] = {"type": "link", "mode": "0777", "target": links[rel]}
+                    continue
+                try:
+                    st = item.stat(follow_symlinks=False)
+                    if stat.S_ISLNK(st.st_mode):
+                        found[rel] = {"type": "link", "mode": "0777", "target": os.readlink(item.name, dir_fd=dir_fd)}
+                    elif stat.S_ISDIR(st.st_mode):
+                        subdirs.append(item.name)
+                    elif stat.S_ISREG(st.st_mode):
+                        st, digest = sha256(item.name, dir_fd, buffer)
+                        found[rel] = {"type": "file", "mode": _mode(st), "sha256": digest or ""}
+                    else:
+                        found[rel] = {"type": "other", "mode": _mode(st)}
+                except FileNotFoundError:
+                    continue  # removed while we looked
+                except OSError as exc:  # replaced by a symlink or a file while we looked
+                    found[rel] = {"type": "other", "mode": "", "error": exc.strerror or str(exc)}
+        return subdirs
+
+    def refused(dir_fd: int, parts: list[str], name: str, exc: OSError) -> None:  # a directory no longer
+        found["/".join([*parts, name])] = {"type": "other", "mode": "", "error": exc.strerror or str(exc)}
+
+    fd = os.open(root, nofollow.DIR_FLAGS)
+    try:
+        nofollow.walk_tree(fd, visit, refused=refused)
+    finally:
+        os.close(fd)
+    return found
+
+
+def record(path: str, deployment: str, links: Collection[str]) -> None:
+    """Walk `<path>/<deployment>` and write its digest list atomically; `links` are persistent-data leaves."""
+    targets = {leaf: os.path.join(persistent_data.root(path), leaf) for leaf in links}
+    entries = scan(os.path.join(path, deployment), lambda rel: False, targets)
+    for leaf, target in targets.items():  # a link tether made is recorded even if it is gone already
+        entries.setdefault(leaf, {"type": "link", "mode": "0777", "target": target})
+    fsutil.makedirs(os.path.dirname(digests_path(path, deployment)))
+    fsutil.atomic_write_json(digests_path(path, deployment),
+                             {"version": VERSION, "deployment": deployment, "entries": entries})
+
+
+def read(path: str, deployment: str) -> dict[str, Entry]:
+    """The recorded entries; NoDigests when there are none (the deployment predates digests)."""
+    file = digests_path(path, deployment)
+    data = fsutil.read_json(file)
+    if not isinstance(data, dict) or data.get("version") != VERSION or not isinstance(data.get("entries"), dict):
+        raise NoDigests(
+            f"{os.path.join(path, deployment)} has no usable digest list ({file}): the deployment predates content "
+            "digests, so its content cannot be checked; `tether repair` records them from the tree as it is now, "
+            "or a redeploy records them", path, deployment)
+    return dict(data["entries"])
+
+
+def prune(path: str, keep: Collection[str]) -> None:
+    """Remove the digest lists of deployments not in `keep`."""
+    directory = os.path.dirname(digests_path(path, "x"))
+    for entry in os.listdir(directory) if os.path.isdir(directory) else ():
+        if entry.endswith(".json") and entry[: -len(".json")] not in keep:
+            os.unlink(os.path.join(directory, entry))
