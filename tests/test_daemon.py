@@ -1,5 +1,5 @@
 """`tether run` end to end: a real daemon subprocess on a temporary tree, driven only through
-files, signals, the command line and HTTP (DESIGN 3, 6, 7, 8 and 9).
+files, signals, the command line and HTTP (design section 3, 6, 7, 8 and 9).
 
 Nothing here sleeps to synchronise: every wait polls something observable (the status
 file, `current`, the metrics endpoint) or waits for a line of the daemon's log, with a

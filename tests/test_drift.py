@@ -1,4 +1,4 @@
-"""Drift (DESIGN 6): deployments made through the real command line, then drift made by hand.
+"""Drift (design section 6): deployments made through the real command line, then drift made by hand.
 
 Until the engine records digests when a deployment completes, `Site.deploy`
 records them itself right after the reconcile, as the engine will.

@@ -1,4 +1,4 @@
-"""Lifecycle hooks (DESIGN 4): who they run as, with which environment, in which order,
+"""Lifecycle hooks (design section 4): who they run as, with which environment, in which order,
 how a timeout ends every process of a hook, bounded output, what a failure does, and counts.
 
 Every hook is a real process; the controller is the real command line, except for the

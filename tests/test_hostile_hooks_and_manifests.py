@@ -394,7 +394,7 @@ def test_a_hook_of_another_user_dies_with_tether_and_the_next_pass_kills_its_gro
 
 def test_a_hook_child_that_escapes_into_a_new_session_is_not_tethers_but_the_hook_group_dies(
         node: support.Node, tmp_path: Path) -> None:
-    """What tether promises is the hook's process group (DESIGN 4): a process that left it with setsid is out
+    """What tether promises is the hook's process group (design section 4): a process that left it with setsid is out
     of reach; the group dies with tether and the next pass runs as usual."""
     pids = blocking_site(node, tmp_path, escape=True)
     tether = reconcile_in_background(node)

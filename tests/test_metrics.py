@@ -1,4 +1,4 @@
-"""Metrics (DESIGN 8): the series and values a scrape shows for realistic status documents,
+"""Metrics (design section 8): the series and values a scrape shows for realistic status documents,
 `promtool check metrics`, no stale series for a removed application, the atomic textfile for
 node_exporter, and a real HTTP endpoint on port 0.
 

@@ -1,4 +1,4 @@
-"""The .mtree parser (DESIGN 5): plain strings in, nodes or MtreeError out; no disk."""
+"""The .mtree parser (design section 5): plain strings in, nodes or MtreeError out; no disk."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from controller.tree import mtree
 
-# DESIGN 5, copied exactly (tabs included).
+# design section 5, copied exactly (tabs included).
 DESIGN_EXAMPLE = (
     "/set type=dir uname=deploy gname=deploy mode=0755\n"
     ".\n"

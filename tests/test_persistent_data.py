@@ -1,4 +1,4 @@
-"""Persistent data from a deployment's `.mtree` (DESIGN 5), end to end through the real command line.
+"""Persistent data from a deployment's `.mtree` (design section 5), end to end through the real command line.
 
 Ownership comes from real local users and groups, created once per module when
 missing: the `.mtree` names `deploy` and `user`, the manifest maps them to
@@ -24,7 +24,7 @@ DEPLOY = "tether-pd-deploy"
 USER = "tether-pd-user"
 MAPPING = {"deploy": DEPLOY, "user": USER}
 
-# The example of DESIGN 5, copied exactly.
+# The example of design section 5, copied exactly.
 EXAMPLE = """\
 /set type=dir uname=deploy gname=deploy mode=0755
 .
@@ -196,7 +196,7 @@ def acme(node: support.Node, http: support.HttpServer, accounts: None) -> Acme:
 
 
 def expected_data() -> dict[str, Entry]:
-    """The persistent-data tree of the DESIGN 5 example after d1 ran and wrote its data."""
+    """The persistent-data tree of the design section 5 example after d1 ran and wrote its data."""
     deploy, user = f"{DEPLOY}:{DEPLOY}", f"{USER}:{USER}"
     return {
         ".": ("dir", deploy, "0o755", ""),
@@ -235,7 +235,7 @@ def refused(acme: Acme, spec: str = EXAMPLE, tamper: Callable[[], None] = lambda
     return run.stdout + run.stderr
 
 
-# ---------------------------------------------------------------- the example of DESIGN 5
+# ---------------------------------------------------------------- the example of design section 5
 
 
 def test_the_design_example_links_every_leaf_and_keeps_data_across_deployments(acme: Acme) -> None:

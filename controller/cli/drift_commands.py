@@ -1,4 +1,4 @@
-"""`tether verify NAME` and `tether repair NAME` (DESIGN 6, 7).
+"""`tether verify NAME` and `tether repair NAME` (design section 6, 7).
 
 verify prints the drift of the active deployment and exits 0 when there is
 none, 1 when there is, 2 when the content cannot be checked (no digests).

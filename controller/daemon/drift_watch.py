@@ -1,6 +1,6 @@
 """The daemon's drift checks: structural drift after every pass, content drift on a slower interval.
 
-Drift is a change to what tether last made (DESIGN 6): nothing before an application's first
+Drift is a change to what tether last made (design section 6): nothing before an application's first
 activation, and a desired deployment that failed to deploy is a failing pass (not Ready), not drift.
 """
 

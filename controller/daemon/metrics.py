@@ -1,4 +1,4 @@
-"""Prometheus metrics (DESIGN 8): per-application series are computed at scrape time from the
+"""Prometheus metrics (design section 8): per-application series are computed at scrape time from the
 status documents, so an application that is no longer managed leaves no stale series;
 `Observations` keeps what happened since the process started (passes, hook durations, fetches)."""
 

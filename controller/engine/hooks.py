@@ -81,7 +81,7 @@ def _variable(name: str) -> str:
 
 def environment(app: model.Application, who: Identity, phase: str, deployment: str, previous: str | None,
                 inherited: Mapping[str, str]) -> dict[str, str]:
-    """Exactly the variables of DESIGN 4; nothing else of the controller's environment."""
+    """Exactly the variables of design section 4; nothing else of the controller's environment."""
     env = {k: v for k, v in inherited.items() if k == "LANG" or k.startswith("LC_")}
     env.update(
         PATH=SAFE_PATH, HOME=who.home, USER=who.name, LOGNAME=who.name, SHELL=who.shell,
@@ -176,7 +176,7 @@ class Runner:
         )
         assert process.stdout is not None
         self._running.add(process.pid)
-        watchdog = hook_processes.Watchdog(process.pid)  # the hook's group dies with tether (DESIGN 4)
+        watchdog = hook_processes.Watchdog(process.pid)  # the hook's group dies with tether (design section 4)
         try:
             with hook_processes.recorded(app_path, process.pid, **about):
                 return self._supervise(process, process.stdout, output, deadline)

@@ -17,7 +17,7 @@ HEADER = """# Manifests reference
 
 Generated from the JSON Schemas (`schemas/`) by `make docs`; do not edit. `tether schema application`
 and `tether schema kind` print the schemas themselves, `tether validate PATH` checks files against
-them. Each file holds one YAML document; see DESIGN section 2 and the operator guide for examples.
+them. Each file holds one YAML document; see design section 2 and the operator guide for examples.
 """
 
 

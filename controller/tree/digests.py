@@ -1,4 +1,4 @@
-"""The digest list of a deployment: its tree as it was when it became complete (DESIGN 6).
+"""The digest list of a deployment: its tree as it was when it became complete (design section 6).
 
 `<path>/.tether/digests/<deployment>.json` maps every relative path to its
 type (file|dir|link), mode, and sha256 (files) or target (links). Trees are

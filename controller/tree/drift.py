@@ -1,4 +1,4 @@
-"""Drift (DESIGN 6): what is on disk no longer matches what tether last made.
+"""Drift (design section 6): what is on disk no longer matches what tether last made.
 
 Structural drift (`current`, the active deployment, its persistent-data links)
 is cheap and checked every pass. Content drift compares a deployment's tree with

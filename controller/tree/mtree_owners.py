@@ -1,4 +1,4 @@
-"""Which users and groups a deployment's `.mtree` may give persistent data to (DESIGN 5).
+"""Which users and groups a deployment's `.mtree` may give persistent data to (design section 5).
 
 The spec is untrusted: it may name only `spec.user`, `spec.group` and the
 targets of `spec.userMapping`/`spec.groupMapping`, by name or by number.

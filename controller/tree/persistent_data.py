@@ -1,4 +1,4 @@
-"""Persistent data from a deployment's `.mtree` (DESIGN 5).
+"""Persistent data from a deployment's `.mtree` (design section 5).
 
 The hierarchy is created under `<path>/persistent-data/`, seeded from the
 deployment's shipped copy where a node does not exist yet, and every leaf of

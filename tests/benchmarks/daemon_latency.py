@@ -1,4 +1,4 @@
-"""Manifest change -> reconcile started: DESIGN section 9, target P3 (p50 <= 50 ms, p99 <= 250 ms).
+"""Manifest change -> reconcile started: design section 9, target P3 (p50 <= 50 ms, p99 <= 250 ms).
 
 A standalone script, not a pytest test:
 

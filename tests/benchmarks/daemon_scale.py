@@ -1,4 +1,4 @@
-"""1000 applications under one daemon: DESIGN section 9, target P4 (and P5 as a bonus).
+"""1000 applications under one daemon: design section 9, target P4 (and P5 as a bonus).
 
 A standalone script, not a pytest test:
 

@@ -1,4 +1,4 @@
-"""Deploy speed against the shell floor: DESIGN section 9, targets P1 and P2.
+"""Deploy speed against the shell floor: design section 9, targets P1 and P2.
 
 A standalone script, not a pytest test:
 
@@ -322,7 +322,7 @@ def main() -> int:
         ]
         by_key = {v.key: v for v in variants}
 
-        print("tether deploy speed (DESIGN section 9, P1 and P2)")
+        print("tether deploy speed (design section 9, P1 and P2)")
         print(f"  tether     {revision()}")
         print(f"  python     {platform.python_version()} ({sys.executable})")
         print(f"  machine    nproc {os.cpu_count()}, {platform.system()} {platform.release()} {platform.machine()}")

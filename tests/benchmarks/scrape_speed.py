@@ -1,4 +1,4 @@
-"""Scrape speed with 1000 applications: DESIGN section 9, target P5 (<= 100 ms).
+"""Scrape speed with 1000 applications: design section 9, target P5 (<= 100 ms).
 
 A standalone script, not a pytest test:
 

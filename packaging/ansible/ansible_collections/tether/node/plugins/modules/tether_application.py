@@ -215,8 +215,8 @@ notes:
   - Header values given as literals are hidden from Ansible's output, but are stored in the manifest file.
 seealso:
   - name: tether design reference
-    description: DESIGN.md, sections 2 (manifests) and 7 (status and commands).
-    link: https://tether.invalid/DESIGN.md
+    description: docs/design.md, sections 2 (manifests) and 7 (status and commands).
+    link: https://tether.invalid/docs/design.md
 """
 
 EXAMPLES = r"""
@@ -319,7 +319,7 @@ HEADER = "# Written by Ansible (tether.node.tether_application); local changes a
 HOOK_PHASES = (("before_deploy", "beforeDeploy"), ("after_deploy", "afterDeploy"),
                ("before_activate", "beforeActivate"), ("after_activate", "afterActivate"))
 LIMITS = (("max_bytes", "maxBytes"), ("max_members", "maxMembers"), ("max_ratio", "maxRatio"))
-# Files tether ignores in a manifests directory (DESIGN 2)
+# Files tether ignores in a manifests directory (design section 2)
 IGNORED_SUFFIXES = ("~", ".swp", ".swo", ".tmp", ".bak")
 IGNORED_INFIXES = (".dpkg-", ".rpm")
 
