@@ -125,3 +125,60 @@ def test_a_lock_file_that_is_a_symlink_is_a_one_line_error(node: support.Node, h
     _one_line_failure(node.tether("reconcile", timeout=30))
 
     assert not (tmp_path / "elsewhere").exists()
+
+
+# ---------------------------------------------------------------- manifests
+
+
+HEAD = "apiVersion: tether/v1\nkind: Application\nmetadata:\n  name: site\n"
+SPEC = "spec:\n  path: /opt/site\n  deployment: v1\n  source: {url: 'https://example.com/a.tar.gz'}\n"
+NASTY = {
+    "integer keys": HEAD + "  labels: {1: 2, true: x}\n" + SPEC,
+    "a date label": HEAD + "  labels: {team: 2024-01-01}\n" + SPEC,
+    "a binary value": HEAD + "  labels: {team: !!binary aGVsbG8=}\n" + SPEC,
+    "a set": HEAD + SPEC + "  hooks: !!set {a, b}\n",
+    "a float key in spec": HEAD + SPEC + "  1.5: x\n",
+    "a null key": HEAD + SPEC + "  ~: x\n",
+    "nan and inf": HEAD + SPEC + "  hookTimeoutSeconds: .nan\n  retention: {keep: .inf}\n",
+    "a huge integer": HEAD + SPEC + "  hookTimeoutSeconds: " + "9" * 5000 + "\n",
+    "a complex key": HEAD + SPEC + "  ? [a, b]\n  : x\n",
+    "a merge key": HEAD + "base: &b {path: /opt/x}\n" + "spec:\n  <<: *b\n  deployment: v1\n",
+    "a python tag": HEAD + SPEC + "  user: !!python/name:os.system\n",
+    "a BOM": "\ufeff" + HEAD + SPEC,
+    "tabs": HEAD.replace("  name", "\tname") + SPEC,
+    "a very long line": HEAD + SPEC + "  environment: " + "x" * 900_000 + "\n",
+    "a billion laughs": "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+                        "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+                        "e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n"
+                        "g: [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]\n" + HEAD + SPEC,
+    "deep flow nesting": HEAD + SPEC + "  labels: " + "[" * 50_000 + "]" * 50_000 + "\n",
+    "deep block nesting": HEAD + SPEC + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(2000)),
+    "an anchor cycle in labels": HEAD + "  labels: &l {a: *l}\n" + SPEC,
+}
+
+
+def test_nasty_yaml_is_refused_by_validate_with_one_line_and_no_traceback(node: support.Node) -> None:
+    failures = []
+    for what, text in NASTY.items():
+        file = node.manifests / "site.yaml"
+        file.write_text(text, encoding="utf-8")
+        run = node.tether("validate", str(node.manifests), timeout=60)
+        output = run.stdout + run.stderr
+        if run.returncode not in (0, 2) or "Traceback" in output or len(output) > 4000:
+            failures.append((what, run.returncode, output[-1500:]))
+        if run.returncode != 0:
+            continue
+        run = node.tether("reconcile", timeout=60)  # what validate accepts, a pass must handle
+        output = run.stdout + run.stderr
+        if "Traceback" in output:
+            failures.append((what, "reconcile", output[-1500:]))
+    assert not failures, failures
+
+
+def test_a_manifest_named_on_the_command_line_that_is_a_fifo_does_not_hang_validate(node: support.Node) -> None:
+    fifo = node.root / "site.yaml"
+    os.mkfifo(fifo)
+
+    run = node.tether("validate", str(fifo), timeout=30)
+
+    _one_line_failure(run, "site.yaml")
