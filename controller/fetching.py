@@ -204,8 +204,16 @@ class Fetcher:
             location = response.getheader("Location")
             if response.status in REDIRECTS and location:
                 response.close()
-                target = urllib.parse.urljoin(url, location)
-                old, new = urllib.parse.urlsplit(url), urllib.parse.urlsplit(target)
+                try:  # the server's Location: a port out of range or a broken IPv6 address is its mistake
+                    target = urllib.parse.urljoin(url, location)
+                    old, new = urllib.parse.urlsplit(url), urllib.parse.urlsplit(target)
+                    valid = bool(new.hostname) and (new.port is None or new.port > 0)
+                except ValueError:
+                    valid = False
+                if not valid:
+                    response.close()
+                    raise errors.FetchRefused(f"{redact_url(url)} redirects to {clean.text(location)[:200]!r}, which "
+                                              "is not a valid URL with a host; fix the server's redirect")
                 if new.scheme not in ("http", "https") or (old.scheme, new.scheme) == ("https", "http"):
                     raise errors.FetchRefused(
                         f"{redact_url(url)} redirects to {clean.text(redact_url(target))}; tether refuses to leave "

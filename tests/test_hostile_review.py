@@ -182,3 +182,43 @@ def test_a_manifest_named_on_the_command_line_that_is_a_fifo_does_not_hang_valid
     run = node.tether("validate", str(fifo), timeout=30)
 
     _one_line_failure(run, "site.yaml")
+
+
+# ---------------------------------------------------------------- a hostile HTTP server
+
+
+def _fetch_from(node: support.Node, http: support.HttpServer, *replies: support.Reply, **source: Any) -> str:
+    app = node.apps / "site"
+    url = http.serve("/v1.tar.gz", *replies)
+    support.write_manifest(node.manifests, support.application(
+        "site", app, deployment="v1", source={"url": url, **source}))
+    run = node.tether("reconcile", timeout=60)
+    return _one_line_failure(run)
+
+
+def test_a_redirect_to_an_invalid_port_or_host_is_a_one_line_refusal(node: support.Node,
+                                                                    http: support.HttpServer) -> None:
+    for location in ("http://127.0.0.1:99999/x", "http://127.0.0.1:port/x", "http://[::1/x",
+                     "//[zz]:1/x"):
+        output = _fetch_from(node, http, support.Reply(302, headers={"Location": location}))
+        assert "redirect" in output or "cannot download" in output or "host" in output, (location, output)
+
+
+def test_a_redirect_to_another_port_of_the_same_host_does_not_carry_the_secret_header(
+        node: support.Node, http: support.HttpServer) -> None:
+    other = support.HttpServer()
+    try:
+        other.serve("/v1.tar.gz", support.tiny_artifact())
+        app = node.apps / "site"
+        http.serve("/v1.tar.gz", support.Reply(302, headers={"Location": other.url("/v1.tar.gz", host="localhost")}))
+        support.write_manifest(node.manifests, support.application(
+            "site", app, deployment="v1", source={"url": http.url("/v1.tar.gz"),
+                                                   "headers": {"JOB-TOKEN": "s3cr3t-value"}}))
+
+        run = node.tether("reconcile", timeout=60)
+
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert http.requests[0][1].get("JOB-TOKEN") == "s3cr3t-value"
+        assert all("s3cr3t-value" not in json.dumps(headers) for _, headers in other.requests)
+    finally:
+        other.close()
