@@ -232,15 +232,19 @@ class Fetcher:
 
     def _request(self, url: str, headers: Mapping[str, str], watch: download_watch.Watch,
                  clean: secrets.Cleaner) -> http.client.HTTPResponse:
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port  # a ValueError when out of range (a URL given by `tether deploy --url`)
+        except ValueError as exc:
+            raise errors.FetchRefused(f"{clean.text(redact_url(url))} is not a valid URL ({exc}); fix it") from None
         if not parts.hostname:
             raise errors.FetchRefused(f"{redact_url(url)} has no host name")
         connection: http.client.HTTPConnection
         if parts.scheme == "https":
             context = self.ssl_context or ssl.create_default_context()
-            connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=self.connect_timeout, context=context)
+            connection = http.client.HTTPSConnection(parts.hostname, port, timeout=self.connect_timeout, context=context)
         else:
-            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.connect_timeout)
+            connection = http.client.HTTPConnection(parts.hostname, port, timeout=self.connect_timeout)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         sent = {"Accept-Encoding": "identity", "User-Agent": "tether", **headers}
         try:

@@ -222,3 +222,41 @@ def test_a_redirect_to_another_port_of_the_same_host_does_not_carry_the_secret_h
         assert all("s3cr3t-value" not in json.dumps(headers) for _, headers in other.requests)
     finally:
         other.close()
+
+
+def test_a_manifest_url_with_a_port_out_of_range_is_refused_in_one_line(node: support.Node) -> None:
+    support.write_manifest(node.manifests, support.application(
+        "site", node.apps / "site", deployment="v1", source={"url": "http://127.0.0.1:99999/{deployment}.tar.gz"}))
+
+    for command in ("validate", "reconcile"):
+        run = node.tether(command, *([str(node.manifests)] if command == "validate" else []), timeout=60)
+        _one_line_failure(run)
+
+
+# ---------------------------------------------------------------- .mtree from the artifact
+
+
+def _with_mtree(node: support.Node, http: support.HttpServer, mtree: str | bytes) -> subprocess.CompletedProcess[str]:
+    data = mtree.encode() if isinstance(mtree, str) else mtree
+    http.serve("/v1.tar.gz", support.tar_bytes([*support.site("1"), support.Member("site/.mtree", data)]))
+    support.write_manifest(node.manifests, support.application(
+        "site", node.apps / "site", deployment="v1", source={"url": http.url("/{deployment}.tar.gz")}))
+    return node.tether("reconcile", timeout=120)
+
+
+def test_an_mtree_nested_thousands_of_levels_deep_is_refused_or_applied_without_a_traceback(
+        node: support.Node, http: support.HttpServer) -> None:
+    depth = 3000
+    text = "/set type=dir mode=0755\n.\n" + "".join(f"d{i}\n" for i in range(depth)) + "..\n" * (depth + 1)
+
+    run = _with_mtree(node, http, text)
+
+    assert "Traceback" not in run.stdout + run.stderr, (run.stdout + run.stderr)[-3000:]
+
+
+def test_mtree_escapes_that_decode_to_a_slash_dot_dot_or_nul_are_refused(node: support.Node,
+                                                                         http: support.HttpServer) -> None:
+    for name in (r"a\057..\057..\057..\057etc", r"\056\056", r"x\000y", r"\057etc", r"a\134"):
+        run = _with_mtree(node, http, f"/set type=file mode=0644\n.\n{name}\n..\n")
+        _one_line_failure(run)
+        assert not (node.apps / "etc").exists()
