@@ -260,3 +260,88 @@ def test_mtree_escapes_that_decode_to_a_slash_dot_dot_or_nul_are_refused(node: s
         run = _with_mtree(node, http, f"/set type=file mode=0644\n.\n{name}\n..\n")
         _one_line_failure(run)
         assert not (node.apps / "etc").exists()
+
+
+# ---------------------------------------------------------------- hostile archive members
+
+
+M = support.Member
+TARS = {
+    "a hardlink to an earlier symlink": [M("s/", type="dir"), M("s/l", type="symlink", target="x"),
+                                         M("s/h", type="hardlink", target="s/l")],
+    "a directory over an earlier symlink": [M("s/", type="dir"), M("s/l", type="symlink", target="."),
+                                            M("s/l/", type="dir"), M("s/l/x", b"x")],
+    "a file below an earlier file": [M("s/", type="dir"), M("s/a", b"a"), M("s/a/b", b"b")],
+    "a hardlink to itself": [M("s/", type="dir"), M("s/h", type="hardlink", target="s/h")],
+    "a hardlink to a directory": [M("s/", type="dir"), M("s/d/", type="dir"), M("s/h", type="hardlink", target="s/d")],
+    "a hardlink outside": [M("s/", type="dir"), M("s/h", type="hardlink", target="../../etc/passwd")],
+    "a hardlink with an absolute target": [M("s/", type="dir"), M("s/h", type="hardlink", target="/etc/passwd")],
+    "a symlink chain out": [M("s/", type="dir"), M("s/a", type="symlink", target="b/../.."),
+                            M("s/b", type="symlink", target=".")],
+    "a symlink to itself": [M("s/", type="dir"), M("s/a", type="symlink", target="a")],
+    "a symlink with a long target": [M("s/", type="dir"), M("s/a", type="symlink", target="x/" * 3000)],
+    "a device": [M("s/", type="dir"), M("s/dev", type="chr")],
+    "a fifo": [M("s/", type="dir"), M("s/fifo", type="fifo")],
+    "a setuid file": [M("s/", type="dir"), M("s/su", b"#!/bin/sh\n", mode=0o4755)],
+    "a name of many long components": [M("s/", type="dir"), M("s/" + "/".join(["d" * 250] * 20), b"x")],
+    "only a root directory": [M("./", type="dir")],
+    "an empty name": [M("", b"x")],
+    "a .mtree that is a symlink": [*support.site(), M("site/.mtree", type="symlink", target="index.html")],
+    "a .mtree that is a directory": [*support.site(), M("site/.mtree/", type="dir")],
+}
+ZIPS = {
+    "a zip symlink to an absolute path": [M("s/l", type="symlink", target="/etc")],
+    "a zip member with dot dot": [M("s/../../x", b"x")],
+    "a zip with the same name twice": [M("s/a", b"1"), M("s/a", b"2")],
+    "a zip with a file and a directory of one name": [M("s/a", b"1"), M("s/a/", type="dir")],
+    "a zip file below its own symlink": [M("s/l", type="symlink", target="."), M("s/l/x", b"x")],
+}
+
+
+def test_hostile_archive_members_are_refused_in_one_line_and_nothing_lands_outside(
+        node: support.Node, http: support.HttpServer, tmp_path: Path) -> None:
+    cases = [*TARS.items(), *ZIPS.items()]
+    for index, (what, members) in enumerate(cases):
+        body = support.zip_bytes(members) if what.startswith("a zip") else support.tar_bytes(members)
+        support.write_manifest(node.manifests, support.application(
+            f"a{index}", node.apps / f"a{index}", deployment="v1", source={"url": http.serve(f"/{index}", body)}))
+
+    run = node.tether("reconcile", timeout=300)  # every case in one pass, one line each
+
+    output = run.stdout + run.stderr
+    assert run.returncode == 1 and "Traceback" not in output, output[-3000:]
+    lines = {line.split(":")[0]: line for line in run.stdout.splitlines()}
+    assert len(lines) == len(cases), run.stdout
+    for found in support.walk_files(node.apps):
+        assert not found.lstat().st_mode & 0o6000, f"{found} is setuid or setgid"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["apps", "manifests", "state"]
+
+
+def test_current_pointing_outside_path_is_replaced_and_its_target_left_alone(
+        node: support.Node, http: support.HttpServer, tmp_path: Path) -> None:
+    app, outside = node.apps / "site", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    _deployed(node, http, app)
+    (app / "current").unlink()
+    (app / "current").symlink_to(outside)
+
+    run = node.tether("reconcile", timeout=60)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert os.readlink(app / "current") == str(app / "v1")
+    assert sorted(os.listdir(outside)) == ["keep.txt"]
+
+
+def test_a_status_file_that_is_a_fifo_or_garbage_does_not_hang_or_break_status(
+        node: support.Node, http: support.HttpServer) -> None:
+    app = node.apps / "site"
+    _deployed(node, http, app)
+    status_file = node.state / "status" / "site.json"
+    status_file.unlink()
+    os.mkfifo(status_file)
+    (node.state / "status" / "other.json").write_bytes(b"\xff[[[")
+
+    for command in (("status",), ("status", "site", "--json"), ("reconcile",)):
+        run = node.tether(*command, timeout=30)
+        assert "Traceback" not in run.stdout + run.stderr, (command, run.stdout + run.stderr)
