@@ -46,12 +46,34 @@ def atomic_write_json(path: str, value: Any, mode: int = 0o644) -> None:
     atomic_write(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode(), mode)
 
 
+MAX_JSON_BYTES = 64 << 20
+
+
 def read_json(path: str) -> Any:
-    """The JSON in `path`, or None when the file does not exist."""
+    """The JSON in `path`, or None when the file does not exist or is not a regular file of tether's JSON.
+
+    Bookkeeping may have been planted or damaged: a symlink is not followed, a FIFO or device never blocks
+    (O_NONBLOCK, then only a regular file is read), the size is bounded, and garbage (not UTF-8, not JSON,
+    nested too deep) reads as None, like a missing file, instead of failing every later pass."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENOTDIR):
+            return None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_JSON_BYTES:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(MAX_JSON_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        return json.loads(data.decode("utf-8")) if len(data) <= MAX_JSON_BYTES else None
+    except (ValueError, RecursionError):
         return None
 
 

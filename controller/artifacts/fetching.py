@@ -206,8 +206,16 @@ class Fetcher:
             location = response.getheader("Location")
             if response.status in REDIRECTS and location:
                 response.close()
-                target = urllib.parse.urljoin(url, location)
-                old, new = urllib.parse.urlsplit(url), urllib.parse.urlsplit(target)
+                try:  # the server's Location: a port out of range or a broken IPv6 address is its mistake
+                    target = urllib.parse.urljoin(url, location)
+                    old, new = urllib.parse.urlsplit(url), urllib.parse.urlsplit(target)
+                    valid = bool(new.hostname) and (new.port is None or new.port > 0)
+                except ValueError:
+                    valid = False
+                if not valid:
+                    response.close()
+                    raise errors.FetchRefused(f"{redact_url(url)} redirects to {clean.text(location)[:200]!r}, which "
+                                              "is not a valid URL with a host; fix the server's redirect")
                 if new.scheme not in ("http", "https") or (old.scheme, new.scheme) == ("https", "http"):
                     raise errors.FetchRefused(
                         f"{redact_url(url)} redirects to {clean.text(redact_url(target))}; tether refuses to leave "
@@ -226,15 +234,19 @@ class Fetcher:
 
     def _request(self, url: str, headers: Mapping[str, str], watch: download_watch.Watch,
                  clean: secrets.Cleaner) -> http.client.HTTPResponse:
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port  # a ValueError when out of range (a URL given by `tether deploy --url`)
+        except ValueError as exc:
+            raise errors.FetchRefused(f"{clean.text(redact_url(url))} is not a valid URL ({exc}); fix it") from None
         if not parts.hostname:
             raise errors.FetchRefused(f"{redact_url(url)} has no host name")
         connection: http.client.HTTPConnection
         if parts.scheme == "https":
             context = self.ssl_context or ssl.create_default_context()
-            connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=self.connect_timeout, context=context)
+            connection = http.client.HTTPSConnection(parts.hostname, port, timeout=self.connect_timeout, context=context)
         else:
-            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.connect_timeout)
+            connection = http.client.HTTPConnection(parts.hostname, port, timeout=self.connect_timeout)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         sent = {"Accept-Encoding": "identity", "User-Agent": "tether", **headers}
         try:

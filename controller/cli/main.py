@@ -261,6 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "json", False):  # a caller parsing stdout (Bolt, Ansible) gets the error too
             print(json.dumps({"ok": False, "error": str(exc)}, indent=2))
         return INVALID if isinstance(exc, errors.PermanentError) else FAILED
+    except OSError as exc:  # the node's filesystem said no (permissions, a full disk, a planted file): one line
+        print(f"tether: {errors.printable(str(exc))}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "error": str(exc)}, indent=2))
+        return FAILED
     except KeyboardInterrupt:
         return FAILED
 

@@ -86,15 +86,15 @@ class Engine:
         once `cancel` is set, failed downloads are not retried (the desired state changed).
         """
         with contextlib.nullcontext() if locked else locking.application_lock(self.state_dir, app.name):
-            hook_processes.stop_survivor(app.name, app.path)  # a hook left by a tether that died (item 10)
             plan = self.plan(app)
             work = _Pass(app, kind, dict(headers or {}), cancel)
             error, permanent = None, False
             try:
+                if not plan.suspended:  # nothing below path is opened for writing before it is verified
+                    path_safety.verify(app.path)
+                    hook_processes.stop_survivor(app.name, app.path)  # a hook left by a tether that died (item 10)
                 if plan.steps:
                     path_safety.prepare(app.path)  # before anything below path changes
-                elif not plan.suspended:
-                    path_safety.verify(app.path)
                 for step in plan.steps:
                     self._apply(step, work)
                 if not plan.suspended:
@@ -102,6 +102,9 @@ class Engine:
             except errors.TetherError as exc:
                 log.error("Reconciling %s failed: %s", app.name, exc)
                 error, permanent = str(exc), isinstance(exc, errors.PermanentError)
+            except OSError as exc:  # the filesystem said no (a full disk, a planted file): retried, one line
+                log.error("Reconciling %s failed: %s; the next pass tries again.", app.name, exc)
+                error = str(exc)
             except Exception as exc:  # one application's failure must not stop the others
                 log.exception("Reconciling %s failed unexpectedly; the next pass tries again.", app.name)
                 error = f"{type(exc).__name__}: {exc}"
@@ -144,7 +147,11 @@ class Engine:
         headers = {**secrets.resolve(app.source.headers, self.environ), **work.headers}
         records.write_record(app.path, deployment, records.INCOMPLETE, source=fetching.redact_url(url))
         self.checkpoint("recorded")
-        os.mkdir(target, 0o755)
+        try:
+            os.mkdir(target, 0o755)
+        except FileExistsError:
+            raise errors.PermanentError(f"{target} exists but is not a complete deployment by tether's records "
+                                        f"(a damaged record?); move it away so tether can deploy {deployment}") from None
         if owner is not None:
             os.chown(target, *owner)
         made = os.lstat(target)  # the directory the artifact goes into, whatever a hook does meanwhile

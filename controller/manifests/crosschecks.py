@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Iterator, Sequence
 
 from controller import errors
@@ -95,6 +96,16 @@ def application_problems(app: model.Application) -> Iterator[tuple[str, str]]:
             if name not in model.PLACEHOLDERS:
                 allowed = ", ".join("{" + p + "}" for p in model.PLACEHOLDERS)
                 yield f"unknown placeholder {{{name}}} in the URL; only {allowed} exist", "/spec/source/url"
+        try:
+            parts = urllib.parse.urlsplit(app.source.url)
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError as exc:
+            parts, port_ok = None, False
+            yield f"the URL is not valid: {exc}", "/spec/source/url"
+        if parts is not None and not port_ok:
+            yield "the URL's port must be from 1 to 65535", "/spec/source/url"
+        elif parts is not None and parts.scheme in ("http", "https") and not parts.hostname:
+            yield "the URL has no host name", "/spec/source/url"
 
 
 def check(

@@ -162,6 +162,9 @@ def _parse(file: str, text: str) -> tuple[model.Application | model.Kind, dict[s
         raise errors.ManifestError(file, f"this is not valid YAML: {exc}") from exc
     except RecursionError as exc:
         raise errors.ManifestError(file, "the document is nested too deeply; is it a manifest?") from exc
+    except (ValueError, OverflowError) as exc:  # a value YAML cannot build: a 5000-digit integer, 2024-13-45
+        raise errors.ManifestError(file, f"this is not valid YAML: a value cannot be read "
+                                   f"({errors.printable(str(exc))[:200]})") from exc
     if node is None or not isinstance(document, dict):
         raise errors.ManifestError(file, "the file must hold one YAML mapping (a manifest)", 1)
     try:
@@ -259,8 +262,11 @@ def load(
     for file in files:
         raw = b""
         try:
-            with open(file, "rb") as handle:
+            # O_NONBLOCK: a FIFO named on the command line never blocks; only a regular file is read
+            with os.fdopen(os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
                 st = os.fstat(handle.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise errors.ManifestError(file, "is not a regular file; a manifest is a file of YAML")
                 if secure and (reason := insecure_reason(file, st, euid)):
                     raise errors.ManifestError(file, f"refused: {reason}; fix the permissions")
                 with read_lease(handle.fileno()) if skip_busy else contextlib.nullcontext(False) as writing:

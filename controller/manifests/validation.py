@@ -50,9 +50,13 @@ def pointer(path: Any) -> str:
     return "/" + "/".join(parts) if parts else ""
 
 
+SHOWN_CHARS = 120  # of a value quoted in an error: a megabyte of it would be copied to every log line and status
+
+
 def _show(value: Any) -> str:
     """A value as JSON for a message; YAML-only types (dates) as text."""
-    return json.dumps(value, default=str)
+    text = json.dumps(value, default=str)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
 
 
 def _plain(error: Any) -> str:
@@ -81,7 +85,7 @@ def _plain(error: Any) -> str:
     if validator == "oneOf":
         expected = error.schema.get("description", "see `tether schema`")
         return f"{shown} is not a valid value here; {expected.rstrip('.')}"
-    return str(error.message)
+    return str(error.message)[: SHOWN_CHARS * 4]
 
 
 def _extra_fields(error: Any) -> list[str]:

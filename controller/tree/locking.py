@@ -6,9 +6,10 @@ import contextlib
 import fcntl
 import logging
 import os
+import stat
 from collections.abc import Iterator
 
-from controller import fsutil
+from controller import errors, fsutil
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ def application_lock(state_dir: str, name: str) -> Iterator[None]:
     """Hold the application's lock (flock on a file that is never deleted)."""
     path = lock_path(state_dir, name)
     fsutil.makedirs(os.path.dirname(path), 0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    fd = _open_lock(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -34,6 +35,20 @@ def application_lock(state_dir: str, name: str) -> Iterator[None]:
         os.close(fd)
 
 
+def _open_lock(path: str) -> int:
+    """Open (create) a lock file: a regular file, never through a symlink, never blocking on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    except OSError as exc:
+        raise errors.PermanentError(f"tether cannot open its lock file {path} ({exc.strerror}); it must be a "
+                                    "regular file: remove whatever is there and tether creates it") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise errors.PermanentError(f"tether's lock file {path} is not a regular file; remove it and tether "
+                                    "creates it")
+    return fd
+
+
 def daemon_lock_path(state_dir: str) -> str:
     return os.path.join(state_dir, "daemon.lock")
 
@@ -41,7 +56,7 @@ def daemon_lock_path(state_dir: str) -> str:
 @contextlib.contextmanager
 def daemon_lock(state_dir: str) -> Iterator[bool]:
     """Hold the state dir's daemon lock while the block runs; yields False when another daemon has it."""
-    fd = os.open(daemon_lock_path(state_dir), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    fd = _open_lock(daemon_lock_path(state_dir))
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -56,8 +71,10 @@ def daemon_lock(state_dir: str) -> Iterator[bool]:
 def daemon_running(state_dir: str) -> bool:
     """Whether a `tether run` holds this state dir."""
     try:
-        fd = os.open(daemon_lock_path(state_dir), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(daemon_lock_path(state_dir), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
+        return False
+    except OSError:  # not a file tether made: no daemon holds it
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

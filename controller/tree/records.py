@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import stat
 import time
@@ -91,7 +92,9 @@ def next_sequence(path: str) -> int:
 
 def write_record(path: str, deployment: str, state: str, **fields: Any) -> None:
     """Update a deployment's record; a field given as None is removed."""
-    record = fsutil.read_json(record_path(path, deployment)) or {"createdAt": time.time()}
+    record = fsutil.read_json(record_path(path, deployment))
+    if not isinstance(record, dict) or not record:
+        record = {"createdAt": time.time()}
     record.update(fields, name=deployment, state=state)
     record = {k: v for k, v in record.items() if v is not None}
     fsutil.makedirs(os.path.dirname(record_path(path, deployment)))
@@ -105,6 +108,17 @@ def remove_record(path: str, deployment: str) -> None:
 
 def _integer(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _number(value: Any) -> float | None:
+    """A time or count from a record: a finite number in the range of times, else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and abs(value) < 1e11:
+        return float(value)
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _current(path: str) -> tuple[str | None, str | None]:
@@ -147,22 +161,25 @@ def observe(path: str) -> Observed:
     if trusted and _real_dir(staging_dir(path)):
         leftovers.extend(os.path.join(staging_dir(path), e) for e in os.listdir(staging_dir(path)))
     deployments = {}
-    for name, data in records.items():
+    for name, data in records.items():  # a field of another type (a damaged record) reads as missing
+        state = data.get("state")
+        links = data.get("links")
         deployments[name] = Deployment(
             name=name,
-            state=data.get("state", INCOMPLETE),
+            state=state if state in (INCOMPLETE, COMPLETE, FAILED) else INCOMPLETE,
             has_dir=name in dirs,
-            created_at=data.get("createdAt"),
-            completed_at=data.get("completedAt"),
-            sha256=data.get("sha256"),
-            error=data.get("error"),
-            activation_pending=bool(data.get("activationPending")),
-            failed_generation=data.get("failedGeneration"),
-            links=tuple(data.get("links", ())),
+            created_at=_number(data.get("createdAt")),
+            completed_at=_number(data.get("completedAt")),
+            sha256=_text(data.get("sha256")),
+            error=_text(data.get("error")),
+            activation_pending=data.get("activationPending") is True,
+            failed_generation=_text(data.get("failedGeneration")),
+            links=tuple(link for link in links if isinstance(link, str)) if isinstance(links, list) else (),
             sequence=_integer(data.get("sequence")),
         )
     current, target = _current(path)
-    activation = (fsutil.read_json(os.path.join(meta_dir(path), "activation.json")) if trusted else None) or {}
+    activation = (fsutil.read_json(os.path.join(meta_dir(path), "activation.json")) if trusted else None)
+    activation = {k: _text(v) for k, v in activation.items()} if isinstance(activation, dict) else {}
     return Observed(
         path=path,
         exists=True,
