@@ -11,16 +11,19 @@ import json
 import os
 import pwd
 import socket
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import prometheus_client
 import pytest
 
 from controller import errors
+from controller.daemon import metrics
 from controller.fleet import node as node_identity
-from tests import support, test_daemon
+from tests import support, test_daemon, test_metrics
 
 NODE_YAML = """\
 apiVersion: tether/v1
@@ -301,3 +304,12 @@ def test_the_example_node_file_is_valid() -> None:
     path = support.REPO / "examples" / "node.yaml"
     found = node_identity.parse(str(path), path.read_text())
     assert found.name == "web-07" and found.labels == {"role": "web", "zone": "eu-1", "canary": "true"}
+
+
+def test_the_node_info_metric_passes_promtool_and_escapes_a_host_name_with_a_control_character() -> None:
+    collector = metrics.Collector(lambda: [], lambda: ([], 0), metrics.Observations(), node=lambda: "web\x1b07")
+    text = prometheus_client.generate_latest(metrics.registry(collector)).decode()
+    assert 'tether_node_info{node="web\\\\x1b07"} 1.0' in text
+    checked = subprocess.run([test_metrics.promtool(), "check", "metrics"], input=text.encode(), capture_output=True,
+                             timeout=60)
+    assert checked.returncode == 0, checked.stderr
