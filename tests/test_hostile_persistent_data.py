@@ -453,7 +453,9 @@ def _tamper_mtree(app: App, how: str) -> None:
 
 RELINK = """\
 import sys
-from controller import drift, errors, loading, owners
+from controller import errors
+from controller.manifests import loading
+from controller.tree import drift, owners
 app = loading.load([sys.argv[1]], secure=True).applications["acme"]
 try:
     drift.relink(app, "d1", owners.resolve(app))

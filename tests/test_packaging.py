@@ -26,10 +26,15 @@ def test_a_non_editable_install_prints_the_schemas_from_the_package(tmp_path: Pa
     schema = json.loads(printed.stdout)
     assert schema["title"] == "tether Application"
     assert (target / "controller" / "schemas" / "kind.json").is_file()
+    node = subprocess.run([str(target / "bin" / "tether"), "schema", "node"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
+    assert json.loads(node.stdout)["title"] == "tether Node"
+    layers = {path.parent.name for path in (support.REPO / "controller").glob("*/__init__.py")}
+    assert layers <= {path.parent.name for path in (target / "controller").glob("*/__init__.py")}, "pyproject.toml"
 
 
 def test_the_schema_command_prints_valid_json_schemas(node: support.Node) -> None:
-    for which in ("application", "kind"):
+    for which in ("application", "kind", "node"):
         run = node.tether("schema", which)
         assert run.returncode == 0
         assert json.loads(run.stdout)["$schema"] == "https://json-schema.org/draft/2020-12/schema"

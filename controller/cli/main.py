@@ -14,8 +14,9 @@ from typing import Any
 
 from controller import __version__, errors
 from controller.cli import commands as imperative
-from controller.cli import drift_commands, logs
+from controller.cli import drift_commands, logs, node_commands
 from controller.engine import reconciling, status
+from controller.fleet import node as node_identity
 from controller.manifests import loading, overrides, reference, validation
 from controller.tree import locking, records
 
@@ -31,10 +32,13 @@ def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--manifests", default=os.environ.get("TETHER_MANIFESTS", "/etc/tether/manifests"),
                         help="directory of manifests (TETHER_MANIFESTS)")
+    common.add_argument("--node-config", default=os.environ.get("TETHER_NODE_CONFIG", node_identity.DEFAULT_PATH),
+                        help="this node's name and labels; without the file, the host name (TETHER_NODE_CONFIG)")
     common.add_argument("--state-dir", default=os.environ.get("TETHER_STATE_DIR", "/var/lib/tether"),
                         help="status, locks and artifact cache (TETHER_STATE_DIR)")
     common.add_argument("--insecure-manifests", action="store_true", default=_env_flag("TETHER_INSECURE_MANIFESTS"),
-                        help="accept manifests not owned by root or writable by others (development only)")
+                        help="accept manifests and the node file not owned by root or writable by others "
+                        "(development only)")
     common.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("TETHER_LOG_FORMAT", "text"))
     common.add_argument("-v", "--verbose", action="count", default=0)
     common.add_argument("-q", "--quiet", action="count", default=0)
@@ -80,6 +84,7 @@ def parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("schema", help="print a JSON Schema")
     sub.add_argument("which", choices=sorted(validation.SCHEMA_FILES))
     sub.add_argument("--markdown", action="store_true", help="the fields as a Markdown table (docs/manifests.md)")
+    node_commands.add_parser(commands, common)
     imperative.add_parsers(commands, common)
     return top
 
@@ -229,7 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                            insecure_manifests=args.insecure_manifests, workers=max(1, args.workers),
                            resync_seconds=args.resync_interval, metrics_address=args.metrics_address,
                            metrics_textfile=args.metrics_textfile, shutdown_grace_seconds=args.shutdown_grace,
-                           content_check_seconds=args.content_check_interval)
+                           content_check_seconds=args.content_check_interval, node_config=args.node_config)
     return loop.Daemon(config, reconciling.Engine(args.state_dir, checkpoint=_checkpoint())).run()
 
 
@@ -247,7 +252,7 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "reconcile": cmd_reconcile, "plan": cmd_plan, "status": cmd_status, "list": cmd_list,
     "validate": cmd_validate, "schema": cmd_schema, "run": cmd_run,
-    "verify": drift_commands.cmd_verify, "repair": drift_commands.cmd_repair,
+    "verify": drift_commands.cmd_verify, "repair": drift_commands.cmd_repair, **node_commands.COMMANDS,
 }
 
 

@@ -5,7 +5,9 @@ compares each application's manifest content hash and overrides with what it
 saw last and queues the applications that changed. A manifest that becomes
 invalid keeps its application's last good desired state; one that disappears
 stops tether managing the application (its files stay) and removes its status
-and metrics.
+and metrics. Every rescan also reads the node file: a new node identity (a rollout
+decision depends on it) queues a pass of every application; an invalid node file
+keeps the last good identity and counts as an invalid manifest.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from controller import errors, fsutil
 from controller.daemon import drift_watch, metrics, notify, queueing, scanning, watching
 from controller.engine import reconciling, status
+from controller.fleet import node as node_identity
 from controller.manifests import model, overrides
 from controller.tree import drift, locking, records
 
@@ -41,6 +44,7 @@ class Config:
     metrics_textfile: str | None = None
     shutdown_grace_seconds: float = 30.0
     content_check_seconds: float = 600.0
+    node_config: str = node_identity.DEFAULT_PATH
 
 
 class Daemon:
@@ -68,6 +72,8 @@ class Daemon:
         self.reported: set[str] = set()  # manifest problems already logged
         self.running: dict[str, threading.Event] = {}  # application -> set when its pass should give up retrying
         self.parsed: dict[Any, Any] = {}  # loading's cache of parsed manifests
+        self.node = node_identity.Tracker(config.node_config, secure=not config.insecure_manifests)
+        self._node_changed = False  # the next scan queues every application
         self._guard = threading.Lock()
         self._wake = threading.Event()
         self._rescan = threading.Event()
@@ -82,7 +88,10 @@ class Daemon:
         self._wake.set()
 
     def scan(self, everything: bool = False) -> None:
-        """Read the manifests and queue what changed (or everything)."""
+        """Read the node file and the manifests and queue what changed (or everything)."""
+        if self.node.refresh():
+            with self._guard:
+                self._node_changed = True
         found = scanning.read(self.config.manifests, self.config.state_dir, not self.config.insecure_manifests,
                               self.parsed)
         if found is None:
@@ -110,6 +119,8 @@ class Daemon:
                 self._publish(name, status.build_invalid(name, error, previous, self.clock()))
         for name in removed:
             self._unmanage(name)
+        with self._guard:
+            everything, self._node_changed = everything or self._node_changed, False
         for name, app in scanned.apps.items():
             key = (app.generation, overrides.read(self.config.state_dir, name))
             if self.seen.get(name) != key and name in self.running:
@@ -189,6 +200,7 @@ class Daemon:
 
     def _publish(self, name: str, document: dict[str, Any]) -> None:
         """Write and serve a status, unless the application stopped being managed meanwhile."""
+        document = {**document, "node": self.node.status()}
         with self._guard:
             if name not in self.apps:
                 return
@@ -207,7 +219,8 @@ class Daemon:
         with self._guard:
             broken = {p.file for p in self.problems}
             files = {a.file for a in self.apps.values()} | {k.file for k in self.kinds.values()}
-            return list(self.problems), len(files - broken)
+            node_problems = [self.node.error] if self.node.error else []
+            return list(self.problems) + node_problems, len(files - broken)
 
     def _summary(self) -> str:
         documents = self.status_documents()
@@ -238,9 +251,12 @@ class Daemon:
         # Threads started from here on block these signals, so the kernel hands them to the main
         # thread, whose handlers wake the loop at once.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
-        registry = metrics.registry(metrics.Collector(self.status_documents, self.manifest_state, self.observations))
+        registry = metrics.registry(metrics.Collector(self.status_documents, self.manifest_state, self.observations,
+                                                      node=lambda: self.node.identity.name))
         server = metrics.Server(self.config.metrics_address, registry) if self.config.metrics_address else None
-        watcher = watching.Watcher([self.config.manifests], self.request_rescan,
+        # The node file's directory is watched with the manifests' parent: an edit, an atomic rename or a
+        # removal of the node file asks for a rescan, which reads it again.
+        watcher = watching.Watcher([self.config.manifests, self.config.node_config], self.request_rescan,
                                    exact=[os.path.join(self.config.state_dir, "overrides")])
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop)
@@ -249,6 +265,7 @@ class Daemon:
         try:
             fsutil.makedirs(os.path.join(self.config.state_dir, "overrides"), 0o700)
             watcher.start()
+            self.node.refresh(first=True)
             self.scan(everything=True)
             workers = queueing.Workers(self.queue, self.config.workers, self.process, self._wake.set)
             workers.start()

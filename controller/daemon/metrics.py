@@ -121,8 +121,8 @@ class Collector(prometheus_client.registry.Collector):
     must not change once `statuses` returned it (publish a new dict): its samples are made once."""
 
     def __init__(self, statuses: Statuses, manifest_state: ManifestState, observations: Observations,
-                 version: str = controller.__version__) -> None:
-        self.statuses, self.manifest_state = statuses, manifest_state
+                 version: str = controller.__version__, node: Callable[[], str] | None = None) -> None:
+        self.statuses, self.manifest_state, self.node = statuses, manifest_state, node
         self.observations, self.version = observations, version
         self._made: dict[str, tuple[Mapping[str, Any], list[list[prometheus_client.core.Sample]]]] = {}
 
@@ -140,6 +140,11 @@ class Collector(prometheus_client.registry.Collector):
         build = Gauge("tether_build_info", "Always 1: the version of tether that runs.", labels=["version"])
         build.add_metric([self.version], 1)
         yield build
+        if self.node is not None:
+            node = Gauge("tether_node_info", "Always 1: the name of this node (its node file or host name), which "
+                         "rollout waves hash.", labels=["node"])
+            node.add_metric([self.node()], 1)
+            yield _printable(node)
 
     def _applications(self) -> _Families:
         families, before, made = _families(), self._made, {}

@@ -15,15 +15,16 @@ Schema = Mapping[str, Any]
 
 HEADER = """# Manifests reference
 
-Generated from the JSON Schemas (`schemas/`) by `make docs`; do not edit. `tether schema application`
-and `tether schema kind` print the schemas themselves, `tether validate PATH` checks files against
-them. Each file holds one YAML document; see design section 2 and the operator guide for examples.
+Generated from the JSON Schemas (`schemas/`) by `make docs`; do not edit. `tether schema application`,
+`tether schema kind` and `tether schema node` print the schemas themselves, `tether validate PATH`
+checks manifest files against them and `tether node` reads the node file. Each file holds one YAML
+document; see design sections 2 and 11 and the operator guide for examples.
 """
 
 
 def document() -> str:
-    """docs/manifests.md: both schemas as tables."""
-    return "\n".join([HEADER, markdown("application"), markdown("kind")])
+    """docs/manifests.md: every schema as a table."""
+    return "\n".join([HEADER, markdown("application"), markdown("kind"), markdown("node")])
 
 
 def markdown(which: str) -> str:

@@ -14,12 +14,13 @@ import jsonschema
 
 from controller import errors as tether_errors  # `errors` below is this module's own function
 
-SCHEMA_FILES = {"application": "application.json", "kind": "kind.json"}
+SCHEMA_FILES = {"application": "application.json", "kind": "kind.json", "node": "node.json"}
+# The manifests directory holds these kinds; a Node document is read from --node-config alone.
 KIND_TO_SCHEMA = {"Application": "application", "ApplicationKind": "kind"}
 
 
 def schema_text(name: str) -> str:
-    """The JSON Schema `name` (application or kind) as shipped in the package."""
+    """The JSON Schema `name` (application, kind or node) as shipped in the package."""
     resource = importlib.resources.files("controller.schemas").joinpath(SCHEMA_FILES[name])
     return resource.read_text(encoding="utf-8")
 
@@ -106,6 +107,10 @@ def errors(document: Any, schema_name: str) -> Iterator[tuple[str, str]]:
         where = list(best.absolute_path)
         if best.validator == "additionalProperties" and (extra := _extra_fields(best)):
             where.append(extra[0])  # point at the unknown key itself, so its line is named
+        if "propertyNames" in best.schema_path:  # a key of a map (a label name): point at it, call it a key
+            where.append(best.instance)
+            yield pointer(where), "the key " + _plain(best)
+            continue
         yield pointer(where), _plain(best)
 
 

@@ -1,0 +1,54 @@
+"""`tether node`: this node's identity, where it came from, and the applications it manages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from controller import errors
+from controller.cli import commands as imperative
+from controller.fleet import node as node_identity
+
+OK, INVALID = 0, 2
+
+
+def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    sub = commands.add_parser("node", parents=[common], help="this node's identity (name and labels)")
+    sub.add_argument("--json", action="store_true")
+
+
+def identity(args: argparse.Namespace) -> node_identity.Node:
+    """The node identity the options name; raise ManifestError when the node file is invalid."""
+    return node_identity.load(args.node_config, secure=not args.insecure_manifests)
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    try:
+        node = identity(args)
+    except errors.ManifestError as exc:
+        print(f"tether: the node file is invalid: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(exc)}, indent=2))
+        return INVALID
+    catalog = imperative.catalog(args)
+    for problem in catalog.problems:
+        print(f"tether: {problem}", file=sys.stderr)
+    # One entry per application this node manages; the rollout adds what it decides for each here.
+    applications: list[dict[str, Any]] = [{"name": name} for name in sorted(catalog.applications)]
+    if args.json:
+        print(json.dumps({**node.as_json(), "applications": applications}, indent=2))
+        return OK
+    print(f"Name:   {node.name}")
+    source = errors.shown_path(node.source) if node.from_file else \
+        f"the host name (there is no {errors.shown_path(args.node_config)})"
+    print(f"Source: {source}")
+    print("Labels: " + (", ".join(f"{k}={v}" for k, v in sorted(node.labels.items())) or "none"))
+    print("Applications:" + ("" if applications else " none"))
+    for application in applications:
+        print(f"  {application['name']}")
+    return OK
+
+
+COMMANDS = {"node": cmd_node}

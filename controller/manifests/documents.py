@@ -1,0 +1,163 @@
+"""One YAML document read safely: who may write its file, its size, and the line of each JSON pointer.
+
+The manifests loader and the node identity (controller/fleet/node.py) read their files through
+these functions, so both follow one rule: files owned by root or tether's own user, not writable by
+group or others; at most 1 MiB of UTF-8; `yaml.safe_load` with bounded values and depth; no
+duplicate keys.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any
+
+import yaml
+
+from controller import errors
+from controller.manifests import validation
+
+# PyYAML's own safe loader: its errors name the offending character, and deep nesting stops at
+# Python's recursion limit (caught below); the daemon caches parsed manifests, so speed matters little.
+LOADER = yaml.SafeLoader
+# A manifest holds hundreds of values; YAML aliases could otherwise expand one without bound.
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+MAX_BYTES = 1024 * 1024
+
+
+def insecure_reason(path: str, st: os.stat_result, euid: int) -> str | None:
+    """Why a manifest file or directory may not be trusted, or None when it may."""
+    if st.st_uid not in (0, euid):
+        return f"{path} is owned by uid {st.st_uid}, not by root or by tether's own user"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def read_text(file: str, *, secure: bool = True, euid: int | None = None) -> str:
+    """The text of one trusted file; raise ManifestError (refused, too large, not UTF-8) or OSError."""
+    euid = os.geteuid() if euid is None else euid
+    with open(file, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        if secure and (reason := insecure_reason(file, st, euid)):
+            raise errors.ManifestError(file, f"refused: {reason}; fix the permissions")
+        raw = handle.read(MAX_BYTES + 1)
+    return decode(file, raw)
+
+
+def decode(file: str, raw: bytes) -> str:
+    if len(raw) > MAX_BYTES:
+        raise errors.ManifestError(file, "the file is larger than 1 MiB; is it a manifest?")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise errors.ManifestError(file, f"the file is not UTF-8 text: {exc.reason}") from exc
+
+
+class DuplicateKey(Exception):
+    def __init__(self, key: Any, pointer: str, line: int) -> None:
+        super().__init__(key)
+        self.key, self.pointer, self.line = key, pointer, line
+
+
+def _line_map(node: yaml.Node, path: tuple[Any, ...], lines: dict[str, int]) -> None:
+    lines[validation.pointer(path)] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        keys: set[Any] = set()
+        for key, value in node.value:
+            if key.value in keys:
+                raise DuplicateKey(key.value, validation.pointer(path), key.start_mark.line + 1)
+            keys.add(key.value)
+            lines[validation.pointer((*path, key.value))] = key.start_mark.line + 1
+            _line_map(value, (*path, key.value), lines)
+            lines[validation.pointer((*path, key.value))] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _line_map(item, (*path, index), lines)
+
+
+def _measure(node: yaml.Node, seen: dict[int, tuple[int, int] | None]) -> tuple[int, int]:
+    """(values, depth) of `node` once aliases are expanded, counted without expanding them.
+
+    Raise ValueError when an alias refers to a node that contains it.
+    """
+    if id(node) in seen:
+        known = seen[id(node)]
+        if known is None:
+            raise ValueError("an alias refers to a value that contains it")
+        return known
+    seen[id(node)] = None
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    values, depth = 1, 1
+    for child in children:
+        child_values, child_depth = _measure(child, seen)
+        values, depth = values + child_values, max(depth, child_depth + 1)
+    seen[id(node)] = (values, depth)
+    return values, depth
+
+
+def line_for(pointer: str, lines: dict[str, int]) -> int | None:
+    """The line of a JSON pointer, or of the nearest value that contains it."""
+    while pointer not in lines and pointer:
+        pointer = pointer.rsplit("/", 1)[0]
+    return lines.get(pointer)
+
+
+def parse(file: str, text: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """The one YAML mapping in `text` and the line of each JSON pointer in it; raise ManifestError."""
+    try:
+        node = yaml.compose(text, Loader=LOADER)
+        document = yaml.load(text, Loader=LOADER)  # noqa: S506 - LOADER is a safe loader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        if exc.context == "expected a single document in the stream":
+            raise errors.ManifestError(
+                file, "the file holds more than one YAML document; put each manifest in a file of its own", line
+            ) from exc
+        raise errors.ManifestError(file, f"this is not valid YAML: {exc.problem}", line) from exc
+    except yaml.YAMLError as exc:
+        raise errors.ManifestError(file, f"this is not valid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise errors.ManifestError(file, "the document is nested too deeply; is it a manifest?") from exc
+    except (ValueError, OverflowError) as exc:  # a value YAML cannot build: a 5000-digit integer, 2024-13-45
+        raise errors.ManifestError(file, f"this is not valid YAML: a value cannot be read "
+                                   f"({errors.printable(str(exc))[:200]})") from exc
+    if node is None or not isinstance(document, dict):
+        raise errors.ManifestError(file, "the file must hold one YAML mapping (a manifest)", 1)
+    try:
+        values, depth = _measure(node, {})
+    except RecursionError as exc:
+        raise errors.ManifestError(file, "the document is nested too deeply; is it a manifest?") from exc
+    except ValueError as exc:
+        raise errors.ManifestError(file, f"{exc}; a manifest cannot hold a cycle, remove that alias") from exc
+    if depth > MAX_DEPTH:
+        raise errors.ManifestError(file, f"the document is nested {depth} levels deep, more than {MAX_DEPTH}; "
+                                   "is it a manifest?")
+    if values > MAX_VALUES:
+        raise errors.ManifestError(file, f"the document holds more than {MAX_VALUES} values once its YAML aliases "
+                                   "are expanded; is it a manifest?")
+    lines: dict[str, int] = {}
+    try:
+        _line_map(node, (), lines)
+    except DuplicateKey as exc:
+        raise errors.ManifestError(file, f"the key {exc.key!r} appears twice; YAML would silently keep only the "
+                                   "last one, so remove one of them", exc.line, exc.pointer) from exc
+    return document, lines
+
+
+def validated(file: str, document: dict[str, Any], lines: dict[str, int], schema_name: str) -> dict[str, Any]:
+    """`document` checked against the schema `schema_name` and for bad strings, with its defaults filled in;
+    raise ManifestError naming the line and the JSON pointer of the first problem."""
+    for where, message in validation.errors(document, schema_name):
+        raise errors.ManifestError(file, message, line_for(where, lines), where)
+    for path, message in validation.bad_strings(document):
+        where = validation.pointer(path)
+        raise errors.ManifestError(file, message, line_for(where, lines), where)
+    complete: dict[str, Any] = validation.with_defaults(document, schema_name)
+    return complete
