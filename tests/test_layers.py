@@ -13,7 +13,7 @@ from tests import support
 
 PACKAGE = support.REPO / "controller"
 # Lowest first. The ground floor is the modules directly in controller/.
-LAYERS = ["", "manifests", "artifacts", "tree", "engine", "daemon", "cli"]
+LAYERS = ["", "manifests", "artifacts", "tree", "fleet", "engine", "daemon", "cli"]
 
 
 def module_name(path: Path) -> str:

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +24,7 @@ from typing import Any
 from controller import errors, fsutil
 from controller.daemon import drift_watch, metrics, notify, queueing, scanning, watching
 from controller.engine import reconciling, status
+from controller.fleet import waves
 from controller.manifests import model, overrides
 from controller.tree import drift, locking, records
 
@@ -41,6 +43,7 @@ class Config:
     metrics_textfile: str | None = None
     shutdown_grace_seconds: float = 30.0
     content_check_seconds: float = 600.0
+    node_name: str = dataclasses.field(default_factory=socket.gethostname)  # the rollout hash uses it
 
 
 class Daemon:
@@ -146,8 +149,11 @@ class Daemon:
         due = self.backoff.due(name, key)
         if due is not None and due > self.monotonic():
             return  # the main loop queues it again when the back-off ends
-        effective = overrides.effective(app, override)
-        observed = records.observe(effective.path)
+        observed = records.observe(app.path)
+        # The rollout decides first, then a `tether deploy` override wins over it. The gate is not asked yet
+        # (None: waves after the first stay closed unless the rollout has no gate).
+        rolled = waves.effective(app, self.config.node_name, {}, self.clock(), None, observed.last_activated)
+        effective = overrides.effective(rolled, override)
         before = drift.check_structure(effective.path, observed, effective.deployment)
         started = self.monotonic()
         if (effective.drift == "report" and before.types and not effective.suspend

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import functools
 import importlib.resources
 import json
@@ -65,6 +66,8 @@ def _plain(error: Any) -> str:
     if validator == "additionalProperties":
         extra = _extra_fields(error)
         return f"unknown field {', '.join(repr(e) for e in extra)}; check its spelling"
+    if validator == "type" and isinstance(instance, datetime.date):
+        return f"YAML read {shown} as a date, not as text; put the value in quotes"
     if validator == "type":
         return f"expected a value of type {value}, got {shown}"
     if validator in ("enum", "const"):
