@@ -81,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("which", choices=sorted(validation.SCHEMA_FILES))
     sub.add_argument("--markdown", action="store_true", help="the fields as a Markdown table (docs/manifests.md)")
     imperative.add_parsers(commands, common)
-    rollout_commands.add_parsers(commands)
+    rollout_commands.add_parsers(commands, common)
     return top
 
 

@@ -22,10 +22,11 @@ from controller.manifests import loading, model
 OK = 0
 
 
-def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    """Register `tether rollout plan`; the common options are accepted and, but for logging, unused (offline)."""
     sub = commands.add_parser("rollout", help="predict a rollout across a fleet (offline)")
     actions = sub.add_subparsers(dest="rollout_command", required=True)
-    plan = actions.add_parser("plan", help="per node: its wave and when it takes the deployment (gate assumed open)")
+    plan = actions.add_parser("plan", parents=[common], help="per node: its wave and when it takes the deployment (gate assumed open)")
     plan.add_argument("manifest", metavar="MANIFEST", help="an application manifest file with spec.rollout")
     plan.add_argument("--nodes", required=True, metavar="FILE", help="YAML list of {name, labels}")
     plan.add_argument("--at", metavar="TIME", help="RFC 3339 time, such as 2026-12-01T10:30:00Z: also show what each "
