@@ -67,7 +67,7 @@ def _plain(error: Any) -> str:
         extra = _extra_fields(error)
         return f"unknown field {', '.join(repr(e) for e in extra)}; check its spelling"
     if validator == "type" and isinstance(instance, datetime.date):
-        return f"YAML read {shown} as a date, not as text; put the value in quotes"
+        return f"expected a value of type {value}, got {shown}, which YAML read as a date; put the value in quotes"
     if validator == "type":
         return f"expected a value of type {value}, got {shown}"
     if validator in ("enum", "const"):
