@@ -18,6 +18,8 @@ from typing import Any, TextIO
 from controller import errors
 from controller.artifacts import fetching
 from controller.engine import reconciling, status
+from controller.fleet import node as node_identity
+from controller.fleet import waves
 from controller.manifests import loading, model, overrides
 from controller.tree import locking, path_safety, records
 
@@ -27,6 +29,20 @@ OK, FAILED, INVALID = 0, 1, 2
 def catalog(args: argparse.Namespace) -> loading.Catalog:
     reserved = [os.path.realpath(args.state_dir), os.path.realpath(args.manifests)]
     return loading.load([args.manifests], secure=not args.insecure_manifests, reserved_paths=reserved)
+
+
+def rolled_out(app: model.Application, args: argparse.Namespace, *, now: float | None = None,
+               gate_open: bool | None = None) -> model.Application:
+    """The application with spec.deployment as its rollout decides for this node now (design section 11).
+
+    The node is the one `--node-config` names. One-shot commands do not ask the gate: `gate_open` None keeps
+    waves after the first closed unless the rollout has no gate. Apply the overrides after this: a
+    `tether deploy` wins over the rollout."""
+    if app.rollout is None:
+        return app
+    node = node_identity.load(args.node_config, secure=not args.insecure_manifests)
+    activated = records.observe(app.path).last_activated
+    return waves.effective(app, node.name, node.labels, time.time() if now is None else now, gate_open, activated)
 
 
 def application(args: argparse.Namespace, found: loading.Catalog) -> model.Application:
@@ -47,7 +63,7 @@ def reconcile_now(args: argparse.Namespace, found: loading.Catalog, app: model.A
     with locking.application_lock(args.state_dir, app.name):
         override = overrides.update(args.state_dir, app.name, **changes) if changes else \
             overrides.read(args.state_dir, app.name)
-        effective = overrides.effective(app, override)
+        effective = overrides.effective(rolled_out(app, args), override)
         engine = engine or reconciling.Engine(args.state_dir)
         result = engine.reconcile(effective, found.kinds.get(app.kind) if app.kind else None, headers, locked=True)
         # Still under the lock: a daemon's next pass starts from this status, hook runs included.
@@ -131,14 +147,14 @@ def cmd_remove(args: argparse.Namespace) -> int:
     found = catalog(args)
     app = application(args, found)
     reconciling.Engine(args.state_dir).remove(
-        overrides.applied(args.state_dir, app), args.deployment)
+        overrides.applied(args.state_dir, rolled_out(app, args)), args.deployment)
     return report(args, app.name, True, f"removed {args.deployment}")
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     found = catalog(args)
     app = application(args, found)
-    effective = overrides.applied(args.state_dir, app)
+    effective = overrides.applied(args.state_dir, rolled_out(app, args))
     reconciling.Engine(args.state_dir).prune(effective, args.keep if args.keep is not None else app.keep)
     return report(args, app.name, True, f"pruned to {args.keep if args.keep is not None else app.keep} deployments")
 

@@ -29,7 +29,7 @@ def _application(args: argparse.Namespace) -> model.Application | None:
     except errors.PermanentError as exc:
         print(f"tether: {exc}", file=sys.stderr)
         return None
-    return overrides.applied(args.state_dir, app)
+    return overrides.applied(args.state_dir, commands.rolled_out(app, args))
 
 
 def desired(app: model.Application, observed: records.Observed) -> str | None:

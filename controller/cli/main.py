@@ -14,7 +14,7 @@ from typing import Any
 
 from controller import __version__, errors
 from controller.cli import commands as imperative
-from controller.cli import drift_commands, logs, node_commands
+from controller.cli import drift_commands, logs, node_commands, rollout_commands
 from controller.engine import reconciling, status
 from controller.fleet import node as node_identity
 from controller.manifests import loading, overrides, reference, validation
@@ -86,6 +86,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--markdown", action="store_true", help="the fields as a Markdown table (docs/manifests.md)")
     node_commands.add_parser(commands, common)
     imperative.add_parsers(commands, common)
+    rollout_commands.add_parsers(commands, common)
     return top
 
 
@@ -129,7 +130,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     def one(name: str) -> reconciling.Result:
         with locking.application_lock(args.state_dir, name):  # the status too, so a daemon's pass starts from it
-            app = overrides.applied(args.state_dir, catalog.applications[name])
+            app = overrides.applied(args.state_dir, imperative.rolled_out(catalog.applications[name], args))
             result = engine.reconcile(app, catalog.kinds.get(app.kind) if app.kind else None, locked=True)
             previous = status.read(args.state_dir, name)
             status.write(args.state_dir, name, status.build(app, result, previous, time.time()))
@@ -152,7 +153,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     _print_problems(catalog)
     names, missing = _selected(catalog, args.names)
     engine = reconciling.Engine(args.state_dir)
-    plans = [engine.plan(overrides.applied(args.state_dir, catalog.applications[n])) for n in names]
+    plans = [engine.plan(overrides.applied(args.state_dir, imperative.rolled_out(catalog.applications[n], args)))
+             for n in names]
     if args.json:
         print(json.dumps([_plan_json(p) for p in plans], indent=2))
     for plan in [] if args.json else plans:
@@ -260,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logs.configure(getattr(args, "log_format", "text"), getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
     try:
-        return {**COMMANDS, **imperative.COMMANDS}[args.command](args)
+        return {**COMMANDS, **imperative.COMMANDS, **rollout_commands.COMMANDS}[args.command](args)
     except errors.TetherError as exc:
         print(f"tether: {exc}", file=sys.stderr)
         if getattr(args, "json", False):  # a caller parsing stdout (Bolt, Ansible) gets the error too

@@ -26,6 +26,7 @@ from controller import errors, fsutil
 from controller.daemon import drift_watch, metrics, notify, queueing, scanning, watching
 from controller.engine import reconciling, status
 from controller.fleet import node as node_identity
+from controller.fleet import waves
 from controller.manifests import model, overrides
 from controller.tree import drift, locking, records
 
@@ -157,8 +158,12 @@ class Daemon:
         due = self.backoff.due(name, key)
         if due is not None and due > self.monotonic():
             return  # the main loop queues it again when the back-off ends
-        effective = overrides.effective(app, override)
-        observed = records.observe(effective.path)
+        observed = records.observe(app.path)
+        # The rollout decides first, then a `tether deploy` override wins over it. The gate is not asked yet
+        # (None: waves after the first stay closed unless the rollout has no gate).
+        identity = self.node.identity
+        rolled = waves.effective(app, identity.name, identity.labels, self.clock(), None, observed.last_activated)
+        effective = overrides.effective(rolled, override)
         before = drift.check_structure(effective.path, observed, effective.deployment)
         started = self.monotonic()
         if (effective.drift == "report" and before.types and not effective.suspend

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import math
 import os
 import re
@@ -106,6 +107,49 @@ def application_problems(app: model.Application) -> Iterator[tuple[str, str]]:
             yield "the URL's port must be from 1 to 65535", "/spec/source/url"
         elif parts is not None and parts.scheme in ("http", "https") and not parts.hostname:
             yield "the URL has no host name", "/spec/source/url"
+    if app.rollout is not None:
+        yield from rollout_problems(app.rollout, app.deployment)
+
+
+def rollout_problems(rollout: model.Rollout, deployment: str | None) -> Iterator[tuple[str, str]]:
+    """(message, JSON pointer) for a spec.rollout the schema accepts but that makes no sense.
+
+    Allowed on purpose: no gate (every wave opens at its time), and waves that do not cover every node
+    (a node in no wave stays on `from`)."""
+    if deployment is None:
+        yield ("spec.rollout needs spec.deployment: the rollout brings that deployment to the fleet; set it, or "
+               "remove the rollout"), "/spec/rollout"
+    elif rollout.from_deployment == deployment:
+        yield (f"rollout.from is {deployment!r}, the same as spec.deployment; a rollout goes from one deployment "
+               "to another"), "/spec/rollout/from"
+    if rollout.started_at is None:
+        yield (f"startedAt {rollout.started_at_text!r} is not a real UTC time; write it like "
+               "\"2026-12-01T10:00:00Z\""), "/spec/rollout/startedAt"
+    if rollout.gate is not None and not rollout.gate.query.strip():
+        yield "the gate's query is empty; give the PromQL whose series hold the rollout", "/spec/rollout/gate/query"
+    widest: tuple[int, float] | None = None  # (index, percent) of the last wave with a percent so far
+    for index, wave in enumerate(rollout.waves):
+        where = f"/spec/rollout/waves/{index}"
+        if wave.selector is None and wave.percent is None:
+            yield (f"wave {index + 1} has neither a selector nor a percent, so no node is in it; give it one or "
+                   "both"), where
+        if wave.selector is not None and not wave.selector:
+            yield (f"wave {index + 1} has an empty selector, which would match every node; write percent: 100 "
+                   "to mean everyone"), where + "/selector"
+        if wave.percent is not None:
+            exponent = decimal.Decimal(repr(wave.percent)).as_tuple().exponent
+            if isinstance(exponent, int) and exponent < -2:
+                yield (f"wave {index + 1} has percent {wave.percent}; buckets have two decimals, so write at most "
+                       "two"), where + "/percent"
+            if widest is not None and wave.percent < widest[1]:
+                yield (f"wave {index + 1} has percent {wave.percent:g}, less than the {widest[1]:g} of wave "
+                       f"{widest[0] + 1}; percents are shares of all nodes and may not shrink from one wave to the "
+                       "next"), where + "/percent"
+            widest = (index, max(wave.percent, widest[1] if widest else 0.0))
+        if index > 0 and wave.after_seconds < rollout.waves[index - 1].after_seconds:
+            yield (f"wave {index + 1} opens after {wave.after}, before wave {index} (after "
+                   f"{rollout.waves[index - 1].after}); `after` counts from startedAt and may not go backwards"), \
+                where + "/after"
 
 
 def check(

@@ -7,6 +7,7 @@ objects after schema validation, and every other layer only reads them.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,6 +53,38 @@ class Source:
 
 
 @dataclasses.dataclass(frozen=True)
+class Wave:
+    """One rollout wave: who is in it (selector and/or percent) and when it opens."""
+
+    selector: Mapping[str, str] | None = None  # label equality; all must match
+    percent: float | None = None  # 0 < percent <= 100: nodes whose bucket is below it
+    after_seconds: float = 0.0  # since startedAt
+    after: str = "0s"  # as written in the manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """A Prometheus query that must succeed with no series for waves after the first to open."""
+
+    prometheus: str
+    query: str
+    interval_seconds: float = 30.0
+    timeout_seconds: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    """spec.rollout: bring the application's deployment to the fleet in waves."""
+
+    from_deployment: str
+    id: str
+    started_at: float | None  # seconds since the epoch; None when startedAt is not a real time
+    started_at_text: str
+    waves: tuple[Wave, ...]
+    gate: Gate | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Application:
     name: str
     file: str
@@ -75,6 +108,7 @@ class Application:
     drift: str = "correct"
     drift_ignore: tuple[str, ...] = ()
     suspend: bool = False
+    rollout: Rollout | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +155,50 @@ def _source(data: Mapping[str, Any]) -> Source:
     )
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a schema-valid duration such as 30s, 30m or 2h."""
+    return float(int(text[:-1]) * DURATION_UNITS[text[-1]])
+
+
+def timestamp(text: str) -> float | None:
+    """Seconds since the epoch of an RFC 3339 UTC time such as 2026-12-01T10:00:00Z, or None if it is no real time."""
+    try:
+        parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.utcoffset() != datetime.timedelta(0):
+        return None
+    return parsed.timestamp()
+
+
+def _rollout(data: Mapping[str, Any], deployment: str | None) -> Rollout:
+    gate = data.get("gate")
+    return Rollout(
+        from_deployment=data["from"],
+        id=data.get("id", deployment or ""),
+        started_at=timestamp(data["startedAt"]),
+        started_at_text=data["startedAt"],
+        waves=tuple(
+            Wave(
+                selector=dict(wave["selector"]) if "selector" in wave else None,
+                percent=float(wave["percent"]) if "percent" in wave else None,
+                after_seconds=duration_seconds(wave.get("after", "0s")),
+                after=wave.get("after", "0s"),
+            )
+            for wave in data["waves"]
+        ),
+        gate=None if gate is None else Gate(
+            prometheus=gate["prometheus"],
+            query=gate["query"],
+            interval_seconds=float(gate["intervalSeconds"]),
+            timeout_seconds=float(gate["timeoutSeconds"]),
+        ),
+    )
+
+
 def application_from_document(doc: Mapping[str, Any], file: str, generation: str) -> Application:
     """Build an Application from a schema-valid document with defaults applied."""
     meta, spec = doc["metadata"], doc["spec"]
@@ -148,6 +226,7 @@ def application_from_document(doc: Mapping[str, Any], file: str, generation: str
         drift=spec["drift"],
         drift_ignore=tuple(spec["driftIgnore"]),
         suspend=bool(spec["suspend"]),
+        rollout=_rollout(spec["rollout"], spec.get("deployment")) if "rollout" in spec else None,
     )
 
 

@@ -56,6 +56,9 @@ def _fields(root: Schema, node: Schema, prefix: str) -> Iterator[tuple[str, Sche
     extra = node.get("additionalProperties")
     if isinstance(extra, dict) and "properties" in _resolve(root, extra):
         yield from _fields(root, extra, f"{prefix}.*")
+    items = node.get("items")
+    if isinstance(items, dict) and "properties" in _resolve(root, items):
+        yield from _fields(root, items, f"{prefix}[]")
 
 
 def _type(root: Schema, node: Schema) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import functools
 import importlib.resources
 import json
@@ -70,6 +71,8 @@ def _plain(error: Any) -> str:
     if validator == "additionalProperties":
         extra = _extra_fields(error)
         return f"unknown field {', '.join(repr(e) for e in extra)}; check its spelling"
+    if validator == "type" and isinstance(instance, datetime.date):
+        return f"expected a value of type {value}, got {shown}, which YAML read as a date; put the value in quotes"
     if validator == "type":
         return f"expected a value of type {value}, got {shown}"
     if validator in ("enum", "const"):
