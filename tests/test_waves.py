@@ -1,4 +1,4 @@
-"""The rollout decision (DESIGN 11) as pure functions: the bucket byte for byte, the wave of a node, and the
+"""The rollout decision (design section 11) as pure functions: the bucket byte for byte, the wave of a node, and the
 deployment a node runs for every combination of clock, gate and what it already activated."""
 
 from __future__ import annotations

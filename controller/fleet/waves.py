@@ -1,6 +1,6 @@
 """Which rollout wave a node is in and which deployment it should run: pure functions, no I/O.
 
-Every node of a fleet evaluates the same manifest alone, so these rules are the contract (DESIGN 11):
+Every node of a fleet evaluates the same manifest alone, so these rules are the contract (design section 11):
 
 - Bucket: the first 8 bytes of sha256("<node>/<application>/<id>") (UTF-8) read as a big-endian unsigned
   integer, modulo 10000, divided by 100: a percent with two decimals, 0.00 to 99.99. `<application>` is
