@@ -5,8 +5,8 @@ before the next one starts, so a test can kill the process at each of them.
 The order makes a crash at any point safe: a deployment is recorded as
 incomplete before its directory exists and marked complete only after its
 content is durable; `current` changes with one rename(2); a switch whose
-afterActivate hooks have not succeeded is recorded as pending and finished
-by the next pass.
+afterActivate hooks have not succeeded, or whose health check has not passed
+yet (engine/health.py), is recorded as pending and finished by the next pass.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from controller import errors, fsutil, nofollow
 from controller.artifacts import archives, extracting, fetching
 from controller.artifacts import cache as artifact_cache
-from controller.engine import hook_processes, hooks, planning
+from controller.engine import health, hook_processes, hooks, planning
 from controller.manifests import model, secrets
 from controller.tree import digests, drift, locking, owners, path_safety, persistent_data, records
 
@@ -40,6 +41,8 @@ class Result:
     error: str | None = None
     permanent: bool = False
     hook_runs: tuple[hooks.HookRun, ...] = ()
+    health: health.Report | None = None  # the verdict of a health check this pass reached
+    probes: tuple[str, ...] = ()  # outcomes of the health check probes this pass ran
 
     @property
     def ok(self) -> bool:
@@ -55,11 +58,14 @@ class _Pass:
     headers: dict[str, str]
     cancel: threading.Event | None = None
     runs: list[hooks.HookRun] = dataclasses.field(default_factory=list)
-    seen: int = 0  # how many hooks had run when the pass last read the tree
+    probes: list[health.Probe] = dataclasses.field(default_factory=list)
+    health: health.Report | None = None
+    seen: int = 0  # how many hooks and probes had run when the pass last read the tree
 
     def fresh(self, observed: records.Observed) -> records.Observed:
-        """`observed`, or the tree read again if a hook ran since it was read: a hook can change the tree."""
-        stale, self.seen = self.seen != len(self.runs), len(self.runs)
+        """`observed`, or the tree read again if a hook or probe ran since it was read: they can change the tree."""
+        ran = len(self.runs) + len(self.probes)
+        stale, self.seen = self.seen != ran, ran
         return records.observe(self.app.path) if stale else observed
 
 
@@ -68,6 +74,7 @@ class Engine:
     state_dir: str
     fetcher: fetching.Fetcher = dataclasses.field(default_factory=fetching.Fetcher)
     hooks: hooks.Runner = dataclasses.field(default_factory=hooks.Runner)
+    prober: health.Prober = dataclasses.field(default_factory=health.Prober)
     persistent_data: PersistentData = persistent_data.apply
     checkpoint: Callable[[str], None] = lambda step: None
     on_fetch: Callable[[str, int, float], None] = lambda name, size, seconds: None
@@ -121,7 +128,8 @@ class Engine:
                 log.exception("Reconciling %s failed unexpectedly; the next pass tries again.", app.name)
                 error = f"{type(exc).__name__}: {exc}"
             seen = seen if error is None else records.observe(app.path)  # a failed step left what it left
-            return Result(app.name, plan, seen, error, permanent, tuple(work.runs))
+            return Result(app.name, plan, seen, error, permanent, tuple(work.runs), work.health,
+                          tuple(p.outcome for p in work.probes))
 
     def _apply(self, step: planning.Step, work: _Pass, observed: records.Observed) -> records.Observed:
         log.info("%s: %s %s (%s).", work.app.name, step.action, step.deployment or "", step.reason)
@@ -239,31 +247,43 @@ class Engine:
             raise errors.PermanentError(f"{current} is not a symlink; move it away so tether can manage it")
         previous = observed.current
         self._hooks(work, "beforeActivate", deployment, previous)
-        records.write_record(app.path, deployment, records.COMPLETE, activationPending=True)
+        pending = records.write_record(app.path, deployment, records.COMPLETE, activationPending=True,
+                                       probingSince=None, healthyAt=None, healthMessage=None)
         kept = previous if previous != deployment else observed.previous
         records.write_activation(app.path, deployment, kept)
         self.checkpoint("recorded-previous")
         records.switch_current(app.path, deployment, self.checkpoint)
         log.info("%s: current now points to %s.", app.name, deployment)
         self.checkpoint("switched")
-        return self._after_activate(work, deployment, previous, observed.activated(deployment, kept), observed.previous)
+        switched = observed.activated(deployment, kept).recorded(deployment, pending)
+        return self._after_activate(work, deployment, previous, switched, observed.previous)
 
     def _after_activate(self, work: _Pass, deployment: str, previous: str | None, observed: records.Observed,
                         restore_previous: str | None = None) -> records.Observed:
-        """Run afterActivate; on failure roll back to `previous` when the manifest asks for it."""
+        """Run afterActivate (unless it succeeded before and probing started), then the health check; on failure
+        roll back to `previous` when the manifest asks for it."""
         app = work.app
+        record = observed.deployments.get(deployment)
+        since = record.probing_since if record is not None and record.activation_pending else None
         try:
-            self._hooks(work, "afterActivate", deployment, previous)
-        except hooks.HookFailed as exc:
+            if since is None:
+                self._hooks(work, "afterActivate", deployment, previous)
+            healthy = self._prove(work, deployment, previous, since)
+        except (hooks.HookFailed, health.Unhealthy) as exc:
+            unhealthy = isinstance(exc, health.Unhealthy)
+            if unhealthy:
+                work.health = health.Report(deployment, False, str(exc))
+            verdict = {"probingSince": None, "healthyAt": None, "healthMessage": str(exc) if unhealthy else None}
             back = records.observe(app.path).deployments.get(previous or "")
             if not app.rollback_on_failure or back is None or back.state != records.COMPLETE or not back.has_dir:
-                records.write_record(app.path, deployment, records.COMPLETE, activationPending=None, error=str(exc))
+                records.write_record(app.path, deployment, records.COMPLETE, activationPending=None, error=str(exc),
+                                     **verdict)
                 raise
             assert previous is not None
             records.switch_current(app.path, previous, self.checkpoint)  # first: a kill now retries, never strands
             records.write_activation(app.path, previous, restore_previous)
             records.write_record(app.path, deployment, records.FAILED, activationPending=None, error=str(exc),
-                                 failedGeneration=app.generation)
+                                 failedGeneration=app.generation, **verdict)
             log.warning("%s: rolled back to %s because %s", app.name, previous, exc)
             self.checkpoint("rolled-back")
             try:
@@ -272,8 +292,28 @@ class Engine:
                 raise hooks.HookFailed(again.run) from exc
             raise errors.TemporaryError(f"{exc}; rolled back to {previous}; {deployment} is marked failed until "
                                         "the desired state changes or `tether retry`") from exc
-        done = records.write_record(app.path, deployment, records.COMPLETE, activationPending=None, error=None)
+        done = records.write_record(app.path, deployment, records.COMPLETE, activationPending=None, error=None,
+                                    **healthy)
         return work.fresh(observed).recorded(deployment, done)
+
+    def _prove(self, work: _Pass, deployment: str, previous: str | None, since: float | None) -> dict[str, Any]:
+        """Probe the health check (none: nothing to prove) from `since`, when probing started (None: now);
+        the record fields of a deployment that proved healthy."""
+        if work.app.health_check is None:
+            return {}
+        resumed = since is not None
+        if since is None:
+            since = self.clock()
+            records.write_record(work.app.path, deployment, records.COMPLETE, probingSince=since)
+        self.checkpoint("probing")
+
+        def probed(probe: health.Probe) -> None:
+            work.probes.append(probe)
+            self.checkpoint("probed")
+
+        work.health = self.prober.prove(work.app, self.hooks, deployment, previous, since, probed, work.cancel,
+                                        resumed=resumed)
+        return {"probingSince": None, "healthyAt": self.clock(), "healthMessage": work.health.message}
 
     def relink(self, app: model.Application, deployment: str) -> list[str]:
         """Restore the persistent-data links of a deployment (link drift), holding the lock."""

@@ -57,6 +57,9 @@ class Deployment:
     failed_generation: str | None = None  # the manifest generation under which it failed
     links: tuple[str, ...] = ()  # persistent-data links made in it
     sequence: int | None = None  # completion order within the application; None in records of older versions
+    probing_since: float | None = None  # afterActivate succeeded; its health check has probed since then (wall clock)
+    healthy_at: float | None = None  # when its health check last passed
+    health_message: str | None = None  # how its last health check ended, in words
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +196,9 @@ def _deployment(name: str, data: dict[str, Any], has_dir: bool) -> Deployment:
         failed_generation=_text(data.get("failedGeneration")),
         links=tuple(link for link in links if isinstance(link, str)) if isinstance(links, list) else (),
         sequence=_integer(data.get("sequence")),
+        probing_since=_number(data.get("probingSince")),
+        healthy_at=_number(data.get("healthyAt")),
+        health_message=_text(data.get("healthMessage")),
     )
 
 
