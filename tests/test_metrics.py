@@ -76,7 +76,7 @@ def three_applications() -> list[dict[str, Any]]:
         document("wiki", ready=False, reason="Failed", current="2024.09.1", lastSuccessAt="2024-09-16T08:01:00Z",
                  deployments=[deployment("2024.09.1", "complete", True), deployment("2024.09.2", "failed")],
                  counts={"afterActivate/success": 3, "afterActivate/failure": 2, "afterActivate/timeout": 1},
-                 nextAttemptAt="2024-09-17T10:05:00Z",
+                 nextAttemptAt="2024-09-17T10:05:00Z", healthCheckCounts={"success": 7, "failure": 2},
                  drift={"current": False, "deployment": False, "links": False, "content": True, "driftedFiles": 2}),
     ]
 
@@ -152,6 +152,9 @@ def test_a_scrape_of_three_applications_shows_their_state_drift_hooks_and_deploy
             for o in metrics.HOOK_OUTCOMES} == {"success": 3, "failure": 2, "timeout": 1}
     assert value(found, "tether_hook_runs_total", name="shop", hook="beforeActivate", outcome="failure") == 0
     assert value(found, "tether_hook_runs_total", name="shop", hook="beforeDeploy", outcome="success") is None
+    assert {o: value(found, "tether_health_checks_total", name="wiki", outcome=o)
+            for o in ("success", "failure", "timeout")} == {"success": 7, "failure": 2, "timeout": 0}
+    assert value(found, "tether_health_checks_total", name="shop", outcome="success") is None  # no probe ran
     assert {s: value(found, "tether_deployments", name="wiki", state=s)
             for s in (*metrics.DEPLOYMENT_STATES, "missing")} == {"complete": 1, "incomplete": 0, "failed": 1,
                                                                  "missing": None}

@@ -25,9 +25,8 @@ class DriftWatch:
         self.content: dict[str, list[str]] = {}  # application -> changed paths found by its last content check
         self.due: dict[str, float] = {}  # application -> when its next content check is due
 
-    def record(self, app: model.Application, document: dict[str, Any]) -> None:
-        """Check `app` and write what was found into its status `document`."""
-        observed = records.observe(app.path)
+    def record(self, app: model.Application, document: dict[str, Any], observed: records.Observed) -> None:
+        """Check `app`, whose tree the pass left as `observed`, and write what was found into its status `document`."""
         made = observed.last_activated
         types = drift.check_structure(app.path, observed, made).types if made is not None else []
         note = ""

@@ -28,7 +28,7 @@ from controller.engine import reconciling, status
 from controller.fleet import node as node_identity
 from controller.fleet import waves
 from controller.manifests import model, overrides
-from controller.tree import drift, locking, records
+from controller.tree import drift, locking
 
 log = logging.getLogger(__name__)
 HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -158,33 +158,35 @@ class Daemon:
         due = self.backoff.due(name, key)
         if due is not None and due > self.monotonic():
             return  # the main loop queues it again when the back-off ends
-        observed = records.observe(app.path)
-        # The rollout decides first, then a `tether deploy` override wins over it. The gate is not asked yet
-        # (None: waves after the first stay closed unless the rollout has no gate).
-        identity = self.node.identity
-        rolled = waves.effective(app, identity.name, identity.labels, self.clock(), None, observed.last_activated)
-        effective = overrides.effective(rolled, override)
-        before = drift.check_structure(effective.path, observed, effective.deployment)
-        started = self.monotonic()
-        if (effective.drift == "report" and before.types and not effective.suspend
-                and effective.deployment == observed.last_activated):
-            log.warning("%s has drifted (%s); spec.drift is report, so tether leaves it as it is.", name,
-                        ", ".join(before.types))
-            result = reconciling.Result(name, self.engine.plan(effective), observed)
-        else:
-            plan = self.engine.plan(effective)
-            if not plan.converged and not plan.suspended:  # say what the pass does while it works
-                last = self.statuses.get(name) or status.read(self.config.state_dir, name) or status.initial(effective)
-                self._publish(name, status.set_reconciling(last, status.working_on(effective, plan), self.clock()))
-            cancel = self.running[name] = threading.Event()
-            try:
-                result = self.engine.reconcile(effective, kind, cancel=cancel)
-            finally:
-                self.running.pop(name, None)
-            current = result.observed.current
-            if (result.ok and effective.drift == "correct" and current is not None
-                    and drift.check_structure(effective.path, result.observed, effective.deployment).links):
-                self.engine.relink(effective, current)
+        with self.engine.holding(app) as observed:  # the pass's one snapshot, which the drift checks share
+            # The rollout decides first, then a `tether deploy` override wins over it. The gate is not asked yet
+            # (None: waves after the first stay closed unless the rollout has no gate).
+            identity = self.node.identity
+            rolled = waves.effective(app, identity.name, identity.labels, self.clock(), None,
+                                     observed.last_activated)
+            effective = overrides.effective(rolled, override)
+            before = drift.check_structure(effective.path, observed, effective.deployment)
+            started = self.monotonic()
+            if (effective.drift == "report" and before.types and not effective.suspend
+                    and effective.deployment == observed.last_activated):
+                log.warning("%s has drifted (%s); spec.drift is report, so tether leaves it as it is.", name,
+                            ", ".join(before.types))
+                result = reconciling.Result(name, self.engine.plan(effective, observed), observed)
+            else:
+                plan = self.engine.plan(effective, observed)
+                if not plan.converged and not plan.suspended:  # say what the pass does while it works
+                    last = (self.statuses.get(name) or status.read(self.config.state_dir, name)
+                            or status.initial(effective))
+                    self._publish(name, status.set_reconciling(last, status.working_on(effective, plan), self.clock()))
+                cancel = self.running[name] = threading.Event()
+                try:
+                    result = self.engine.reconcile(effective, kind, cancel=cancel, locked=True, observed=observed)
+                finally:
+                    self.running.pop(name, None)
+        current = result.observed.current  # a relink (after the lock is released) changes no record
+        if (result.ok and effective.drift == "correct" and current is not None
+                and drift.check_structure(effective.path, result.observed, effective.deployment).links):
+            self.engine.relink(effective, current)
         took = self.monotonic() - started
         next_attempt = None
         if result.ok:
@@ -195,7 +197,7 @@ class Daemon:
         document = status.build(effective, result, previous, self.clock())
         document["nextAttemptAt"] = status.timestamp(queueing.wall_time(next_attempt, self.monotonic, self.clock))
         document["lastSuccessAt"] = document["updatedAt"] if result.ok else (previous or {}).get("lastSuccessAt")
-        self.drift.record(effective, document)
+        self.drift.record(effective, document, result.observed)
         if name in self.invalid:  # still running on the last good manifest: keep saying so
             document = status.build_invalid(name, self.invalid[name], document, self.clock())
         self._publish(name, document)

@@ -42,7 +42,7 @@ Histogram = prometheus_client.core.HistogramMetricFamily
 Metric = prometheus_client.core.Metric
 Statuses = Callable[[], Iterable[Mapping[str, Any]]]
 ManifestState = Callable[[], tuple[Sequence[errors.ManifestError], int]]
-_Families = tuple[Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Counter]
+_Families = tuple[Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Counter, Counter]
 
 
 class _Buckets:
@@ -205,6 +205,8 @@ def _families() -> _Families:
         Gauge("tether_next_attempt_timestamp_seconds", "When tether next retries a failed pass (nextAttemptAt); "
               "absent while no retry is scheduled.", labels=["name"]),
         Counter("tether_hook_runs_total", "Hook runs by phase and outcome.", labels=["name", "hook", "outcome"]),
+        Counter("tether_health_checks_total", "Health check probes (spec.healthCheck) by outcome.",
+                labels=["name", "outcome"]),
     )
 
 
@@ -227,7 +229,7 @@ def _timestamp(value: object) -> float | None:
 
 def _add_application(name: str, document: Mapping[str, Any], info: Gauge, ready: Gauge, suspended: Gauge,
                      stalled: Gauge, drift: Gauge, drifted: Gauge, deployments: Gauge, success: Gauge,
-                     next_attempt: Gauge, runs: Counter) -> None:
+                     next_attempt: Gauge, runs: Counter, probes: Counter) -> None:
     conditions = {c.get("type"): c for c in reversed(_list(document.get("conditions")))}  # the first of a type
     condition = conditions.get("Ready", {})
     is_ready = condition.get("status") == "True"
@@ -258,6 +260,11 @@ def _add_application(name: str, document: Mapping[str, Any], info: Gauge, ready:
         extra = sorted({outcome for p, outcome in counts if p == phase} - set(HOOK_OUTCOMES))
         for outcome in (*HOOK_OUTCOMES, *extra):  # every outcome once a phase has run, 0 included
             runs.add_metric([name, phase, outcome], counts.get((phase, outcome), 0))
+    probed = {k: v for k, v in _mapping(document.get("healthCheckCounts")).items()
+              if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)}
+    if probed:  # every outcome once a probe has run, 0 included
+        for outcome in (*HOOK_OUTCOMES, *sorted(set(probed) - set(HOOK_OUTCOMES))):
+            probes.add_metric([name, outcome], probed.get(outcome, 0))
 
 
 def _observed(seen: Observations) -> Iterator[Metric]:

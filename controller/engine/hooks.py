@@ -129,6 +129,18 @@ class Runner:
             if run.outcome != SUCCESS:
                 raise HookFailed(run)
 
+    def run_one(self, phase: str, hook: model.Hook, app: model.Application, deployment: str, previous: str | None,
+                timeout_seconds: float, append: bool) -> HookRun:
+        """Run one hook-like command (a health check probe) as `phase`: like a hook, with its own timeout;
+        its output goes to (or, with `append`, is added to) `.tether/logs/<deployment>/<phase>.log`."""
+        log_dir = os.path.join(records.meta_dir(app.path), "logs", deployment)
+        os.makedirs(log_dir, mode=0o750, exist_ok=True)
+        who = identity(app)
+        env = environment(app, who, phase, deployment, previous, self.environ)
+        limited = dataclasses.replace(app, hook_timeout_seconds=timeout_seconds)
+        return self._run(phase, "application", hook, limited, deployment, who, env,
+                         os.path.join(log_dir, f"{phase}.log"), append=append)
+
     def _run(self, phase: str, source: str, hook: model.Hook, app: model.Application, deployment: str,
              who: Identity, env: dict[str, str], log_path: str, append: bool) -> HookRun:
         cwd = os.path.join(app.path, deployment)

@@ -61,6 +61,8 @@ def plan(name: str, desired: str | None, observed: records.Observed, *, keep: in
             if observed.current != desired:
                 was = observed.current or "nothing"
                 steps.append(Step(ACTIVATE, desired, f"current points to {was}"))
+            elif existing is not None and existing.activation_pending and existing.probing_since is not None:
+                steps.append(Step(FINISH, desired, "its health check has not passed yet; probing resumes"))
             elif existing is not None and existing.activation_pending:
                 steps.append(Step(FINISH, desired, "its afterActivate hooks have not succeeded yet"))
     removals = prune_candidates(observed, desired, keep)

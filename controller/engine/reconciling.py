@@ -5,8 +5,8 @@ before the next one starts, so a test can kill the process at each of them.
 The order makes a crash at any point safe: a deployment is recorded as
 incomplete before its directory exists and marked complete only after its
 content is durable; `current` changes with one rename(2); a switch whose
-afterActivate hooks have not succeeded is recorded as pending and finished
-by the next pass.
+afterActivate hooks have not succeeded, or whose health check has not passed
+yet (engine/health.py), is recorded as pending and finished by the next pass.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import secrets as token
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from controller import errors, fsutil, nofollow
 from controller.artifacts import archives, extracting, fetching
 from controller.artifacts import cache as artifact_cache
-from controller.engine import hook_processes, hooks, planning
+from controller.engine import health, hook_processes, hooks, planning
 from controller.manifests import model, secrets
 from controller.tree import digests, drift, locking, owners, path_safety, persistent_data, records
 
@@ -40,6 +41,8 @@ class Result:
     error: str | None = None
     permanent: bool = False
     hook_runs: tuple[hooks.HookRun, ...] = ()
+    health: health.Report | None = None  # the verdict of a health check this pass reached
+    probes: tuple[str, ...] = ()  # outcomes of the health check probes this pass ran
 
     @property
     def ok(self) -> bool:
@@ -55,10 +58,15 @@ class _Pass:
     headers: dict[str, str]
     cancel: threading.Event | None = None
     runs: list[hooks.HookRun] = dataclasses.field(default_factory=list)
+    probes: list[health.Probe] = dataclasses.field(default_factory=list)
+    health: health.Report | None = None
+    seen: int = 0  # how many hooks and probes had run when the pass last read the tree
 
-    @property
-    def path(self) -> str:
-        return self.app.path
+    def fresh(self, observed: records.Observed) -> records.Observed:
+        """`observed`, or the tree read again if a hook or probe ran since it was read: they can change the tree."""
+        ran = len(self.runs) + len(self.probes)
+        stale, self.seen = self.seen != ran, ran
+        return records.observe(self.app.path) if stale else observed
 
 
 @dataclasses.dataclass
@@ -66,6 +74,7 @@ class Engine:
     state_dir: str
     fetcher: fetching.Fetcher = dataclasses.field(default_factory=fetching.Fetcher)
     hooks: hooks.Runner = dataclasses.field(default_factory=hooks.Runner)
+    prober: health.Prober = dataclasses.field(default_factory=health.Prober)
     persistent_data: PersistentData = persistent_data.apply
     checkpoint: Callable[[str], None] = lambda step: None
     on_fetch: Callable[[str, int, float], None] = lambda name, size, seconds: None
@@ -73,32 +82,42 @@ class Engine:
     clock: Callable[[], float] = time.time
     environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
 
-    def plan(self, app: model.Application) -> planning.Plan:
-        return planning.plan(app.name, app.deployment, records.observe(app.path), keep=app.keep,
-                             suspended=app.suspend, generation=app.generation)
+    def plan(self, app: model.Application, observed: records.Observed | None = None) -> planning.Plan:
+        return planning.plan(app.name, app.deployment, records.observe(app.path) if observed is None else observed,
+                             keep=app.keep, suspended=app.suspend, generation=app.generation)
+
+    @contextlib.contextmanager
+    def holding(self, app: model.Application, locked: bool = False) -> Iterator[records.Observed]:
+        """Hold the lock (unless the caller does) and read the tree: a pass's start."""
+        with contextlib.nullcontext() if locked else locking.application_lock(self.state_dir, app.name):
+            yield records.observe(app.path)
 
     def reconcile(self, app: model.Application, kind: model.Kind | None = None,
                   headers: Mapping[str, str] | None = None, cancel: threading.Event | None = None,
-                  locked: bool = False) -> Result:
+                  locked: bool = False, observed: records.Observed | None = None) -> Result:
         """Bring the application's tree to its desired state, holding its lock (unless the caller does).
 
         `headers` are sent with this pass's downloads only (e.g. a CI job's token);
-        once `cancel` is set, failed downloads are not retried (the desired state changed).
+        once `cancel` is set, failed downloads are not retried (the desired state changed); `observed` comes from
+        the caller's `holding`. Each step returns the snapshot of the tree it leaves.
         """
-        with contextlib.nullcontext() if locked else locking.application_lock(self.state_dir, app.name):
-            plan = self.plan(app)
+        with self.holding(app, locked) if observed is None else contextlib.nullcontext(observed) as seen:
+            plan = self.plan(app, seen)
             work = _Pass(app, kind, dict(headers or {}), cancel)
             error, permanent = None, False
             try:
                 if not plan.suspended:  # nothing below path is opened for writing before it is verified
                     path_safety.verify(app.path)
-                    hook_processes.stop_survivor(app.name, app.path)  # a hook left by a tether that died (item 10)
+                    if hook_processes.stop_survivor(app.name, app.path):  # a hook left by a tether that died
+                        seen = records.observe(app.path)
+                        plan = self.plan(app, seen)
                 if plan.steps:
                     path_safety.prepare(app.path)  # before anything below path changes
+                    seen = seen if seen.exists else records.observe(app.path)  # prepare made the path
                 for step in plan.steps:
-                    self._apply(step, work)
+                    seen = self._apply(step, work, seen)
                 if not plan.suspended:
-                    self._prune(app)
+                    seen = self._prune(app, seen)
             except errors.TetherError as exc:
                 log.error("Reconciling %s failed: %s", app.name, exc)
                 error, permanent = str(exc), isinstance(exc, errors.PermanentError)
@@ -108,41 +127,44 @@ class Engine:
             except Exception as exc:  # one application's failure must not stop the others
                 log.exception("Reconciling %s failed unexpectedly; the next pass tries again.", app.name)
                 error = f"{type(exc).__name__}: {exc}"
-            return Result(app.name, plan, records.observe(app.path), error, permanent, tuple(work.runs))
+            seen = seen if error is None else records.observe(app.path)  # a failed step left what it left
+            return Result(app.name, plan, seen, error, permanent, tuple(work.runs), work.health,
+                          tuple(p.outcome for p in work.probes))
 
-    def _apply(self, step: planning.Step, work: _Pass) -> None:
+    def _apply(self, step: planning.Step, work: _Pass, observed: records.Observed) -> records.Observed:
         log.info("%s: %s %s (%s).", work.app.name, step.action, step.deployment or "", step.reason)
         if step.action == planning.CLEAN:
-            self._clean(work.path, step.deployment)
-        elif step.action == planning.BLOCKED:
+            return self._clean(observed, step.deployment)
+        if step.action == planning.BLOCKED:
             raise errors.PermanentError(f"{work.app.name}: cannot deploy {step.deployment}: {step.reason}")
-        elif step.deployment is not None and step.action == planning.DEPLOY:
-            self._deploy(work, step.deployment)
-        elif step.deployment is not None and step.action == planning.ACTIVATE:
-            self._activate(work, step.deployment)
-        elif step.deployment is not None and step.action == planning.FINISH:
-            previous = records.observe(work.path).previous
-            self._after_activate(work, step.deployment, previous)
+        if step.deployment is not None and step.action == planning.DEPLOY:
+            return self._deploy(work, step.deployment, observed)
+        if step.deployment is not None and step.action == planning.ACTIVATE:
+            return self._activate(work, step.deployment, observed)
+        if step.deployment is not None and step.action == planning.FINISH:
+            return self._after_activate(work, step.deployment, observed.previous, observed)
+        return observed
 
-    def _clean(self, path: str, deployment: str | None) -> None:
+    def _clean(self, observed: records.Observed, deployment: str | None) -> records.Observed:
         if deployment is None:
-            for leftover in records.observe(path).leftovers:
+            for leftover in observed.leftovers:
                 fsutil.remove_tree(leftover)
         else:
-            fsutil.remove_tree(os.path.join(path, deployment))
-            records.remove_record(path, deployment)
+            fsutil.remove_tree(os.path.join(observed.path, deployment))
+            records.remove_record(observed.path, deployment)
         self.checkpoint("cleaned")
+        return dataclasses.replace(observed, leftovers=()) if deployment is None else observed.recorded(deployment, None)
 
     def _hooks(self, work: _Pass, phase: str, deployment: str, previous: str | None) -> None:
         self.hooks.run_phase(phase, work.app, work.kind, deployment, previous, work.runs.append)
 
-    def _deploy(self, work: _Pass, deployment: str) -> None:
+    def _deploy(self, work: _Pass, deployment: str, observed: records.Observed) -> records.Observed:
         app = work.app
         if app.source is None:
             raise errors.PermanentError(f"{app.name}: spec.source is missing; tether cannot fetch {deployment}")
         owner = owners.resolve(app)
         target = os.path.join(app.path, deployment)
-        previous = records.observe(app.path).current
+        previous = observed.current
         url = model.expand_url(app.source.url, app, deployment)
         headers = {**secrets.resolve(app.source.headers, self.environ), **work.headers}
         records.write_record(app.path, deployment, records.INCOMPLETE, source=fetching.redact_url(url))
@@ -180,10 +202,12 @@ class Engine:
             raise
         drift.record_digests(app.path, deployment, links)
         fsutil.sync_filesystem(target)
-        records.write_record(app.path, deployment, records.COMPLETE, completedAt=self.clock(), sha256=digest,
-                             links=links, sequence=records.next_sequence(app.path))
+        observed = work.fresh(observed)
+        record = records.write_record(app.path, deployment, records.COMPLETE, completedAt=self.clock(), sha256=digest,
+                                      links=links, sequence=observed.next_sequence())
         log.info("%s: deployment %s is complete.", app.name, deployment)
         self.checkpoint("completed")
+        return observed.recorded(deployment, record)
 
     def _fetch(self, app: model.Application, deployment: str, owner: owners.Owner, url: str,
                headers: Mapping[str, str], made: os.stat_result,
@@ -213,9 +237,8 @@ class Engine:
             fsutil.remove_tree(stage)
         return digest, size
 
-    def _activate(self, work: _Pass, deployment: str) -> None:
+    def _activate(self, work: _Pass, deployment: str, observed: records.Observed) -> records.Observed:
         app = work.app
-        observed = records.observe(app.path)
         record = observed.deployments.get(deployment)
         if record is None or record.state != records.COMPLETE or not record.has_dir:
             raise errors.PermanentError(f"{app.name}: {deployment} is not a complete deployment; it cannot be activated")
@@ -224,30 +247,43 @@ class Engine:
             raise errors.PermanentError(f"{current} is not a symlink; move it away so tether can manage it")
         previous = observed.current
         self._hooks(work, "beforeActivate", deployment, previous)
-        records.write_record(app.path, deployment, records.COMPLETE, activationPending=True)
-        _write_activation(app.path, deployment, previous if previous != deployment else observed.previous)
+        pending = records.write_record(app.path, deployment, records.COMPLETE, activationPending=True,
+                                       probingSince=None, healthyAt=None, healthMessage=None)
+        kept = previous if previous != deployment else observed.previous
+        records.write_activation(app.path, deployment, kept)
         self.checkpoint("recorded-previous")
-        switch_current(app.path, deployment, self.checkpoint)
+        records.switch_current(app.path, deployment, self.checkpoint)
         log.info("%s: current now points to %s.", app.name, deployment)
         self.checkpoint("switched")
-        self._after_activate(work, deployment, previous, restore_previous=observed.previous)
+        switched = observed.activated(deployment, kept).recorded(deployment, pending)
+        return self._after_activate(work, deployment, previous, switched, observed.previous)
 
-    def _after_activate(self, work: _Pass, deployment: str, previous: str | None,
-                        restore_previous: str | None = None) -> None:
-        """Run afterActivate; on failure roll back to `previous` when the manifest asks for it."""
+    def _after_activate(self, work: _Pass, deployment: str, previous: str | None, observed: records.Observed,
+                        restore_previous: str | None = None) -> records.Observed:
+        """Run afterActivate (unless it succeeded before and probing started), then the health check; on failure
+        roll back to `previous` when the manifest asks for it."""
         app = work.app
+        record = observed.deployments.get(deployment)
+        since = record.probing_since if record is not None and record.activation_pending else None
         try:
-            self._hooks(work, "afterActivate", deployment, previous)
-        except hooks.HookFailed as exc:
+            if since is None:
+                self._hooks(work, "afterActivate", deployment, previous)
+            healthy = self._prove(work, deployment, previous, since)
+        except (hooks.HookFailed, health.Unhealthy) as exc:
+            unhealthy = isinstance(exc, health.Unhealthy)
+            if unhealthy:
+                work.health = health.Report(deployment, False, str(exc))
+            verdict = {"probingSince": None, "healthyAt": None, "healthMessage": str(exc) if unhealthy else None}
             back = records.observe(app.path).deployments.get(previous or "")
             if not app.rollback_on_failure or back is None or back.state != records.COMPLETE or not back.has_dir:
-                records.write_record(app.path, deployment, records.COMPLETE, activationPending=None, error=str(exc))
+                records.write_record(app.path, deployment, records.COMPLETE, activationPending=None, error=str(exc),
+                                     **verdict)
                 raise
             assert previous is not None
-            switch_current(app.path, previous, self.checkpoint)  # first: a kill now retries, never strands
-            _write_activation(app.path, previous, restore_previous)
+            records.switch_current(app.path, previous, self.checkpoint)  # first: a kill now retries, never strands
+            records.write_activation(app.path, previous, restore_previous)
             records.write_record(app.path, deployment, records.FAILED, activationPending=None, error=str(exc),
-                                 failedGeneration=app.generation)
+                                 failedGeneration=app.generation, **verdict)
             log.warning("%s: rolled back to %s because %s", app.name, previous, exc)
             self.checkpoint("rolled-back")
             try:
@@ -256,7 +292,28 @@ class Engine:
                 raise hooks.HookFailed(again.run) from exc
             raise errors.TemporaryError(f"{exc}; rolled back to {previous}; {deployment} is marked failed until "
                                         "the desired state changes or `tether retry`") from exc
-        records.write_record(app.path, deployment, records.COMPLETE, activationPending=None, error=None)
+        done = records.write_record(app.path, deployment, records.COMPLETE, activationPending=None, error=None,
+                                    **healthy)
+        return work.fresh(observed).recorded(deployment, done)
+
+    def _prove(self, work: _Pass, deployment: str, previous: str | None, since: float | None) -> dict[str, Any]:
+        """Probe the health check (none: nothing to prove) from `since`, when probing started (None: now);
+        the record fields of a deployment that proved healthy."""
+        if work.app.health_check is None:
+            return {}
+        resumed = since is not None
+        if since is None:
+            since = self.clock()
+            records.write_record(work.app.path, deployment, records.COMPLETE, probingSince=since)
+        self.checkpoint("probing")
+
+        def probed(probe: health.Probe) -> None:
+            work.probes.append(probe)
+            self.checkpoint("probed")
+
+        work.health = self.prober.prove(work.app, self.hooks, deployment, previous, since, probed, work.cancel,
+                                        resumed=resumed)
+        return {"probingSince": None, "healthyAt": self.clock(), "healthMessage": work.health.message}
 
     def relink(self, app: model.Application, deployment: str) -> list[str]:
         """Restore the persistent-data links of a deployment (link drift), holding the lock."""
@@ -268,7 +325,7 @@ class Engine:
         """Apply retention now with `keep` (tether prune)."""
         with locking.application_lock(self.state_dir, app.name):
             path_safety.verify(app.path)
-            self._prune(dataclasses.replace(app, keep=keep))
+            self._prune(dataclasses.replace(app, keep=keep), records.observe(app.path))
 
     def remove(self, app: model.Application, deployment: str) -> None:
         """Remove one deployment (tether remove); never the active or the desired one."""
@@ -280,13 +337,11 @@ class Engine:
                                             "activate another one first")
             if deployment not in observed.deployments:
                 raise errors.PermanentError(f"{app.name} has no deployment {deployment} that tether made")
-            self._clean(app.path, deployment)
-            self._tidy(app)
+            self._tidy(app, self._clean(observed, deployment))
 
-    def _prune(self, app: model.Application) -> None:
-        observed = records.observe(app.path)
+    def _prune(self, app: model.Application, observed: records.Observed) -> records.Observed:
         if not observed.exists:
-            return
+            return observed
         candidates = planning.prune_candidates(observed, app.deployment, app.keep, active=observed.current)
         if candidates:
             path_safety.prepare(app.path)
@@ -298,11 +353,13 @@ class Engine:
             records.remove_record(app.path, name)
             fsutil.remove_tree(doomed)
             self.checkpoint("pruned")
-        self._tidy(app)
+            observed = observed.recorded(name, None)
+        self._tidy(app, observed)
+        return observed
 
-    def _tidy(self, app: model.Application) -> None:
+    def _tidy(self, app: model.Application, observed: records.Observed) -> None:
         """Drop cached artifacts, digests and (beyond a bound) hook logs of deployments that are gone."""
-        kept = set(records.observe(app.path).deployments)
+        kept = set(observed.deployments)
         artifact_cache.prune(self.state_dir, app.name, keep=kept)
         digests.prune(app.path, keep=kept)
         hooks.prune_logs(app.path, keep=kept)
@@ -312,35 +369,17 @@ class Engine:
         cleared = []
         with locking.application_lock(self.state_dir, app.name):
             path_safety.verify(app.path)
-            for deployment in records.observe(app.path).deployments.values():
+            observed = records.observe(app.path)
+            for deployment in observed.deployments.values():
                 if deployment.state != records.FAILED:
                     continue
                 if deployment.has_dir and deployment.completed_at is not None:
                     records.write_record(app.path, deployment.name, records.COMPLETE, error=None,
                                          failedGeneration=None)
                 else:
-                    self._clean(app.path, deployment.name)
+                    self._clean(observed, deployment.name)
                 cleared.append(deployment.name)
         return cleared
-
-
-def _write_activation(path: str, active: str, previous: str | None) -> None:
-    """Record what tether activated last, and what was active before it."""
-    fsutil.atomic_write_json(os.path.join(records.meta_dir(path), "activation.json"),
-                             {"active": active, "previous": previous})
-
-
-def switch_current(path: str, deployment: str, checkpoint: Callable[[str], None] = lambda step: None) -> None:
-    """Point `<path>/current` at the deployment with one rename(2), durably."""
-    link = os.path.join(path, f".current-{token.token_hex(6)}")
-    os.symlink(os.path.join(path, deployment), link)
-    checkpoint("linked")
-    try:
-        os.replace(link, os.path.join(path, "current"))
-    except BaseException:
-        os.unlink(link)
-        raise
-    fsutil.fsync_dir(path)
 
 
 def _move_entries(root: str, target: str, made: os.stat_result) -> None:

@@ -97,12 +97,50 @@ def _counts(before: dict[str, int], result: reconciling.Result) -> dict[str, int
     return counts
 
 
+def _probe_counts(before: object, result: reconciling.Result) -> dict[str, int]:
+    """Health check probes so far by outcome, carried from pass to pass for the metrics."""
+    counts = {k: v for k, v in before.items() if isinstance(v, int)} if isinstance(before, dict) else {}
+    for outcome in result.probes:
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
+def healthy(app: model.Application, result: reconciling.Result) -> dict[str, Any]:
+    """The Healthy condition: how the health check of the active deployment ended (design section 11).
+
+    True once it passed (reason Healthy), or, without spec.healthCheck, once the deployment is active (reason
+    NoHealthCheck); False when it failed; Unknown while nothing is active or probing has not reached a verdict."""
+    observed, verdict = result.observed, result.health
+    if verdict is not None:
+        return _condition("Healthy", verdict.healthy, "Healthy" if verdict.healthy else "Unhealthy",
+                          f"{verdict.deployment}: {verdict.message}")
+    current = observed.deployments.get(observed.current or "")
+    if current is None:
+        return {**_condition("Healthy", False, "NotActivated", "no deployment is active"), "status": "Unknown"}
+    if app.health_check is None:
+        return _condition("Healthy", True, "NoHealthCheck",
+                          f"spec.healthCheck is not set; {current.name} is healthy once its afterActivate hooks "
+                          "succeeded")
+    if current.activation_pending:
+        since = f" since {timestamp(current.probing_since)}" if current.probing_since is not None else ""
+        return {**_condition("Healthy", False, "Probing", f"{current.name}: probing{since} has not reached a "
+                             "verdict; the next pass goes on"), "status": "Unknown"}
+    if current.healthy_at is not None:
+        return _condition("Healthy", True, "Healthy", f"{current.name}: {current.health_message or 'passed'}")
+    if current.health_message is not None:
+        return _condition("Healthy", False, "Unhealthy", f"{current.name}: {current.health_message}")
+    return {**_condition("Healthy", False, "NotChecked", f"{current.name} was activated before spec.healthCheck "
+                         "was set; it is probed at its next activation"), "status": "Unknown"}
+
+
 def build(app: model.Application, result: reconciling.Result, previous: dict[str, Any] | None,
           now: float) -> dict[str, Any]:
     """The status document after a pass."""
     observed, plan = result.observed, result.plan
     desired = plan.desired
-    ready = result.ok and not plan.suspended and desired is not None and observed.current == desired
+    health = healthy(app, result)
+    proven = health["status"] == "True" or health["reason"] == "NotChecked"
+    ready = result.ok and not plan.suspended and desired is not None and observed.current == desired and proven
     if plan.suspended:
         reason, message = "Suspended", "spec.suspend is true; nothing is changed"
     elif not result.ok:
@@ -111,6 +149,8 @@ def build(app: model.Application, result: reconciling.Result, previous: dict[str
         reason, message = "NoDesiredDeployment", "spec.deployment is not set; `tether deploy` sets it"
     elif observed.current != desired:
         reason, message = "NotConverged", f"current points to {observed.current or 'nothing'}, not {desired}"
+    elif not proven:
+        reason, message = "NotHealthy", health["message"]
     else:
         reason, message = "Converged", f"current points to {desired}"
     stamp = timestamp(now)
@@ -120,6 +160,7 @@ def build(app: model.Application, result: reconciling.Result, previous: dict[str
         _condition("Stalled", result.permanent, "PermanentError" if result.permanent else "None",
                    (result.error or "") if result.permanent else ""),
         _condition("Drifted", False, "NotChecked", "drift detection is not enabled"),
+        health,
     ]
     return {
         "name": app.name,
@@ -136,6 +177,7 @@ def build(app: model.Application, result: reconciling.Result, previous: dict[str
         "conditions": _with_transitions(conditions, (previous or {}).get("conditions", []), stamp),
         "lastHookRuns": [hook_run(r) for r in result.hook_runs] or (previous or {}).get("lastHookRuns", []),
         "hookRunCounts": _counts((previous or {}).get("hookRunCounts", {}), result),
+        "healthCheckCounts": _probe_counts((previous or {}).get("healthCheckCounts"), result),
         "lastError": result.error,
         "nextAttemptAt": None,
         "updatedAt": stamp,

@@ -92,6 +92,8 @@ def application_problems(app: model.Application) -> Iterator[tuple[str, str]]:
         yield problem, "/spec/path"
     if not math.isfinite(app.hook_timeout_seconds):
         yield "hookTimeoutSeconds must be a finite number of seconds", "/spec/hookTimeoutSeconds"
+    if app.health_check is not None:
+        yield from _health_check_problems(app.health_check)
     if app.source is not None:
         for name in PLACEHOLDER.findall(app.source.url):
             if name not in model.PLACEHOLDERS:
@@ -150,6 +152,27 @@ def rollout_problems(rollout: model.Rollout, deployment: str | None) -> Iterator
             yield (f"wave {index + 1} opens after {wave.after}, before wave {index} (after "
                    f"{rollout.waves[index - 1].after}); `after` counts from startedAt and may not go backwards"), \
                 where + "/after"
+
+
+def _health_check_problems(check: model.HealthCheck) -> Iterator[tuple[str, str]]:
+    times = {"intervalSeconds": check.interval_seconds, "timeoutSeconds": check.timeout_seconds,
+             "healthySeconds": check.healthy_seconds, "deadlineSeconds": check.deadline_seconds}
+    for field, value in times.items():
+        if not math.isfinite(value):
+            yield f"{field} must be a finite number of seconds", f"/spec/healthCheck/{field}"
+    if check.healthy_seconds >= check.deadline_seconds:
+        yield (f"healthySeconds ({check.healthy_seconds:g}) must be less than deadlineSeconds "
+               f"({check.deadline_seconds:g}): the deployment could never become healthy in time",
+               "/spec/healthCheck/healthySeconds")
+    if check.url is not None:
+        try:
+            parts = urllib.parse.urlsplit(check.url)
+            bad = None if parts.hostname else "the URL has no host name"
+            bad = bad or (None if parts.port is None or parts.port > 0 else "the URL's port must be from 1 to 65535")
+        except ValueError as exc:
+            bad = f"the URL is not valid: {exc}"
+        if bad:
+            yield bad, "/spec/healthCheck/http/url"
 
 
 def check(

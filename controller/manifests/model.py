@@ -85,6 +85,19 @@ class Rollout:
 
 
 @dataclasses.dataclass(frozen=True)
+class HealthCheck:
+    """spec.healthCheck: an HTTP GET (`url`, `expect_status`) or a `command` run like a hook."""
+
+    url: str | None = None
+    expect_status: tuple[int, ...] = (200,)
+    command: Hook | None = None
+    interval_seconds: float = 2.0
+    timeout_seconds: float = 5.0
+    healthy_seconds: float = 10.0
+    deadline_seconds: float = 120.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Application:
     name: str
     file: str
@@ -109,6 +122,7 @@ class Application:
     drift_ignore: tuple[str, ...] = ()
     suspend: bool = False
     rollout: Rollout | None = None
+    health_check: HealthCheck | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,15 +133,29 @@ class Kind:
     hooks: Mapping[str, Hook] = dataclasses.field(default_factory=dict)
 
 
+def _hook(value: Any) -> Hook | None:
+    if isinstance(value, str):
+        return Hook(script=value)
+    if isinstance(value, Mapping):
+        return Hook(path=str(value["path"]))
+    return None
+
+
 def _hooks(data: Mapping[str, Any]) -> dict[str, Hook]:
-    hooks: dict[str, Hook] = {}
-    for phase in HOOK_PHASES:
-        value = data.get(phase)
-        if isinstance(value, str):
-            hooks[phase] = Hook(script=value)
-        elif isinstance(value, Mapping):
-            hooks[phase] = Hook(path=str(value["path"]))
-    return hooks
+    return {phase: hook for phase in HOOK_PHASES if (hook := _hook(data.get(phase))) is not None}
+
+
+def _health_check(data: Mapping[str, Any]) -> HealthCheck:
+    http = data.get("http")
+    return HealthCheck(
+        url=str(http["url"]) if http else None,
+        expect_status=tuple(int(s) for s in http["expectStatus"]) if http else (200,),
+        command=_hook(data.get("command")),
+        interval_seconds=float(data["intervalSeconds"]),
+        timeout_seconds=float(data["timeoutSeconds"]),
+        healthy_seconds=float(data["healthySeconds"]),
+        deadline_seconds=float(data["deadlineSeconds"]),
+    )
 
 
 def _header(value: Any) -> HeaderValue:
@@ -227,6 +255,7 @@ def application_from_document(doc: Mapping[str, Any], file: str, generation: str
         drift_ignore=tuple(spec["driftIgnore"]),
         suspend=bool(spec["suspend"]),
         rollout=_rollout(spec["rollout"], spec.get("deployment")) if "rollout" in spec else None,
+        health_check=_health_check(spec["healthCheck"]) if "healthCheck" in spec else None,
     )
 
 

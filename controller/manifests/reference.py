@@ -67,7 +67,7 @@ def _type(root: Schema, node: Schema) -> str:
         return f"`{json.dumps(node['const'])}`"
     if "enum" in node:
         return " | ".join(f"`{json.dumps(v)}`" for v in node["enum"])
-    if "oneOf" in node:
+    if "oneOf" in node and "type" not in node:  # an object with oneOf over its required keys is an object
         return " or ".join(_type(root, choice) for choice in node["oneOf"])
     kind = str(node.get("type", "any"))
     if kind == "object" and "properties" in node and not node.get("additionalProperties", True):

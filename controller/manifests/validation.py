@@ -86,6 +86,9 @@ def _plain(error: Any) -> str:
         return f"{shown} is out of range ({validator} {value})"
     if validator in ("minLength", "maxLength"):
         return f"{shown} is too {'short' if validator == 'minLength' else 'long'}"
+    if validator == "oneOf" and all(set(choice) == {"required"} for choice in value):
+        keys = [key for choice in value for key in choice["required"]]
+        return f"give exactly one of {', '.join(repr(k) for k in keys)}"
     if validator == "oneOf":
         expected = error.schema.get("description", "see `tether schema`")
         return f"{shown} is not a valid value here; {expected.rstrip('.')}"
@@ -150,9 +153,9 @@ def _fill(instance: Any, node: dict[str, Any], root: dict[str, Any]) -> None:
 # surrogate (YAML escapes such as "\udcff" make one; it cannot be encoded as UTF-8 for a file, a log or a scrape).
 NEVER = re.compile(r"[\x00\ud800-\udfff]")
 # Control characters (C0, DEL, C1) and Unicode line breaks make no sense in a name, path, label, URL or header
-# (CR/LF in a header value would inject headers); only an inline hook script is free text.
+# (CR/LF in a header value would inject headers); only an inline hook or health check script is free text.
 CONTROL = tether_errors.CONTROL
-FREE_TEXT = re.compile(r"/spec/hooks/[^/]+")
+FREE_TEXT = re.compile(r"/spec/hooks/[^/]+|/spec/healthCheck/command")
 HEADER_VALUE = re.compile(r"/spec/source/headers/[^/]+")
 NOT_LATIN_1 = re.compile(r"[^\x00-\xff]")
 

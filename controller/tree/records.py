@@ -16,8 +16,10 @@ import contextlib
 import dataclasses
 import math
 import os
+import secrets
 import stat
 import time
+from collections.abc import Callable
 from typing import Any
 
 from controller import fsutil
@@ -55,6 +57,9 @@ class Deployment:
     failed_generation: str | None = None  # the manifest generation under which it failed
     links: tuple[str, ...] = ()  # persistent-data links made in it
     sequence: int | None = None  # completion order within the application; None in records of older versions
+    probing_since: float | None = None  # afterActivate succeeded; its health check has probed since then (wall clock)
+    healthy_at: float | None = None  # when its health check last passed
+    health_message: str | None = None  # how its last health check ended, in words
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +82,24 @@ class Observed:
         found = [d for d in self.deployments.values() if d.state == COMPLETE and d.has_dir]
         return sorted(found, key=_age, reverse=True)
 
+    def next_sequence(self) -> int:
+        """One more than the highest deploy sequence of any record of the application (1 for the first)."""
+        return max((d.sequence for d in self.deployments.values() if d.sequence is not None), default=0) + 1
+
+    def recorded(self, name: str, record: dict[str, Any] | None) -> Observed:
+        """This tree after `write_record` wrote `record` for `name`, whose directory exists (None: after its
+        directory and record were removed), without reading the disk again."""
+        deployments = {n: d for n, d in self.deployments.items() if n != name}
+        if record is not None:
+            deployments[name] = _deployment(name, record, has_dir=True)
+        return dataclasses.replace(self, deployments=deployments, foreign=tuple(f for f in self.foreign if f != name))
+
+    def activated(self, name: str, previous: str | None) -> Observed:
+        """This tree after tether switched `current` to `name` and recorded `previous` (see `observe`)."""
+        target = os.path.join(self.path, name)
+        return dataclasses.replace(self, current=_pointed(self.path, target), current_target=target,
+                                   previous=previous, last_activated=name)
+
 
 def _age(deployment: Deployment) -> tuple[int, float, str]:
     if deployment.sequence is not None:
@@ -84,14 +107,8 @@ def _age(deployment: Deployment) -> tuple[int, float, str]:
     return 0, deployment.completed_at or 0.0, deployment.name
 
 
-def next_sequence(path: str) -> int:
-    """One more than the highest deploy sequence of any record of the application (1 for the first)."""
-    sequences = [d.sequence for d in observe(path).deployments.values() if d.sequence is not None]
-    return max(sequences, default=0) + 1
-
-
-def write_record(path: str, deployment: str, state: str, **fields: Any) -> None:
-    """Update a deployment's record; a field given as None is removed."""
+def write_record(path: str, deployment: str, state: str, **fields: Any) -> dict[str, Any]:
+    """Update a deployment's record; a field given as None is removed. Return the record written."""
     record = fsutil.read_json(record_path(path, deployment))
     if not isinstance(record, dict) or not record:
         record = {"createdAt": time.time()}
@@ -99,6 +116,25 @@ def write_record(path: str, deployment: str, state: str, **fields: Any) -> None:
     record = {k: v for k, v in record.items() if v is not None}
     fsutil.makedirs(os.path.dirname(record_path(path, deployment)))
     fsutil.atomic_write_json(record_path(path, deployment), record)
+    return record
+
+
+def write_activation(path: str, active: str, previous: str | None) -> None:
+    """Record what tether activated last, and what was active before it."""
+    fsutil.atomic_write_json(os.path.join(meta_dir(path), "activation.json"), {"active": active, "previous": previous})
+
+
+def switch_current(path: str, deployment: str, checkpoint: Callable[[str], None] = lambda step: None) -> None:
+    """Point `<path>/current` at the deployment with one rename(2), durably."""
+    link = os.path.join(path, f".current-{secrets.token_hex(6)}")
+    os.symlink(os.path.join(path, deployment), link)
+    checkpoint("linked")
+    try:
+        os.replace(link, os.path.join(path, "current"))
+    except BaseException:
+        os.unlink(link)
+        raise
+    fsutil.fsync_dir(path)
 
 
 def remove_record(path: str, deployment: str) -> None:
@@ -127,8 +163,13 @@ def _current(path: str) -> tuple[str | None, str | None]:
         target = os.readlink(link)
     except (FileNotFoundError, OSError):
         return None, None
+    return _pointed(path, target), target
+
+
+def _pointed(path: str, target: str) -> str | None:
+    """The deployment a `current` link with `target` points to, if it points to one."""
     parent, name = os.path.split(os.path.normpath(os.path.join(path, target)))
-    return (name if parent == path and is_deployment_name(name) else None), target
+    return name if parent == path and is_deployment_name(name) else None
 
 
 def _real_dir(path: str) -> bool:
@@ -137,6 +178,28 @@ def _real_dir(path: str) -> bool:
         return stat.S_ISDIR(os.lstat(path).st_mode)
     except FileNotFoundError:
         return False
+
+
+def _deployment(name: str, data: dict[str, Any], has_dir: bool) -> Deployment:
+    """A deployment from its record; a field of another type (a damaged record) reads as missing."""
+    state = data.get("state")
+    links = data.get("links")
+    return Deployment(
+        name=name,
+        state=state if state in (INCOMPLETE, COMPLETE, FAILED) else INCOMPLETE,
+        has_dir=has_dir,
+        created_at=_number(data.get("createdAt")),
+        completed_at=_number(data.get("completedAt")),
+        sha256=_text(data.get("sha256")),
+        error=_text(data.get("error")),
+        activation_pending=data.get("activationPending") is True,
+        failed_generation=_text(data.get("failedGeneration")),
+        links=tuple(link for link in links if isinstance(link, str)) if isinstance(links, list) else (),
+        sequence=_integer(data.get("sequence")),
+        probing_since=_number(data.get("probingSince")),
+        healthy_at=_number(data.get("healthyAt")),
+        health_message=_text(data.get("healthMessage")),
+    )
 
 
 def observe(path: str) -> Observed:
@@ -160,23 +223,7 @@ def observe(path: str) -> Observed:
             dirs.add(item.name)
     if trusted and _real_dir(staging_dir(path)):
         leftovers.extend(os.path.join(staging_dir(path), e) for e in os.listdir(staging_dir(path)))
-    deployments = {}
-    for name, data in records.items():  # a field of another type (a damaged record) reads as missing
-        state = data.get("state")
-        links = data.get("links")
-        deployments[name] = Deployment(
-            name=name,
-            state=state if state in (INCOMPLETE, COMPLETE, FAILED) else INCOMPLETE,
-            has_dir=name in dirs,
-            created_at=_number(data.get("createdAt")),
-            completed_at=_number(data.get("completedAt")),
-            sha256=_text(data.get("sha256")),
-            error=_text(data.get("error")),
-            activation_pending=data.get("activationPending") is True,
-            failed_generation=_text(data.get("failedGeneration")),
-            links=tuple(link for link in links if isinstance(link, str)) if isinstance(links, list) else (),
-            sequence=_integer(data.get("sequence")),
-        )
+    deployments = {name: _deployment(name, data, has_dir=name in dirs) for name, data in records.items()}
     current, target = _current(path)
     activation = (fsutil.read_json(os.path.join(meta_dir(path), "activation.json")) if trusted else None)
     activation = {k: _text(v) for k, v in activation.items()} if isinstance(activation, dict) else {}
