@@ -351,7 +351,8 @@ def test_a_hook_and_its_children_die_promptly_when_tether_reconcile_is_killed(
         hook = wait_until(lambda: read_pid(pids / "hook.pid"), 60, "the hook never started")
         child = wait_until(lambda: read_pid(pids / "child.pid"), 10)
         assert alive(hook) and alive(child)
-        assert (node.apps / "site" / ".tether" / "running-hook.json").exists()
+        # tether records the hook just after starting it, so the hook may write its pid first
+        wait_until((node.apps / "site" / ".tether" / "running-hook.json").exists, 10, "the hook is not recorded")
         tether.kill()
         tether.wait(10)
         wait_until(lambda: gone(hook, child), 10, "the hook or its child outlived tether")
