@@ -431,3 +431,25 @@ def test_a_busy_port_or_a_malformed_address_is_an_error_that_says_so(
     for address in ("127.0.0.1", "127.0.0.1:http", "localhost:70000"):
         with pytest.raises(errors.PermanentError, match="not host:port"):
             metrics.serve(address, registry)
+
+
+def test_rollout_series_exist_only_for_applications_with_a_rollout(observations: metrics.Observations) -> None:
+    waiting = {"wave": 1, "inOpenWave": False, "nextWaveAt": None, "waiting": True, "gate": "closed",
+               "gateMessage": "ALERTS returned 1 series"}
+    nowhere = {"wave": None, "inOpenWave": False, "nextWaveAt": None, "waiting": False, "gate": "unknown",
+               "gateMessage": "not asked"}
+    documents = [document("acme", rollout=waiting), document("shop"), document("lab", rollout=nowhere)]
+    registry = metrics.registry(metrics.Collector(lambda: documents, problems, observations))
+    found = scrape(registry)
+    assert value(found, "tether_rollout_wave", name="acme") == 1
+    assert value(found, "tether_rollout_waiting", name="acme") == 1
+    assert value(found, "tether_rollout_gate_open", name="acme") == 0
+    assert value(found, "tether_rollout_wave", name="lab") == -1
+    assert value(found, "tether_rollout_waiting", name="lab") == 0
+    assert not [key for key in found if key[0].startswith("tether_rollout_") and ("name", "shop") in key[1]]
+    text = prometheus_client.generate_latest(registry)
+    checked = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
+    documents[0] = document("acme")  # the rollout ended: its series go
+    assert not [key for key in scrape(registry) if key[0].startswith("tether_rollout_")
+                and ("name", "acme") in key[1]]

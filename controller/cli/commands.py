@@ -18,8 +18,8 @@ from typing import Any, TextIO
 from controller import errors
 from controller.artifacts import fetching
 from controller.engine import reconciling, status
+from controller.fleet import gate, rollout_state
 from controller.fleet import node as node_identity
-from controller.fleet import waves
 from controller.manifests import loading, model, overrides
 from controller.tree import locking, path_safety, records
 
@@ -31,18 +31,24 @@ def catalog(args: argparse.Namespace) -> loading.Catalog:
     return loading.load([args.manifests], secure=not args.insecure_manifests, reserved_paths=reserved)
 
 
-def rolled_out(app: model.Application, args: argparse.Namespace, *, now: float | None = None,
-               gate_open: bool | None = None) -> model.Application:
-    """The application with spec.deployment as its rollout decides for this node now (design section 11).
+def rollout_of(app: model.Application, args: argparse.Namespace, *, now: float | None = None,
+               ask: rollout_state.Ask | None = gate.ask) -> rollout_state.Evaluation:
+    """This node's rollout evaluation of `app` now (design section 11), as the daemon makes it: the gate is
+    asked once (no cache) when the node's wave waits on it; `ask` None keeps it unknown (closed).
 
-    The node is the one `--node-config` names. One-shot commands do not ask the gate: `gate_open` None keeps
-    waves after the first closed unless the rollout has no gate. Apply the overrides after this: a
-    `tether deploy` wins over the rollout."""
+    The node is the one `--node-config` names. Apply the overrides to `.app`: a `tether deploy` wins over
+    the rollout."""
     if app.rollout is None:
-        return app
+        return rollout_state.evaluate(app, "", {}, 0.0, None, None)
     node = node_identity.load(args.node_config, secure=not args.insecure_manifests)
     activated = records.observe(app.path).last_activated
-    return waves.effective(app, node.name, node.labels, time.time() if now is None else now, gate_open, activated)
+    return rollout_state.evaluate(app, node.name, node.labels, time.time() if now is None else now, activated, ask)
+
+
+def rolled_out(app: model.Application, args: argparse.Namespace, *, now: float | None = None,
+               ask: rollout_state.Ask | None = gate.ask) -> model.Application:
+    """The application with spec.deployment as its rollout decides for this node now (see `rollout_of`)."""
+    return rollout_of(app, args, now=now, ask=ask).app
 
 
 def application(args: argparse.Namespace, found: loading.Catalog) -> model.Application:
@@ -63,12 +69,14 @@ def reconcile_now(args: argparse.Namespace, found: loading.Catalog, app: model.A
     with locking.application_lock(args.state_dir, app.name):
         override = overrides.update(args.state_dir, app.name, **changes) if changes else \
             overrides.read(args.state_dir, app.name)
-        effective = overrides.effective(rolled_out(app, args), override)
+        rolled = rollout_of(app, args)
+        effective = overrides.effective(rolled.app, override)
         engine = engine or reconciling.Engine(args.state_dir)
         result = engine.reconcile(effective, found.kinds.get(app.kind) if app.kind else None, headers, locked=True)
         # Still under the lock: a daemon's next pass starts from this status, hook runs included.
-        status.write(args.state_dir, app.name,
-                     status.build(effective, result, status.read(args.state_dir, app.name), time.time()))
+        document = status.build(effective, result, status.read(args.state_dir, app.name), time.time())
+        status.set_rollout(document, rolled.status())
+        status.write(args.state_dir, app.name, document)
     return report(args, app.name, result.ok, "converged" if result.ok else f"failed: {result.error}")
 
 

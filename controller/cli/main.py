@@ -17,6 +17,7 @@ from controller.cli import commands as imperative
 from controller.cli import drift_commands, logs, node_commands, rollout_commands
 from controller.engine import reconciling, status
 from controller.fleet import node as node_identity
+from controller.fleet import rollout_state
 from controller.manifests import loading, overrides, reference, validation
 from controller.tree import locking, records
 
@@ -130,10 +131,12 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     def one(name: str) -> reconciling.Result:
         with locking.application_lock(args.state_dir, name):  # the status too, so a daemon's pass starts from it
-            app = overrides.applied(args.state_dir, imperative.rolled_out(catalog.applications[name], args))
+            rolled = imperative.rollout_of(catalog.applications[name], args)
+            app = overrides.applied(args.state_dir, rolled.app)
             result = engine.reconcile(app, catalog.kinds.get(app.kind) if app.kind else None, locked=True)
-            previous = status.read(args.state_dir, name)
-            status.write(args.state_dir, name, status.build(app, result, previous, time.time()))
+            document = status.build(app, result, status.read(args.state_dir, name), time.time())
+            status.set_rollout(document, rolled.status())
+            status.write(args.state_dir, name, document)
         return result
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(4, len(names)))) as pool:
@@ -186,8 +189,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return OK
     rows = [("NAME", "DESIRED", "CURRENT", "READY", "MESSAGE")]
     for d in documents:
-        rows.append((d.get("name", ""), d.get("desired") or "-", d.get("current") or "-", _ready(d),
-                     (d.get("lastError") or "")[:100]))
+        message = "; ".join(m for m in ((d.get("lastError") or "")[:100], rollout_state.waiting_text(d)) if m)
+        rows.append((d.get("name", ""), d.get("desired") or "-", d.get("current") or "-", _ready(d), message))
     _table(rows)
     return OK
 

@@ -25,8 +25,8 @@ from typing import Any
 from controller import errors, fsutil
 from controller.daemon import drift_watch, metrics, notify, queueing, scanning, watching
 from controller.engine import reconciling, status
+from controller.fleet import gate, rollout_state
 from controller.fleet import node as node_identity
-from controller.fleet import waves
 from controller.manifests import model, overrides
 from controller.tree import drift, locking
 
@@ -51,7 +51,8 @@ class Config:
 class Daemon:
     def __init__(self, config: Config, engine: reconciling.Engine | None = None,
                  clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None,
+                 ask_gate: Callable[[model.Gate], gate.Answer] = gate.ask) -> None:
         self.config = config
         self.engine = engine or reconciling.Engine(config.state_dir)
         self.clock = clock
@@ -74,6 +75,8 @@ class Daemon:
         self.running: dict[str, threading.Event] = {}  # application -> set when its pass should give up retrying
         self.parsed: dict[Any, Any] = {}  # loading's cache of parsed manifests
         self.node = node_identity.Tracker(config.node_config, secure=not config.insecure_manifests)
+        self.gates = gate.Cache(ask_gate, monotonic)  # each application's last gate answer, for intervalSeconds
+        self.wakeups: dict[str, float] = {}  # application -> when (monotonic) its rollout wants a pass
         self._node_changed = False  # the next scan queues every application
         self._guard = threading.Lock()
         self._wake = threading.Event()
@@ -136,6 +139,9 @@ class Daemon:
             self.running[name].set()  # its pass stops downloading and retrying
         self.seen.pop(name, None)
         self.drift.forget(name)
+        self.gates.forget(name)
+        with self._guard:
+            self.wakeups.pop(name, None)
         self.backoff.succeeded(name)
         self.observations.forget(name)
         with self._guard:
@@ -159,12 +165,14 @@ class Daemon:
         if due is not None and due > self.monotonic():
             return  # the main loop queues it again when the back-off ends
         with self.engine.holding(app) as observed:  # the pass's one snapshot, which the drift checks share
-            # The rollout decides first, then a `tether deploy` override wins over it. The gate is not asked yet
-            # (None: waves after the first stay closed unless the rollout has no gate).
+            # The rollout decides first (asking the gate, through the cache, only when this node's wave waits on
+            # it), then a `tether deploy` override wins over it.
             identity = self.node.identity
-            rolled = waves.effective(app, identity.name, identity.labels, self.clock(), None,
-                                     observed.last_activated)
-            effective = overrides.effective(rolled, override)
+            wall, mono = self.clock(), self.monotonic()
+            rolled = rollout_state.evaluate(app, identity.name, identity.labels, wall, observed.last_activated,
+                                            lambda asked: self.gates.answer(name, asked))
+            self._schedule(name, rolled, wall, mono)
+            effective = overrides.effective(rolled.app, override)
             before = drift.check_structure(effective.path, observed, effective.deployment)
             started = self.monotonic()
             if (effective.drift == "report" and before.types and not effective.suspend
@@ -197,6 +205,7 @@ class Daemon:
         document = status.build(effective, result, previous, self.clock())
         document["nextAttemptAt"] = status.timestamp(queueing.wall_time(next_attempt, self.monotonic, self.clock))
         document["lastSuccessAt"] = document["updatedAt"] if result.ok else (previous or {}).get("lastSuccessAt")
+        status.set_rollout(document, rolled.status())
         self.drift.record(effective, document, result.observed)
         if name in self.invalid:  # still running on the last good manifest: keep saying so
             document = status.build_invalid(name, self.invalid[name], document, self.clock())
@@ -204,6 +213,21 @@ class Daemon:
         self.observations.reconciled(name, "success" if result.ok else "failure", took)  # after the status
         for run in result.hook_runs:
             self.observations.hook_ran(run, name)
+
+    def _schedule(self, name: str, rolled: rollout_state.Evaluation, wall: float, mono: float) -> None:
+        """Ask for a pass when the node's wave opens, and when the gate is due again while the wave waits on
+        it; the main loop queues the application then (plain data: `wakeups`)."""
+        due = []
+        if rolled.decision is not None and rolled.decision.next_wave_at is not None:
+            due.append(mono + (rolled.decision.next_wave_at - wall) + 0.001)  # just after, on the wall clock
+        expires = self.gates.expires(name)
+        if rolled.waiting and expires is not None:
+            due.append(expires)
+        with self._guard:
+            if due:
+                self.wakeups[name] = min(due)
+            else:
+                self.wakeups.pop(name, None)
 
     def _publish(self, name: str, document: dict[str, Any]) -> None:
         """Write and serve a status, unless the application stopped being managed meanwhile."""
@@ -313,11 +337,20 @@ class Daemon:
             for name, due in self.backoff.pending().items():
                 if due <= now:
                     self.queue.put(name)
+            with self._guard:
+                rollouts = dict(self.wakeups)
+            for name, due in rollouts.items():
+                if due <= now:
+                    with self._guard:
+                        if self.wakeups.get(name) == due:
+                            del self.wakeups[name]  # the pass schedules the next one
+                    self.queue.put(name)
             next_ping = self.notifier.keep_alive(now, self._summary())
             if self.config.metrics_textfile and self._changed.is_set():
                 self._changed.clear()
                 metrics.write_textfile(self.config.metrics_textfile, registry)
             waits = [next_resync - now] + [due - now for due in self.backoff.pending().values() if due > now]
+            waits += [due - now for due in rollouts.values() if due > now]
             if next_ping is not None:
                 waits.append(next_ping - now)
             self._wake.wait(timeout=max(0.01, min(waits)))

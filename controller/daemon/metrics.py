@@ -42,7 +42,8 @@ Histogram = prometheus_client.core.HistogramMetricFamily
 Metric = prometheus_client.core.Metric
 Statuses = Callable[[], Iterable[Mapping[str, Any]]]
 ManifestState = Callable[[], tuple[Sequence[errors.ManifestError], int]]
-_Families = tuple[Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Counter, Counter]
+_Families = tuple[Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Counter, Counter, Gauge, Gauge,
+                  Gauge]
 
 
 class _Buckets:
@@ -207,6 +208,12 @@ def _families() -> _Families:
         Counter("tether_hook_runs_total", "Hook runs by phase and outcome.", labels=["name", "hook", "outcome"]),
         Counter("tether_health_checks_total", "Health check probes (spec.healthCheck) by outcome.",
                 labels=["name", "outcome"]),
+        Gauge("tether_rollout_wave", "The index of this node's wave in spec.rollout.waves, from 0; -1 in no wave "
+              "(absent without a rollout).", labels=["name"]),
+        Gauge("tether_rollout_waiting", "1 while this node's wave time has come but the gate keeps it shut.",
+              labels=["name"]),
+        Gauge("tether_rollout_gate_open", "1 when the rollout gate's last answer was open (or there is no gate); 0 "
+              "when closed or not asked.", labels=["name"]),
     )
 
 
@@ -229,7 +236,8 @@ def _timestamp(value: object) -> float | None:
 
 def _add_application(name: str, document: Mapping[str, Any], info: Gauge, ready: Gauge, suspended: Gauge,
                      stalled: Gauge, drift: Gauge, drifted: Gauge, deployments: Gauge, success: Gauge,
-                     next_attempt: Gauge, runs: Counter, probes: Counter) -> None:
+                     next_attempt: Gauge, runs: Counter, probes: Counter, wave: Gauge, waiting: Gauge,
+                     gate_open: Gauge) -> None:
     conditions = {c.get("type"): c for c in reversed(_list(document.get("conditions")))}  # the first of a type
     condition = conditions.get("Ready", {})
     is_ready = condition.get("status") == "True"
@@ -265,6 +273,12 @@ def _add_application(name: str, document: Mapping[str, Any], info: Gauge, ready:
     if probed:  # every outcome once a probe has run, 0 included
         for outcome in (*HOOK_OUTCOMES, *sorted(set(probed) - set(HOOK_OUTCOMES))):
             probes.add_metric([name, outcome], probed.get(outcome, 0))
+    rollout = document.get("rollout")
+    if isinstance(rollout, Mapping):  # only while the manifest has a rollout: no stale series after it
+        index = rollout.get("wave")
+        wave.add_metric([name], index if isinstance(index, int) and not isinstance(index, bool) else -1)
+        waiting.add_metric([name], 1 if rollout.get("waiting") is True else 0)
+        gate_open.add_metric([name], 1 if rollout.get("gate") == "open" else 0)
 
 
 def _observed(seen: Observations) -> Iterator[Metric]:

@@ -247,6 +247,14 @@ def build_invalid(name: str, error: str, previous: dict[str, Any] | None, now: f
     return document
 
 
+def set_rollout(document: dict[str, Any], rollout: dict[str, Any] | None) -> None:
+    """Record this node's rollout state (controller/fleet/rollout_state.py); no `rollout` field without one."""
+    if rollout is None:
+        document.pop("rollout", None)
+    else:
+        document["rollout"] = rollout
+
+
 def write(state_dir: str, name: str, document: dict[str, Any]) -> None:
     fsutil.makedirs(os.path.join(state_dir, "status"))
     fsutil.atomic_write_json(status_path(state_dir, name), document, mode=MODE)
