@@ -10,6 +10,7 @@ import json
 import os
 import socket
 
+import pytest
 import yaml
 
 from tests import support
@@ -170,3 +171,25 @@ def test_reconcile_holds_a_gated_wave_and_tether_deploy_overrides_the_rollout(
     assert os.readlink(app / "current") == str(app / "v2")
     assert node.tether("reconcile").returncode == 0
     assert os.readlink(app / "current") == str(app / "v2")  # the override wins, and v2 is now kept anyway
+
+
+@pytest.mark.parametrize("index", [0, 6, 9])
+def test_tether_node_shows_the_wave_and_bucket_the_plan_gives_that_node(node: support.Node, index: int) -> None:
+    manifest, nodes = files(node)
+    plan = {row["node"]: row for row in json.loads(node.tether("rollout", "plan", manifest, "--nodes", nodes,
+                                                                "--json").stdout)}
+    me = NODES[index]
+    labels = me["labels"]
+    assert isinstance(labels, dict)
+    (node.root / "node.yaml").write_text(yaml.safe_dump(
+        {"apiVersion": "tether/v1", "kind": "Node", "metadata": {"name": me["name"], "labels": labels}}))
+    support.write_manifest(node.manifests, rollout_manifest(str(node.apps / "acme")))
+
+    run = node.tether("node", "--node-config", str(node.root / "node.yaml"), "--json")
+
+    assert run.returncode == 0, run.stderr
+    [app] = json.loads(run.stdout)["applications"]
+    assert app["rollout"]["wave"] == expected_wave(me) == plan[str(me["name"])]["wave"]
+    assert app["rollout"]["bucket"] == bucket(str(me["name"]))
+    text = node.tether("node", "--node-config", str(node.root / "node.yaml")).stdout
+    assert f"wave {expected_wave(me) + 1} (bucket {bucket(str(me['name'])):.2f})" in text

@@ -10,6 +10,8 @@ from typing import Any
 from controller import errors
 from controller.cli import commands as imperative
 from controller.fleet import node as node_identity
+from controller.fleet import waves
+from controller.manifests import model
 
 OK, INVALID = 0, 2
 
@@ -35,8 +37,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     catalog = imperative.catalog(args)
     for problem in catalog.problems:
         print(f"tether: {problem}", file=sys.stderr)
-    # One entry per application this node manages; the rollout adds what it decides for each here.
-    applications: list[dict[str, Any]] = [{"name": name} for name in sorted(catalog.applications)]
+    applications = [_wave(app, node) for _, app in sorted(catalog.applications.items())]
     if args.json:
         print(json.dumps({**node.as_json(), "applications": applications}, indent=2))
         return OK
@@ -47,8 +48,27 @@ def cmd_node(args: argparse.Namespace) -> int:
     print("Labels: " + (", ".join(f"{k}={v}" for k, v in sorted(node.labels.items())) or "none"))
     print("Applications:" + ("" if applications else " none"))
     for application in applications:
-        print(f"  {application['name']}")
+        print(f"  {application['name']}" + ("" if "rollout" not in application else f": {_wave_text(application)}"))
     return OK
+
+
+def _wave(app: model.Application, node: node_identity.Node) -> dict[str, Any]:
+    """One application as `tether node` shows it: with a rollout, this node's bucket and wave (from 0)."""
+    if app.rollout is None:
+        return {"name": app.name}
+    wave = waves.wave_of(node.name, node.labels, app.application, app.rollout)
+    opens = waves.opens_at(app.rollout, wave) if wave is not None else None
+    return {"name": app.name, "rollout": {
+        "id": app.rollout.id, "bucket": waves.bucket(node.name, app.application, app.rollout.id), "wave": wave,
+        "opensAt": waves.iso(opens) if opens is not None else None}}
+
+
+def _wave_text(application: dict[str, Any]) -> str:
+    rollout = application["rollout"]
+    if rollout["wave"] is None:
+        return f"rollout {rollout['id']}: in no wave (bucket {rollout['bucket']:.2f}), stays on `from`"
+    return (f"rollout {rollout['id']}: wave {rollout['wave'] + 1} (bucket {rollout['bucket']:.2f}), opens at "
+            f"{rollout['opensAt']}")
 
 
 COMMANDS = {"node": cmd_node}
