@@ -67,14 +67,21 @@ def read_json(path: str) -> Any:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_JSON_BYTES:
             return None
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            data = handle.read(MAX_JSON_BYTES + 1)
+        data = read_at_most(fd, MAX_JSON_BYTES)
     finally:
         os.close(fd)
     try:
-        return json.loads(data.decode("utf-8")) if len(data) <= MAX_JSON_BYTES else None
+        return None if data is None else json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError):
         return None
+
+
+def read_at_most(fd: int, limit: int) -> bytes | None:
+    """What is left to read from `fd`, or None when that is more than `limit` bytes (a file that grew, say)."""
+    data = b""
+    while len(data) <= limit and (chunk := os.read(fd, limit + 1 - len(data))):
+        data += chunk
+    return data if len(data) <= limit else None
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)

@@ -26,7 +26,7 @@ import stat
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 
-from controller import errors
+from controller import errors, fsutil
 from controller.manifests import model
 
 MAX_SECRET_BYTES = 64 * 1024
@@ -81,14 +81,12 @@ def _from_file(name: str, path: str) -> str:
             raise _not_regular(name, path, _kind(st.st_mode))
         if st.st_size > MAX_SECRET_BYTES:
             raise _too_large(name, path)
-        data = b""
-        while len(data) <= MAX_SECRET_BYTES and (chunk := os.read(fd, MAX_SECRET_BYTES + 1 - len(data))):
-            data += chunk
+        data = fsutil.read_at_most(fd, MAX_SECRET_BYTES)
     except OSError as exc:
         raise errors.PermanentError(f"header {name} reads {path}, which cannot be read ({exc.strerror})") from None
     finally:
         os.close(fd)
-    if len(data) > MAX_SECRET_BYTES:
+    if data is None:
         raise _too_large(name, path)
     try:
         return data.decode("utf-8").strip()

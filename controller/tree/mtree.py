@@ -19,7 +19,7 @@ import os
 import re
 import stat
 
-from controller import errors
+from controller import errors, fsutil
 
 TYPES = ("dir", "file", "link")
 KEYWORDS = frozenset({"type", "uname", "gname", "uid", "gid", "mode", "link", "nochange", "optional", "tags"})
@@ -261,14 +261,12 @@ def read(path: str) -> list[Node] | None:
         if st.st_size > MAX_BYTES:
             raise errors.PermanentError(f"{path} is larger than {MAX_BYTES // 1024 // 1024} MiB; tether reads no "
                                         "bigger .mtree")
-        data = b""
-        while len(data) <= MAX_BYTES and (chunk := os.read(fd, MAX_BYTES + 1 - len(data))):
-            data += chunk
+        data = fsutil.read_at_most(fd, MAX_BYTES)
     except OSError as exc:
         raise errors.PermanentError(f"{path} cannot be read: {exc.strerror}") from exc
     finally:
         os.close(fd)
-    if len(data) > MAX_BYTES:
+    if data is None:
         raise errors.PermanentError(f"{path} is larger than {MAX_BYTES // 1024 // 1024} MiB; tether reads no bigger "
                                     ".mtree")
     return parse(decode(data))
