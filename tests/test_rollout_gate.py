@@ -190,3 +190,51 @@ def test_the_gate_poll_costs_milliseconds_against_a_real_http_server(http: suppo
     cpu, wall = time.process_time() - started[0], time.monotonic() - started[1]
     print(f"gate poll: {1000 * wall / 50:.2f} ms wall, {1000 * cpu / 50:.2f} ms CPU each")
     assert check.asked == 50
+
+
+def test_a_canary_whose_health_check_fails_rolls_back_marks_it_failed_and_the_plan_agrees_with_the_daemons(
+        tmp_path: Path, http: support.HttpServer) -> None:
+    """Real daemons: the canary takes v2 at once, its health check answers 503 until the deadline, so it goes
+    back to v1 with v2 marked failed and Healthy False; the other node, whose wave waits on an unreachable
+    Prometheus, never takes v2. Each daemon's wave is the one `tether rollout plan` gives its node."""
+    for version in ("1", "2"):
+        http.serve(f"/v{version}.tar.gz", support.tar_bytes(support.site(version)))
+    http.serve("/health", support.Reply(503, b"down"))
+    canary, canary_file, plain, plain_file = nodes(tmp_path)
+    for node in (canary, plain):  # both nodes run v1 before the rollout starts
+        support.write_manifest(node.manifests, support.application(
+            "acme", node.apps / "acme", deployment="v1", source={"url": http.url("/{deployment}.tar.gz")}))
+    with running_daemon(canary, canary_file), running_daemon(plain, plain_file):
+        for node in (canary, plain):
+            wait_for("v1 current", lambda node=node: status_of(node, "acme").get("current") == "v1", timeout=30)
+        started = time.time()
+        unreachable = f"http://127.0.0.1:{free_port()}"
+        for node in (canary, plain):
+            document = manifest("acme", node.apps / "acme", http.url("/{deployment}.tar.gz"), started, unreachable,
+                                FIRING)
+            spec = document["spec"]
+            assert isinstance(spec, dict)
+            spec["healthCheck"] = {"http": {"url": http.url("/health")}, "intervalSeconds": 0.2,
+                                   "healthySeconds": 0.5, "deadlineSeconds": 2}
+            support.write_manifest(node.manifests, document)
+
+        def rolled_back() -> bool:
+            states = {d["name"]: d["state"] for d in status_of(canary, "acme").get("deployments", [])}
+            return status_of(canary, "acme").get("current") == "v1" and states.get("v2") == "failed"
+
+        wait_for("the canary back on v1 with v2 failed", rolled_back, timeout=30)
+        healthy = {c["type"]: c for c in status_of(canary, "acme")["conditions"]}["Healthy"]
+        assert healthy["status"] != "True", healthy
+        assert any(path.endswith("/health") for path, _ in http.requests)
+        plain_rollout = wait_for("the plain node waiting on the gate", lambda: rollout_of(plain, "acme"), timeout=15)
+        assert isinstance(plain_rollout, dict)
+        assert status_of(plain, "acme").get("current") == "v1"
+        assert not (plain.apps / "acme" / "v2").exists()
+        nodes_file = tmp_path / "nodes.yaml"
+        nodes_file.write_text(yaml.safe_dump([{"name": "web-01", "labels": {"canary": "true"}},
+                                              {"name": "web-02", "labels": {"role": "web"}}]))
+        plan = canary.tether("rollout", "plan", str(canary.manifests / "acme.yaml"), "--nodes", str(nodes_file),
+                             "--json")
+        assert plan.returncode == 0, plan.stderr
+        waves = {row["node"]: row["wave"] for row in json.loads(plan.stdout)}
+        assert waves == {"web-01": rollout_of(canary, "acme")["wave"], "web-02": plain_rollout["wave"]}
