@@ -453,3 +453,22 @@ def test_rollout_series_exist_only_for_applications_with_a_rollout(observations:
     documents[0] = document("acme")  # the rollout ended: its series go
     assert not [key for key in scrape(registry) if key[0].startswith("tether_rollout_")
                 and ("name", "acme") in key[1]]
+
+
+def test_deployment_failed_names_the_desired_deployment_while_it_is_failed_and_goes_once_another_is_desired(
+        observations: metrics.Observations) -> None:
+    rolled_back = [deployment("v1", "complete", True), deployment("v2", "failed")]
+    documents = [document("acme", ready=False, reason="Failed", current="v1", deployments=rolled_back, desired="v2"),
+                 document("wiki", current="2024.09.1", deployments=[deployment("2024.09.1", "complete", True),
+                                                                    deployment("2024.09.0", "failed")]),
+                 document("shop", deployments=[deployment("v1", "complete", True)])]
+    registry = metrics.registry(metrics.Collector(lambda: documents, problems, observations))
+    found = scrape(registry)
+    failed = {key: v for key, v in found.items() if key[0] == "tether_deployment_failed"}
+    assert failed == {("tether_deployment_failed", frozenset({("name", "acme"), ("deployment", "v2")})): 1.0}
+    text = prometheus_client.generate_latest(registry)
+    checked = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
+    documents[0] = document("acme", ready=False, reason="NotConverged", current="v1", desired="v3",
+                            deployments=[*rolled_back, deployment("v3", "complete")])  # the fix is committed
+    assert not [key for key in scrape(registry) if key[0] == "tether_deployment_failed"]

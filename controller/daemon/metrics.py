@@ -42,7 +42,7 @@ Histogram = prometheus_client.core.HistogramMetricFamily
 Metric = prometheus_client.core.Metric
 Statuses = Callable[[], Iterable[Mapping[str, Any]]]
 ManifestState = Callable[[], tuple[Sequence[errors.ManifestError], int]]
-_Families = tuple[Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Counter, Counter, Gauge, Gauge,
+_Families = tuple[Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Counter, Counter, Gauge, Gauge,
                   Gauge]
 
 
@@ -202,6 +202,8 @@ def _families() -> _Families:
         Gauge("tether_drifted_files", "Files of the active deployment changed, added or removed since it became "
               "complete.", labels=["name"]),
         Gauge("tether_deployments", "Deployments by state.", labels=["name", "state"]),
+        Gauge("tether_deployment_failed", "1 while the deployment the manifest asks this node for is marked failed "
+              "(a rollout's canary rolled it back); absent otherwise.", labels=["name", "deployment"]),
         Gauge("tether_last_success_timestamp_seconds", "When a pass last ended Ready.", labels=["name"]),
         Gauge("tether_next_attempt_timestamp_seconds", "When tether next retries a failed pass (nextAttemptAt); "
               "absent while no retry is scheduled.", labels=["name"]),
@@ -235,7 +237,7 @@ def _timestamp(value: object) -> float | None:
 
 
 def _add_application(name: str, document: Mapping[str, Any], info: Gauge, ready: Gauge, suspended: Gauge,
-                     stalled: Gauge, drift: Gauge, drifted: Gauge, deployments: Gauge, success: Gauge,
+                     stalled: Gauge, drift: Gauge, drifted: Gauge, deployments: Gauge, failed: Gauge, success: Gauge,
                      next_attempt: Gauge, runs: Counter, probes: Counter, wave: Gauge, waiting: Gauge,
                      gate_open: Gauge) -> None:
     conditions = {c.get("type"): c for c in reversed(_list(document.get("conditions")))}  # the first of a type
@@ -254,6 +256,10 @@ def _add_application(name: str, document: Mapping[str, Any], info: Gauge, ready:
     states = collections.Counter(str(d.get("state") or "") for d in _list(document.get("deployments")))
     for state in (*DEPLOYMENT_STATES, *sorted(set(states) - set(DEPLOYMENT_STATES))):
         deployments.add_metric([name, state], states[state])
+    desired = document.get("desired")
+    if isinstance(desired, str) and any(d.get("name") == desired and d.get("state") == records.FAILED
+                                        for d in _list(document.get("deployments"))):
+        failed.add_metric([name, desired], 1)  # only the desired one: a fix (a new deployment) ends the series
     last = _timestamp(document.get("lastSuccessAt"))
     if last is None and is_ready:
         last = _timestamp(document.get("updatedAt"))

@@ -4,6 +4,7 @@ evaluates the rules."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import subprocess
@@ -27,6 +28,7 @@ ALERT_TESTS = PROMETHEUS / "alerts_test.yml"
 SCRAPE = PROMETHEUS / "scrape.yml"
 DASHBOARD = support.REPO / "packaging" / "grafana" / "tether.json"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+GATE = 'ALERTS{{alertname="TetherRolloutDeploymentFailed", alertstate="firing", application="{application}"}}'
 GRAFANA_VARIABLE = re.compile(r"\$(?:__rate_interval|__interval|__range|\{?job\}?|\{?instance\}?)(?![\w])")
 
 
@@ -145,7 +147,8 @@ def test_the_dashboard_shows_every_tether_metric() -> None:
                "tether_deployments", "tether_last_success_timestamp_seconds", "tether_next_attempt_timestamp_seconds",
                "tether_manifest_errors", "tether_manifests{",
                "tether_artifact_fetch_bytes_total", "tether_artifact_fetch_seconds_bucket",
-               "tether_artifact_fetch_failures_total", "tether_build_info"]
+               "tether_artifact_fetch_failures_total", "tether_build_info",
+               "tether_deployment_failed", "tether_rollout_wave", "tether_rollout_waiting", "tether_rollout_gate_open"]
 
     assert [metric for metric in metrics if metric not in expressions] == []
 
@@ -153,23 +156,57 @@ def test_the_dashboard_shows_every_tether_metric() -> None:
 # ---------------------------------------------------------------- against a real Prometheus and daemon
 
 
+def status_of(node: support.Node, name: str) -> dict[str, Any]:
+    try:
+        document = json.loads((node.state / "status" / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def rollout(prometheus: str, application: str, waves: list[dict[str, Any]]) -> dict[str, Any]:
+    """A rollout of v2 from v1 started now, gated on the documented query for its application."""
+    return {"from": "v1", "startedAt": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "waves": waves, "gate": {"prometheus": prometheus, "query": GATE.format(application=application),
+                                     "intervalSeconds": 1, "timeoutSeconds": 1}}
+
+
 @pytest.fixture
 def scraped(tmp_path: Path, node: support.Node, http: support.HttpServer, prometheus_binary: str) -> Iterator[int]:
     """A real Prometheus, loaded with alerts.yml, scraping a real daemon every second. The daemon has every
     kind of data the dashboard shows: "site" deployed with a succeeding hook and then changed on disk
     (content drift), "broken" with a failing hook, "missing" whose artifact is not there (fetch failures),
-    "paused" suspended, and an invalid manifest file. Yields the port of Prometheus."""
+    "paused" suspended, an invalid manifest file, and two rollouts of v2 from v1: "acme-production"
+    (application acme), in the first wave, whose health check fails so that v2 is rolled back and marked
+    failed, and "held", in the second wave, whose gate (a Prometheus that does not answer) keeps it waiting
+    on v1. Yields the port of Prometheus."""
     url = http.url("/missing/{deployment}.tar.gz")  # the server answers 404
+    http.serve("/health", support.Reply(503, b"down"))
     support.write_manifest(node.manifests, support.application("missing", node.apps / "missing", deployment="v1",
                                                                source={"url": url}))
     support.write_manifest(node.manifests, support.application("paused", node.apps / "paused", deployment="v1",
                                                                suspend=True, source={"url": url}))
     support.write_manifest(node.manifests, "apiVersion: tether/v1\nkind: Application\nspec: [not, a, mapping\n",
                            "bad.yaml")
+    acme = support.application("acme-production", node.apps / "acme", application="acme", deployment="v1",
+                               source={"url": http.url("/{deployment}.tar.gz")})
+    support.write_manifest(node.manifests, acme)
     with scraping.running_daemon(node, http) as daemon:
         site = node.apps / "site"
         scraping.wait_for("site to be deployed", lambda: (site / "current").is_dir())
         (site / "current" / "index.html").write_text("defaced\n")
+        scraping.wait_for("acme-production on v1", lambda: status_of(node, "acme-production").get("current") == "v1")
+        nowhere = f"http://127.0.0.1:{scraping.free_port()}"
+        spec = cast(dict[str, Any], acme["spec"])
+        spec.update(deployment="v2", rollout=rollout(nowhere, "acme", [{"percent": 100}]), healthCheck={
+            "http": {"url": http.url("/health")}, "intervalSeconds": 0.2, "healthySeconds": 0.5, "deadlineSeconds": 1})
+        support.write_manifest(node.manifests, acme)
+        support.write_manifest(node.manifests, support.application(
+            "held", node.apps / "held", deployment="v2", source={"url": http.url("/{deployment}.tar.gz")},
+            rollout=rollout(nowhere, "held", [{"selector": {"canary": "true"}}, {"percent": 100}])))
+        scraping.wait_for("v2 of acme-production marked failed", lambda: {
+            d["name"]: d["state"] for d in status_of(node, "acme-production").get("deployments", [])}.get("v2")
+            == "failed")
         with scraping.running_prometheus(prometheus_binary, tmp_path, daemon, rule_files=[ALERTS]) as web:
             yield web
 
@@ -183,10 +220,11 @@ def test_every_dashboard_query_returns_data_from_prometheus_scraping_a_real_daem
     values = {"job": "tether", "instance": instance[0], "__rate_interval": "5s", "__interval": "1s",
               "__range": "1m"}
     sent = {(title, ref): concrete(expression, values) for title, ref, expression in queries()}
-    # The fleet's stats once the daemon has passed over every application: "broken" and "missing" fail;
-    # only "missing" is stalled (its 404 is permanent; broken's failing hook is retried), and bad.yaml was
-    # never valid, so it has no application to stall.
-    stats = {("Applications", "A"): 4.0, ("Not ready", "A"): 2.0, ("Stalled", "A"): 1.0, ("Suspended", "A"): 1.0,
+    # The fleet's stats once the daemon has passed over every application: "broken", "missing" and
+    # "acme-production" (back on v1, not v2) are not ready; "missing" (its 404) and "acme-production" (its
+    # failed v2 is not tried again) are stalled, broken's failing hook is retried; "held" runs `from` as
+    # asked; bad.yaml was never valid, so it has no application to stall.
+    stats = {("Applications", "A"): 6.0, ("Not ready", "A"): 3.0, ("Stalled", "A"): 2.0, ("Suspended", "A"): 1.0,
              ("Invalid manifests", "A"): 1.0, ("Daemons up", "A"): 1.0}
     waiting, answers = dict(sent), dict[tuple[str, str], list[dict[str, Any]]]()
     deadline = time.monotonic() + 90
@@ -207,7 +245,18 @@ def test_every_dashboard_query_returns_data_from_prometheus_scraping_a_real_daem
     assert [r["metric"]["file"] for r in answers[("Invalid manifest files", "A")]] == [str(node.manifests / "bad.yaml")]
     failures = {r["metric"]["name"] for r in answers[("Fetch failures", "A")]}
     assert failures == {"missing"}
-    assert {r["metric"]["name"] for r in answers[("Next retry of failed passes", "A")]} <= {"broken", "missing"}
+    assert {r["metric"]["name"] for r in answers[("Next retry of failed passes", "A")]} <= {"broken", "missing",
+                                                                                          "acme-production"}
+    on = {(r["metric"]["application"], r["metric"]["deployment"]): r["value"][1]
+          for r in answers[("Nodes by deployment", "A")]}
+    assert on == {("acme", "v1"): "1", ("held", "v1"): "1"}
+    assert {r["metric"]["name"]: r["value"][1] for r in answers[("Nodes waiting on the gate", "A")]} == {
+        "acme-production": "0", "held": "1"}
+    assert {(r["metric"]["name"], r["metric"]["wave"]) for r in answers[("Nodes per wave", "A")]} == {
+        ("acme-production", "0"), ("held", "1")}
+    assert {r["metric"]["name"]: r["value"][1] for r in answers[("Gate state", "A")]}["held"] == "0"
+    assert [(r["metric"]["name"], r["metric"]["deployment"]) for r in answers[("Nodes with a failed deployment", "A")]] \
+        == [("acme-production", "v2")]
 
 
 def test_prometheus_loads_the_alert_rules_and_fires_for_the_failing_hook_of_a_real_daemon(scraped: int) -> None:
@@ -227,7 +276,20 @@ def test_prometheus_loads_the_alert_rules_and_fires_for_the_failing_hook_of_a_re
     drift = cast(list[dict[str, Any]], scraping.wait_for("TetherDrift pending for site", lambda: alert(
         "TetherDrift", "pending", name="site", type="content")))
 
+    failed = cast(list[dict[str, Any]], scraping.wait_for("TetherRolloutDeploymentFailed for acme v2", lambda: alert(
+        "TetherRolloutDeploymentFailed", "firing", application="acme", deployment="v2")))
+    stuck = cast(list[dict[str, Any]], scraping.wait_for("TetherRolloutStuck pending for held", lambda: alert(
+        "TetherRolloutStuck", "pending", application="held", name="held")))
+    # The gate query the operator guide documents: closed (a series) for acme, open (none) for held.
+    gate_of_acme = api(scraped, "query", query=GATE.format(application="acme"))["result"]
+    gate_of_held = api(scraped, "query", query=GATE.format(application="held"))["result"]
+
     assert {rule["name"] for rule in rules} == {rule["alert"] for rule in alert_rules()}
+    assert failed[0]["labels"]["name"] == "acme-production" and failed[0]["labels"]["severity"] == "critical"
+    assert failed[0]["annotations"]["summary"] == "v2 of acme failed on 1 node(s)"
+    assert stuck[0]["annotations"]["summary"].startswith("1 node(s) have waited on the closed rollout gate of held")
+    assert [(r["metric"]["application"], r["metric"]["deployment"]) for r in gate_of_acme] == [("acme", "v2")]
+    assert gate_of_held == []
     assert hook[0]["labels"]["severity"] == "warning"
     assert hook[0]["annotations"]["summary"].startswith("beforeActivate hooks of broken ended with failure")
     assert drift[0]["annotations"]["summary"].startswith("site has content drift")
