@@ -65,9 +65,9 @@ class Outcome:
 
 
 def module_task(label: str, /, check_mode: bool = False, diff: bool = False, ignore_errors: bool = False,
-                **args: Any) -> dict[str, Any]:
-    """A task of the module with options `args`; its result is registered as `label`."""
-    task: dict[str, Any] = {"name": label, FQCN: args, "register": label}
+                fqcn: str = FQCN, **args: Any) -> dict[str, Any]:
+    """A task of the module (tether_application unless `fqcn` says) with options `args`, registered as `label`."""
+    task: dict[str, Any] = {"name": label, fqcn: args, "register": label}
     if check_mode:
         task["check_mode"] = True
     if diff:
@@ -267,15 +267,68 @@ def test_validation_refuses_an_invalid_manifest_without_writing_it_and_wrong_fil
     assert not (node.root / "escape.yaml").exists()
 
 
-def test_the_module_documentation_is_valid_yaml_and_describes_exactly_its_options() -> None:
-    tree = ast.parse(MODULE_FILE.read_text())
+def test_rollout_and_health_check_go_to_the_manifest_with_the_schemas_key_names(
+        node: support.Node, tmp_path: Path) -> None:
+    rollout = {"from": "v1", "started_at": "2026-12-01T10:00:00Z",
+               "waves": [{"selector": {"canary": True}}, {"percent": 50.5, "after": "10m"}, {"percent": 100, "after": "1h"}],
+               "gate": {"prometheus": "http://prometheus:9090", "query": "ALERTS", "intervalSeconds": 5}}
+    health = {"http": {"url": "http://127.0.0.1:8080/health", "expect_status": [200]}, "healthy_seconds": 0}
+    common: dict[str, Any] = {"name": "site", "manifests_dir": str(node.manifests), "path": str(node.apps / "site"),
+                              "deployment": "v2", "validate": True, "tether_bin": tether_bin()}
+
+    outcome = play(tmp_path, module_task("written", rollout=rollout, health_check=health, **common),
+                   module_task("shrinking", ignore_errors=True, health_check=health, **common,
+                               rollout={**rollout, "waves": [{"percent": 50}, {"percent": 20}]}))
+
+    spec = yaml.safe_load((node.manifests / "site.yaml").read_text())["spec"]
+    assert spec["rollout"] == {"from": "v1", "startedAt": "2026-12-01T10:00:00Z",
+                               "waves": [{"selector": {"canary": "true"}}, {"percent": 50.5, "after": "10m"},
+                                         {"percent": 100, "after": "1h"}],
+                               "gate": {"prometheus": "http://prometheus:9090", "query": "ALERTS",
+                                        "intervalSeconds": 5}}, outcome.output
+    assert spec["healthCheck"] == {"http": {"url": "http://127.0.0.1:8080/health", "expectStatus": [200]},
+                                   "healthySeconds": 0}
+    assert outcome.results["shrinking"]["failed"] is True and "percent" in outcome.results["shrinking"]["msg"]
+
+
+NODE_FQCN = "tether.node.tether_node"
+
+
+def test_tether_node_writes_the_node_file_tether_reads_with_check_diff_and_validation(
+        node: support.Node, tmp_path: Path) -> None:
+    node_file = node.root / "node.yaml"
+    web: dict[str, Any] = {"fqcn": NODE_FQCN, "path": str(node_file), "name": "web-1",
+                           "labels": {"zone": "eu-1", "canary": True}, "validate": True, "tether_bin": tether_bin()}
+
+    outcome = play(tmp_path,
+                   module_task("checked", check_mode=True, **web),
+                   module_task("written", diff=True, **web),
+                   module_task("again", **web),
+                   module_task("invalid", ignore_errors=True, **{**web, "name": "Web_1"}))
+
+    results = outcome.results
+    assert [results[n]["changed"] for n in ("checked", "written", "again")] == [True, True, False], outcome.output
+    assert results["written"]["diff"][0]["before"] == "" and "name: web-1" in results["written"]["diff"][0]["after"]
+    assert results["invalid"]["failed"] is True and "/metadata/name" in results["invalid"]["msg"], results["invalid"]
+    assert_tether_may_read(node_file)
+    assert [p.name for p in node.root.glob("*node.yaml*")] == ["node.yaml"]
+    shown = subprocess.run([tether_bin(), "node", "--json", "--node-config", str(node_file), "--manifests",
+                            str(node.manifests)], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert (json.loads(shown.stdout)["name"], json.loads(shown.stdout)["labels"]) == \
+        ("web-1", {"canary": "true", "zone": "eu-1"})
+
+
+@pytest.mark.parametrize("module_file", [MODULE_FILE, MODULE_FILE.with_name("tether_node.py")], ids=lambda p: p.stem)
+def test_the_module_documentation_is_valid_yaml_and_describes_exactly_its_options(module_file: Path) -> None:
+    tree = ast.parse(module_file.read_text())
     blocks = {target.id: str(node.value.value) for node in tree.body if isinstance(node, ast.Assign)
               for target in node.targets if isinstance(target, ast.Name)
               and target.id in ("DOCUMENTATION", "EXAMPLES", "RETURN") and isinstance(node.value, ast.Constant)}
     assert set(blocks) == {"DOCUMENTATION", "EXAMPLES", "RETURN"}
     documentation, examples, returned = (yaml.safe_load(blocks[n]) for n in ("DOCUMENTATION", "EXAMPLES", "RETURN"))
-    assert documentation["module"] == "tether_application" and isinstance(returned, dict)
-    spec = importlib.util.spec_from_file_location("tether_application_module", MODULE_FILE)
+    assert documentation["module"] == module_file.stem and isinstance(returned, dict)
+    spec = importlib.util.spec_from_file_location(f"{module_file.stem}_module", module_file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -294,9 +347,10 @@ def test_the_module_documentation_is_valid_yaml_and_describes_exactly_its_option
 
     compare(documentation["options"], module.ARGUMENT_SPEC, "options")
     accepted = set(module.ARGUMENT_SPEC) | {a for o in module.ARGUMENT_SPEC.values() for a in o.get("aliases", [])}
+    fqcn = f"tether.node.{module_file.stem}"
     site = yaml.safe_load((COLLECTIONS / "examples" / "site.yml").read_text())
-    uses = [task[FQCN] for task in examples] + [task[FQCN] for p in site for task in p["tasks"] if FQCN in task]
-    assert len(uses) >= 5
+    uses = [task[fqcn] for task in examples] + [task[fqcn] for p in site for task in p["tasks"] if fqcn in task]
+    assert len(uses) >= (5 if fqcn == FQCN else 2)
     for arguments in uses:
         assert set(arguments) <= accepted, f"an example uses an option the module does not have: {arguments}"
 

@@ -16,7 +16,8 @@ import pytest
 from tests import support
 
 MODULE = support.REPO / "packaging" / "bolt" / "tether"
-TASKS = ("deploy", "status", "rollback")
+TASKS = ("deploy", "status", "rollback", "activate", "list", "remove", "prune")
+FILTERS = ("status", "list")  # tasks whose application and environment only filter
 VENV_BIN = Path(sys.executable).parent
 SECRET = "s3cr3t-job-token-0451"
 
@@ -204,6 +205,32 @@ def test_the_tether_command_comes_from_tether_bin_or_path(acme: support.Node, tm
     assert len(result(by_parameter)["applications"]) == len(result(by_variable)["applications"]) == 2
 
 
+def test_list_activate_remove_and_prune_drive_the_deployments_of_the_selected_application(
+        acme: support.Node, http: support.HttpServer) -> None:
+    result(task(acme, "deploy", deploy_v2(http)))
+    production = {"application": "acme", "environment": "production"}
+
+    listed = result(task(acme, "list", {"application": "acme"}))["applications"]
+    assert {(a["name"], a["current"], tuple(d["name"] for d in a["deployments"])) for a in listed} == {
+        ("acme-production", "v2", ("v1", "v2")), ("acme-staging", "v1", ("v1",))}
+    activated = result(task(acme, "activate", {**production, "deployment_name": "v1"}))
+    assert (activated["name"], activated["current"]) == ("acme-production", "v1")
+    assert current(acme, "acme-production") == "v1"
+    active = error(task(acme, "remove", {**production, "deployment_name": "v1"}), "tether/invalid-input")
+    assert "v1" in active["msg"] and (acme.apps / "acme-production" / "v1").is_dir()
+    assert result(task(acme, "remove", {**production, "deployment_name": "v2"}))["ok"] is True
+    assert not (acme.apps / "acme-production" / "v2").exists()
+    missing = error(task(acme, "activate", {**production, "deployment_name": "v2"}), "tether/invalid-input")
+    assert "no complete deployment v2" in missing["msg"]
+    pruned = result(task(acme, "prune", variables={"PT_application": "acme", "PT_environment": "staging",
+                                                   "PT_keep": "1"}))
+    assert pruned["name"] == "acme-staging" and "pruned to 1" in pruned["message"]
+    assert error(task(acme, "prune", {**production, "keep": 0}), "tether/invalid-parameters")["details"]["invalid"] \
+        == {"keep": "must be an integer from 1 to 1000"}
+    assert [d["name"] for d in result(task(acme, "list", {"name": "acme-production"}))["applications"][0][
+        "deployments"]] == ["v1"]
+
+
 # ---------------------------------------------------------------- the module's files
 
 
@@ -215,6 +242,9 @@ def metadata(name: str) -> dict[str, Any]:
 
 SEED_TYPES = {"application": "String[1]", "environment": "String[1]", "url": "String[1]",
               "deployment_name": "Optional[String[1]]", "headers": "Optional[Hash[String[1], String[1]]]"}
+# The seed's activate and remove need the deployment; its prune's keep was Integer[1], default 5 (here: the manifest's)
+TASK_TYPES = {"activate": {"deployment_name": "String[1]"}, "remove": {"deployment_name": "String[1]"},
+              "prune": {"keep": "Optional[Integer[1, 1000]]"}}
 
 
 @pytest.mark.parametrize("name", TASKS)
@@ -228,10 +258,10 @@ def test_each_task_has_metadata_and_an_executable_python_3_file(name: str) -> No
         assert file.startswith("tether/") and (MODULE.parent / file).is_file(), file
     for parameter, declared in meta["parameters"].items():
         assert declared["description"], parameter
-        seed = SEED_TYPES.get(parameter, "Optional[String[1]]")
-        expected = seed if name != "status" or seed.startswith("Optional[") else f"Optional[{seed}]"  # filters
+        seed = TASK_TYPES.get(name, {}).get(parameter) or SEED_TYPES.get(parameter, "Optional[String[1]]")
+        expected = seed if name not in FILTERS or seed.startswith("Optional[") else f"Optional[{seed}]"
         assert declared["type"] == expected, parameter
-    if name != "status":
+    if name not in FILTERS:
         assert {"application", "environment"} <= set(meta["parameters"])
     if name == "deploy":
         assert set(SEED_TYPES) <= set(meta["parameters"]) and meta["parameters"]["headers"]["sensitive"] is True
@@ -244,7 +274,7 @@ def test_the_executables_accept_exactly_the_parameters_their_metadata_declares(
     required = sorted(p for p, d in declared.items() if not d["type"].startswith("Optional["))
 
     undeclared = error(task(node, name, {"undeclared": "x", "_task": f"tether::{name}"}), "tether/invalid-parameters")
-    mistyped = error(task(node, name, {p: 5 for p in declared}), "tether/invalid-parameters")
+    mistyped = error(task(node, name, {p: 0 for p in declared}), "tether/invalid-parameters")
 
     assert (undeclared["details"]["missing"], undeclared["details"]["unknown"]) == (required, ["undeclared"])
     assert (mistyped["details"]["missing"], mistyped["details"]["unknown"]) == ([], [])

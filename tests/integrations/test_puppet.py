@@ -233,3 +233,81 @@ def test_the_module_and_its_example_pass_puppet_parser_validate(tmp_path: Path) 
     assert run.returncode == 0, run.stdout + run.stderr
     metadata = json.loads((MODULE / "metadata.json").read_text())
     assert metadata["name"].endswith("-tether") and metadata["dependencies"] == []
+
+
+FLEET_SITE = """
+class { 'tether':
+  manage_package => false,
+  manage_service => false,
+  manifests_dir  => '@MANIFESTS@',
+  hooks_dir      => '@HOOKS@',
+  bin            => '@TETHER@',
+  node_name      => 'web-1.example.com',
+  node_labels    => @LABELS@,
+  node_config    => '@NODE@',
+}
+
+tether::application { 'site':
+  path         => '@SITE_PATH@',
+  deployment   => 'v2',
+  source       => { url => 'https://artifacts.example.com/site/{deployment}.tar.gz' },
+  rollout      => @ROLLOUT@,
+  health_check => {
+    http            => { url => 'http://127.0.0.1:8080/health', expectStatus => [200, 204] },
+    healthySeconds  => 0,
+    deadlineSeconds => 30,
+  },
+}
+"""
+
+ROLLOUT = """{
+    from      => 'v1',
+    startedAt => '2026-12-01T10:00:00Z',
+    waves     => [{ selector => { canary => 'true' } }, { percent => 50.5, after => '10m' }, { percent => 100, after => '1h' }],
+    gate      => { prometheus => 'http://prometheus:9090', query => 'ALERTS{alertstate="firing"}' },
+  }"""
+
+
+def test_the_class_writes_the_node_file_and_the_define_passes_rollout_and_health_check_to_the_manifest(
+        tmp_path: Path) -> None:
+    manifests, node_file, site_path = tmp_path / "manifests", tmp_path / "node.yaml", tmp_path / "apps" / "site"
+    values = {"MANIFESTS": str(manifests), "HOOKS": str(tmp_path / "hooks"), "TETHER": str(TETHER),
+              "NODE": str(node_file), "SITE_PATH": str(site_path), "ROLLOUT": ROLLOUT,
+              "LABELS": "{ canary => 'true', 'topology.example.com/zone' => 'eu-1' }"}
+    site = tmp_path / "site.pp"
+    site.write_text(fill(FLEET_SITE, values))
+
+    applied = apply(tmp_path, site)
+
+    assert applied.returncode == 2, applied.stdout + applied.stderr
+    info = node_file.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, 0, 0o644)
+    assert not list(tmp_path.glob("node.yaml?*")), "a temporary file was left behind"
+    labels = {"canary": "true", "topology.example.com/zone": "eu-1"}
+    assert yaml.safe_load(node_file.read_text()) == {
+        "apiVersion": "tether/v1", "kind": "Node", "metadata": {"name": "web-1.example.com", "labels": labels}}
+    shown = tether("node", "--json", "--node-config", str(node_file), "--manifests", str(manifests))
+    assert shown.returncode == 0, shown.stderr
+    node = json.loads(shown.stdout)
+    assert (node["name"], node["labels"], node["applications"][0]["rollout"]["wave"]) == \
+        ("web-1.example.com", labels, 0)  # the canary selector: the first wave
+    spec = yaml.safe_load((manifests / "site.yaml").read_text())["spec"]
+    assert spec["rollout"] == {
+        "from": "v1", "startedAt": "2026-12-01T10:00:00Z",
+        "waves": [{"selector": {"canary": "true"}}, {"percent": 50.5, "after": "10m"}, {"percent": 100, "after": "1h"}],
+        "gate": {"prometheus": "http://prometheus:9090", "query": 'ALERTS{alertstate="firing"}'}}
+    assert spec["healthCheck"] == {"http": {"url": "http://127.0.0.1:8080/health", "expectStatus": [200, 204]},
+                                   "healthySeconds": 0, "deadlineSeconds": 30}
+    written = node_file.read_bytes(), (manifests / "site.yaml").read_bytes()
+
+    # Puppet's types accept both, tether refuses both: a label name over 317 characters (the node file, checked
+    # by `tether node`) and a percent that shrinks (the manifest, checked by `tether validate`).
+    long_name = ".".join(["a" * 63] * 5) + "/zone"
+    site.write_text(fill(FLEET_SITE, {**values, "ROLLOUT": ROLLOUT.replace("percent => 100", "percent => 20"),
+                                      "LABELS": f"{{ '{long_name}' => 'eu-1' }}"}))
+
+    refused = apply(tmp_path, site)
+
+    assert refused.returncode in (4, 6), refused.stdout + refused.stderr
+    assert "/metadata/labels" in refused.stdout + refused.stderr and "percent" in refused.stdout + refused.stderr
+    assert (node_file.read_bytes(), (manifests / "site.yaml").read_bytes()) == written

@@ -1,6 +1,6 @@
 """What the tether Bolt/Choria tasks share: parameters, finding the application, running `tether --json`.
 
-Each task executable (tasks/deploy.py, tasks/status.py, tasks/rollback.py) imports this file and calls
+Each task executable (tasks/deploy.py, status.py, rollback.py, activate.py, list.py, remove.py, prune.py) imports this file and calls
 `main(<task>)`. Python 3 standard library only: it runs with whatever `python3` the target node has.
 
 Parameters come as one JSON object on stdin (Bolt and Choria with "input_method": "stdin"); when
@@ -25,6 +25,7 @@ from typing import IO, Any
 
 STRING = "String[1]"
 HEADERS = "Hash[String[1], String[1]]"
+KEEP = "Integer[1, 1000]"
 REQUIRED, OPTIONAL = True, False
 
 # Every task may name the tether application directly and say which tether to run.
@@ -38,6 +39,13 @@ PARAMETERS: dict[str, dict[str, tuple[str, bool]]] = {
     },
     "status": {"application": (STRING, OPTIONAL), "environment": (STRING, OPTIONAL), **_COMMON},
     "rollback": {"application": (STRING, REQUIRED), "environment": (STRING, REQUIRED), **_COMMON},
+    "activate": {"application": (STRING, REQUIRED), "environment": (STRING, REQUIRED),
+                 "deployment_name": (STRING, REQUIRED), **_COMMON},
+    "list": {"application": (STRING, OPTIONAL), "environment": (STRING, OPTIONAL), **_COMMON},
+    "remove": {"application": (STRING, REQUIRED), "environment": (STRING, REQUIRED),
+               "deployment_name": (STRING, REQUIRED), **_COMMON},
+    "prune": {"application": (STRING, REQUIRED), "environment": (STRING, REQUIRED), "keep": (KEEP, OPTIONAL),
+              **_COMMON},
 }
 
 BINARY_VARIABLE = "TETHER_BIN"
@@ -74,7 +82,10 @@ def read_parameters(task: str, stdin: IO[str] | None, environ: Mapping[str, str]
         if not variable.startswith("PT_") or variable.startswith("PT__"):
             continue
         key = variable[3:]
-        if PARAMETERS[task].get(key, ("",))[0] == HEADERS:
+        kind = PARAMETERS[task].get(key, ("",))[0]
+        if kind == KEEP:
+            given[key] = int(value) if value.strip().isdigit() else value  # else "must be an integer" below
+        elif kind == HEADERS:
             try:
                 given[key] = json.loads(value)
             except ValueError:
@@ -86,6 +97,10 @@ def read_parameters(task: str, stdin: IO[str] | None, environ: Mapping[str, str]
 
 def _problem(kind: str, value: Any) -> str | None:
     """What is wrong with `value` for a parameter of `kind`, in words that never quote a header value."""
+    if kind == KEEP:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+            return "must be an integer from 1 to 1000"
+        return None
     if kind == STRING:
         if not isinstance(value, str) or not value:
             return "must be a non-empty string"
@@ -252,8 +267,41 @@ def run_status(params: dict[str, Any], binary: str, now: float) -> dict[str, Any
     return {"applications": found}
 
 
+def run_activate(params: dict[str, Any], binary: str, now: float) -> dict[str, Any]:
+    name = resolve(status_documents(binary), params)
+    return _outcome("activate", name, *tether(binary, ["activate", "--json", "--", name, params["deployment_name"]]))
+
+
+def run_remove(params: dict[str, Any], binary: str, now: float) -> dict[str, Any]:
+    name = resolve(status_documents(binary), params)
+    return _outcome("remove", name, *tether(binary, ["remove", "--json", "--", name, params["deployment_name"]]))
+
+
+def run_prune(params: dict[str, Any], binary: str, now: float) -> dict[str, Any]:
+    name = resolve(status_documents(binary), params)
+    keep = [f"--keep={params['keep']}"] if "keep" in params else []
+    return _outcome("prune", name, *tether(binary, ["prune", "--json", *keep, "--", name]))
+
+
+def run_list(params: dict[str, Any], binary: str, now: float) -> dict[str, Any]:
+    """Each selected application with its deployments (`tether list NAME --json`), as the seed's list task."""
+    documents = status_documents(binary)
+    found = matching(documents, params)
+    if not found and any(k in params for k in ("name", "application", "environment")):
+        raise unknown(documents, {k: params.get(k) for k in ("name", "application", "environment")})
+    applications = []
+    for document in found:
+        name = str(document["name"])
+        code, answer, stderr = tether(binary, ["list", "--json", "--", name])
+        if code != 0 or not isinstance(answer, list):
+            raise _failure("list", code, answer, stderr, {"name": name})
+        applications.append({**_identity(document), "current": document.get("current"), "deployments": answer})
+    return {"applications": applications}
+
+
 TASKS: dict[str, Callable[[dict[str, Any], str, float], dict[str, Any]]] = {
-    "deploy": run_deploy, "status": run_status, "rollback": run_rollback,
+    "deploy": run_deploy, "status": run_status, "rollback": run_rollback, "activate": run_activate,
+    "list": run_list, "remove": run_remove, "prune": run_prune,
 }
 
 

@@ -49,6 +49,11 @@
 # @param drift_ignore `spec.driftIgnore`: globs exempt from content drift.
 # @param suspend `spec.suspend`: stop reconciling this application.
 # @param labels `metadata.labels`.
+# @param rollout `spec.rollout`, with the schema's key names (`from`, `id`, `startedAt`, `waves` of
+#   `selector`/`percent`/`after`, `gate` of `prometheus`/`query`/`intervalSeconds`/`timeoutSeconds`);
+#   needs `deployment`. `tether validate` checks it.
+# @param health_check `spec.healthCheck`, with the schema's key names (`http` of `url`/`expectStatus`, or
+#   `command`; `intervalSeconds`, `timeoutSeconds`, `healthySeconds`, `deadlineSeconds`).
 define tether::application (
   Tether::Path $path,
   Enum['present', 'absent'] $ensure = 'present',
@@ -70,6 +75,8 @@ define tether::application (
   Array[String[1]] $drift_ignore = [],
   Optional[Boolean] $suspend = undef,
   Hash[String[1], String] $labels = {},
+  Hash[String[1], Any] $rollout = {},
+  Hash[String[1], Any] $health_check = {},
 ) {
   include tether
 
@@ -114,6 +121,8 @@ define tether::application (
     'drift'              => $drift,
     'driftIgnore'        => $drift_ignore,
     'suspend'            => $suspend,
+    'rollout'            => $rollout,
+    'healthCheck'        => $health_check,
   }.filter |$key, $value| { tether::given($value) }
 
   $text = tether::to_yaml(

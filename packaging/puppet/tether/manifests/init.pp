@@ -27,7 +27,14 @@
 #   (subdirectories are left alone).
 # @param hooks_dir Where `tether::kind` puts hook files given as `*_source`.
 # @param bin The tether command, used by `validate`.
-# @param validate Check each manifest with `tether validate` before it replaces the old one.
+# @param validate Check each manifest with `tether validate`, and the node file with `tether node`, before
+#   it replaces the old one.
+# @param node_name This node's name for rollouts (`metadata.name` of the node file). When set, the class
+#   writes `node_config`; when undef, the node file is left alone (tether then uses the host name).
+# @param node_labels This node's labels, which rollout wave selectors match (`metadata.labels`); they need
+#   `node_name`.
+# @param node_config The node file (tether's `--node-config`), root, 0644. Its directory must exist (the
+#   package creates /etc/tether).
 class tether (
   String[1] $package_name = 'tether',
   String[1] $package_ensure = 'installed',
@@ -41,7 +48,13 @@ class tether (
   Tether::Path $hooks_dir = '/etc/tether/hooks',
   Tether::Path $bin = '/usr/bin/tether',
   Boolean $validate = true,
+  Optional[Tether::NodeName] $node_name = undef,
+  Tether::Labels $node_labels = {},
+  Tether::Path $node_config = '/etc/tether/node.yaml',
 ) {
+  if $node_name =~ Undef and !empty($node_labels) {
+    fail('tether: node_labels go into the node file, which needs node_name too')
+  }
   if $manage_package {
     package { $package_name:
       ensure => $package_ensure,
@@ -67,6 +80,32 @@ class tether (
     owner  => 'root',
     group  => 'root',
     mode   => '0755',
+  }
+
+  if $node_name =~ NotUndef {
+    $metadata = { 'name' => $node_name, 'labels' => $node_labels }.filter |$key, $value| { tether::given($value) }
+    # Written like the manifests: to a temporary file beside it, fsynced, checked, renamed over it (see
+    # tether::manifest). `tether node` exits 2 on an invalid node file. The daemon reads the file again at
+    # every rescan, so it does not notify the service.
+    file { $node_config:
+      ensure       => file,
+      content      => tether::to_yaml(
+        { 'apiVersion' => 'tether/v1', 'kind' => 'Node', 'metadata' => $metadata },
+        ['Managed by Puppet (Class[tether]: node_name, node_labels); local changes are overwritten.'],
+      ),
+      owner        => 'root',
+      group        => 'root',
+      mode         => '0644',
+      backup       => false,
+      validate_cmd => $validate ? {
+        true    => "${bin} node --node-config % --manifests ${manifests_dir}",
+        default => undef,
+      },
+      require      => File[$manifests_dir],
+    }
+    if $validate and $manage_package {
+      Package[$package_name] -> File[$node_config]
+    }
   }
 
   if $manage_service {

@@ -178,6 +178,97 @@ options:
   suspend:
     description: Stop reconciling this application (C(spec.suspend)).
     type: bool
+  rollout:
+    description:
+      - Bring O(deployment) to the fleet in waves (C(spec.rollout)); each node decides alone from its name and labels
+        (the node file, see M(tether.node.tether_node)) and the clock. Needs O(deployment).
+    type: dict
+    suboptions:
+      from:
+        description: What nodes not yet in an open wave run; must differ from O(deployment).
+        type: str
+        required: true
+      id:
+        description: Salt of the bucket hash; tether's default is O(deployment).
+        type: str
+      started_at:
+        description: When the rollout starts, an RFC 3339 UTC timestamp such as V(2026-12-01T10:00:00Z); quote it.
+        type: str
+        required: true
+        aliases: [startedAt]
+      waves:
+        description: The waves in order; a node belongs to the first whose selector matches its labels or whose percent is above its bucket.
+        type: list
+        elements: dict
+        required: true
+        suboptions:
+          selector:
+            description: Node labels that must all be equal to these.
+            type: dict
+          percent:
+            description: Share of all nodes, by bucket (two decimals at most).
+            type: float
+          after:
+            description: When the wave opens, counted from O(rollout.started_at), such as V(30s), V(30m), V(2h).
+            type: str
+      gate:
+        description: Waves after the first open only while this Prometheus query returns no series.
+        type: dict
+        suboptions:
+          prometheus:
+            description: Base URL of the Prometheus server.
+            type: str
+            required: true
+          query:
+            description: PromQL; the gate holds while it returns a series.
+            type: str
+            required: true
+          interval_seconds:
+            description: How often the query is asked while a wave waits.
+            type: float
+            aliases: [intervalSeconds]
+          timeout_seconds:
+            description: A query taking longer counts as closed.
+            type: float
+            aliases: [timeoutSeconds]
+  health_check:
+    description:
+      - Probes run after the C(afterActivate) hooks (C(spec.healthCheck)); exactly one of O(health_check.http) and
+        O(health_check.command).
+    type: dict
+    suboptions:
+      http:
+        description: GET a URL; redirects are not followed.
+        type: dict
+        suboptions:
+          url:
+            description: http(s):// URL, without credentials.
+            type: str
+            required: true
+          expect_status:
+            description: Status codes that pass; tether's default is V([200]).
+            type: list
+            elements: int
+            aliases: [expectStatus]
+      command:
+        description: "An inline script or C({path: /absolute/executable}), run like a hook; exit 0 passes."
+        type: raw
+      interval_seconds:
+        description: From the start of one probe to the start of the next.
+        type: float
+        aliases: [intervalSeconds]
+      timeout_seconds:
+        description: One probe taking longer fails.
+        type: float
+        aliases: [timeoutSeconds]
+      healthy_seconds:
+        description: Probes must pass continuously this long.
+        type: float
+        aliases: [healthySeconds]
+      deadline_seconds:
+        description: Not healthy this long after probing started is a failed activation.
+        type: float
+        aliases: [deadlineSeconds]
   validate:
     description:
       - Run C(tether validate) on the new manifest, together with the other manifests of O(manifests_dir),
@@ -368,6 +459,36 @@ ARGUMENT_SPEC = {
     "drift": {"type": "str", "choices": ["correct", "report"]},
     "drift_ignore": {"type": "list", "elements": "str"},
     "suspend": {"type": "bool"},
+    "rollout": {
+        "type": "dict",
+        "options": {
+            "from": {"type": "str", "required": True},
+            "id": {"type": "str"},
+            "started_at": {"type": "str", "required": True, "aliases": ["startedAt"]},
+            "waves": {"type": "list", "elements": "dict", "required": True, "options": {
+                "selector": {"type": "dict"}, "percent": {"type": "float"}, "after": {"type": "str"}}},
+            "gate": {"type": "dict", "options": {
+                "prometheus": {"type": "str", "required": True},
+                "query": {"type": "str", "required": True},
+                "interval_seconds": {"type": "float", "aliases": ["intervalSeconds"]},
+                "timeout_seconds": {"type": "float", "aliases": ["timeoutSeconds"]},
+            }},
+        },
+    },
+    "health_check": {
+        "type": "dict",
+        "options": {
+            "http": {"type": "dict", "options": {
+                "url": {"type": "str", "required": True},
+                "expect_status": {"type": "list", "elements": "int", "aliases": ["expectStatus"]},
+            }},
+            "command": {"type": "raw"},
+            "interval_seconds": {"type": "float", "aliases": ["intervalSeconds"]},
+            "timeout_seconds": {"type": "float", "aliases": ["timeoutSeconds"]},
+            "healthy_seconds": {"type": "float", "aliases": ["healthySeconds"]},
+            "deadline_seconds": {"type": "float", "aliases": ["deadlineSeconds"]},
+        },
+    },
     "validate": {"type": "bool", "default": False},
     "tether_bin": {"type": "path"},
     "state_dir": {"type": "path"},
@@ -431,11 +552,54 @@ def _source(source):
 def _hook(phase, value):
     if isinstance(value, dict):
         if set(value) != {"path"}:
-            raise Refused(f"hooks.{phase} must be an inline script or {{path: /absolute/executable}}")
+            raise Refused(f"{phase} must be an inline script or {{path: /absolute/executable}}")
         return {"path": str(value["path"])}
     if isinstance(value, list):
-        raise Refused(f"hooks.{phase} must be an inline script or {{path: /absolute/executable}}")
+        raise Refused(f"{phase} must be an inline script or {{path: /absolute/executable}}")
     return str(value)
+
+
+SECONDS = (("interval_seconds", "intervalSeconds"), ("timeout_seconds", "timeoutSeconds"),
+           ("healthy_seconds", "healthySeconds"), ("deadline_seconds", "deadlineSeconds"))
+
+
+def _given(pairs, options):
+    """{manifest key: value} of the options set, whole numbers as ints."""
+    return {key: _number(options[option]) for option, key in pairs if options.get(option) is not None}
+
+
+def _rollout(rollout):
+    document = {"from": rollout["from"]}
+    if rollout.get("id") is not None:
+        document["id"] = rollout["id"]
+    document["startedAt"] = rollout["started_at"]
+    waves = []
+    for number, wave in enumerate(rollout["waves"], 1):
+        one = {}
+        if wave.get("selector") is not None:
+            # an unquoted true in YAML is the label value "true" of the node file, not Python's "True"
+            selector = {k: str(v).lower() if isinstance(v, bool) else v for k, v in wave["selector"].items()}
+            one["selector"] = _strings(selector, f"rollout.waves[{number}].selector")
+        one.update(_given((("percent", "percent"), ("after", "after")), wave))
+        waves.append(one)
+    document["waves"] = waves
+    if rollout.get("gate") is not None:
+        gate = rollout["gate"]
+        document["gate"] = {"prometheus": gate["prometheus"], "query": gate["query"], **_given(SECONDS[:2], gate)}
+    return document
+
+
+def _health_check(check):
+    document = {}
+    if check.get("http") is not None:
+        http = check["http"]
+        document["http"] = {"url": http["url"]}
+        if http.get("expect_status") is not None:
+            document["http"]["expectStatus"] = http["expect_status"]
+    if check.get("command") is not None:
+        document["command"] = _hook("health_check.command", check["command"])
+    document.update(_given(SECONDS, check))
+    return document
 
 
 def manifest_document(params):
@@ -461,7 +625,7 @@ def manifest_document(params):
     put("groupMapping", _strings(params["group_mapping"], "group_mapping") if params["group_mapping"] is not None else None)
     put("retention", {"keep": params["retention"]} if params["retention"] is not None else None)
     if params["hooks"] is not None:
-        spec["hooks"] = {key: _hook(option, params["hooks"][option])
+        spec["hooks"] = {key: _hook(f"hooks.{option}", params["hooks"][option])
                          for option, key in HOOK_PHASES if params["hooks"].get(option) is not None}
     put("hookTimeoutSeconds", _number(params["hook_timeout"]))
     put("persistentData", params["persistent_data"])
@@ -469,6 +633,8 @@ def manifest_document(params):
     put("drift", params["drift"])
     put("driftIgnore", params["drift_ignore"])
     put("suspend", params["suspend"])
+    put("rollout", _rollout(params["rollout"]) if params["rollout"] is not None else None)
+    put("healthCheck", _health_check(params["health_check"]) if params["health_check"] is not None else None)
     return {"apiVersion": "tether/v1", "kind": "Application", "metadata": metadata, "spec": spec}
 
 
