@@ -40,7 +40,7 @@ from tests.test_prometheus import free_port, prometheus_binary, query, wait_for 
 
 NAMES = [f"web-{i:02d}" for i in range(1, 21)]
 CANARIES = ("web-01", "web-02")
-HALF, FULL = 5.0, 12.0  # seconds after startedAt at which the 50 % and 100 % waves open
+HALF, FULL = 5.0, 13.0  # seconds after startedAt at which the 50 % and 100 % waves open
 WAVES = [{"selector": {"canary": "true"}}, {"percent": 50, "after": f"{HALF:g}s"},
          {"percent": 100, "after": f"{FULL:g}s"}]
 AFTER = [0.0, HALF, FULL]
@@ -223,10 +223,13 @@ class Fleet:
                  rollout: dict[str, Any] | None = None) -> dict[str, Any]:
         document = support.application("acme", node.path, deployment=deployment,
                                        source={"url": self.http.url("/{deployment}.tar.gz")})
+        # The canaries must pass for longer than the 50 % wave waits, so that only the gate (not the clock)
+        # keeps the other nodes from taking a release before the canaries are healthy.
+        healthy = HALF + 1 if node.canary else 1.0
+        deadline = healthy + 2 if health == "/health-v3" else healthy + 20  # a loaded CI machine answers slowly
         document["spec"]["healthCheck"] = {"http": {"url": self.http.url(health)}, "intervalSeconds": 0.2,
-                                           "timeoutSeconds": 2, "healthySeconds": 1,
-                                           # a loaded CI machine answers slowly; the bad v3 fails fast anyway
-                                           "deadlineSeconds": 3 if health == "/health-v3" else 20}
+                                           "timeoutSeconds": 2, "healthySeconds": healthy,
+                                           "deadlineSeconds": deadline}
         if rollout is not None:
             document["spec"]["rollout"] = rollout
         return document
@@ -310,6 +313,7 @@ def test_twenty_daemons_follow_one_git_repository_in_waves_gated_on_prometheus_t
         started = fleet.commit("v2", source="v1", query_text=gate_query("v2"))
         timings["v2 in three waves: from commit to every node healthy on it"] = took(fleet, "v2", started)
         canaries_healthy = max(float(n.record("v2")["healthyAt"]) for n in canaries)
+        assert canaries_healthy > started + HALF, "the 50 % wave's time came before the canaries were healthy"
         for node in nodes:
             wave = wave_of(node.name, "v2")
             assert node.rollout()["wave"] == wave, (node.name, node.rollout())
