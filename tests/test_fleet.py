@@ -205,7 +205,12 @@ def gate_query(deployment: str, failed: bool = False) -> str:
     alert fires for acme; with `failed`, also while any node has a failed deployment of acme."""
     healthy = (f'tether_application_info{{name="acme", canary="true", deployment="{deployment}"}} '
                'and on (instance, name) tether_application_ready{name="acme"} == 1')
-    text = f'(count({healthy}) or vector(0)) < {len(CANARIES)} or ALERTS{{alertstate="firing", name="acme"}}'
+    # A failure alert of an earlier deployment (say v3 while v4 rolls out) does not hold this one: after a
+    # Prometheus outage its last series stays visible for the lookback window.
+    alerts = (f'ALERTS{{alertstate="firing", name="acme", alertname!="TetherRolloutDeploymentFailed"}} or '
+              f'ALERTS{{alertstate="firing", name="acme", alertname="TetherRolloutDeploymentFailed", '
+              f'deployment="{deployment}"}}')
+    text = f'(count({healthy}) or vector(0)) < {len(CANARIES)} or {alerts}'
     return text + (' or tether_deployments{name="acme", state="failed"} > 0' if failed else "")
 
 
@@ -287,7 +292,7 @@ def running_fleet(root: Path, http: support.HttpServer, binary: str) -> Iterator
         yield fleet
 
 
-def took(fleet: Fleet, deployment: str, started: float, timeout: float = 60) -> float:
+def took(fleet: Fleet, deployment: str, started: float, timeout: float = 180) -> float:
     wait_for(f"all {len(NAMES)} nodes healthy on {deployment}", lambda: fleet.all_on(deployment), timeout=timeout)
     return time.time() - started
 
@@ -306,7 +311,7 @@ def test_twenty_daemons_follow_one_git_repository_in_waves_gated_on_prometheus_t
         nodes, canaries = fleet.nodes, [n for n in fleet.nodes if n.canary]
         others = [n for n in nodes if not n.canary]
         started = time.time()
-        timings["v1, no rollout: from the daemons' start to every node healthy on it"] = took(fleet, "v1", started, timeout=90)
+        timings["v1, no rollout: from the daemons' start to every node healthy on it"] = took(fleet, "v1", started)
         assert fleet.puller.rounds > 0 and not fleet.puller.failures, fleet.puller.failures
 
         # (a) a good v2 in waves: canaries first, the gate opens once Prometheus sees them healthy.
@@ -330,18 +335,18 @@ def test_twenty_daemons_follow_one_git_repository_in_waves_gated_on_prometheus_t
         assert plan.returncode == 0, plan.stderr
         assert {row["node"]: row["wave"] for row in json.loads(plan.stdout)} == {
             n.name: wave_of(n.name, "v2") for n in nodes}
-        wait_for("Prometheus counting 20 nodes on v2", lambda: fleet.counted() == {"v2": "20"}, timeout=30)
+        wait_for("Prometheus counting 20 nodes on v2", lambda: fleet.counted() == {"v2": "20"}, timeout=60)
 
         # (b) a bad v3: its health check fails on the canaries, which roll back; the gate stays closed.
         started = fleet.commit("v3", health="/health-v3", source="v2", query_text=gate_query("v3", failed=True))
         for node in canaries:
             wait_for(f"{node.name} back on v2 with v3 failed",
-                     lambda node=node: node.current() == "v2" and node.states().get("v3") == "failed", timeout=60)
+                     lambda node=node: node.current() == "v2" and node.states().get("v3") == "failed", timeout=120)
         wait_for("every other node held by the closed gate", lambda: all(
-            n.rollout().get("waiting") and n.rollout().get("gate") == "closed" for n in others), timeout=60)
+            n.rollout().get("waiting") and n.rollout().get("gate") == "closed" for n in others), timeout=120)
         assert time.time() >= started + FULL
         failed = wait_for("Prometheus seeing the failed v3 on the canaries", lambda: query(
-            fleet.prometheus.port, 'tether_deployments{name="acme", state="failed"} > 0'), timeout=30)
+            fleet.prometheus.port, 'tether_deployments{name="acme", state="failed"} > 0'), timeout=60)
         assert isinstance(failed, list) and sorted(labels["node"] for labels, _ in failed) == list(CANARIES)
         for node in others:
             waiting = node.rollout()
@@ -354,7 +359,7 @@ def test_twenty_daemons_follow_one_git_repository_in_waves_gated_on_prometheus_t
         # holds, and says why; Prometheus back on the same port and data: they go on.
         started = fleet.commit("v4", source="v2", query_text=gate_query("v4"))
         for node in canaries:
-            wait_for(f"{node.name} healthy on v4", lambda node=node: node.healthy_on("v4"), timeout=60)
+            wait_for(f"{node.name} healthy on v4", lambda node=node: node.healthy_on("v4"), timeout=120)
         fleet.prometheus.stop()
         stopped = time.time()
         late = [n for n in others if wave_of(n.name, "v4") == 2]
@@ -365,9 +370,9 @@ def test_twenty_daemons_follow_one_git_repository_in_waves_gated_on_prometheus_t
             rollout = node.rollout()
             return bool(rollout.get("waiting")) and down in str(rollout.get("gateMessage"))
 
-        wait_for("the last wave held by the stopped Prometheus", lambda: all(held(n) for n in late), timeout=60)
+        wait_for("the last wave held by the stopped Prometheus", lambda: all(held(n) for n in late), timeout=120)
         wait_for("every other node on v4 or held", lambda: all(n.healthy_on("v4") or held(n) for n in others),
-                 timeout=60)
+                 timeout=120)
         assert all(n.current() == "v2" and n.rollout()["gate"] == "closed" for n in late)
         shown = subprocess.run([sys.executable, "-m", "controller", "status", "--manifests", str(late[0].manifests),
                                 "--state-dir", str(late[0].state), "--node-config", str(late[0].node_file)],
@@ -381,9 +386,9 @@ def test_twenty_daemons_follow_one_git_repository_in_waves_gated_on_prometheus_t
             restarted = time.time_ns()
             node.start()
             wait_for(f"{node.name}'s restarted daemon deciding", lambda node=node, at=restarted: (
-                node.state / "status" / "acme.json").stat().st_mtime_ns > at and node.rollout(), timeout=60)
+                node.state / "status" / "acme.json").stat().st_mtime_ns > at and node.rollout(), timeout=120)
             if not node.canary:
-                wait_for(f"{node.name} asking the gate again", lambda node=node: held(node), timeout=30)
+                wait_for(f"{node.name} asking the gate again", lambda node=node: held(node), timeout=60)
             after = node.rollout()
             assert (after["wave"], after["desired"]) == (before["wave"], before["desired"]), (before, after)
             assert node.current() == ("v4" if node.canary else "v2")
@@ -393,7 +398,7 @@ def test_twenty_daemons_follow_one_git_repository_in_waves_gated_on_prometheus_t
         timings["v4 through a Prometheus outage: from commit to every node healthy on it"] = took(fleet, "v4", started)
         timings["v4: from Prometheus back to every node healthy on it"] = time.time() - restarted_at
         wait_for("Prometheus counting 20 fresh nodes on v4", lambda: fleet.counted(fresh=True) == {"v4": "20"},
-                 timeout=30)
+                 timeout=60)
         stale = fleet.counted()
         assert stale.get("v4") == "20", stale
         print(f"count by (deployment) (tether_application_info) after the outage, look-back included: {stale}")
