@@ -76,6 +76,8 @@ class RawServer:
 
     def close(self) -> None:
         self._stop = True
+        with contextlib.suppress(OSError):  # wakes the accepting thread: a closed fd alone leaves it listening
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
 
 
