@@ -348,6 +348,10 @@ def test_twenty_daemons_follow_one_git_repository_in_waves_gated_on_prometheus_t
         failed = wait_for("Prometheus seeing the failed v3 on the canaries", lambda: query(
             fleet.prometheus.port, 'tether_deployments{name="acme", state="failed"} > 0'), timeout=60)
         assert isinstance(failed, list) and sorted(labels["node"] for labels, _ in failed) == list(CANARIES)
+        fired = wait_for("the shipped alert TetherRolloutDeploymentFailed firing for v3", lambda: query(
+            fleet.prometheus.port, 'ALERTS{alertname="TetherRolloutDeploymentFailed", alertstate="firing", '
+            'application="acme", deployment="v3"}'), timeout=60)
+        assert isinstance(fired, list) and len(fired) == 1, fired
         for node in others:
             waiting = node.rollout()
             assert node.current() == "v2" and waiting["desired"] == "v2", (node.name, waiting)
