@@ -269,7 +269,7 @@ def test_an_application_without_a_health_check_is_healthy_with_reason_no_health_
     ({"http": {"url": "http://127.0.0.1/h"}, "healthySeconds": 30, "deadlineSeconds": 20}, "healthySeconds:",
      "healthySeconds (30) must be less than deadlineSeconds (20)"),
     ({"http": {"url": "http://user:pw@127.0.0.1/h"}}, "url:", "does not have the required form"),
-    ({"http": {"url": "http://127.0.0.1/h", "expectStatus": []}}, "expectStatus:", "should be non-empty"),
+    ({"http": {"url": "http://127.0.0.1/h", "expectStatus": []}}, "expectStatus:", "/spec/healthCheck/http/expectStatus"),
 ])
 def test_a_bad_health_check_is_refused_with_its_file_and_line(
         node: support.Node, health_check: dict[str, Any], key: str, message: str) -> None:
