@@ -83,7 +83,8 @@ def find(lines: Sequence[str], keys: Sequence[str]) -> tuple[int, int]:
             while end > number + 1 and not lines[end - 1].strip():
                 end -= 1
             return number, end
-    raise AdaptError(f"no line for {'.'.join(keys)}")
+    raise AdaptError(f"{'.'.join(keys)} is not on a line of its own; write the manifest in block style, "
+                     "one key a line, as examples/manifests/ does")
 
 
 def set_value(text: str, keys: Sequence[str], value: Any) -> str:
