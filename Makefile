@@ -11,7 +11,8 @@ STAGE = bash .ci/stage
 
 python-check:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
-	    echo "tether needs Python >= 3.11; '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo missing)." \
+	    echo "tether needs Python >= 3.11; '$(PYTHON)' is" \
+	        "$$($(PYTHON) -c 'import sys; print(sys.version.split()[0])' 2>/dev/null || echo 'not a Python that runs')." \
 	        "Name another with make PYTHON=python3.11."; exit 1; }
 
 # `make demo` installs tether and its runtime dependencies only; `make venv` (lint and tests) adds the test
