@@ -2,8 +2,11 @@
 """A guided tour of tether on one machine, as a normal user, in a sandbox directory.
 
 The demo builds artifacts from examples/artifacts, serves them from a real HTTP
-server on loopback, writes manifests derived from examples/manifests, and runs
-the real `tether` command line: deploy v1, upgrade to v2, show the result.
+server on loopback, copies examples/manifests into the sandbox changing only the
+lines the sandbox needs (sandbox_manifests.py), and runs the real `tether`
+command line: deploy v1, upgrade to v2 (the deployment line alone), show the
+result, and print the commands to go on. examples/demo_daemon.py keeps the
+daemon going instead (make demo-daemon).
 
     .venv/bin/python examples/demo.py --sandbox /tmp/tether-demo    (or: make demo)
 
