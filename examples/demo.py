@@ -2,8 +2,11 @@
 """A guided tour of tether on one machine, as a normal user, in a sandbox directory.
 
 The demo builds artifacts from examples/artifacts, serves them from a real HTTP
-server on loopback, writes manifests derived from examples/manifests, and runs
-the real `tether` command line: deploy v1, upgrade to v2, show the result.
+server on loopback, copies examples/manifests into the sandbox changing only the
+lines the sandbox needs (sandbox_manifests.py), and runs the real `tether`
+command line: deploy v1, upgrade to v2 (the deployment line alone), show the
+result, and print the commands to go on. examples/demo_daemon.py keeps the
+daemon going instead (make demo-daemon).
 
     .venv/bin/python examples/demo.py --sandbox /tmp/tether-demo    (or: make demo)
 
@@ -16,7 +19,7 @@ Only the standard library and PyYAML are used; tether itself runs as
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import functools
 import grp
 import gzip
@@ -43,6 +46,9 @@ except ImportError:
     sys.exit("The demo needs PyYAML; run it with tether's virtualenv: make demo, or .venv/bin/python examples/demo.py")
 
 EXAMPLES = Path(__file__).resolve().parent
+sys.path.insert(0, str(EXAMPLES))
+import sandbox_manifests  # noqa: E402  (examples/sandbox_manifests.py, beside this file)
+
 VERSIONS = ("v1", "v2")
 MARKER = ".tether-demo-sandbox"  # only a directory holding this file is wiped
 FIXED_MTIME = 1_700_000_000  # every archive member gets this mtime, so builds are reproducible
@@ -179,38 +185,32 @@ def example_manifests() -> list[tuple[Path, dict[str, Any]]]:
     return found
 
 
-def sandboxed(document: dict[str, Any], root: Path, base_url: str, version: str) -> dict[str, Any]:
-    """The example manifest adapted to the sandbox: paths, loopback URL, secrets, this user for every owner."""
-    document = copy.deepcopy(document)
-    if document["kind"] != "Application":
-        return document
-    name, spec = document["metadata"]["name"], document["spec"]
-    me, my_group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
-    for key, local in (("userMapping", me), ("groupMapping", my_group)):
-        spec[key] = {source: local for source in spec.get(key, {})}
-    spec["path"] = str(root / "apps" / name)
-    spec["deployment"] = version
-    spec.pop("user", None)  # a normal user cannot give files to another account
-    spec.pop("group", None)
-    source = spec["source"]
-    if "{deployment}" not in source["url"]:
-        raise DemoError(f"the source URL of {name} has no {{deployment}} placeholder")
-    source["url"] = f"{base_url}/{name}/{{deployment}}.tar.gz"
-    for value in source.get("headers", {}).values():
-        if isinstance(value, dict) and "fromFile" in value:
-            value["fromFile"] = str(root / "secrets" / Path(value["fromFile"]).name)
-    return document
-
-
-def write_manifest(directory: Path, origin: Path, document: dict[str, Any]) -> Path:
+def write_manifest(directory: Path, name: str, text: str) -> Path:
     """Write atomically (a dotfile that tether ignores, then rename), mode 0644."""
-    target = directory / origin.name
-    temporary = directory / f".{origin.name}.tmp"
-    header = f"# Written by examples/demo.py from examples/manifests/{origin.name} for the sandbox.\n"
-    temporary.write_text(header + yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    target = directory / name
+    temporary = directory / f".{name}.tmp"
+    temporary.write_text(text, encoding="utf-8")
     temporary.chmod(0o644)
     os.replace(temporary, target)
     return target
+
+
+def sandbox_text(origin: Path, root: Path, base_url: str, version: str) -> str:
+    """The example file for the sandbox, its comments and formatting kept (sandbox_manifests.adapt)."""
+    header = f"# Copied by examples/demo.py from examples/manifests/{origin.name}; only the lines the sandbox needs differ.\n"
+    try:
+        return header + sandbox_manifests.adapt(origin.read_text(encoding="utf-8"), root, base_url, version)
+    except sandbox_manifests.AdaptError as exc:
+        raise DemoError(f"cannot adapt {origin} to the sandbox: {exc}") from exc
+
+
+def set_deployment(target: Path, version: str) -> None:
+    """Change the deployment line of a sandbox manifest, and nothing else."""
+    try:
+        text = sandbox_manifests.with_deployment(target.read_text(encoding="utf-8"), version)
+    except sandbox_manifests.AdaptError as exc:
+        raise DemoError(f"cannot change the deployment of {target}: {exc}") from exc
+    write_manifest(target.parent, target.name, text)
 
 
 def secret_headers(document: dict[str, Any]) -> dict[str, str]:
@@ -306,7 +306,19 @@ def check_no_leak(root: Path, token: str, outputs: Sequence[str]) -> None:
 # ---------------------------------------------------------------- the tour
 
 
-def run_demo(root: Path) -> None:
+@dataclasses.dataclass
+class Sandbox:
+    """What set_up made: the example files, the application names, their tokens, the running server."""
+
+    root: Path
+    examples: list[tuple[Path, dict[str, Any]]]
+    names: list[str]
+    required: dict[str, dict[str, str]]
+    server: ArtifactServer
+
+
+def set_up(root: Path) -> Sandbox:
+    """Prepare the sandbox, build the artifacts and secrets, start the artifact server (close it!)."""
     preflight()
     prepare_sandbox(root)
     say(f"Prepared the sandbox {root}.")
@@ -331,17 +343,62 @@ def run_demo(root: Path) -> None:
             say(f"Wrote a random {header} for {name} to {path} (mode 0600); tether reads it at download time.")
 
     server = ArtifactServer(root / "artifacts", required)
+    guarded = "".join(f"; {name}'s artifacts require the {', '.join(headers)} header"
+                      for name, headers in sorted(required.items()))
+    say(f"Started an artifact server at {server.url}, serving {root / 'artifacts'}{guarded}.")
+    return Sandbox(root, examples, names, required, server)
+
+
+def write_manifests(sandbox: Sandbox, version: str) -> None:
+    """Step 1 copies the example files in; later steps change each application's deployment line only."""
+    directory = sandbox.root / "manifests"
+    for origin, document in sandbox.examples:
+        target = directory / origin.name
+        if not target.exists():
+            write_manifest(directory, origin.name, sandbox_text(origin, sandbox.root, sandbox.server.url, version))
+            what = f"deployment {version}" if document["kind"] == "Application" else "a kind: its hooks, unchanged"
+            say(f"Copied examples/manifests/{origin.name} to {target} ({what}).")
+        elif document["kind"] == "Application":
+            set_deployment(target, version)
+            say(f"Changed the deployment line of {target} to {version}.")
+
+
+def tether_command() -> str:
+    """How a person runs the same tether as this demo: the virtualenv's script, or python -m controller."""
+    script = Path(sys.executable).parent / "tether"
+    shown = script if script.is_file() else None
+    if shown is None:
+        return f"{sys.executable} -m controller"
+    relative = os.path.relpath(shown)
+    return relative if not relative.startswith("..") else str(shown)
+
+
+def how_to_continue(root: Path) -> list[str]:
+    """The exact commands that keep using the sandbox."""
+    manifests, state = root / "manifests", root / "state"
+    command = tether_command()
+    return [
+        "To keep using the sandbox, give tether its manifests and state directories:",
+        f"    {command} status --manifests {manifests} --state-dir {state}",
+        "or set them once in the environment of your shell:",
+        f"    export TETHER_MANIFESTS={manifests} TETHER_STATE_DIR={state}",
+        f"    {command} status",
+        f"    {command} list site",
+        f"Edit spec.deployment in {manifests / 'site.yaml'} (v1 or v2), then:",
+        f"    {command} plan && {command} reconcile",
+        "The artifact server has stopped with the demo; `make demo-daemon` keeps one and `tether run` going.",
+    ]
+
+
+def run_demo(root: Path) -> None:
+    sandbox = set_up(root)
+    names, required, server = sandbox.names, sandbox.required, sandbox.server
     try:
-        guarded = "".join(f"; {name}'s artifacts require the {', '.join(headers)} header"
-                          for name, headers in sorted(required.items()))
-        say(f"Started an artifact server at {server.url}, serving {root / 'artifacts'}{guarded}.")
         tether = Tether(root)
         for step, version in enumerate(VERSIONS, start=1):
             say()
             say(f"Step {step}: the manifests now ask for {version}.")
-            for origin, document in examples:
-                written = write_manifest(root / "manifests", origin, sandboxed(document, root, server.url, version))
-                say(f"Wrote {written} (from examples/manifests/{origin.name}; deployment {version}).")
+            write_manifests(sandbox, version)
             if step == 1:
                 say("tether validates the manifests without touching anything:")
                 tether("validate", str(root / "manifests"))
@@ -390,6 +447,9 @@ def run_demo(root: Path) -> None:
             check_no_leak(root, token, tether.outputs)
     say()
     say(f"Done. Everything is in {root}; run the demo again to start over.")
+    say()
+    for line in how_to_continue(root):
+        say(line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

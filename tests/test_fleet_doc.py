@@ -67,7 +67,7 @@ def test_every_manifest_of_the_fleet_doc_passes_the_real_tether_validate(node: s
         run = node.tether("validate", "--insecure-manifests", str(manifest))
 
         assert run.returncode == 0, (text, run.stdout, run.stderr)
-        assert "1 applications and 0 kinds are valid." in run.stdout
+        assert "1 application and 0 kinds are valid." in run.stdout
 
 
 def test_every_node_file_of_the_fleet_doc_is_read_by_the_real_tether_node(node: support.Node) -> None:

@@ -40,8 +40,9 @@ SECRET = "s3cret-token-that-hooks-must-never-see"
 # ---------------------------------------------------------------- fixtures and helpers
 
 
-def _hook_user_or_skip_reason() -> pwd.struct_passwd | str:
-    """The hook user (created with a supplementary group when we are root), or why it cannot be used."""
+def _hook_user_or_skip_reason(undo: list[list[str]]) -> pwd.struct_passwd | str:
+    """The hook user (created with a supplementary group when we are root), or why it cannot be used.
+    Each change made here puts the command that reverses it at the front of `undo`."""
     if os.geteuid() != 0:
         try:
             user = pwd.getpwnam(HOOK_USER)
@@ -50,33 +51,58 @@ def _hook_user_or_skip_reason() -> pwd.struct_passwd | str:
         if user.pw_uid != os.geteuid():
             return f"tether is not root and not {HOOK_USER}, so it cannot run hooks as {HOOK_USER}"
         return user
-    commands = []
+    home = Path("/var/lib") / HOOK_USER
+    steps: list[tuple[list[str], list[str]]] = []  # (command, its reverse)
     try:
         pwd.getpwnam(HOOK_USER)
     except KeyError:
-        commands.append(["useradd", "--system", "--user-group", "--create-home", "--home-dir",
-                         f"/var/lib/{HOOK_USER}", HOOK_USER])
+        if home.exists() or home.is_symlink():
+            return f"running as root, but {home} exists without the user {HOOK_USER}; remove it"
+        steps.append((["useradd", "--system", "--user-group", "--create-home", "--home-dir", str(home), HOOK_USER],
+                      ["userdel", "--remove", HOOK_USER]))
     try:
         members = grp.getgrnam(EXTRA_GROUP).gr_mem
     except KeyError:
-        commands.append(["groupadd", "--system", EXTRA_GROUP])
+        steps.append((["groupadd", "--system", EXTRA_GROUP], ["groupdel", EXTRA_GROUP]))
         members = []
     if HOOK_USER not in members:
-        commands.append(["usermod", "-aG", EXTRA_GROUP, HOOK_USER])
-    for command in commands:
+        steps.append((["usermod", "-aG", EXTRA_GROUP, HOOK_USER], ["gpasswd", "--delete", HOOK_USER, EXTRA_GROUP]))
+    for command, reverse in steps:
         try:
             subprocess.run(command, check=True, capture_output=True, text=True)
         except (OSError, subprocess.CalledProcessError) as exc:
             return f"running as root, but {' '.join(command)!r} failed: {getattr(exc, 'stderr', '') or exc}"
+        undo.insert(0, reverse)
     return pwd.getpwnam(HOOK_USER)
 
 
+def _undo(undo: list[list[str]]) -> None:
+    """Reverse what the fixture created, newest first. A user that is gone takes its membership along."""
+    failed = []
+    for command in undo:
+        if command[0] == "gpasswd" and any(c[0] == "userdel" for c in undo):
+            continue
+        run = subprocess.run(command, capture_output=True, text=True, check=False)
+        if run.returncode not in (0, 12):  # userdel --remove: 12 = the home or mail spool could not be removed
+            failed.append(f"{' '.join(command)!r}: {run.stderr.strip()}")
+    home = Path("/var/lib") / HOOK_USER
+    if any(c[0] == "userdel" for c in undo) and home.exists():
+        shutil.rmtree(home)
+    assert not failed, "could not remove what the hook tests created: " + "; ".join(failed)
+
+
 @pytest.fixture(scope="session")
-def hook_user() -> pwd.struct_passwd:
-    found = _hook_user_or_skip_reason()
-    if isinstance(found, str):
-        pytest.skip(found)
-    return found
+def hook_user() -> Iterator[pwd.struct_passwd]:
+    """The hook user; what this fixture created (user, group, membership, home) is removed after the tests,
+    whether they passed or not, and nothing that was there before."""
+    undo: list[list[str]] = []
+    try:
+        found = _hook_user_or_skip_reason(undo)
+        if isinstance(found, str):
+            pytest.skip(found)
+        yield found
+    finally:
+        _undo(undo)
 
 
 @pytest.fixture

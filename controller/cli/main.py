@@ -214,6 +214,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     return OK
 
 
+def _count(number: int, noun: str) -> str:
+    """'1 kind', '3 kinds', '0 kinds'."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     catalog = loading.load(args.paths, secure=False)
     if args.json:
@@ -228,7 +233,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for problem in catalog.problems:
             print(problem)
         if not catalog.problems:
-            print(f"{len(catalog.applications)} applications and {len(catalog.kinds)} kinds are valid.")
+            print(f"{_count(len(catalog.applications), 'application')} and {_count(len(catalog.kinds), 'kind')} are valid.")
     return INVALID if catalog.problems else OK
 
 

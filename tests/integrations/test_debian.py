@@ -96,7 +96,7 @@ def test_the_installed_command_validates_the_examples_and_refuses_a_broken_manif
     (tmp_path / "broken.yaml").write_text("apiVersion: tether/v1\nkind: Application\nmetadata: {name: Bad!}\n")
     invalid = run("/usr/bin/tether", "validate", str(tmp_path / "broken.yaml"))
 
-    assert (valid.returncode, valid.stdout.strip()) == (0, "3 applications and 1 kinds are valid.")
+    assert (valid.returncode, valid.stdout.strip()) == (0, "3 applications and 1 kind are valid.")
     assert invalid.returncode == 2 and "broken.yaml" in invalid.stdout
 
 
