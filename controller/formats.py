@@ -23,8 +23,8 @@ class NewerFormat(errors.PermanentError):
 
     def __init__(self, file: str, found: object) -> None:
         shown = found if isinstance(found, int) and not isinstance(found, bool) else repr(found)
-        super().__init__(f"{file} was written by a newer tether (format {shown}; this tether reads formats up to "
-                         f"{CURRENT}); upgrade tether or remove {file}")
+        super().__init__(f"written by a newer tether (format {shown}; this tether reads formats up to {CURRENT}); "
+                         f"upgrade tether or remove {file}")
         self.file = file
         self.found = found
 
