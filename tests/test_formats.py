@@ -141,17 +141,24 @@ def test_a_file_of_a_newer_format_leaves_its_application_alone_and_is_never_rewr
     assert file.read_bytes() == written
 
 
-def test_an_override_of_a_newer_format_refuses_imperative_commands_and_stays(
-        node: support.Node, http: support.HttpServer) -> None:
+@pytest.mark.parametrize("which", ["deployment record", "status document", "override"])
+def test_imperative_commands_refuse_an_application_with_a_file_of_a_newer_format(
+        which: str, node: support.Node, http: support.HttpServer) -> None:
+    locate, _ = FORMATS[which]
     deployed(node, http)
-    ok(node.tether("deploy", "site", "--deployment", "v1"))
-    file = node.state / "overrides" / "site.json"
+    manifest(node, http, "v2")
+    ok(node.tether("reconcile"))
+    ok(node.tether("deploy", "site", "--deployment", "v2"))
+    file = locate(node)
     rewrite(file, lambda document: document.update(format=formats.CURRENT + 1))
-    written = file.read_bytes()
-    for command in (("suspend", "site"), ("deploy", "site", "--deployment", "v2"), ("retry", "site")):
+    written, before = file.read_bytes(), support.snapshot(node.root)
+    for command in (("suspend", "site"), ("deploy", "site", "--deployment", "v1"), ("rollback", "site"),
+                    ("activate", "site", "v1"), ("retry", "site"), ("remove", "site", "v1"), ("prune", "site"),
+                    ("repair", "site")):
         run = node.tether(*command)
-        assert run.returncode != 0 and "written by a newer tether" in run.stderr, run.stderr
-        assert file.read_bytes() == written
+        assert run.returncode != 0 and "written by a newer tether" in run.stdout + run.stderr, (command, run.stderr)
+    assert file.read_bytes() == written
+    assert support.snapshot(node.root) == before
 
 
 def test_a_digest_list_of_a_newer_format_is_not_used_for_a_content_check_and_stays(

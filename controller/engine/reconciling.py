@@ -93,6 +93,11 @@ class Engine:
                              keep=app.keep, suspended=app.suspend, generation=app.generation,
                              refused=self.refused(app.name))
 
+    def refuse_newer(self, app: model.Application) -> None:
+        """PermanentError when a file of the application is of a newer format: a command must not act on it."""
+        if (why := self.refused(app.name) or records.observe(app.path).refused) is not None:
+            raise errors.PermanentError(f"{app.name}: tether leaves this application alone: {why}")
+
     def refused(self, name: str) -> str | None:
         """Why the application's files in the state dir must be left alone (a newer format), if they must."""
         return (overrides.read(self.state_dir, name).refused
@@ -334,18 +339,21 @@ class Engine:
         """Restore the persistent-data links of a deployment (link drift), holding the lock."""
         with locking.application_lock(self.state_dir, app.name):
             path_safety.prepare(app.path)
+            self.refuse_newer(app)
             return drift.relink(app, deployment, owners.resolve(app))
 
     def prune(self, app: model.Application, keep: int) -> None:
         """Apply retention now with `keep` (tether prune)."""
         with locking.application_lock(self.state_dir, app.name):
             path_safety.verify(app.path)
+            self.refuse_newer(app)
             self._prune(dataclasses.replace(app, keep=keep), records.observe(app.path))
 
     def remove(self, app: model.Application, deployment: str) -> None:
         """Remove one deployment (tether remove); never the active or the desired one."""
         with locking.application_lock(self.state_dir, app.name):
             path_safety.verify(app.path)
+            self.refuse_newer(app)
             observed = records.observe(app.path)
             if deployment in (observed.current, app.deployment):
                 raise errors.PermanentError(f"{deployment} is the active or desired deployment of {app.name}; "
@@ -384,6 +392,7 @@ class Engine:
         cleared = []
         with locking.application_lock(self.state_dir, app.name):
             path_safety.verify(app.path)
+            self.refuse_newer(app)
             observed = records.observe(app.path)
             for deployment in observed.deployments.values():
                 if deployment.state != records.FAILED:

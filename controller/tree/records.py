@@ -263,3 +263,4 @@ def observe(path: str) -> Observed:
         leftovers=tuple(sorted(leftovers)),
         refused=refused[0] if refused else None,
     )
+
