@@ -119,7 +119,8 @@ def ready(document: dict[str, Any]) -> dict[str, Any]:
 def identities(node: support.Node) -> dict[str, Any]:
     """What an upgrade must not change: every deployment directory (inode, mtime), `current`, persistent data,
     the hooks' counter file."""
-    found: dict[str, Any] = {"counter": (node.root / "counter").read_text()}
+    found: dict[str, Any] = {"counter": (node.root / "counter").read_text(),
+                             "data": (node.apps / "web" / "persistent-data" / "data" / "counter.txt").read_text()}
     for name in NAMES:
         root = node.apps / name
         found[f"{name}/current"] = os.readlink(root / "current")
@@ -164,6 +165,10 @@ def set_up_with_the_old_release(versions: Versions, node: support.Node, http: su
     assert ready(old["paused"])["reason"] == "Suspended"
     assert old["pinned"]["desired"] == "v1" and old["imperative"]["desired"] == "v2"
     assert "fail" in (old["broken"]["lastError"] or ""), old["broken"]
+    for deployment in ("v1", "v2"):  # persistent data from the .mtree, linked into each deployment
+        link = node.apps / "web" / deployment / "data" / "counter.txt"
+        assert os.readlink(link) == str(node.apps / "web" / "persistent-data" / "data" / "counter.txt")
+    (node.apps / "web" / "persistent-data" / "data" / "counter.txt").write_text("41\n")  # what the application wrote
 
 
 def check_state_is_kept(versions: Versions, node: support.Node, before: dict[str, Any]) -> None:
