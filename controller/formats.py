@@ -10,6 +10,8 @@ the file is never rewritten or removed, so that upgrading tether again picks up 
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any
 
 from controller import errors, fsutil
@@ -45,13 +47,53 @@ def read(file: str) -> Any:
     return check(fsutil.read_json(file), file)
 
 
-def refusal(file: str) -> str | None:
+class Understood:
+    """Files known to be of a format this tether reads, by (inode, size, mtime, ctime): a pass asks about the same
+    status document several times, and parsing it each time would cost more than the pass's own work."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, int, int, int]] = {}
+        self._guard = threading.Lock()
+
+    @staticmethod
+    def _key(file: str) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.lstat(file)
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+    def refusal(self, file: str) -> str | None:
+        """Why `file` must be left alone (its format is newer), or None (also when it is missing)."""
+        key = self._key(file)
+        if key is None:
+            return None
+        with self._guard:
+            if self._seen.get(file) == key:
+                return None
+        try:
+            read(file)
+        except NewerFormat as exc:
+            return str(exc)
+        self.understood(file, key)
+        return None
+
+    def understood(self, file: str, key: tuple[int, int, int, int] | None = None) -> None:
+        """Remember `file` as it is now (just written by this tether, say) as one of a format it reads."""
+        key = key or self._key(file)
+        with self._guard:
+            if key is None:
+                self._seen.pop(file, None)
+            else:
+                self._seen[file] = key
+
+
+UNDERSTOOD = Understood()
+
+
+def refusal(file: str, known: Understood = UNDERSTOOD) -> str | None:
     """Why `file` must be left alone (its format is newer), or None."""
-    try:
-        read(file)
-    except NewerFormat as exc:
-        return str(exc)
-    return None
+    return known.refusal(file)
 
 
 def stamped(document: dict[str, Any]) -> dict[str, Any]:

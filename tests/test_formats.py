@@ -175,3 +175,17 @@ def test_a_digest_list_of_a_newer_format_is_not_used_for_a_content_check_and_sta
         run = node.tether(command, "site", "--json")
         assert run.returncode != 0 and "written by a newer tether" in run.stdout + run.stderr, run.stdout
     assert file.read_bytes() == written
+
+
+def test_a_file_understood_once_is_read_again_when_it_changes_even_in_place(tmp_path: Path) -> None:
+    file, known = tmp_path / "site.json", formats.Understood()
+    file.write_text('{"format": 1, "name": "site"}')
+    assert known.refusal(str(file)) is None and known.refusal(str(file)) is None
+    with open(file, "r+") as handle:  # same inode, same size
+        handle.write('{"format": 2')
+    assert "written by a newer tether (format 2;" in (known.refusal(str(file)) or "")
+    file.unlink()
+    assert known.refusal(str(file)) is None
+    (tmp_path / "other.json").write_text('{"format": 3}')
+    os.replace(tmp_path / "other.json", file)
+    assert "(format 3;" in (known.refusal(str(file)) or "")

@@ -277,4 +277,5 @@ def write(state_dir: str, name: str, document: dict[str, Any]) -> bool:
         return False
     fsutil.makedirs(os.path.dirname(file))
     fsutil.atomic_write_json(file, formats.stamped(document), mode=MODE)
+    formats.UNDERSTOOD.understood(file)
     return True
