@@ -1,3 +1,3 @@
 """tether: a node-local continuous-delivery controller."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -67,11 +67,12 @@ def reconcile_now(args: argparse.Namespace, found: loading.Catalog, app: model.A
     its lock (so a daemon cannot start a pass in between, e.g. without this deploy's headers), and
     write the status; return the exit code."""
     with locking.application_lock(args.state_dir, app.name):
+        engine = engine or reconciling.Engine(args.state_dir)
+        engine.refuse_newer(app)  # before the override changes: a newer tether's files are not acted on
         override = overrides.update(args.state_dir, app.name, **changes) if changes else \
             overrides.read(args.state_dir, app.name)
         rolled = rollout_of(app, args)
         effective = overrides.effective(rolled.app, override)
-        engine = engine or reconciling.Engine(args.state_dir)
         result = engine.reconcile(effective, found.kinds.get(app.kind) if app.kind else None, headers, locked=True)
         # Still under the lock: a daemon's next pass starts from this status, hook runs included.
         document = status.build(effective, result, status.read(args.state_dir, app.name), time.time())
@@ -124,6 +125,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if args.wait or headers or not locking.daemon_running(args.state_dir):
         engine = reconciling.Engine(args.state_dir, fetcher=fetching.Fetcher(deadline_seconds=args.timeout))
         return reconcile_now(args, found, app, headers, engine, **desired)
+    reconciling.Engine(args.state_dir).refuse_newer(app)
     overrides.update(args.state_dir, app.name, **desired)
     return report(args, app.name, True,
                   f"{deployment} is desired now; the running daemon deploys it (`tether status {app.name}`)")
@@ -133,6 +135,7 @@ def _pin(args: argparse.Namespace, deployment: str | None, what: str) -> int:
     found = catalog(args)
     app = application(args, found)
     path_safety.verify(app.path)  # say why, rather than that there is no such deployment
+    reconciling.Engine(args.state_dir).refuse_newer(app)
     observed = records.observe(app.path)
     record = observed.deployments.get(deployment or "")
     if deployment is None or record is None or record.state != records.COMPLETE or not record.has_dir:
@@ -169,6 +172,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_suspend(args: argparse.Namespace) -> int:
     app = application(args, catalog(args))
+    reconciling.Engine(args.state_dir).refuse_newer(app)
     overrides.update(args.state_dir, app.name, suspended=args.command == "suspend")
     return report(args, app.name, True,
                   "suspended; nothing changes until `tether resume`" if args.command == "suspend" else "resumed")
@@ -176,6 +180,7 @@ def cmd_suspend(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     app = application(args, catalog(args))
+    reconciling.Engine(args.state_dir).refuse_newer(app)
     cleared = reconciling.Engine(args.state_dir).retry(app)
     overrides.update(args.state_dir, app.name, retry_requested_at=time.time())
     return report(args, app.name, True, f"cleared the failure mark of {', '.join(cleared)}" if cleared

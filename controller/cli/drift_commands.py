@@ -16,6 +16,7 @@ from typing import Any
 
 from controller import errors
 from controller.cli import commands
+from controller.engine import reconciling
 from controller.manifests import model, overrides
 from controller.tree import digests, drift, locking, owners, path_safety, records
 
@@ -89,6 +90,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
     owner = owners.resolve(app)
     with locking.application_lock(args.state_dir, app.name):
         path_safety.prepare(app.path)
+        reconciling.Engine(args.state_dir).refuse_newer(app)
         observed = records.observe(app.path)
         active = desired(app, observed)
         structure = drift.check_structure(app.path, observed, active)

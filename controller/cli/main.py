@@ -202,7 +202,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     if path is None:
         print(f"tether: no application named {args.name!r}", file=sys.stderr)
         return INVALID
-    rows = status.deployments(records.observe(path))
+    observed = records.observe(path)
+    if observed.refused is not None:
+        print(f"tether: {args.name}: {observed.refused}; its deployments are shown as far as this tether reads them",
+              file=sys.stderr)
+    rows = status.deployments(observed)
     if args.json:
         print(json.dumps(rows, indent=2))
         return OK

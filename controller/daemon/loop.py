@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from controller import errors, fsutil
+from controller import errors, formats, fsutil
 from controller.daemon import drift_watch, metrics, notify, queueing, scanning, watching
 from controller.engine import reconciling, status
 from controller.fleet import gate, rollout_state
@@ -147,7 +147,8 @@ class Daemon:
         with self._guard:
             self.statuses.pop(name, None)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(status.status_path(self.config.state_dir, name))
+                if formats.refusal(status.status_path(self.config.state_dir, name)) is None:  # a newer one stays
+                    os.unlink(status.status_path(self.config.state_dir, name))
         self._changed.set()
 
     # ------------------------------------------------------------ working

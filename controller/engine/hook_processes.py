@@ -30,12 +30,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from controller import fsutil
+from controller import formats, fsutil
 from controller.tree import records
 
 log = logging.getLogger(__name__)
 
-RECORD = "running-hook.json"
+RECORD = os.path.basename(records.running_hook_path("/"))  # records.observe checks its format too
 PR_SET_PDEATHSIG = 1
 WATCHDOG = 'read -r line; [ "$line" = done ] || kill -s KILL -- "-$1" 2>/dev/null'
 _prctl = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl
@@ -118,8 +118,8 @@ def recorded(path: str, pid: int, **about: Any) -> Iterator[None]:
     started = start_time(pid)
     try:
         if started is not None:
-            fsutil.atomic_write_json(record, {"pid": pid, "pgid": pid, "startTime": started, "bootId": _boot_id(),
-                                              **about}, mode=0o600)
+            fsutil.atomic_write_json(record, formats.stamped({"pid": pid, "pgid": pid, "startTime": started,
+                                                              "bootId": _boot_id(), **about}), mode=0o600)
     except OSError as exc:
         log.warning("tether could not record the running hook in %s (%s); if tether dies, its watchdog still "
                     "stops the hook.", record, exc)
@@ -138,6 +138,7 @@ def stop_survivor(name: str, path: str, grace_seconds: float = 5.0, clock: Calla
         data = fsutil.read_json(record)
     except (OSError, ValueError):
         data = None
+    formats.check(data, record)  # a newer tether's hook file is left as it is: NewerFormat
     if data is None and not os.path.lexists(record):
         return False
     found = _survivor(data)

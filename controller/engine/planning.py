@@ -22,6 +22,7 @@ class Plan:
     desired: str | None
     steps: tuple[Step, ...]
     suspended: bool = False
+    refused: str | None = None  # a file of a newer format (controller/formats.py): nothing is done
 
     @property
     def converged(self) -> bool:
@@ -29,12 +30,16 @@ class Plan:
 
 
 def plan(name: str, desired: str | None, observed: records.Observed, *, keep: int,
-         suspended: bool = False, generation: str | None = None) -> Plan:
+         suspended: bool = False, generation: str | None = None, refused: str | None = None) -> Plan:
     """The steps that bring `observed` to `desired`, in order.
 
     A deployment that failed under this manifest `generation` is not tried again;
-    under another generation (the desired state changed) it is redeployed afresh.
+    under another generation (the desired state changed) it is redeployed afresh. When a file of the
+    application is of a newer format (`refused`, or the tree's own), the plan is to do nothing, not to guess.
     """
+    refused = refused or observed.refused
+    if refused is not None:
+        return Plan(name, desired, (Step(BLOCKED, None, refused),), suspended=suspended, refused=refused)
     if suspended:
         return Plan(name, desired, (), suspended=True)
     steps: list[Step] = []

@@ -22,15 +22,21 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from controller import errors, fsutil, nofollow
+from controller import errors, formats, fsutil, nofollow
 from controller.artifacts import archives, extracting, fetching
 from controller.artifacts import cache as artifact_cache
 from controller.engine import health, hook_processes, hooks, planning
-from controller.manifests import model, secrets
+from controller.manifests import model, overrides, secrets
 from controller.tree import digests, drift, locking, owners, path_safety, persistent_data, records
 
 log = logging.getLogger(__name__)
+STATUS_DIR = "status"
 PersistentData = Callable[..., list[str]]  # (app, deployment path, owner, checkpoint=...) -> linked leaves
+
+
+def status_path(state_dir: str, name: str) -> str:
+    """Where the status document of `name` lives (controller/engine/status.py writes it)."""
+    return os.path.join(state_dir, STATUS_DIR, name + ".json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +90,18 @@ class Engine:
 
     def plan(self, app: model.Application, observed: records.Observed | None = None) -> planning.Plan:
         return planning.plan(app.name, app.deployment, records.observe(app.path) if observed is None else observed,
-                             keep=app.keep, suspended=app.suspend, generation=app.generation)
+                             keep=app.keep, suspended=app.suspend, generation=app.generation,
+                             refused=self.refused(app.name))
+
+    def refuse_newer(self, app: model.Application) -> None:
+        """PermanentError when a file of the application is of a newer format: a command must not act on it."""
+        if (why := self.refused(app.name) or records.observe(app.path).refused) is not None:
+            raise errors.PermanentError(f"{app.name}: tether leaves this application alone: {why}")
+
+    def refused(self, name: str) -> str | None:
+        """Why the application's files in the state dir must be left alone (a newer format), if they must."""
+        return (overrides.read(self.state_dir, name).refused
+                or formats.refusal(status_path(self.state_dir, name)))
 
     @contextlib.contextmanager
     def holding(self, app: model.Application, locked: bool = False) -> Iterator[records.Observed]:
@@ -105,6 +122,9 @@ class Engine:
             plan = self.plan(app, seen)
             work = _Pass(app, kind, dict(headers or {}), cancel)
             error, permanent = None, False
+            if plan.refused is not None:  # written by a newer tether: no step, no hook check, no prune
+                log.error("%s: tether leaves this application alone: %s.", app.name, plan.refused)
+                return Result(app.name, plan, seen, plan.refused, True)
             try:
                 if not plan.suspended:  # nothing below path is opened for writing before it is verified
                     path_safety.verify(app.path)
@@ -319,18 +339,21 @@ class Engine:
         """Restore the persistent-data links of a deployment (link drift), holding the lock."""
         with locking.application_lock(self.state_dir, app.name):
             path_safety.prepare(app.path)
+            self.refuse_newer(app)
             return drift.relink(app, deployment, owners.resolve(app))
 
     def prune(self, app: model.Application, keep: int) -> None:
         """Apply retention now with `keep` (tether prune)."""
         with locking.application_lock(self.state_dir, app.name):
             path_safety.verify(app.path)
+            self.refuse_newer(app)
             self._prune(dataclasses.replace(app, keep=keep), records.observe(app.path))
 
     def remove(self, app: model.Application, deployment: str) -> None:
         """Remove one deployment (tether remove); never the active or the desired one."""
         with locking.application_lock(self.state_dir, app.name):
             path_safety.verify(app.path)
+            self.refuse_newer(app)
             observed = records.observe(app.path)
             if deployment in (observed.current, app.deployment):
                 raise errors.PermanentError(f"{deployment} is the active or desired deployment of {app.name}; "
@@ -369,6 +392,7 @@ class Engine:
         cleared = []
         with locking.application_lock(self.state_dir, app.name):
             path_safety.verify(app.path)
+            self.refuse_newer(app)
             observed = records.observe(app.path)
             for deployment in observed.deployments.values():
                 if deployment.state != records.FAILED:

@@ -10,14 +10,17 @@ they get here (controller/fetching.py).
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from typing import Any
 
-from controller import fsutil
+from controller import formats, fsutil
 from controller.artifacts import fetching
 from controller.engine import hooks, planning, reconciling
 from controller.manifests import model
 from controller.tree import records
+
+log = logging.getLogger(__name__)
 
 
 def timestamp(seconds: float | None) -> str | None:
@@ -32,16 +35,27 @@ MODE = 0o640
 
 
 def status_path(state_dir: str, name: str) -> str:
-    return os.path.join(state_dir, "status", name + ".json")
+    return reconciling.status_path(state_dir, name)
 
 
 def read(state_dir: str, name: str) -> dict[str, Any] | None:
-    data = fsutil.read_json(status_path(state_dir, name))
+    """The status document of `name`; one of a newer format reads as a document that says so."""
+    try:
+        data = formats.read(status_path(state_dir, name))
+    except formats.NewerFormat as exc:
+        return refused(name, str(exc))
     return data if isinstance(data, dict) else None
 
 
+def refused(name: str, message: str) -> dict[str, Any]:
+    """The status of an application tether leaves alone because a file of it is of a newer format."""
+    return {"name": name, "deployments": [], "lastError": message,
+            "conditions": [_condition("Ready", False, "NewerFormat", message),
+                           _condition("Stalled", True, "NewerFormat", message)]}
+
+
 def read_all(state_dir: str) -> list[dict[str, Any]]:
-    directory = os.path.join(state_dir, "status")
+    directory = os.path.join(state_dir, reconciling.STATUS_DIR)
     if not os.path.isdir(directory):
         return []
     names = sorted(e[:-5] for e in os.listdir(directory) if e.endswith(".json") and not e.startswith("."))
@@ -255,6 +269,13 @@ def set_rollout(document: dict[str, Any], rollout: dict[str, Any] | None) -> Non
         document["rollout"] = rollout
 
 
-def write(state_dir: str, name: str, document: dict[str, Any]) -> None:
-    fsutil.makedirs(os.path.join(state_dir, "status"))
-    fsutil.atomic_write_json(status_path(state_dir, name), document, mode=MODE)
+def write(state_dir: str, name: str, document: dict[str, Any]) -> bool:
+    """Write the status of `name`, unless its file is of a newer format (left as it is: False)."""
+    file = status_path(state_dir, name)
+    if (why := formats.refusal(file)) is not None:
+        log.error("%s: tether leaves its status document as it is: %s.", name, why)
+        return False
+    fsutil.makedirs(os.path.dirname(file))
+    fsutil.atomic_write_json(file, formats.stamped(document), mode=MODE)
+    formats.UNDERSTOOD.understood(file)
+    return True

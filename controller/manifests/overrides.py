@@ -14,7 +14,7 @@ import os
 import re
 from typing import Any
 
-from controller import errors, fsutil
+from controller import errors, formats, fsutil
 from controller.manifests import crosschecks, model, validation
 
 
@@ -27,6 +27,7 @@ class Override:
     generation: str | None = None  # the manifest generation the deployment was set under
     suspended: bool = False
     retry_requested_at: float | None = None
+    refused: str | None = None  # the file is of a newer format: why tether leaves the application alone
 
 
 FIELDS = {"deployment": "deployment", "url": "url", "sha256": "sha256", "pinned": "pinned",
@@ -38,7 +39,11 @@ def override_path(state_dir: str, name: str) -> str:
 
 
 def read(state_dir: str, name: str) -> Override:
-    data = fsutil.read_json(override_path(state_dir, name))
+    """The override of `name`; one of a newer format says so in `refused` and overrides nothing."""
+    try:
+        data = formats.read(override_path(state_dir, name))
+    except formats.NewerFormat as exc:
+        return Override(refused=str(exc))
     if not isinstance(data, dict):
         return Override()
     values: dict[str, Any] = {field: data[key] for field, key in FIELDS.items() if data.get(key) is not None}
@@ -48,12 +53,16 @@ def read(state_dir: str, name: str) -> Override:
 def write(state_dir: str, name: str, override: Override) -> None:
     fsutil.makedirs(os.path.dirname(override_path(state_dir, name)), 0o700)
     document: dict[str, Any] = {key: getattr(override, field) for field, key in FIELDS.items()}
-    fsutil.atomic_write_json(override_path(state_dir, name), {k: v for k, v in document.items() if v is not None},
-                             mode=0o600)
+    fsutil.atomic_write_json(override_path(state_dir, name),
+                             formats.stamped({k: v for k, v in document.items() if v is not None}), mode=0o600)
 
 
 def update(state_dir: str, name: str, **changes: Any) -> Override:
-    changed = dataclasses.replace(read(state_dir, name), **changes)
+    """Change the override of `name`; NewerFormat when its file is of a newer format (left as it is)."""
+    found = read(state_dir, name)
+    if found.refused is not None:
+        raise errors.PermanentError(found.refused)
+    changed = dataclasses.replace(found, **changes)
     write(state_dir, name, changed)
     return changed
 

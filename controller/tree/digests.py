@@ -12,7 +12,7 @@ import os
 import stat
 from collections.abc import Callable, Collection, Mapping
 
-from controller import errors, fsutil, nofollow
+from controller import errors, formats, fsutil, nofollow
 from controller.tree import persistent_data, records
 
 VERSION = 1
@@ -107,13 +107,13 @@ def record(path: str, deployment: str, links: Collection[str]) -> None:
         entries.setdefault(leaf, {"type": "link", "mode": "0777", "target": target})
     fsutil.makedirs(os.path.dirname(digests_path(path, deployment)))
     fsutil.atomic_write_json(digests_path(path, deployment),
-                             {"version": VERSION, "deployment": deployment, "entries": entries})
+                             formats.stamped({"version": VERSION, "deployment": deployment, "entries": entries}))
 
 
 def read(path: str, deployment: str) -> dict[str, Entry]:
     """The recorded entries; NoDigests when there are none (the deployment predates digests)."""
     file = digests_path(path, deployment)
-    data = fsutil.read_json(file)
+    data = formats.read(file)  # NewerFormat: a newer tether's list is not guessed at (nor rewritten)
     if not isinstance(data, dict) or data.get("version") != VERSION or not isinstance(data.get("entries"), dict):
         raise NoDigests(
             f"{os.path.join(path, deployment)} has no usable digest list ({file}): the deployment predates content "

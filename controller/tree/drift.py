@@ -21,7 +21,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Collection, Sequence
 
-from controller import errors, fsutil, nofollow
+from controller import errors, formats, fsutil, nofollow
 from controller.artifacts import archives, extracting
 from controller.artifacts import cache as artifact_cache
 from controller.manifests import model
@@ -126,7 +126,7 @@ def check_content(path: str, deployment: str, ignore: Sequence[str]) -> Content:
 
 
 def record_links(path: str, deployment: str) -> list[str]:
-    record = fsutil.read_json(records.record_path(path, deployment))
+    record = formats.read(records.record_path(path, deployment))
     links = record.get("links") if isinstance(record, dict) else None
     return [link for link in links if isinstance(link, str)] if isinstance(links, list) else []
 
@@ -171,7 +171,7 @@ def _extract_cached(app: model.Application, deployment: str, state_dir: str, own
             f"{app.name}: the cached artifact of {deployment} ({cache.path}) is missing, so its files cannot be "
             "restored; redeploy it to fetch the artifact again")
     source = app.source or model.Source(url="")  # deployed imperatively: format and limits by default
-    record = fsutil.read_json(records.record_path(app.path, deployment))
+    record = formats.read(records.record_path(app.path, deployment))
     sha256 = record.get("sha256") if isinstance(record, dict) and isinstance(record.get("sha256"), str) else None
     os.mkdir(os.path.join(stage, "tree"), 0o700)
     with open(cache.path, "rb") as handle:

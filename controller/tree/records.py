@@ -8,6 +8,9 @@ Layout below the application path::
     .tether/deployments/<d>.json       record: incomplete | complete | failed
     .tether/activation.json            the previous deployment
     .tether/staging/                   extraction in progress
+
+Records carry their format (controller/formats.py); `observe` reports a record of a newer format as the reason
+to leave the application alone (`Observed.refused`) and never rewrites it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from controller import fsutil
+from controller import formats, fsutil
 
 INCOMPLETE, COMPLETE, FAILED = "incomplete", "complete", "failed"
 NOT_DEPLOYMENTS = frozenset({"current", "persistent-data"})
@@ -34,6 +37,14 @@ def meta_dir(path: str) -> str:
 
 def record_path(path: str, deployment: str) -> str:
     return os.path.join(meta_dir(path), "deployments", deployment + ".json")
+
+
+def activation_path(path: str) -> str:
+    return os.path.join(meta_dir(path), "activation.json")
+
+
+def running_hook_path(path: str) -> str:
+    return os.path.join(meta_dir(path), "running-hook.json")
 
 
 def staging_dir(path: str) -> str:
@@ -75,6 +86,7 @@ class Observed:
     last_activated: str | None  # what tether switched `current` to last
     foreign: tuple[str, ...]  # directories tether did not make
     leftovers: tuple[str, ...]  # staging and temporary links from an interrupted pass
+    refused: str | None = None  # a file of a newer format: why tether leaves the application alone
 
     def complete(self) -> list[Deployment]:
         """Complete deployments, newest first: by deploy sequence, not by wall-clock time, which can step back;
@@ -109,10 +121,10 @@ def _age(deployment: Deployment) -> tuple[int, float, str]:
 
 def write_record(path: str, deployment: str, state: str, **fields: Any) -> dict[str, Any]:
     """Update a deployment's record; a field given as None is removed. Return the record written."""
-    record = fsutil.read_json(record_path(path, deployment))
+    record = formats.read(record_path(path, deployment))
     if not isinstance(record, dict) or not record:
         record = {"createdAt": time.time()}
-    record.update(fields, name=deployment, state=state)
+    record.update(fields, name=deployment, state=state, format=formats.CURRENT)
     record = {k: v for k, v in record.items() if v is not None}
     fsutil.makedirs(os.path.dirname(record_path(path, deployment)))
     fsutil.atomic_write_json(record_path(path, deployment), record)
@@ -121,7 +133,8 @@ def write_record(path: str, deployment: str, state: str, **fields: Any) -> dict[
 
 def write_activation(path: str, active: str, previous: str | None) -> None:
     """Record what tether activated last, and what was active before it."""
-    fsutil.atomic_write_json(os.path.join(meta_dir(path), "activation.json"), {"active": active, "previous": previous})
+    fsutil.atomic_write_json(activation_path(path),
+                             formats.stamped({"active": active, "previous": previous}))
 
 
 def switch_current(path: str, deployment: str, checkpoint: Callable[[str], None] = lambda step: None) -> None:
@@ -209,10 +222,19 @@ def observe(path: str) -> Observed:
     records: dict[str, dict[str, Any]] = {}
     records_dir = os.path.dirname(record_path(path, "x"))
     trusted = _real_dir(meta_dir(path))
+    refused: list[str] = []
+
+    def read(file: str) -> Any:
+        try:
+            return formats.read(file)
+        except formats.NewerFormat as exc:
+            refused.append(str(exc))
+            return None
+
     if trusted and _real_dir(records_dir):
-        for entry in os.listdir(records_dir):
+        for entry in sorted(os.listdir(records_dir)):
             if entry.endswith(".json") and not entry.startswith("."):
-                data = fsutil.read_json(os.path.join(records_dir, entry))
+                data = read(os.path.join(records_dir, entry))
                 if isinstance(data, dict):
                     records[entry[: -len(".json")]] = data
     dirs, leftovers = set(), []
@@ -225,8 +247,10 @@ def observe(path: str) -> Observed:
         leftovers.extend(os.path.join(staging_dir(path), e) for e in os.listdir(staging_dir(path)))
     deployments = {name: _deployment(name, data, has_dir=name in dirs) for name, data in records.items()}
     current, target = _current(path)
-    activation = (fsutil.read_json(os.path.join(meta_dir(path), "activation.json")) if trusted else None)
+    activation = read(activation_path(path)) if trusted else None
     activation = {k: _text(v) for k, v in activation.items()} if isinstance(activation, dict) else {}
+    if trusted:
+        read(running_hook_path(path))
     return Observed(
         path=path,
         exists=True,
@@ -237,4 +261,6 @@ def observe(path: str) -> Observed:
         last_activated=activation.get("active"),
         foreign=tuple(sorted(dirs - set(records))),
         leftovers=tuple(sorted(leftovers)),
+        refused=refused[0] if refused else None,
     )
+

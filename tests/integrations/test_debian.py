@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import controller
 from tests import support
 
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -86,7 +87,7 @@ def test_the_installed_command_runs_on_debians_python_and_libraries(install: Pat
     assert first_line == "#!/usr/bin/python3"
     assert modules.returncode == 0, modules.stderr
     assert all(path.startswith(DEBIAN_PYTHON + "/") for path in modules.stdout.split()), modules.stdout
-    assert run("/usr/bin/tether", "--version").stdout.strip() == "tether 0.1.0"
+    assert run("/usr/bin/tether", "--version").stdout.strip() == f"tether {controller.__version__}"
     assert run("/usr/bin/tether", "schema", "application").stdout.startswith("{")
 
 
