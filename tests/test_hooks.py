@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -556,3 +557,23 @@ def test_hook_run_counts_accumulate_from_pass_to_pass(node: support.Node, http: 
     assert {(r["phase"], r["deployment"]) for r in status["lastHookRuns"]} == {
         ("beforeActivate", "v2"), ("afterActivate", "v2")}
 
+
+
+def test_inline_hooks_started_from_many_threads_at_once_all_run(tmp_path: Path) -> None:
+    """A script written while another thread forks is briefly open for writing in that child: exec must not fail
+    with 'Text file busy' (ETXTBSY) then."""
+    app = _parsed(tmp_path, "#!/bin/sh\nexit 0\n", timeout=30)
+    runs: list[hooks.HookRun] = []
+
+    def many() -> None:
+        for _ in range(30):
+            hooks.Runner().run_phase("beforeActivate", app, None, "v1", None, runs.append)
+
+    threads = [threading.Thread(target=many) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert [r.outcome for r in runs if r.outcome != "success"] == []
+    assert len(runs) == 240

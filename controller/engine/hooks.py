@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import re
@@ -96,6 +97,19 @@ def environment(app: model.Application, who: Identity, phase: str, deployment: s
     return env
 
 
+def _popen(argv: list[str], **options: Any) -> subprocess.Popen[bytes]:
+    """Start `argv`; an inline script just written may still be open for writing in a child that another thread
+    forked at that moment (until that child execs), and then exec fails with ETXTBSY: try again shortly."""
+    for delay in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0):
+        try:
+            return subprocess.Popen(argv, **options)
+        except OSError as exc:
+            if exc.errno != errno.ETXTBSY:
+                raise
+        time.sleep(delay)
+    return subprocess.Popen(argv, **options)
+
+
 @dataclasses.dataclass
 class Runner:
     """Runs the hooks of one phase: the kind's first, then the application's own."""
@@ -182,10 +196,9 @@ class Runner:
         ids: dict[str, object] = {}
         if who.uid is not None:
             ids = {"user": who.uid, "group": who.gid, "extra_groups": list(who.groups)}
-        process = subprocess.Popen(  # type: ignore[call-overload]
-            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True, umask=0o022, preexec_fn=hook_processes.die_with_parent(), **ids,
-        )
+        process = _popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, umask=0o022,
+                         preexec_fn=hook_processes.die_with_parent(), **ids)
         assert process.stdout is not None
         self._running.add(process.pid)
         watchdog = hook_processes.Watchdog(process.pid)  # the hook's group dies with tether (design section 4)
