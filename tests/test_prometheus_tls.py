@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
+import textwrap
 import urllib.request
 from pathlib import Path
 
+from controller.daemon import web_config
 from tests import certificates, support
 from tests.test_prometheus import free_port, prometheus_binary, query, wait_for  # noqa: F401 (a fixture)
 from tests.test_web_endpoint import ALICE, hashed, running, tls_config, write_config
@@ -60,3 +64,33 @@ def test_prometheus_scrapes_over_tls_with_basic_auth_and_a_wrong_password_is_a_d
     for job_name in ("wrong", "anonymous"):
         assert health[job_name]["health"] == "down" and "401" in health[job_name]["lastError"], health
     assert health["plain"]["health"] == "down"
+
+
+def test_the_operator_guides_web_config_and_scrape_config_are_what_tether_and_promtool_accept(tmp_path: Path) -> None:
+    guide = (support.REPO / "docs" / "operator-guide.md").read_text()
+    section = guide.split("### Exposing metrics to a central Prometheus", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    blocks = [textwrap.dedent(b) for b in re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)]
+    assert len(blocks) == 2
+    certs = certificates.make(tmp_path / "etc")
+    (certs.directory / "tls").mkdir()
+    shutil.copy(certs.server_cert, certs.directory / "tls" / "tether.crt")
+    shutil.copy(certs.server_key, certs.directory / "tls" / "tether.key")
+    web = certs.directory / "web-config.yml"
+    web.write_text(blocks[0].replace("$2y$10$...", "'" + hashed(ALICE) + "'"))
+    loaded = web_config.load(str(web))
+    assert loaded.context is not None and set(loaded.users) == {"prometheus"}
+
+    files = {"/etc/prometheus/tether-ca.crt": certs.ca, "/etc/prometheus/tether-password": tmp_path / "password",
+             "/etc/prometheus/file_sd/tether.yml": tmp_path / "targets.yml"}
+    (tmp_path / "password").write_text(ALICE)
+    (tmp_path / "targets.yml").write_text("- targets: ['127.0.0.1:9731']\n")
+    scrape = blocks[1]
+    for documented, real in files.items():
+        scrape = scrape.replace(documented, str(real))
+    (tmp_path / "prometheus.yml").write_text(scrape)
+    promtool = shutil.which("promtool")
+    assert promtool, "this test needs promtool: apt-get install prometheus"
+    checked = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
