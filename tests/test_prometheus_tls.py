@@ -63,7 +63,7 @@ def test_prometheus_scrapes_over_tls_with_basic_auth_and_a_wrong_password_is_a_d
     assert health["tether"]["health"] == "up"
     for job_name in ("wrong", "anonymous"):
         assert health[job_name]["health"] == "down" and "401" in health[job_name]["lastError"], health
-    assert health["plain"]["health"] == "down"
+    assert health["plain"]["health"] == "down" and "400" in health["plain"]["lastError"], health
 
 
 def test_the_operator_guides_web_config_and_scrape_config_are_what_tether_and_promtool_accept(tmp_path: Path) -> None:

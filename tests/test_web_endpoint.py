@@ -153,7 +153,7 @@ def test_over_tls_with_basic_auth_only_a_user_with_the_right_password_is_answere
             with contextlib.suppress(OSError):
                 while chunk := plain.recv(65536):
                     answer += chunk
-        assert b"tether_" not in answer and not answer.startswith(b"HTTP/1.0 200")
+        assert answer.startswith(b"HTTP/1.0 400 ") and b"https://" in answer and b"tether_" not in answer
         assert request(port, "/healthz", context=context, user="alice", password=ALICE)[0] == 200  # still serving
 
 

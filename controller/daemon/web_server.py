@@ -33,6 +33,9 @@ DECOY_HASH = b"$2b$10$Fq8k.4nComKoCrE5d7ueWOATqlK7kTYKWNyJQvuvQzaUh9LPm60/i"
 INDEX = (b"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>tether</title></head>\n<body><h1>tether</h1>\n"
          b"<p>A node-local continuous-delivery controller.</p>\n<ul><li><a href=\"metrics\">metrics</a></li>\n"
          b"<li><a href=\"healthz\">healthz</a></li></ul>\n</body></html>\n")
+PLAIN_ON_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+                b"This port speaks TLS: use https://.\n")
+TLS_HANDSHAKE = b"\x16"  # the first byte of a TLS record that carries a handshake (ClientHello)
 StartResponse = Callable[..., Any]
 
 
@@ -142,6 +145,12 @@ class _Handler(wsgiref.simple_server.WSGIRequestHandler):
         context = self.server.web().context
         if context is not None:
             self.request.settimeout(TIMEOUT_SECONDS)
+            first = self.request.recv(1, socket.MSG_PEEK)
+            if first and first != TLS_HANDSHAKE:  # plain HTTP on the TLS port: say so, as Go's servers do
+                log.info("A plain HTTP request from %s came to the TLS port; it was answered 400.",
+                         self.client_address[0])
+                self.request.sendall(PLAIN_ON_TLS)
+                raise ConnectionAbortedError("plain HTTP on the TLS port")
             try:
                 self.request = context.wrap_socket(self.request, server_side=True)
             except (ssl.SSLError, OSError) as exc:
