@@ -191,7 +191,7 @@ def test_sighup_switches_the_users_and_a_bad_new_file_keeps_the_old_config(
         write_config(config, tls_config(certs, users={"bob": hashed(BOB)}))
         mark = daemon.log.mark()
         daemon.process.send_signal(signal.SIGHUP)
-        daemon.log.wait_for("The metrics endpoint uses TLS, no client certificates|basic auth for 1 users", mark)
+        daemon.log.wait_for(r"The metrics endpoint uses TLS, basic auth for 1 users \(web config file .*reload.yml\)", mark)
         assert request(port, context=context, user="bob", password=BOB)[0] == 200
         assert request(port, context=context, user="alice", password=ALICE)[0] == 401
         write_config(config, tls_config(certs, users={"carol": "not a hash"}))
