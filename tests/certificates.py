@@ -53,6 +53,8 @@ def make(directory: Path) -> Files:
     _signed(directory, "client", "ca", "extendedKeyUsage=clientAuth\n")
     _signed(directory, "stranger", "stranger-ca", "extendedKeyUsage=clientAuth\n")
     _openssl(directory, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-out", "other.key")
+    for key in directory.glob("*.key"):
+        key.chmod(0o600)
     return Files(directory, directory / "ca.crt", directory / "server.crt", directory / "server.key",
                  directory / "client.crt", directory / "client.key", directory / "stranger.crt",
                  directory / "stranger.key", directory / "other.key")

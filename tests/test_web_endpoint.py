@@ -312,3 +312,19 @@ def test_a_scrape_with_a_costly_hash_is_fast_after_the_first(node: support.Node,
         for _ in range(5):
             assert request(port, user="alice", password=ALICE)[0] == 200
         assert (time.monotonic() - started) / 5 < first / 2, "later checks should come from the cache"
+
+
+def test_a_private_key_or_a_web_config_others_may_change_is_served_with_a_warning_that_says_so(
+        node: support.Node, tmp_path: Path, certs: certificates.Files) -> None:
+    directory = tmp_path / "open"
+    directory.mkdir()
+    for source in (certs.server_cert, certs.server_key):
+        (directory / source.name).write_bytes(source.read_bytes())
+    (directory / certs.server_key.name).chmod(0o644)
+    config = write_config(directory / "web.yml", tls_config(certs))
+    config.chmod(0o666)
+    with running(node, "--web-config-file", str(config)) as daemon:
+        assert request(daemon.port, "/healthz", context=client(certs))[0] == 200
+        daemon.log.wait_for(r"server.key has mode 0644: users other than its owner can read or replace the private key")
+        daemon.log.wait_for(r"web.yml has mode 0666: users other than its owner can change it")
+        assert "has mode 0600" not in daemon.log.text()

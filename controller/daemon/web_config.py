@@ -97,10 +97,20 @@ def load(path: str) -> WebConfig:
     except yaml.YAMLError as exc:
         raise errors.PermanentError(f"the web config file {shown} is not valid YAML: "
                                     f"{errors.printable(str(exc))}") from exc
+    _warn_if_open(path, 0o022, "users other than its owner can change it and turn authentication off")
     try:
         return _parse(path, {} if document is None else document)
     except _Refused as refused:
         raise errors.PermanentError(f"the web config file {shown}, key {refused.key}: {refused.message}") from None
+
+
+def _warn_if_open(path: str, bits: int, what: str) -> None:
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return  # the open() that follows says why
+    if mode & bits:
+        log.warning("%s has mode %04o: %s; make it 0600, root-owned.", errors.shown_path(path), mode, what)
 
 
 def _mapping(value: object, key: str, known: tuple[str, ...]) -> dict[str, Any]:
@@ -180,8 +190,10 @@ def _context(tls: Mapping[str, Any], path: str) -> tuple[ssl.SSLContext, str]:
         if key not in tls:
             raise _Refused(f"tls_server_config.{key}", "is missing: TLS needs both cert_file and key_file.")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    key_file = _file(tls, "key_file", directory)
+    _warn_if_open(key_file, 0o066, "users other than its owner can read or replace the private key")
     try:
-        context.load_cert_chain(_file(tls, "cert_file", directory), _file(tls, "key_file", directory))
+        context.load_cert_chain(_file(tls, "cert_file", directory), key_file)
     except ssl.SSLError as exc:
         raise _Refused("tls_server_config.key_file", f"the key does not match the certificate, or one of them is "
                        f"not PEM ({exc.reason or exc}).") from None
