@@ -1,5 +1,5 @@
 """Certificates made with the real `openssl` for the TLS tests: a CA, a server certificate for 127.0.0.1
-(with the SAN Go and Python check), client certificates, and a second CA nobody trusts."""
+(with the SAN Go and Python check), client certificates with SANs, and a second CA nobody trusts."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ class Files:
     client_key: Path
     stranger_cert: Path  # a client certificate from another CA
     stranger_key: Path
+    neighbour_cert: Path  # a client certificate from the same CA with another SAN
+    neighbour_key: Path
     other_key: Path  # a key that matches no certificate here
 
 
@@ -50,11 +52,14 @@ def make(directory: Path) -> Files:
     _ca(directory, "ca")
     _ca(directory, "stranger-ca")
     _signed(directory, "server", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
-    _signed(directory, "client", "ca", "extendedKeyUsage=clientAuth\n")
+    _signed(directory, "client", "ca", "subjectAltName=DNS:prometheus.example.com\nextendedKeyUsage=clientAuth\n")
+    _signed(directory, "neighbour", "ca", "subjectAltName=DNS:neighbour.example.com,IP:192.0.2.7\n"
+            "extendedKeyUsage=clientAuth\n")
     _signed(directory, "stranger", "stranger-ca", "extendedKeyUsage=clientAuth\n")
     _openssl(directory, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-out", "other.key")
     for key in directory.glob("*.key"):
         key.chmod(0o600)
     return Files(directory, directory / "ca.crt", directory / "server.crt", directory / "server.key",
                  directory / "client.crt", directory / "client.key", directory / "stranger.crt",
-                 directory / "stranger.key", directory / "other.key")
+                 directory / "stranger.key", directory / "neighbour.crt", directory / "neighbour.key",
+                 directory / "other.key")

@@ -170,6 +170,24 @@ def test_a_required_client_certificate_refuses_clients_without_one_or_with_a_str
         daemon.log.wait_for("TLS handshake from 127.0.0.1 failed")
 
 
+def test_client_allowed_sans_refuses_a_certificate_of_the_same_ca_for_another_name(
+        node: support.Node, certs: certificates.Files) -> None:
+    config = write_config(certs.directory / "sans.yml", tls_config(
+        certs, f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {certs.ca.name}\n"
+        "  client_allowed_sans: [prometheus.example.com, '192.0.2.99']\n"))
+    with running(node, "--web-config-file", str(config)) as daemon:
+        port = daemon.port
+        assert request(port, "/healthz", context=client(certs, certs.client_cert, certs.client_key))[0] == 200
+        with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
+            request(port, "/healthz", context=client(certs, certs.neighbour_cert, certs.neighbour_key))
+        daemon.log.wait_for("carries none of client_allowed_sans")
+        write_config(config, config.read_text().replace("192.0.2.99", "192.0.2.7"))  # the neighbour's IP SAN
+        mark = daemon.log.mark()
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.log.wait_for("The metrics endpoint uses TLS, client certificates required", mark)
+        assert request(port, "/healthz", context=client(certs, certs.neighbour_cert, certs.neighbour_key))[0] == 200
+
+
 def test_a_client_certificate_verified_if_given_lets_clients_without_one_in(
         node: support.Node, certs: certificates.Files) -> None:
     config = write_config(certs.directory / "optional.yml", tls_config(
@@ -236,6 +254,9 @@ def bad_files(certs: certificates.Files) -> list[tuple[str, str, str]]:
          "tls_server_config.min_version"),
         ("an unknown cipher suite", good_tls + "  cipher_suites: [TLS_RSA_WITH_RC4_128_SHA]\n",
          "tls_server_config.cipher_suites"),
+        ("allowed SANs without a required certificate", good_tls + "  client_auth_type: VerifyClientCertIfGiven\n"
+         f"  client_ca_file: {certs.ca.name}\n  client_allowed_sans: [prometheus.example.com]\n",
+         "tls_server_config.client_allowed_sans"),
         ("an inline certificate", good_tls + "  cert: '-----BEGIN CERTIFICATE-----'\n", "tls_server_config.cert"),
         ("a bad bcrypt hash", "basic_auth_users:\n  alice: secret\n", "basic_auth_users.alice"),
         ("a truncated bcrypt hash", f"basic_auth_users:\n  alice: '{hashed(ALICE)[:-1]}'\n", "basic_auth_users.alice"),

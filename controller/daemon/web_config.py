@@ -5,6 +5,7 @@ whole with the file and the key named; paths in it are relative to the file's di
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import re
@@ -48,8 +49,8 @@ HEADERS: dict[str, tuple[str, ...] | None] = {
     "Strict-Transport-Security": None, "X-Content-Type-Options": ("nosniff",),
     "X-Frame-Options": ("deny", "sameorigin"), "X-XSS-Protection": None, "Content-Security-Policy": None}
 BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
-TLS_KEYS = ("cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version", "max_version",
-            "cipher_suites", "prefer_server_cipher_suites", "curve_preferences")
+TLS_KEYS = ("cert_file", "key_file", "client_auth_type", "client_ca_file", "client_allowed_sans", "min_version",
+            "max_version", "cipher_suites", "prefer_server_cipher_suites", "curve_preferences")
 UNSUPPORTED = {"cert": "cert_file", "key": "key_file", "client_ca": "client_ca_file"}  # inline PEM: use a file
 TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users")
 
@@ -63,6 +64,7 @@ class WebConfig:
     context: ssl.SSLContext | None = None
     client_auth: str = "NoClientCert"
     headers: tuple[tuple[str, str], ...] = ()
+    allowed_sans: frozenset[str] = frozenset()  # a client certificate must carry one of these SANs (if any)
     users: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> str:
@@ -102,6 +104,19 @@ def load(path: str) -> WebConfig:
         return _parse(path, {} if document is None else document)
     except _Refused as refused:
         raise errors.PermanentError(f"the web config file {shown}, key {refused.key}: {refused.message}") from None
+
+
+def san(value: str) -> str:
+    """A SAN as compared: an IP address in its compressed form (Python and Go write IPv6 differently)."""
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return value.strip()
+
+
+def peer_sans(certificate: Mapping[str, Any]) -> set[str]:
+    """The DNS names, IP addresses, e-mail addresses and URIs of a certificate from `getpeercert()`."""
+    return {san(str(value)) for _kind, value in certificate.get("subjectAltName", ())}
 
 
 def _warn_if_open(path: str, bits: int, what: str) -> None:
@@ -144,15 +159,11 @@ def _parse(path: str, document: object) -> WebConfig:
     if "rate_limit" in top:
         raise _Refused("rate_limit", "tether does not limit the request rate; remove the key (a scrape every few "
                        "seconds is cheap), or put a reverse proxy in front.")
-    tls = dict(_mapping(top.get("tls_server_config"), "tls_server_config", (*TLS_KEYS, *UNSUPPORTED,
-                                                                             "client_allowed_sans")))
+    tls = dict(_mapping(top.get("tls_server_config"), "tls_server_config", (*TLS_KEYS, *UNSUPPORTED)))
     for inline, file_key in UNSUPPORTED.items():
         if inline in tls:
             raise _Refused(f"tls_server_config.{inline}", f"inline PEM is not supported; put it in a file and name "
                            f"it with {file_key}.")
-    if "client_allowed_sans" in tls:
-        raise _Refused("tls_server_config.client_allowed_sans", "tether does not match client certificate SANs; "
-                       "give the clients their own CA (client_ca_file) instead.")
     context, client_auth = (_context(tls, path) if tls else (None, "NoClientCert"))
     http = _mapping(top.get("http_server_config"), "http_server_config", ("headers", "http2"))
     if not isinstance(http.get("http2", True), bool):
@@ -172,7 +183,11 @@ def _parse(path: str, document: object) -> WebConfig:
         if not isinstance(hashed, str) or not BCRYPT_HASH.fullmatch(hashed):
             raise _Refused(f"basic_auth_users.{user}", "is not a bcrypt hash ($2y$10$ and 53 more characters); "
                            "make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`.")
-    return WebConfig(path=path, context=context, client_auth=client_auth,
+    sans = _strings(tls.get("client_allowed_sans"), "tls_server_config.client_allowed_sans")
+    if sans and client_auth not in ("RequireAnyClientCert", "RequireAndVerifyClientCert"):
+        raise _Refused("tls_server_config.client_allowed_sans", "needs client_auth_type RequireAndVerifyClientCert: "
+                       "a client without a certificate has no SAN to match.")
+    return WebConfig(path=path, context=context, client_auth=client_auth, allowed_sans=frozenset(map(san, sans)),
                      headers=tuple((k, v) for k, v in headers.items() if v), users={
                          user: hashed.encode() for user, hashed in users.items()})
 

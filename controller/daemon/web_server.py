@@ -142,7 +142,8 @@ class _Handler(wsgiref.simple_server.WSGIRequestHandler):
     server: _Server4
 
     def setup(self) -> None:
-        context = self.server.web().context
+        config = self.server.web()  # one config for the whole connection, whatever SIGHUP does meanwhile
+        context = config.context
         if context is not None:
             self.request.settimeout(TIMEOUT_SECONDS)
             first = self.request.recv(1, socket.MSG_PEEK)
@@ -157,6 +158,11 @@ class _Handler(wsgiref.simple_server.WSGIRequestHandler):
                 log.info("A TLS handshake from %s failed: %s.", self.client_address[0],
                          errors.printable(str(getattr(exc, "reason", None) or exc)))
                 raise
+            if config.allowed_sans and not web_config.peer_sans(self.request.getpeercert() or {}) & config.allowed_sans:
+                log.info("A client certificate from %s carries none of client_allowed_sans; the connection was "
+                         "closed.", self.client_address[0])
+                self.request.close()
+                raise ConnectionRefusedError("no allowed SAN in the client certificate")
         super().setup()
 
     def finish(self) -> None:
