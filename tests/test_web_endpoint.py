@@ -250,6 +250,10 @@ def bad_files(certs: certificates.Files) -> list[tuple[str, str, str]]:
         ("an unknown client auth type", good_tls + "  client_auth_type: RequireClientCert\n",
          "tls_server_config.client_auth_type"),
         ("an unknown TLS version", good_tls + "  min_version: TLS14\n", "tls_server_config.min_version"),
+        ("a TLS version that is not a string", good_tls + "  max_version: [TLS13]\n", "tls_server_config.max_version"),
+        ("a client auth type that is not a string", good_tls + "  client_auth_type: {a: b}\n",
+         "tls_server_config.client_auth_type"),
+        ("a key with a control character", "basic_auth_users:\n  \"al\\x1bice\": x\n", "basic_auth_users.al\\x1bice"),
         ("versions the wrong way round", good_tls + "  min_version: TLS13\n  max_version: TLS12\n",
          "tls_server_config.min_version"),
         ("an unknown cipher suite", good_tls + "  cipher_suites: [TLS_RSA_WITH_RC4_128_SHA]\n",
@@ -333,6 +337,7 @@ def test_a_scrape_with_a_costly_hash_is_fast_after_the_first(node: support.Node,
         for _ in range(5):
             assert request(port, user="alice", password=ALICE)[0] == 200
         assert (time.monotonic() - started) / 5 < first / 2, "later checks should come from the cache"
+        daemon.log.wait_for("has basic_auth_users but no tls_server_config: passwords cross the network in the clear")
 
 
 def test_a_private_key_or_a_web_config_others_may_change_is_served_with_a_warning_that_says_so(

@@ -103,7 +103,8 @@ def load(path: str) -> WebConfig:
     try:
         return _parse(path, {} if document is None else document)
     except _Refused as refused:
-        raise errors.PermanentError(f"the web config file {shown}, key {refused.key}: {refused.message}") from None
+        raise errors.PermanentError(f"the web config file {shown}, key {errors.printable(refused.key)}: "
+                                    f"{errors.printable(refused.message)}") from None
 
 
 def san(value: str) -> str:
@@ -213,7 +214,7 @@ def _context(tls: Mapping[str, Any], path: str) -> tuple[ssl.SSLContext, str]:
         raise _Refused("tls_server_config.key_file", f"the key does not match the certificate, or one of them is "
                        f"not PEM ({exc.reason or exc}).") from None
     client_auth = tls.get("client_auth_type", "NoClientCert")
-    if client_auth not in CLIENT_AUTH_TYPES:
+    if not isinstance(client_auth, str) or client_auth not in CLIENT_AUTH_TYPES:
         raise _Refused("tls_server_config.client_auth_type", f"{client_auth!r} is none of "
                        f"{', '.join(CLIENT_AUTH_TYPES)}.")
     if "client_ca_file" in tls:
@@ -237,7 +238,7 @@ def _context(tls: Mapping[str, Any], path: str) -> tuple[ssl.SSLContext, str]:
         context.verify_mode = ssl.CERT_OPTIONAL  # RequestClientCert: a given certificate is verified too
     for key, attribute in (("min_version", "minimum_version"), ("max_version", "maximum_version")):
         version = tls.get(key, "TLS12" if key == "min_version" else "TLS13")
-        if version not in TLS_VERSIONS:
+        if not isinstance(version, str) or version not in TLS_VERSIONS:
             raise _Refused(f"tls_server_config.{key}", f"{version!r} is none of {', '.join(TLS_VERSIONS)}.")
         setattr(context, attribute, TLS_VERSIONS[version])
     if context.minimum_version > context.maximum_version:

@@ -202,6 +202,9 @@ class Server:
         self._describe()
 
     def _describe(self) -> None:
+        if self.config.users and self.config.context is None:
+            log.warning("The web config file %s has basic_auth_users but no tls_server_config: passwords cross the "
+                        "network in the clear; add a certificate and key.", errors.shown_path(self.config.path))
         log.info("The metrics endpoint uses %s%s.", self.config.summary(),
                  f" (web config file {errors.shown_path(self.config.path)})" if self.config.path else "")
 
