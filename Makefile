@@ -70,7 +70,8 @@ system-packages:
 	fi
 
 # The library versions Debian 12 ships, which the .deb depends on.
-DEBIAN12 = PyYAML==6.0.1 jsonschema==4.10.3 tenacity==8.2.1 watchdog==2.2.1 prometheus-client==0.16.0 zstandard==0.19.0
+DEBIAN12 = PyYAML==6.0.1 jsonschema==4.10.3 tenacity==8.2.1 watchdog==2.2.1 prometheus-client==0.16.0 zstandard==0.19.0 \
+	bcrypt==3.2.2
 $(VENV)-debian12/bin/pytest: pyproject.toml
 	$(PYTHON) -m venv $(VENV)-debian12
 	$(VENV)-debian12/bin/pip install --quiet $(DEBIAN12) pytest hypothesis 'setuptools>=70.1'

@@ -77,6 +77,9 @@ def parser() -> argparse.ArgumentParser:
                      help="host:port of the Prometheus endpoint; empty to serve none")
     sub.add_argument("--metrics-textfile", default=os.environ.get("TETHER_METRICS_TEXTFILE"),
                      help="also write the metrics to this file (node_exporter textfile collector)")
+    sub.add_argument("--web-config-file", default=os.environ.get("TETHER_WEB_CONFIG_FILE") or None,
+                     help="TLS and basic auth for the metrics endpoint, in the Prometheus exporter-toolkit format; "
+                     "re-read on SIGHUP (TETHER_WEB_CONFIG_FILE)")
     sub.add_argument("--shutdown-grace", type=float, default=float(os.environ.get("TETHER_SHUTDOWN_GRACE", "30")),
                      help="seconds a running pass may take to finish after SIGTERM")
     sub.add_argument("--content-check-interval", type=float,
@@ -247,7 +250,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = loop.Config(manifests=args.manifests, state_dir=args.state_dir,
                            insecure_manifests=args.insecure_manifests, workers=max(1, args.workers),
                            resync_seconds=args.resync_interval, metrics_address=args.metrics_address,
-                           metrics_textfile=args.metrics_textfile, shutdown_grace_seconds=args.shutdown_grace,
+                           metrics_textfile=args.metrics_textfile, web_config_file=args.web_config_file,
+                           shutdown_grace_seconds=args.shutdown_grace,
                            content_check_seconds=args.content_check_interval, node_config=args.node_config)
     return loop.Daemon(config, reconciling.Engine(args.state_dir, checkpoint=_checkpoint())).run()
 

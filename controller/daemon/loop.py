@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller import errors, formats, fsutil
-from controller.daemon import drift_watch, metrics, notify, queueing, scanning, watching
+from controller.daemon import drift_watch, metrics, notify, queueing, scanning, watching, web_config, web_server
 from controller.engine import reconciling, status
 from controller.fleet import gate, rollout_state
 from controller.fleet import node as node_identity
@@ -43,6 +43,7 @@ class Config:
     resync_seconds: float = 60.0
     metrics_address: str = "127.0.0.1:9731"
     metrics_textfile: str | None = None
+    web_config_file: str | None = None  # TLS and basic auth for the metrics endpoint
     shutdown_grace_seconds: float = 30.0
     content_check_seconds: float = 600.0
     node_config: str = node_identity.DEFAULT_PATH
@@ -84,6 +85,8 @@ class Daemon:
         self._full = threading.Event()  # SIGHUP: re-read and reconcile everything
         self._stop = threading.Event()
         self._changed = threading.Event()  # a status changed: rewrite the metrics textfile
+        self._reload_web = threading.Event()  # SIGHUP: read the web config file again
+        self._web: web_server.Server | None = None
 
     # ------------------------------------------------------------ scanning
 
@@ -267,7 +270,9 @@ class Daemon:
         self._wake.set()
 
     def _on_reload(self, signum: int, frame: object) -> None:
-        log.info("SIGHUP: reading every manifest again.")
+        log.info("SIGHUP: reading every manifest again%s.", " and the web config file" if self.config.web_config_file
+                 else "")
+        self._reload_web.set()
         self._full.set()
         self.request_rescan()
 
@@ -285,7 +290,10 @@ class Daemon:
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
         registry = metrics.registry(metrics.Collector(self.status_documents, self.manifest_state, self.observations,
                                                       node=lambda: self.node.identity.name))
-        server = metrics.Server(self.config.metrics_address, registry) if self.config.metrics_address else None
+        web = web_config.load(self.config.web_config_file) if self.config.web_config_file else web_config.PLAIN
+        server = (web_server.Server(self.config.metrics_address, registry, web, healthy=lambda: not self._stop.is_set())
+                  if self.config.metrics_address else None)
+        self._web = server
         # The node file's directory is watched with the manifests' parent: an edit, an atomic rename or a
         # removal of the node file asks for a rescan, which reads it again.
         watcher = watching.Watcher([self.config.manifests, self.config.node_config], self.request_rescan,
@@ -321,11 +329,22 @@ class Daemon:
                 server.close()
         return 0
 
+    def _reload_web_config(self) -> None:
+        if not self.config.web_config_file or self._web is None:
+            return
+        try:
+            self._web.reload(web_config.load(self.config.web_config_file))
+        except errors.PermanentError as exc:
+            log.error("%s; the metrics endpoint keeps the web config it had.", exc)
+
     def _loop(self, watcher: watching.Watcher, registry: Any) -> None:
         next_resync = self.monotonic() + self.config.resync_seconds
         while not self._stop.is_set():
             now = self.monotonic()
             everything = now >= next_resync or self._full.is_set()
+            if self._reload_web.is_set():
+                self._reload_web.clear()
+                self._reload_web_config()
             if self._rescan.is_set() or everything:
                 self._rescan.clear()
                 if everything:

@@ -481,3 +481,65 @@ def test_wait_returns_once_tether_runs_the_requested_deployment_and_fails_fast_w
     assert invalid["failed"] is True and "tether refuses the manifest" in invalid["msg"], invalid
     assert invalid["waited"] < 30 and str(node.manifests / "site.yaml") in invalid["msg"]
     assert outcome.recap["failed"] == 0 and outcome.recap["ignored"] == 2, outcome.output
+
+
+# ---------------------------------------------------------------- the web config example
+
+
+def test_the_examples_web_config_play_gives_the_daemon_tls_and_basic_auth_through_the_environment_file(
+        node: support.Node, tmp_path: Path) -> None:
+    import base64
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    import bcrypt
+
+    from tests import certificates
+
+    site = yaml.safe_load((COLLECTIONS / "examples" / "site.yml").read_text())
+    example = next(p for p in site if "web_config" in json.dumps(p.get("vars", {})))
+    assert {h["name"] for h in example["handlers"]} == {t["notify"] for t in example["tasks"]}
+    certs = certificates.make(tmp_path / "etc")
+    (certs.directory / "tls").mkdir()
+    for source, name in ((certs.server_cert, "tether.crt"), (certs.server_key, "tether.key")):
+        shutil.copy(source, certs.directory / "tls" / name)
+    defaults = tmp_path / "default-tether"
+    shutil.copy(support.REPO / "packaging" / "debian" / "tether.default", defaults)
+    hashed = bcrypt.hashpw(b"scrape-s3cret", bcrypt.gensalt(4)).decode()
+    overrides = {"tether_defaults_file": str(defaults), "tether_web_config_file": str(certs.directory / "web.yml"),
+                 "tether_metrics_address": "127.0.0.1:0", "vault_tether_prometheus_hash": hashed}
+    tasks = [{**{k: v for k, v in task.items() if k != "notify"}, "vars": {**example["vars"], **overrides},
+              "register": f"task{number}"} for number, task in enumerate(example["tasks"])]
+
+    outcome = play(tmp_path, *tasks)
+
+    assert outcome.recap["failed"] == 0 and outcome.recap["changed"] == 2, outcome.output
+    assert stat_mode(certs.directory / "web.yml") == 0o600
+    environment = dict(line.split("=", 1) for line in defaults.read_text().splitlines()
+                       if line and not line.startswith("#"))  # what systemd's EnvironmentFile= reads
+    assert environment == {"TETHER_WEB_CONFIG_FILE": str(certs.directory / "web.yml"),
+                           "TETHER_METRICS_ADDRESS": "127.0.0.1:0"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    env.update(environment, TETHER_MANIFESTS=str(node.manifests), TETHER_STATE_DIR=str(node.state))
+    daemon = subprocess.Popen([tether_bin(), "run", "-v"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert daemon.stderr is not None
+        log = support.LogLines(daemon.stderr)
+        port = int(log.wait_for(r"Serving metrics on \S+ port \d+")[2].rsplit(" ", 1)[1].rstrip("."))
+        context = ssl.create_default_context(cafile=str(certs.ca))
+        url = f"https://127.0.0.1:{port}/metrics"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=10, context=context)
+        assert refused.value.code == 401
+        request = urllib.request.Request(url, headers={
+            "Authorization": "Basic " + base64.b64encode(b"prometheus:scrape-s3cret").decode()})
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            assert response.status == 200 and b"tether_build_info" in response.read()
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o7777

@@ -73,7 +73,7 @@ def test_the_package_holds_the_command_unit_directories_schemas_and_defaults(pac
         assert f"{DEBIAN_PYTHON}/controller/schemas/{schema}" in entries
     fields = run("dpkg-deb", "--field", str(package), "Depends").stdout
     for dependency in ("python3-yaml", "python3-jsonschema", "python3-watchdog", "python3-tenacity",
-                       "python3-prometheus-client"):
+                       "python3-prometheus-client", "python3-bcrypt"):
         assert dependency in fields
     assert run("dpkg-deb", "--info", str(package), "conffiles").stdout.split() == ["/etc/default/tether"]
 
@@ -81,12 +81,18 @@ def test_the_package_holds_the_command_unit_directories_schemas_and_defaults(pac
 def test_the_installed_command_runs_on_debians_python_and_libraries(install: Path) -> None:
     first_line = Path("/usr/bin/tether").read_text().splitlines()[0]
     modules = run("/usr/bin/python3", "-I", "-c", "import controller, yaml, jsonschema, watchdog, tenacity, "
-                  "prometheus_client\nfor m in (controller, yaml, jsonschema, watchdog, tenacity, prometheus_client):"
-                  " print(m.__file__)")
+                  "prometheus_client, bcrypt\nfor m in (controller, yaml, jsonschema, watchdog, tenacity, "
+                  "prometheus_client, bcrypt): print(m.__file__)")
+    # Debian's bcrypt checks the $2y$ hashes htpasswd makes, as the metrics endpoint's basic auth does.
+    checked = run("/usr/bin/python3", "-I", "-c", "import base64, bcrypt\nfrom controller.daemon import web_config, "
+                  "web_server\nh = bcrypt.hashpw(b'pw', bcrypt.gensalt(4)).replace(b'$2b$', b'$2y$', 1)\n"
+                  "c = web_config.WebConfig(path='x', users={'u': h})\nauth = web_server.BasicAuth()\n"
+                  "print([auth.check(c, 'Basic ' + base64.b64encode(p).decode()) for p in (b'u:pw', b'u:no')])")
 
     assert first_line == "#!/usr/bin/python3"
     assert modules.returncode == 0, modules.stderr
     assert all(path.startswith(DEBIAN_PYTHON + "/") for path in modules.stdout.split()), modules.stdout
+    assert checked.stdout.strip() == "[True, False]", checked.stderr
     assert run("/usr/bin/tether", "--version").stdout.strip() == f"tether {controller.__version__}"
     assert run("/usr/bin/tether", "schema", "application").stdout.startswith("{")
 

@@ -311,3 +311,48 @@ def test_the_class_writes_the_node_file_and_the_define_passes_rollout_and_health
     assert refused.returncode in (4, 6), refused.stdout + refused.stderr
     assert "/metadata/labels" in refused.stdout + refused.stderr and "percent" in refused.stdout + refused.stderr
     assert (node_file.read_bytes(), (manifests / "site.yaml").read_bytes()) == written
+
+
+WEB_SITE = """
+class { 'tether':
+  manage_package     => false,
+  manage_service     => false,
+  manifests_dir      => '@MANIFESTS@',
+  hooks_dir          => '@HOOKS@',
+  bin                => '@TETHER@',
+  web_config_file    => '@WEB@',
+  service_dropin_dir => '@DROPIN@',
+  web_config         => {
+    tls_server_config  => { cert_file => 'server.crt', key_file => 'server.key' },
+    http_server_config => { headers => { 'X-Content-Type-Options' => 'nosniff' } },
+    basic_auth_users   => { prometheus => '@HASH@' },
+  },
+}
+"""
+
+
+def test_the_class_writes_the_web_config_tether_accepts_and_the_drop_in_that_passes_it_to_the_daemon(
+        tmp_path: Path) -> None:
+    import bcrypt
+
+    from controller.daemon import web_config
+    from tests import certificates
+
+    certs = certificates.make(tmp_path / "etc")
+    hashed = bcrypt.hashpw(b"scrape-secret", bcrypt.gensalt(4)).decode()
+    web, dropin = certs.directory / "web-config.yml", tmp_path / "tether.service.d"
+    site = tmp_path / "site.pp"
+    site.write_text(fill(WEB_SITE, {"MANIFESTS": str(tmp_path / "manifests"), "HOOKS": str(tmp_path / "hooks"),
+                                    "TETHER": str(TETHER), "WEB": str(web), "DROPIN": str(dropin), "HASH": hashed}))
+
+    applied = apply(tmp_path, site)
+
+    assert applied.returncode == 2, applied.stdout + applied.stderr
+    info = web.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, 0, 0o600)
+    loaded = web_config.load(str(web))  # the paths are relative to the file's directory
+    assert loaded.context is not None and dict(loaded.users) == {"prometheus": hashed.encode()}
+    assert loaded.headers == (("X-Content-Type-Options", "nosniff"),)
+    conf = (dropin / "web-config.conf").read_text()
+    assert f"\n[Service]\nEnvironment=TETHER_WEB_CONFIG_FILE={web}\n" in conf
+    assert apply(tmp_path, site).returncode == 0  # the same text on the next run: nothing changes

@@ -146,3 +146,44 @@ def test_the_gitops_units_verify_and_their_pull_fast_forwards_the_manifests_and_
     assert "deployment: v2" in (checkout / "site.yaml").read_text()
     assert refused.returncode != 0 and "Not possible to fast-forward" in refused.stderr
     assert git("log", "-1", "--format=%s", cwd=checkout).strip() == "site v2"
+
+
+DEFAULTS = support.REPO / "packaging" / "debian" / "tether.default"
+
+
+def test_the_web_config_file_from_the_environment_file_reaches_the_daemon_the_unit_starts(
+        node: support.Node, tmp_path: Path) -> None:
+    import base64
+    import re
+    import urllib.error
+    import urllib.request
+
+    import bcrypt
+
+    documented = re.search(r"^#TETHER_WEB_CONFIG_FILE=(\S+)$", DEFAULTS.read_text(), re.MULTILINE)
+    assert documented and documented[1] == "/etc/tether/web-config.yml"
+    assert "TETHER_WEB_CONFIG_FILE" in UNIT.read_text().split("[Unit]")[0]
+    service = service_section(UNIT.read_text())
+    assert service["EnvironmentFile"].lstrip("-") == "/etc/default/tether"
+    config = tmp_path / "web-config.yml"
+    config.write_text("basic_auth_users:\n  prometheus: '" + bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode() + "'\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TETHER_", "NOTIFY_", "WATCHDOG_"))}
+    env.update(TETHER_MANIFESTS=str(node.manifests), TETHER_STATE_DIR=str(node.state),
+               TETHER_METRICS_ADDRESS="127.0.0.1:0", TETHER_WEB_CONFIG_FILE=str(config))
+    daemon = subprocess.Popen(shlex.split(service["ExecStart"].replace("/usr/bin/tether", VENV_TETHER)), env=env,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert daemon.stderr is not None
+        log = support.LogLines(daemon.stderr)
+        port = int(log.wait_for(r"Serving metrics on \S+ port \d+")[2].rsplit(" ", 1)[1].rstrip("."))
+        url = f"http://127.0.0.1:{port}/metrics"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=10)
+        assert refused.value.code == 401
+        authorized = urllib.request.Request(url, headers={
+            "Authorization": "Basic " + base64.b64encode(b"prometheus:s3cret").decode()})
+        with urllib.request.urlopen(authorized, timeout=10) as response:
+            assert response.status == 200
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)

@@ -7,6 +7,13 @@
 # directories. Manifests that Puppet does not manage are removed.
 class { 'tether':
   purge_manifests => true,
+  # Metrics for a central Prometheus: TLS and basic auth (the key and certificate are in /etc/tether/tls,
+  # root, 0600; the hash, of 'change-me' here, is bcrypt's, e.g. from `htpasswd -nBC 10 "" | tr -d ':\n'`). TETHER_METRICS_ADDRESS
+  # in /etc/default/tether binds the endpoint beyond loopback.
+  web_config      => {
+    tls_server_config => { cert_file => 'tls/tether.crt', key_file => 'tls/tether.key' },
+    basic_auth_users  => { prometheus => '$2y$10$Jmf9uptHuZVizTZuA9nUseWyqF6G5ml.SrAur0wnCUHDW/VvVZoKe' },
+  },
 }
 
 # A kind: hooks shared by every Rails application. An inline script, and a script that

@@ -35,6 +35,14 @@
 #   `node_name`.
 # @param node_config The node file (tether's `--node-config`), root, 0644. Its directory must exist (the
 #   package creates /etc/tether).
+# @param web_config TLS and basic auth for the metrics endpoint, in the Prometheus exporter-toolkit format
+#   (`tls_server_config`, `http_server_config`, `basic_auth_users` with bcrypt hashes). When set, the class
+#   writes it to `web_config_file` (root, 0600) and a systemd drop-in that passes `--web-config-file`
+#   (TETHER_WEB_CONFIG_FILE) to the daemon; a change of the file reloads the service (SIGHUP re-reads it).
+#   Bind the endpoint beyond loopback with TETHER_METRICS_ADDRESS in /etc/default/tether.
+# @param web_config_file Where `web_config` is written (tether's `--web-config-file`); relative paths in it
+#   are relative to its directory.
+# @param service_dropin_dir The systemd drop-in directory of the service, for the web config's drop-in.
 class tether (
   String[1] $package_name = 'tether',
   String[1] $package_ensure = 'installed',
@@ -51,6 +59,9 @@ class tether (
   Optional[Tether::NodeName] $node_name = undef,
   Tether::Labels $node_labels = {},
   Tether::Path $node_config = '/etc/tether/node.yaml',
+  Optional[Hash[String[1], Data]] $web_config = undef,
+  Tether::Path $web_config_file = '/etc/tether/web-config.yml',
+  Tether::Path $service_dropin_dir = "/etc/systemd/system/${service_name}.service.d",
 ) {
   if $node_name =~ Undef and !empty($node_labels) {
     fail('tether: node_labels go into the node file, which needs node_name too')
@@ -105,6 +116,40 @@ class tether (
     }
     if $validate and $manage_package {
       Package[$package_name] -> File[$node_config]
+    }
+  }
+
+  if $web_config =~ NotUndef {
+    # tether refuses a bad file at start and keeps the old one on SIGHUP: the service says which key is wrong.
+    file { $web_config_file:
+      ensure  => file,
+      content => tether::to_yaml($web_config, ['Managed by Puppet (Class[tether]: web_config); local changes are overwritten.']),
+      owner   => 'root',
+      group   => 'root',
+      mode    => '0600',
+      backup  => false,
+    }
+    file { $service_dropin_dir:
+      ensure => directory,
+      owner  => 'root',
+      group  => 'root',
+      mode   => '0755',
+    }
+    file { "${service_dropin_dir}/web-config.conf":
+      ensure  => file,
+      content => "# Managed by Puppet (Class[tether]: web_config_file).\n[Service]\nEnvironment=TETHER_WEB_CONFIG_FILE=${web_config_file}\n",
+      owner   => 'root',
+      group   => 'root',
+      mode    => '0644',
+    }
+    if $manage_service {
+      File["${service_dropin_dir}/web-config.conf"] ~> Service[$service_name]
+      exec { "reload ${service_name} for its web config":
+        command     => "/bin/systemctl reload ${service_name}",
+        refreshonly => true,
+        subscribe   => File[$web_config_file],
+        require     => Service[$service_name],
+      }
     }
   }
 
