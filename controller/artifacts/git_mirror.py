@@ -118,7 +118,7 @@ def fetch_and_resolve(git: git_runner.Git, ref: str) -> Resolved:
     try:
         _fetch(git, url, [TAGS, f"{ref}:refs/commits/{ref}"] if COMMIT_ID.fullmatch(ref) else [TAGS], f"fetching tags from {shown}")
         found = lookup(git, ref)
-        if found is None and not COMMIT_ID.fullmatch(ref):
+        if (found is None or found.kind == "branch") and not COMMIT_ID.fullmatch(ref):  # a branch may have moved
             try:
                 _fetch(git, url, [f"+refs/heads/{ref}:refs/heads/{ref}"], f"fetching {ref} from {shown}")
             except errors.PermanentError as exc:
