@@ -15,8 +15,11 @@ import prometheus_client
 import prometheus_client.parser
 import pytest
 
+from controller.artifacts import fetching
 from controller.daemon import metrics
+from controller.engine import reconciling
 from controller.engine import status as status_module
+from controller.manifests import loading, model
 from tests import git_repos, support
 
 
@@ -154,18 +157,25 @@ def test_a_tag_already_in_the_mirror_deploys_with_the_server_gone(
     assert record(node, "v1")["revision"] == repo.head("v1")
 
 
-def test_a_ref_not_in_the_mirror_with_the_server_gone_fails_and_is_retried(
+def test_a_ref_not_in_the_mirror_with_the_server_gone_is_a_temporary_error_retried_by_the_fetcher(
         node: support.Node, repo: git_repos.Repo, server: git_repos.GitHttpServer) -> None:
     assert deploy(node, "v1", {"url": server.url("site")}).returncode == 0
     repo.tag("v3")
     server.close()
+    manifest = support.write_manifest(node.manifests, support.application(
+        "site", node.apps / "site", deployment="v3", source={"git": {"url": server.url("site")}}))
+    app = loading.parse(str(manifest), manifest.read_text())
+    assert isinstance(app, model.Application)
+    waits: list[float] = []
+    engine = reconciling.Engine(str(node.state), fetcher=fetching.Fetcher(attempts=3, sleep=waits.append))
 
-    run = deploy(node, "v3", {"url": server.url("site")})
+    result = engine.reconcile(app)
 
-    assert run.returncode != 0
-    shown = json.loads(node.tether("status", "site", "--json").stdout)
-    assert {c["type"]: c["status"] for c in shown["conditions"]}["Stalled"] == "False"
+    assert not result.ok and not result.permanent
+    assert len(waits) == 2  # three attempts
+    assert "127.0.0.1" in (result.error or "")
     assert os.readlink(node.apps / "site" / "current") == str(node.apps / "site" / "v1")
+    assert not (node.apps / "site" / "v3").exists()
 
 
 def test_status_documents_of_older_versions_without_a_revision_read_as_none() -> None:
