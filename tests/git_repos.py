@@ -80,6 +80,7 @@ class GitHttpServer:
         self.root = root
         self.secret = secret
         self.requests: list[dict[str, str]] = []
+        self.paths: list[str] = []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -107,6 +108,7 @@ class GitHttpServer:
 
             def cgi(self, body: bytes) -> None:
                 server.requests.append(dict(self.headers.items()))
+                server.paths.append(self.path)
                 if server.secret is not None and self.headers.get("Authorization") != server.secret:
                     self.send_response(403)
                     self.send_header("Content-Length", "9")
