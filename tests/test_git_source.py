@@ -184,3 +184,20 @@ def test_status_documents_of_older_versions_without_a_revision_read_as_none() ->
     assert old.revision is None
     assert status_module.deployments(records.Observed("/x", True, "v1", "/x/v1", None, {"v1": old}, "v1", (), ())
                                      )[0]["revision"] is None
+
+
+def test_repair_restores_drifted_files_of_a_git_deployment_from_the_mirror_with_the_server_gone(
+        node: support.Node, repo: git_repos.Repo, server: git_repos.GitHttpServer) -> None:
+    assert deploy(node, "v1", {"url": server.url("site")}).returncode == 0
+    current = node.apps / "site" / "current"
+    before = support.snapshot(node.apps / "site" / "v1")
+    server.close()
+    (current / "index.html").write_text("defaced\n")
+    (current / "dist" / "app.js").unlink()
+    (current / "added.php").write_text("<?php evil();\n")
+
+    run = node.tether("repair", "site")
+
+    assert run.returncode == 0, run.stderr
+    assert support.snapshot(node.apps / "site" / "v1") == before
+    assert not (node.state / "cache" / "site").exists() or not os.listdir(node.state / "cache" / "site")
