@@ -24,6 +24,7 @@ from controller.manifests import model
 log = logging.getLogger(__name__)
 LFS_SPEC = b"version https://git-lfs.github.com/spec/v1"
 LFS_MAX_POINTER = 1024  # LFS pointer files are about 130 bytes; git-lfs itself reads at most 1024
+LFS_MIN_POINTER = len(LFS_SPEC) + len("\noid sha256:") + 64 + len("\nsize 0\n")
 GITLINK = "160000"
 SHOWN_PATHS = 5
 
@@ -79,7 +80,7 @@ def inspect(git: git_runner.Git, tree: str, source: model.GitSource, limits: mod
         files += 1
         if kind == "blob" and length.isdigit():
             size += int(length)
-            if int(length) <= LFS_MAX_POINTER and mode != "120000":
+            if LFS_MIN_POINTER <= int(length) <= LFS_MAX_POINTER and mode != "120000":
                 small.append((obj, path))
     if files > limits.max_members:
         raise errors.ArchiveError(f"the tree of {ref} has {files} files, more than {limits.max_members} "
@@ -109,7 +110,10 @@ def _lfs_pointers(git: git_runner.Git, blobs: list[tuple[str, str]]) -> list[str
     for _, path in blobs:
         end = out.index(b"\n", offset)
         header = out[offset:end].split()
-        length = int(header[2]) if len(header) == 3 and header[2].isdigit() else 0
+        if len(header) != 3 or not header[2].isdigit():  # "<oid> missing": no content follows
+            offset = end + 1
+            continue
+        length = int(header[2])
         content = out[end + 1:end + 1 + length]
         offset = end + 1 + length + 1
         if content.startswith(LFS_SPEC):
