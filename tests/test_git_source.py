@@ -201,3 +201,16 @@ def test_repair_restores_drifted_files_of_a_git_deployment_from_the_mirror_with_
     assert run.returncode == 0, run.stderr
     assert support.snapshot(node.apps / "site" / "v1") == before
     assert not (node.state / "cache" / "site").exists() or not os.listdir(node.state / "cache" / "site")
+
+
+def test_tether_deploy_with_a_url_replaces_a_git_source_for_that_deployment_only() -> None:
+    from controller.manifests import overrides
+    app = loading.parse("/etc/tether/manifests/site.yaml", "apiVersion: tether/v1\nkind: Application\n"
+                        "metadata: {name: site}\nspec: {path: /srv/site, source: {git: {url: 'https://h/a.git'}}}\n")
+    assert isinstance(app, model.Application) and app.source is not None and app.source.git is not None
+    override = overrides.Override(deployment="hotfix", url="https://h/hotfix.tar.gz", generation=app.generation)
+    changed = overrides.effective(app, override)
+    assert changed.source is not None and changed.source.git is None
+    assert changed.source.url == "https://h/hotfix.tar.gz"
+    kept = overrides.effective(app, overrides.Override(deployment="v2", generation=app.generation))
+    assert kept.source == app.source
