@@ -137,9 +137,9 @@ def test_a_scrape_of_three_applications_shows_their_state_drift_hooks_and_deploy
         registry: prometheus_client.CollectorRegistry) -> None:
     found = scrape(registry)
     assert value(found, "tether_application_info", name="shop", application="shop", environment="production",
-                 kind="rails", deployment="v1.4.2") == 1
+                 kind="rails", deployment="v1.4.2", revision="") == 1
     assert value(found, "tether_application_info", name="blog", application="blog", environment="production",
-                 kind="", deployment="v7") == 1
+                 kind="", deployment="v7", revision="") == 1
     assert {n: value(found, "tether_application_ready", name=n) for n in ("shop", "blog", "wiki")} == \
         {"shop": 1, "blog": 0, "wiki": 0}
     assert {n: value(found, "tether_application_suspended", name=n) for n in ("shop", "blog", "wiki")} == \
@@ -225,7 +225,7 @@ def test_a_status_document_made_by_status_build_is_read_as_written() -> None:
     built = status.build(app, result, {"hookRunCounts": {"afterActivate/timeout": 2}}, NOW)
     found = scrape(metrics.registry(metrics.Collector(lambda: [built], lambda: ([], 1), metrics.Observations())))
     assert value(found, "tether_application_info", name="acme", application="acme", environment="staging", kind="",
-                 deployment="v2") == 1
+                 deployment="v2", revision="") == 1
     assert value(found, "tether_application_ready", name="acme") == 1
     assert value(found, "tether_hook_runs_total", name="acme", hook="afterActivate", outcome="timeout") == 3
     assert value(found, "tether_deployments", name="acme", state="complete") == 2
@@ -242,7 +242,7 @@ def test_a_document_without_the_optional_fields_shows_no_drift_and_no_last_succe
         dict.fromkeys(metrics.DRIFT_TYPES, 0)
     assert value(found, "tether_last_success_timestamp_seconds", name="api") is None
     assert value(found, "tether_application_info", name="new", application="", environment="", kind="",
-                 deployment="") == 1
+                 deployment="", revision="") == 1
     assert not [key for key in found if ("name", "no") in key[1]]
 
 

@@ -213,10 +213,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return OK
-    table = [("DEPLOYMENT", "STATE", "ACTIVE", "CREATED", "COMPLETED")]
+    table = [("DEPLOYMENT", "STATE", "ACTIVE", "CREATED", "COMPLETED", "REVISION")]
     for row in rows:
         table.append((row["name"], row["state"], "*" if row["active"] else "", row["createdAt"] or "-",
-                      row["completedAt"] or "-"))
+                      row["completedAt"] or "-", row["revision"] or "-"))
     _table(table)
     return OK
 

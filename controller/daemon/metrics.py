@@ -9,6 +9,7 @@ import collections
 import datetime
 import itertools
 import logging
+import re
 import socket
 import socketserver
 import threading
@@ -191,8 +192,9 @@ def _printable(family: Metric) -> Metric:
 
 def _families() -> _Families:
     return (
-        Gauge("tether_application_info", "Always 1: each managed application and the deployment current points to.",
-              labels=["name", "application", "environment", "kind", "deployment"]),
+        Gauge("tether_application_info", "Always 1: each managed application, the deployment current points to and "
+              "its revision (the commit id of a git source; empty otherwise).",
+              labels=["name", "application", "environment", "kind", "deployment", "revision"]),
         Gauge("tether_application_ready", "1 when the last pass converged (condition Ready).", labels=["name"]),
         Gauge("tether_application_suspended", "1 when spec.suspend is true: nothing changes.", labels=["name"]),
         Gauge("tether_application_stalled", "1 when tether cannot make progress without a person (condition "
@@ -236,6 +238,11 @@ def _timestamp(value: object) -> float | None:
     return None if moment is None else (moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)).timestamp()
 
 
+def _revision(value: Any) -> str:
+    """A commit id from a status document, or "" (none, or not a commit id)."""
+    return value if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", value) else ""
+
+
 def _add_application(name: str, document: Mapping[str, Any], info: Gauge, ready: Gauge, suspended: Gauge,
                      stalled: Gauge, drift: Gauge, drifted: Gauge, deployments: Gauge, failed: Gauge, success: Gauge,
                      next_attempt: Gauge, runs: Counter, probes: Counter, wave: Gauge, waiting: Gauge,
@@ -244,7 +251,8 @@ def _add_application(name: str, document: Mapping[str, Any], info: Gauge, ready:
     condition = conditions.get("Ready", {})
     is_ready = condition.get("status") == "True"
     info.add_metric([name, str(document.get("application") or ""), str(document.get("environment") or ""),
-                     str(document.get("kind") or ""), str(document.get("current") or "")], 1)
+                     str(document.get("kind") or ""), str(document.get("current") or ""),
+                     _revision(document.get("revision"))], 1)
     ready.add_metric([name], 1 if is_ready else 0)
     suspended.add_metric([name], 1 if condition.get("reason") == "Suspended" else 0)
     stalled.add_metric([name], 1 if conditions.get("Stalled", {}).get("status") == "True" else 0)

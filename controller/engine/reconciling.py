@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from controller import errors, formats, fsutil, nofollow
-from controller.artifacts import archives, extracting, fetching
+from controller.artifacts import archives, extracting, fetching, git_runner, git_source
 from controller.artifacts import cache as artifact_cache
 from controller.engine import health, hook_processes, hooks, planning
 from controller.manifests import model, overrides, secrets
@@ -185,9 +185,12 @@ class Engine:
         owner = owners.resolve(app)
         target = os.path.join(app.path, deployment)
         previous = observed.current
-        url = model.expand_url(app.source.url, app, deployment)
-        headers = {**secrets.resolve(app.source.headers, self.environ), **work.headers}
-        records.write_record(app.path, deployment, records.INCOMPLETE, source=fetching.redact_url(url))
+        git = app.source.git
+        url = model.expand_url(app.source.url, app, deployment) if git is None else ""
+        shown = fetching.redact_url(url) if git is None else \
+            f"{git_runner.shown_url(git.url)} {model.expand_url(git.ref, app, deployment)}"
+        headers = {**secrets.resolve(app.source.headers, self.environ), **work.headers} if git is None else {}
+        records.write_record(app.path, deployment, records.INCOMPLETE, source=shown)
         self.checkpoint("recorded")
         try:
             os.mkdir(target, 0o755)
@@ -201,9 +204,17 @@ class Engine:
         try:
             self._hooks(work, "beforeDeploy", deployment, previous)
             started = time.monotonic()
+            revision: list[str] = []  # the commit a git source's ref resolved to
+
+            def attempt() -> tuple[str, int]:
+                if git is None:
+                    return self._fetch(app, deployment, owner, url, headers, made, work.cancel)
+                digest, size, commit = self._fetch_git(app, deployment, owner, work.headers, made, work.cancel)
+                revision[:] = [commit]
+                return digest, size
+
             try:
-                digest, size = self.fetcher.retrying(
-                    lambda: self._fetch(app, deployment, owner, url, headers, made, work.cancel), work.cancel)
+                digest, size = self.fetcher.retrying(attempt, work.cancel)
             except errors.TetherError as exc:
                 self.on_fetch_failure(app.name, type(exc).__name__)
                 raise
@@ -224,7 +235,8 @@ class Engine:
         fsutil.sync_filesystem(target)
         observed = work.fresh(observed)
         record = records.write_record(app.path, deployment, records.COMPLETE, completedAt=self.clock(), sha256=digest,
-                                      links=links, sequence=observed.next_sequence())
+                                      links=links, sequence=observed.next_sequence(),
+                                      revision=revision[0] if revision else None)
         log.info("%s: deployment %s is complete.", app.name, deployment)
         self.checkpoint("completed")
         return observed.recorded(deployment, record)
@@ -256,6 +268,19 @@ class Engine:
         finally:
             fsutil.remove_tree(stage)
         return digest, size
+
+    def _fetch_git(self, app: model.Application, deployment: str, owner: owners.Owner, headers: Mapping[str, str],
+                   made: os.stat_result, cancel: threading.Event | None = None) -> tuple[str, int, str]:
+        """One attempt for a git source: mirror, resolve, verify, extract, move into place; (sha256, bytes, commit)."""
+        stage = tempfile.mkdtemp(prefix=deployment + "-", dir=records.staging_dir(app.path))
+        try:
+            done = git_source.deploy(self.state_dir, app, deployment, stage, owner=owner,
+                                     spool_dir=records.staging_dir(app.path), headers=headers, environ=self.environ,
+                                     cancel=cancel, checkpoint=self.checkpoint)
+            _move_entries(done.root, os.path.join(app.path, deployment), made)
+        finally:
+            fsutil.remove_tree(stage)
+        return done.sha256, done.size, done.commit
 
     def _activate(self, work: _Pass, deployment: str, observed: records.Observed) -> records.Observed:
         app = work.app

@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from controller import formats, fsutil
-from controller.artifacts import fetching
+from controller.artifacts import fetching, git_runner
 from controller.engine import hooks, planning, reconciling
 from controller.manifests import model
 from controller.tree import records
@@ -89,9 +89,16 @@ def deployments(observed: records.Observed) -> list[dict[str, Any]]:
             "createdAt": timestamp(d.created_at),
             "completedAt": timestamp(d.completed_at),
             "sha256": d.sha256,
+            "revision": d.revision,
         }
         for d in rows
     ]
+
+
+def revision(observed: records.Observed) -> str | None:
+    """The commit id of the active deployment when it came from a git source (None otherwise)."""
+    active = observed.deployments.get(observed.current or "")
+    return active.revision if active is not None else None
 
 
 def hook_run(run: hooks.HookRun) -> dict[str, Any]:
@@ -186,6 +193,7 @@ def build(app: model.Application, result: reconciling.Result, previous: dict[str
         "observedGeneration": app.generation,
         "desired": desired,
         "current": observed.current,
+        "revision": revision(observed),
         "previous": observed.previous,
         "deployments": deployments(observed),
         "conditions": _with_transitions(conditions, (previous or {}).get("conditions", []), stamp),
@@ -215,7 +223,10 @@ def working_on(app: model.Application, plan: planning.Plan) -> str:
     """What a pass is about to do, in words: "fetching v2 from https://host/app-v2.tar.gz, activate v2"."""
     parts = []
     for step in plan.steps:
-        if step.action == planning.DEPLOY and step.deployment and app.source is not None:
+        if step.action == planning.DEPLOY and step.deployment and app.source is not None and app.source.git:
+            ref = model.expand_url(app.source.git.ref, app, step.deployment)
+            parts.append(f"fetching {step.deployment} ({ref}) from {git_runner.shown_url(app.source.git.url)}")
+        elif step.action == planning.DEPLOY and step.deployment and app.source is not None:
             url = fetching.redact_url(model.expand_url(app.source.url, app, step.deployment))
             parts.append(f"fetching {step.deployment} from {url}")
         else:
@@ -229,7 +240,7 @@ def initial(app: model.Application) -> dict[str, Any]:
     return {
         "name": app.name, "application": app.application, "environment": app.environment, "kind": app.kind or "",
         "path": app.path, "file": app.file, "observedGeneration": app.generation, "desired": app.deployment,
-        "current": None, "previous": None, "deployments": [], "conditions": [first], "lastHookRuns": [],
+        "current": None, "revision": None, "previous": None, "deployments": [], "conditions": [first], "lastHookRuns": [],
         "hookRunCounts": {}, "lastError": None, "nextAttemptAt": None, "updatedAt": None,
     }
 

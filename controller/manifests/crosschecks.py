@@ -94,7 +94,14 @@ def application_problems(app: model.Application) -> Iterator[tuple[str, str]]:
         yield "hookTimeoutSeconds must be a finite number of seconds", "/spec/hookTimeoutSeconds"
     if app.health_check is not None:
         yield from _health_check_problems(app.health_check)
-    if app.source is not None:
+    if app.source is not None and app.source.git is not None:
+        yield from git_problems(app.source.git)
+        if app.source.sha256 is not None:
+            yield ("source.sha256 is for url artifacts; a git source is pinned by a commit id in source.git.ref "
+                   "and trusted through source.git.verify"), "/spec/source/sha256"
+        if app.source.headers:
+            yield "a git source takes its headers in source.git.headers", "/spec/source/headers"
+    elif app.source is not None:
         for name in PLACEHOLDER.findall(app.source.url):
             if name not in model.PLACEHOLDERS:
                 allowed = ", ".join("{" + p + "}" for p in model.PLACEHOLDERS)
@@ -111,6 +118,40 @@ def application_problems(app: model.Application) -> Iterator[tuple[str, str]]:
             yield "the URL has no host name", "/spec/source/url"
     if app.rollout is not None:
         yield from rollout_problems(app.rollout, app.deployment)
+
+
+def git_problems(git: model.GitSource) -> Iterator[tuple[str, str]]:
+    """(message, JSON pointer) for a source.git the schema accepts but that cannot work or would leak."""
+    for name in PLACEHOLDER.findall(git.ref):
+        if name not in model.PLACEHOLDERS:
+            allowed = ", ".join("{" + p + "}" for p in model.PLACEHOLDERS)
+            yield f"unknown placeholder {{{name}}} in the ref; only {allowed} exist", "/spec/source/git/ref"
+    try:
+        parts = urllib.parse.urlsplit(git.url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        yield f"the git URL is not valid: {exc}", "/spec/source/git/url"
+        return
+    if parts.password is not None or (parts.username is not None and parts.scheme != "ssh"):
+        yield ("the git URL carries credentials; put them in source.git.headers (https) or source.git.sshKey "
+                   "(ssh) so they never reach a log or the mirror's config"), "/spec/source/git/url"
+    if parts.query or parts.fragment:
+        yield "the git URL has a query or fragment; remove it", "/spec/source/git/url"
+    if parts.scheme == "ssh":
+        if git.known_hosts is None:
+            yield ("an ssh:// git URL needs source.git.knownHosts, a known_hosts file with the server's host key "
+                   "(tether checks host keys strictly)"), "/spec/source/git/knownHosts"
+        if git.headers:
+            yield "source.git.headers are sent over https only; an ssh:// URL uses sshKey", "/spec/source/git/headers"
+    else:
+        if git.ssh_key is not None:
+            yield "source.git.sshKey is for ssh:// URLs only", "/spec/source/git/sshKey"
+        if parts.scheme == "file" and git.headers:
+            yield "source.git.headers make no sense for a file:// URL", "/spec/source/git/headers"
+    if parts.scheme in ("http", "https", "ssh") and not parts.hostname:
+        yield "the git URL has no host name", "/spec/source/git/url"
+    if git.subdirectory is not None and ".." in git.subdirectory.split("/"):
+        yield "source.git.subdirectory must not contain '..'", "/spec/source/git/subdirectory"
 
 
 def rollout_problems(rollout: model.Rollout, deployment: str | None) -> Iterator[tuple[str, str]]:

@@ -42,8 +42,25 @@ class Limits:
 
 
 @dataclasses.dataclass(frozen=True)
+class GitSource:
+    """source.git: a repository, the ref to deploy and how to reach and trust it."""
+
+    url: str
+    ref: str = "{deployment}"
+    lfs: str = "refuse"
+    subdirectory: str | None = None
+    headers: Mapping[str, HeaderValue] = dataclasses.field(default_factory=dict)
+    ssh_key: str | None = None  # a private key file
+    known_hosts: str | None = None
+    allowed_signers: str | None = None
+    gpg_keyring: str | None = None
+    timeout_seconds: float = 600.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Source:
     url: str
+    git: GitSource | None = None  # then url is ""
     headers: Mapping[str, HeaderValue] = dataclasses.field(default_factory=dict)
     sha256: str | None = None
     format: str = "auto"
@@ -164,11 +181,28 @@ def _header(value: Any) -> HeaderValue:
     return HeaderValue(literal=str(value))
 
 
+def _git(data: Mapping[str, Any]) -> GitSource:
+    verify = data.get("verify", {})
+    return GitSource(
+        url=data["url"],
+        ref=data["ref"],
+        lfs=data["lfs"],
+        subdirectory=data["subdirectory"].strip("/") or None if "subdirectory" in data else None,
+        headers={k: _header(v) for k, v in data["headers"].items()},
+        ssh_key=data["sshKey"]["fromFile"] if "sshKey" in data else None,
+        known_hosts=data.get("knownHosts"),
+        allowed_signers=verify.get("allowedSigners"),
+        gpg_keyring=verify.get("gpgKeyring"),
+        timeout_seconds=float(data["timeoutSeconds"]),
+    )
+
+
 def _source(data: Mapping[str, Any]) -> Source:
     limits = data["limits"]
     strip = data["stripComponents"]
     return Source(
-        url=data["url"],
+        url=data.get("url", ""),
+        git=_git(data["git"]) if "git" in data else None,
         headers={k: _header(v) for k, v in data["headers"].items()},
         sha256=data["sha256"].lower() if "sha256" in data else None,
         format=data["format"],
@@ -270,7 +304,7 @@ def kind_from_document(doc: Mapping[str, Any], file: str, generation: str) -> Ki
 
 
 def expand_url(url: str, app: Application, deployment: str) -> str:
-    """Fill the placeholders of a source URL."""
+    """Fill the placeholders of a source URL (or a git ref)."""
     values = {
         "application": app.application,
         "environment": app.environment,

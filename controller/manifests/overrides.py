@@ -76,7 +76,7 @@ def effective(app: model.Application, override: Override) -> model.Application:
         changes["deployment"] = override.deployment
         if override.url is not None:  # another artifact: the manifest's sha256 is not its digest
             base = app.source or model.Source(url=override.url)
-            changes["source"] = dataclasses.replace(base, url=override.url, sha256=override.sha256)
+            changes["source"] = dataclasses.replace(base, url=override.url, git=None, sha256=override.sha256)
         elif override.sha256 is not None and app.source is not None:
             changes["source"] = dataclasses.replace(app.source, sha256=override.sha256)
     return dataclasses.replace(app, **changes) if changes else app

@@ -156,7 +156,7 @@ NEVER = re.compile(r"[\x00\ud800-\udfff]")
 # (CR/LF in a header value would inject headers); only an inline hook or health check script is free text.
 CONTROL = tether_errors.CONTROL
 FREE_TEXT = re.compile(r"/spec/hooks/[^/]+|/spec/healthCheck/command")
-HEADER_VALUE = re.compile(r"/spec/source/headers/[^/]+")
+HEADER_VALUE = re.compile(r"/spec/source/(git/)?headers/[^/]+")
 NOT_LATIN_1 = re.compile(r"[^\x00-\xff]")
 
 

@@ -4,7 +4,7 @@ Structural drift (`current`, the active deployment, its persistent-data links)
 is cheap and checked every pass. Content drift compares a deployment's tree with
 the digest list recorded when it became complete,
 `<path>/.tether/digests/<deployment>.json`; `repair_content` restores drifted
-paths from the cached artifact. The trees are writable by the application's
+paths from the cached artifact (a git source's from its mirror). The trees are writable by the application's
 users, so every walk and every change goes through O_NOFOLLOW descriptors.
 """
 
@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable, Collection, Sequence
 
 from controller import errors, formats, fsutil, nofollow
-from controller.artifacts import archives, extracting
+from controller.artifacts import archives, extracting, git_source
 from controller.artifacts import cache as artifact_cache
 from controller.manifests import model
 from controller.tree import digests, persistent_data, records
@@ -164,7 +164,13 @@ class _Hashing:
 
 
 def _extract_cached(app: model.Application, deployment: str, state_dir: str, owner: Owner, stage: str) -> str:
-    """Extract the deployment's cached artifact into `stage`; return the root of the tree."""
+    """Extract the deployment's cached artifact (for a git source: its recorded commit from the mirror) into
+    `stage`; return the root of the tree."""
+    revision = records.observe(app.path).deployments.get(deployment)
+    if app.source is not None and app.source.git is not None and revision is not None and revision.revision:
+        os.mkdir(os.path.join(stage, "tree"), 0o700)
+        return git_source.restore(state_dir, app, revision.revision, os.path.join(stage, "tree"), owner=owner,
+                                  spool_dir=stage)
     cache = artifact_cache.Entry(state_dir, app.name, deployment)
     if not os.path.isfile(cache.path):
         raise errors.PermanentError(

@@ -71,6 +71,7 @@ class Deployment:
     probing_since: float | None = None  # afterActivate succeeded; its health check has probed since then (wall clock)
     healthy_at: float | None = None  # when its health check last passed
     health_message: str | None = None  # how its last health check ended, in words
+    revision: str | None = None  # the commit id a git source's ref resolved to; None for other sources and old records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +213,7 @@ def _deployment(name: str, data: dict[str, Any], has_dir: bool) -> Deployment:
         probing_since=_number(data.get("probingSince")),
         healthy_at=_number(data.get("healthyAt")),
         health_message=_text(data.get("healthMessage")),
+        revision=_text(data.get("revision")),
     )
 
 

@@ -1,0 +1,137 @@
+"""A git commit's tree onto disk: `git archive` streamed through the safe extractor.
+
+Before a byte is extracted, `git ls-tree -r -l` of the tree shows what it
+holds: more files or bytes than the source's limits allow is refused at once;
+Git LFS pointer files (small blobs starting with the LFS spec line) are refused
+naming the path unless `lfs: ignore`; gitlinks (submodules) are skipped with a
+warning and never fetched (`git archive` leaves an empty directory for them).
+Then `git archive --format=tar <commit>[:<subdirectory>]` is read straight from
+git's stdout by `extracting.extract`, with the same member filter, limits,
+ownership and checkpoints as a tar artifact; the stream's sha256 is returned
+as the artifact digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+
+from controller import errors
+from controller.artifacts import archives, extracting, git_mirror, git_runner
+from controller.manifests import model
+
+log = logging.getLogger(__name__)
+LFS_SPEC = b"version https://git-lfs.github.com/spec/v1"
+LFS_MAX_POINTER = 1024  # LFS pointer files are about 130 bytes; git-lfs itself reads at most 1024
+LFS_MIN_POINTER = len(LFS_SPEC) + len("\noid sha256:") + 64 + len("\nsize 0\n")
+GITLINK = "160000"
+SHOWN_PATHS = 5
+
+
+class _Hashing:
+    """A readable stream that hashes and counts what passes through it."""
+
+    def __init__(self, raw: archives.Readable) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha256()
+        self.count = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self.raw.read(size)
+        self.digest.update(data)
+        self.count += len(data)
+        return data
+
+
+def treeish(source: model.GitSource, commit: str, git: git_runner.Git) -> str:
+    """`commit`, or its subdirectory as a tree (which must exist)."""
+    if source.subdirectory is None:
+        return commit
+    spec = f"{commit}:{source.subdirectory}"
+    code, out, _ = git.run("cat-file", "-t", spec, check=False, what="git cat-file")
+    if code != 0 or out.strip() != b"tree":
+        raise errors.PermanentError(f"commit {commit} has no directory {source.subdirectory}; fix "
+                                    "source.git.subdirectory")
+    return spec
+
+
+def _shown(paths: list[str]) -> str:
+    more = f" and {len(paths) - SHOWN_PATHS} more" if len(paths) > SHOWN_PATHS else ""
+    return ", ".join(repr(p) for p in paths[:SHOWN_PATHS]) + more
+
+
+def inspect(git: git_runner.Git, tree: str, source: model.GitSource, limits: model.Limits, ref: str) -> None:
+    """Refuse a tree over the limits or with LFS pointers (unless lfs: ignore); warn about gitlinks."""
+    _, listing, _ = git.run("ls-tree", "-r", "-l", "-z", "--full-tree", tree, what="git ls-tree")
+    gitlinks, small, files, size = [], [], 0, 0
+    for line in listing.split(b"\0"):
+        if not line:
+            continue
+        meta, _, raw_path = line.partition(b"\t")
+        fields = meta.split()
+        if len(fields) != 4:
+            continue
+        mode, kind, obj, length = (f.decode("ascii", "replace") for f in fields)
+        path = raw_path.decode("utf-8", "surrogateescape")
+        if mode == GITLINK:
+            gitlinks.append(path)
+            continue
+        files += 1
+        if kind == "blob" and length.isdigit():
+            size += int(length)
+            if LFS_MIN_POINTER <= int(length) <= LFS_MAX_POINTER and mode != "120000":
+                small.append((obj, path))
+    if files > limits.max_members:
+        raise errors.ArchiveError(f"the tree of {ref} has {files} files, more than {limits.max_members} "
+                                  "(limits.maxMembers); raise the limit if this is expected")
+    if size > limits.max_bytes:
+        raise errors.ArchiveError(f"the tree of {ref} holds {size} bytes, more than {limits.max_bytes} "
+                                  "(limits.maxBytes); raise the limit if this is expected")
+    if gitlinks:
+        log.warning("The tree of %s has submodules, which tether never fetches; their directories stay empty: %s.",
+                    ref, _shown(gitlinks))
+    if small:
+        pointers = _lfs_pointers(git, small)
+        if pointers and source.lfs == "refuse":
+            raise errors.ArchiveError(f"the tree of {ref} has Git LFS pointer files, whose content tether does not "
+                                      f"fetch: {_shown(pointers)}; deploy real files, or set source.git.lfs: ignore "
+                                      "to deploy the pointer files as they are")
+        if pointers:
+            log.warning("The tree of %s has Git LFS pointer files, deployed as they are (lfs: ignore): %s.",
+                        ref, _shown(pointers))
+
+
+def _lfs_pointers(git: git_runner.Git, blobs: list[tuple[str, str]]) -> list[str]:
+    """The paths of the blobs that are Git LFS pointer files, read in one `git cat-file --batch`."""
+    _, out, _ = git.run("cat-file", "--batch", stdin="".join(f"{obj}\n" for obj, _ in blobs).encode(),
+                        what="git cat-file")
+    pointers, offset = [], 0
+    for _, path in blobs:
+        end = out.index(b"\n", offset)
+        header = out[offset:end].split()
+        if len(header) != 3 or not header[2].isdigit():  # "<oid> missing": no content follows
+            offset = end + 1
+            continue
+        length = int(header[2])
+        content = out[end + 1:end + 1 + length]
+        offset = end + 1 + length + 1
+        if content.startswith(LFS_SPEC):
+            pointers.append(path)
+    return pointers
+
+
+def materialise(git: git_runner.Git, source: model.GitSource, resolved: git_mirror.Resolved, dest: str, *,
+                limits: model.Limits, owner: extracting.Owner, spool_dir: str,
+                checkpoint: Callable[[str], None] = lambda step: None) -> tuple[str, str, int]:
+    """Extract the resolved commit (or its subdirectory) into the empty `dest`; (root, sha256, bytes)."""
+    tree = treeish(source, resolved.commit, git)
+    inspect(git, tree, source, limits, resolved.ref)
+    with git.stream("archive", "--format=tar", tree, what=f"git archive of {resolved.ref}") as out:
+        reader = _Hashing(out)
+        budget = archives.Budget(limits, lambda: reader.count)
+        root = extracting.extract(reader, dest, fmt="tar", strip=0, budget=budget, owner=owner,
+                                  spool_dir=spool_dir, checkpoint=checkpoint)
+        while reader.read(extracting.CHUNK):
+            pass
+    return root, reader.digest.hexdigest(), reader.count

@@ -1,0 +1,228 @@
+"""Hostile git sources: submodules pointing elsewhere, symlinks out of the tree, LFS pointers, hooks, huge trees,
+manifests that would leak credentials, and the secret of an https source grepped for everywhere tether writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.artifacts import git_runner
+from tests import git_repos, support
+
+LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\n"
+               "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 12345\n")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[git_repos.GitHttpServer]:
+    (tmp_path / "served").mkdir()
+    made = git_repos.GitHttpServer(tmp_path / "served")
+    yield made
+    made.close()
+
+
+def deploy(node: support.Node, deployment: str, git: dict[str, Any], **spec: Any) -> subprocess.CompletedProcess[str]:
+    support.write_manifest(node.manifests, support.application(
+        "site", node.apps / "site", deployment=deployment, source={"git": git}, **spec))
+    return node.tether("reconcile")
+
+
+def refused_and_untouched(node: support.Node, run: subprocess.CompletedProcess[str], deployment: str,
+                          words: str) -> None:
+    assert run.returncode != 0
+    assert words in run.stderr, run.stderr
+    app = node.apps / "site"
+    assert not (app / deployment).exists()
+    assert not (app / "current").exists() or os.readlink(app / "current") != str(app / deployment)
+    assert not list((app / ".tether" / "staging").iterdir()) if (app / ".tether" / "staging").exists() else True
+
+
+def test_a_submodule_is_skipped_with_a_warning_and_nothing_is_fetched_from_it(
+        node: support.Node, tmp_path: Path, server: git_repos.GitHttpServer) -> None:
+    other = git_repos.Repo(tmp_path / "served" / "other")
+    commit = other.commit({"secret.txt": "from the other repository\n"})
+    repo = git_repos.Repo(tmp_path / "served" / "site")
+    repo.commit({"index.html": "x\n", ".gitmodules": f'[submodule "lib"]\n\tpath = lib\n\turl = {server.url("other")}\n'})
+    git_repos.git(repo.path, "update-index", "--add", "--cacheinfo", f"160000,{commit},lib")
+    git_repos.git(repo.path, "commit", "-q", "-m", "submodule")
+    repo.tag("v1")
+
+    run = deploy(node, "v1", {"url": server.url("site")})
+
+    assert run.returncode == 0, run.stderr
+    assert "submodules" in run.stderr and "'lib'" in run.stderr
+    current = node.apps / "site" / "current"
+    assert (current / "index.html").read_text() == "x\n"
+    assert not (current / "lib").exists() or os.listdir(current / "lib") == []
+    assert server.paths and not [path for path in server.paths if "other" in path]
+
+
+@pytest.mark.parametrize("target", ["../../../../etc/passwd", "/etc/passwd", "inside/../../.."])
+def test_a_symlink_out_of_the_tree_is_refused_by_the_extractor(node: support.Node, tmp_path: Path,
+                                                               target: str) -> None:
+    repo = git_repos.Repo(tmp_path / "src")
+    repo.commit({"index.html": "x\n"})
+    os.symlink(target, repo.path / "escape")
+    repo.commit({})
+    repo.tag("v1")
+
+    refused_and_untouched(node, deploy(node, "v1", {"url": repo.url}), "v1", "escape")
+
+
+def test_lfs_pointer_files_are_refused_naming_the_path_unless_lfs_is_ignore(node: support.Node,
+                                                                            tmp_path: Path) -> None:
+    repo = git_repos.Repo(tmp_path / "src")
+    repo.commit({"index.html": "x\n", "assets/video.mp4": LFS_POINTER, "small.txt": "version 1\n"})
+    repo.tag("v1")
+
+    refused_and_untouched(node, deploy(node, "v1", {"url": repo.url}), "v1", "'assets/video.mp4'")
+    run = deploy(node, "v1", {"url": repo.url, "lfs": "ignore"})
+    assert run.returncode == 0, run.stderr
+    assert (node.apps / "site" / "current" / "assets" / "video.mp4").read_text() == LFS_POINTER
+    assert "LFS pointer" in run.stderr
+
+
+def test_hooks_in_the_source_its_tree_or_the_mirror_are_never_run(node: support.Node, tmp_path: Path) -> None:
+    marker = tmp_path / "hook-ran"
+    hook = f"#!/bin/sh\ntouch {marker}\n"
+    repo = git_repos.Repo(tmp_path / "src")
+    names = ("reference-transaction", "post-checkout", "post-merge", "pre-push", "post-receive", "update",
+             "pre-receive", "post-update", "push-to-checkout", "fsmonitor-watchman")
+    files: dict[str, str | bytes] = {f"hooks/{n}": hook for n in names} | {f".githooks/{n}": hook for n in names}
+    repo.commit({"index.html": "x\n", **files})
+    repo.tag("v1")
+    for name in names:  # armed only now: the test's own commits and tags would run them
+        (repo.path / ".git" / "hooks" / name).write_text(hook)
+        (repo.path / ".git" / "hooks" / name).chmod(0o755)
+        (repo.path / "hooks" / name).chmod(0o755)
+    git_repos.git(repo.path, "config", "core.hooksPath", str(repo.path / "hooks"))
+    git_repos.git(repo.path, "config", "core.fsmonitor", str(repo.path / "hooks" / "fsmonitor-watchman"))
+    assert not marker.exists()
+
+    assert deploy(node, "v1", {"url": repo.url}).returncode == 0
+    mirror = node.state / "git" / "site.git"
+    for name in names:  # even a hook planted in the mirror itself
+        (mirror / "hooks" / name).write_text(hook)
+        (mirror / "hooks" / name).chmod(0o755)
+    (repo.path / "index.html").write_text("y\n")
+    quiet = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
+    git_repos.git(repo.path, *quiet, "commit", "-q", "-a", "-m", "v2")
+    git_repos.git(repo.path, *quiet, "tag", "v2")  # a new ref: fetching it is a reference transaction
+    assert not marker.exists()
+    run = deploy(node, "v2", {"url": repo.url})
+
+    assert run.returncode == 0, run.stderr
+    assert not marker.exists()
+    assert (node.apps / "site" / "current" / "index.html").read_text() == "y\n"
+
+
+@pytest.mark.parametrize(("limits", "words"), [({"maxMembers": 500}, "limits.maxMembers"),
+                                               ({"maxBytes": 100_000}, "limits.maxBytes")])
+def test_a_tree_over_the_limits_is_refused_before_it_is_extracted(node: support.Node, tmp_path: Path,
+                                                                 limits: dict[str, int], words: str) -> None:
+    repo = git_repos.Repo(tmp_path / "src")
+    repo.commit({f"d{i // 100}/f{i}.txt": f"{i}\n" * 30 for i in range(1000)})
+    repo.tag("v1")
+
+    support.write_manifest(node.manifests, support.application(
+        "site", node.apps / "site", deployment="v1", source={"git": {"url": repo.url}, "limits": limits}))
+    refused_and_untouched(node, node.tether("reconcile"), "v1", words)
+
+
+def test_an_https_secret_never_reaches_a_file_tether_wrote_or_its_output(node: support.Node, tmp_path: Path) -> None:
+    token = "Bearer t0ken-that-must-never-leak-8d1f"
+    secret_file = tmp_path / "secrets" / "git-token"
+    secret_file.parent.mkdir()
+    secret_file.write_text(token + "\n")
+    repo = git_repos.Repo(tmp_path / "served" / "site")
+    repo.commit({"index.html": "x\n"})
+    repo.tag("v1")
+    repo.tag("v2")
+    server = git_repos.GitHttpServer(tmp_path / "served", secret=token)
+    outputs: list[str] = []
+    try:
+        git = {"url": server.url("site"), "headers": {"Authorization": {"fromFile": str(secret_file)}}}
+        for deployment, ref in (("v1", "v1"), ("v2", "v2"), ("v3", "v9")):
+            run = deploy(node, deployment, {**git, "ref": ref})
+            outputs += [run.stdout, run.stderr]
+            assert (run.returncode == 0) == (ref != "v9"), run.stderr
+        secret_file.write_text("Bearer wrong\n")  # refused by the server: its error must not echo a secret
+        run = deploy(node, "v4", {**git, "ref": "v1"})
+        outputs += [run.stdout, run.stderr]
+        assert run.returncode != 0
+        for command in (("status", "site", "--json"), ("list", "site"), ("list", "site", "--json")):
+            shown = node.tether(*command)
+            outputs += [shown.stdout, shown.stderr]
+    finally:
+        server.close()
+    assert any(r.get("Authorization") == token for r in server.requests)
+    assert not git_repos.git(node.state / "git" / "site.git", "config", "--list").count("extraheader")
+    forms = [token, token.split()[1], token.split()[1][:16]]
+    for path in [*support.walk_files(node.state), *support.walk_files(node.apps)]:
+        data = path.read_bytes()
+        assert not [form for form in forms if form.encode() in data], path
+    for text in outputs:
+        assert not [form for form in forms if form in text], text
+
+
+def test_a_manifest_that_would_leak_or_skip_host_key_checks_is_invalid(node: support.Node) -> None:
+    cases = {
+        "user": {"url": "https://deploy:hunter2@git.example.com/acme.git"},
+        "nohosts": {"url": "ssh://git@git.example.com/acme.git"},
+        "plainhttp": {"url": "http://git.example.com/acme.git"},
+        "keyonhttps": {"url": "https://git.example.com/acme.git", "sshKey": {"fromFile": "/etc/key"}},
+        "unknown": {"url": "https://git.example.com/acme.git", "ref": "{branch}"},
+        "twoverify": {"url": "https://git.example.com/acme.git", "verify": {"allowedSigners": "/a", "gpgKeyring": "/b"}},
+    }
+    for name, git in cases.items():
+        support.write_manifest(node.manifests, support.application(name, node.apps / name, source={"git": git}))
+    support.write_manifest(node.manifests, support.application(
+        "both", node.apps / "both", source={"url": "https://h/a.tar.gz", "git": {"url": "https://h/a.git"}}))
+    support.write_manifest(node.manifests, support.application(
+        "fine", node.apps / "fine", source={"git": {"url": "ssh://git@git.example.com/acme.git",
+                                                    "knownHosts": "/etc/tether/known_hosts",
+                                                    "sshKey": {"fromFile": "/etc/tether/key"}}}))
+
+    found = json.loads(node.tether("validate", str(node.manifests), "--json").stdout)
+
+    bad = {Path(p["file"]).stem for p in found["problems"]}
+    assert bad == {*cases, "both"}
+    assert "fine" in found["applications"]
+    assert "hunter2" not in json.dumps(found)
+
+
+def test_the_ssh_command_pins_the_key_and_the_known_hosts_and_keeps_the_key_out_of_argv(tmp_path: Path) -> None:
+    key_text = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n" \
+               "-----END OPENSSH PRIVATE KEY-----"
+    access = git_runner.Access(url="ssh://git@git.example.com/acme.git", ssh_key=key_text,
+                               known_hosts="/etc/tether/known hosts")
+    with git_runner.Git(str(tmp_path / "mirror.git"), access) as git:
+        env = git.environment(network=True)
+        words = git.arguments(["fetch"])
+        key_file = Path(git.private_dir) / "key"
+        assert key_file.read_text() == key_text + "\n"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        command = env["GIT_SSH_COMMAND"]
+        for option in ("IdentitiesOnly=yes", "StrictHostKeyChecking=yes", "'UserKnownHostsFile=/etc/tether/known hosts'",
+                       "BatchMode=yes", "-F /dev/null", f"-i {key_file}"):
+            assert option in command
+        assert "protocol.allow=never" in words and "protocol.ssh.allow=always" in words
+        assert "core.hooksPath=/dev/null" in words and "credential.helper=" in words
+        assert not [w for w in words if "OPENSSH" in w or "b3BlbnNzaC1rZXkt" in w]
+        assert env["GIT_CONFIG_NOSYSTEM"] == "1" and env["GIT_CONFIG_GLOBAL"] == "/dev/null"
+        assert env["GIT_TERMINAL_PROMPT"] == "0"
+        private = git.private_dir
+        assert "b3BlbnNzaC1rZXkt" not in git.clean.text("ssh said b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ here")
+    assert not os.path.exists(private)
+    https = git_runner.Git(str(tmp_path / "m.git"), git_runner.Access(url="https://h/a.git",
+                                                                        headers={"Authorization": "Bearer abcdefgh"}))
+    with https:
+        assert not [w for w in https.arguments(["fetch"]) if "abcdefgh" in w]
+        assert https.environment(network=True)["GIT_CONFIG_VALUE_0"] == "Authorization: Bearer abcdefgh"
+        assert "GIT_CONFIG_COUNT" not in https.environment(network=False)
