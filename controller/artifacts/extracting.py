@@ -253,7 +253,7 @@ def _below(entries: Iterator[members.Entry], root: str, budget: archives.Budget)
         found = True
         yield dataclasses.replace(entry, name=name[len(prefix):], target=target)
     if not found:
-        raise errors.ArchiveError(f"the package has nothing below source.debRoot {root!r}; check it against the "
+        raise errors.ArchiveError(f"there is nothing below source.debRoot {root!r}; check it against the "
                                   "package's files (dpkg-deb --contents)")
 
 
@@ -295,10 +295,14 @@ def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None
         try:
             for entry in entries if deb_root is None else _below(entries, deb_root, budget):
                 writer.add(entry)
+            while tar_stream.read(CHUNK):  # the rest: padding, and the compressor's checksum
+                pass
         except tarfile.TarError as exc:  # raised while a member's data is copied
             raise errors.ArchiveError(f"the archive is truncated or not a valid tar file: {exc}") from exc
-        while tar_stream.read(CHUNK):  # the rest: padding, and the compressor's checksum
-            pass
+        except errors.ArchiveError as exc:
+            if package is None:
+                raise
+            raise errors.ArchiveError(f"in the package's {package.data_name}: {exc}") from exc
         if package is not None:
             package.finish()
     return writer.finish(auto_strip=strip is None)
