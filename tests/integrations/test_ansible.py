@@ -490,7 +490,7 @@ def schema_has_git_sources() -> bool:
     """Whether this tree's schema knows source.git (added on another branch): only then is it validated."""
     shown = subprocess.run([tether_bin(), "schema", "application"], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
-    return "git" in json.loads(shown.stdout)["$defs"]["source"]["properties"]
+    return support.schema_has_git_source(json.loads(shown.stdout))
 
 
 def test_git_and_debian_package_sources_go_to_the_manifest_with_the_schemas_key_names_and_secrets_stay_hidden(

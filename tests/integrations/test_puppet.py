@@ -361,7 +361,7 @@ def schema_has_git_sources() -> bool:
     """Whether this tree's schema knows source.git (added on another branch): only then is it validated."""
     shown = tether("schema", "application")
     assert shown.returncode == 0, shown.stderr
-    return "git" in json.loads(shown.stdout)["$defs"]["source"]["properties"]
+    return support.schema_has_git_source(json.loads(shown.stdout))
 
 
 def test_the_define_writes_a_git_source_and_a_debian_package_source_with_the_schemas_key_names(tmp_path: Path) -> None:
