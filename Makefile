@@ -54,7 +54,7 @@ integrations: venv system-packages
 
 # Debian packages the tests use. As root on Debian, the missing ones are installed;
 # otherwise the command that installs them is printed.
-DEBIAN_PACKAGES = make tar gzip curl git openssl prometheus systemd puppet build-essential debhelper dh-python \
+DEBIAN_PACKAGES = make tar gzip curl git dpkg openssl prometheus systemd puppet build-essential debhelper dh-python \
 	pybuild-plugin-pyproject python3-all python3-setuptools gpg openssh-client
 system-packages:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do \

@@ -20,7 +20,7 @@ class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
-FORMATS = ("tar", "tar.gz", "tar.bz2", "tar.xz", "tar.zst", "zip")
+FORMATS = ("tar", "tar.gz", "tar.bz2", "tar.xz", "tar.zst", "zip", "deb")
 HEAD_SIZE = 512
 
 
@@ -40,10 +40,12 @@ def detect(head: bytes) -> str:
         return "tar.zst"
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "zip"
+    if head.startswith(b"!<arch>\n"):
+        return "deb"
     if head[257:262] == b"ustar" or (len(head) == HEAD_SIZE and _old_tar_header(head)):
         return "tar"
     raise errors.ArchiveError(
-        "the artifact is not an archive tether knows (tar, tar.gz, tar.bz2, tar.xz, tar.zst, zip); "
+        "the artifact is not an archive tether knows (tar, tar.gz, tar.bz2, tar.xz, tar.zst, zip, deb); "
         "check the URL, or set source.format"
     )
 

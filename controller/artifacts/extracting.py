@@ -8,6 +8,7 @@ and that no archive member can redirect.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import os
@@ -15,11 +16,11 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO
 
 from controller import errors
-from controller.artifacts import archives, members
+from controller.artifacts import archives, deb_package, members
 
 MAX_NAME = 4096
 MAX_COMPONENT = 255
@@ -231,18 +232,53 @@ def _filtered_mode(entry: members.Entry, name: str, link: str, dest: str) -> int
     return stat.S_IMODE(filtered.mode if filtered.mode is not None else default)
 
 
+def _below(entries: Iterator[members.Entry], root: str, budget: archives.Budget) -> Iterator[members.Entry]:
+    """The members below `root` (source.debRoot), renamed relative to it; every name is checked, all are counted."""
+    prefix, found = root + "/", False
+    for entry in entries:
+        name = clean_name(entry.name, 0) or ""
+        if name == root and entry.type != "dir":
+            raise errors.ArchiveError(f"source.debRoot {root!r} is a {entry.type} in the package, not a directory")
+        if not name.startswith(prefix):
+            budget.add_member(entry.name)
+            found = found or name == root
+            continue
+        target = entry.target
+        if entry.type == "hardlink":
+            target = clean_name(target, 0) or ""
+            if not target.startswith(prefix):
+                raise errors.ArchiveError(f"member {entry.name!r} is a hardlink to {entry.target!r}, outside "
+                                          f"source.debRoot {root!r}")
+            target = target[len(prefix):]
+        found = True
+        yield dataclasses.replace(entry, name=name[len(prefix):], target=target)
+    if not found:
+        raise errors.ArchiveError(f"there is nothing below source.debRoot {root!r}; check it against the "
+                                  "package's files (dpkg-deb --contents)")
+
+
 def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None, budget: archives.Budget,
-            owner: Owner, spool_dir: str, checkpoint: Callable[[str], None] = lambda step: None) -> str:
+            owner: Owner, spool_dir: str, checkpoint: Callable[[str], None] = lambda step: None,
+            deb_root: str | None = None) -> str:
     """Extract the archive read from `source` into the empty directory `dest`.
 
     Returns the root of the extracted tree (below `dest` when `strip` is None,
-    meaning auto, and the archive has a single top-level directory).
+    meaning auto, and the archive has a single top-level directory). A Debian
+    package's data member is extracted (below `deb_root` only, if given) with
+    auto meaning no strip: its tree starts at the file system's root.
     """
     head = archives.read_head(source)
     detected = archives.detect(head)
     if fmt != "auto" and fmt != detected:
         raise errors.ArchiveError(f"source.format says {fmt} but the artifact is {detected}; fix source.format")
     stream: IO[bytes] = io.BufferedReader(archives.Prefixed(head, source), CHUNK)
+    package = deb_package.Package(stream, budget.limits.max_bytes) if detected == "deb" else None
+    if package is not None:
+        data, detected = package.data()
+        stream, strip = io.BufferedReader(data, CHUNK), strip or 0
+    elif deb_root is not None:
+        raise errors.ArchiveError(f"source.debRoot is set but the artifact is {detected}, not a Debian package; "
+                                  "remove source.debRoot or fix the URL")
     writer = Writer(dest, strip, owner, budget, checkpoint)
     if detected == "zip":
         fd, spool = tempfile.mkstemp(prefix=".zip-", dir=spool_dir)
@@ -255,11 +291,18 @@ def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None
             os.unlink(spool)
     else:
         tar_stream = io.BufferedReader(archives.Metered(archives.decompressed(stream, detected), budget), CHUNK)
+        entries = members.tar_entries(tar_stream)
         try:
-            for entry in members.tar_entries(tar_stream):
+            for entry in entries if deb_root is None else _below(entries, deb_root, budget):
                 writer.add(entry)
+            while tar_stream.read(CHUNK):  # the rest: padding, and the compressor's checksum
+                pass
         except tarfile.TarError as exc:  # raised while a member's data is copied
             raise errors.ArchiveError(f"the archive is truncated or not a valid tar file: {exc}") from exc
-        while tar_stream.read(CHUNK):  # the rest: padding, and the compressor's checksum
-            pass
+        except errors.ArchiveError as exc:
+            if package is None:
+                raise
+            raise errors.ArchiveError(f"in the package's {package.data_name}: {exc}") from exc
+        if package is not None:
+            package.finish()
     return writer.finish(auto_strip=strip is None)

@@ -255,7 +255,7 @@ class Engine:
                 budget = archives.Budget(source.limits, lambda: download.received)
                 root = extracting.extract(download, stage, fmt=source.format, strip=source.strip_components,
                                           budget=budget, owner=owner, spool_dir=records.staging_dir(app.path),
-                                          checkpoint=self.checkpoint)
+                                          checkpoint=self.checkpoint, deb_root=source.deb_root)
                 download.drain()
                 digest, size = download.hexdigest(), download.received
                 if source.sha256 is not None and digest != source.sha256:

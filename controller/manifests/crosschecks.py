@@ -86,6 +86,24 @@ def placement_problem(path: str) -> str | None:
     return f"path {path!r} is inside the system directory {tree}; an application path must be {ALLOWED}"
 
 
+def deb_root_problem(source: model.Source) -> str | None:
+    """Why source.debRoot cannot name a subtree of a package, or None (also None when it is not given)."""
+    if source.deb_root is None:
+        return None
+    if source.format not in ("auto", "deb"):
+        return f"debRoot picks a subtree of a Debian package, but source.format is {source.format}; remove one"
+    if source.deb_root == "":
+        return "debRoot names no directory; give a subtree of the package such as opt/acme, or leave debRoot out"
+    if source.deb_root.startswith("/"):
+        return (f"debRoot {source.deb_root!r} is absolute; write it relative to the package's root, as "
+                f"{source.deb_root.strip('/')!r}")
+    if ".." in source.deb_root.split("/"):
+        return f"debRoot {source.deb_root!r} has a '..' component; it must name a directory inside the package"
+    if any(ord(c) < 32 or ord(c) == 127 for c in source.deb_root):
+        return "debRoot has a control character"
+    return None
+
+
 def application_problems(app: model.Application) -> Iterator[tuple[str, str]]:
     """(message, JSON pointer) for what is wrong with one application on its own."""
     if problem := path_problem(app.path):
@@ -94,6 +112,8 @@ def application_problems(app: model.Application) -> Iterator[tuple[str, str]]:
         yield "hookTimeoutSeconds must be a finite number of seconds", "/spec/hookTimeoutSeconds"
     if app.health_check is not None:
         yield from _health_check_problems(app.health_check)
+    if app.source is not None and (problem := deb_root_problem(app.source)):
+        yield problem, "/spec/source/debRoot"
     if app.source is not None and app.source.git is not None:
         yield from git_problems(app.source.git)
         if app.source.sha256 is not None:

@@ -67,6 +67,7 @@ class Source:
     strip_components: int | None = None  # None means auto
     limits: Limits = Limits()
     stall_seconds: float = 60.0
+    deb_root: str | None = None  # a Debian package's subtree to deploy, normalised (no leading or trailing '/')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +215,15 @@ def _source(data: Mapping[str, Any]) -> Source:
             max_ratio=float(limits["maxRatio"]),
         ),
         stall_seconds=float(data["stallSeconds"]),
+        deb_root=deb_root(data["debRoot"]) if "debRoot" in data else None,
     )
+
+
+def deb_root(text: str) -> str:
+    """source.debRoot without '.' components and trailing '/' ('./opt/acme/' is 'opt/acme'); absolute kept as is."""
+    if text.startswith("/"):
+        return text  # refused by the cross-checks
+    return "/".join(part for part in text.split("/") if part not in ("", "."))
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}

@@ -184,7 +184,7 @@ def _extract_cached(app: model.Application, deployment: str, state_dir: str, own
         reader = _Hashing(handle)
         root = extracting.extract(reader, os.path.join(stage, "tree"), fmt=source.format, strip=source.strip_components,
                                   budget=archives.Budget(source.limits, lambda: reader.count), owner=owner,
-                                  spool_dir=stage)
+                                  spool_dir=stage, deb_root=source.deb_root)
         while reader.read(digests.CHUNK):
             pass
     if sha256 is not None and reader.digest.hexdigest() != sha256:

@@ -543,3 +543,59 @@ def test_the_examples_web_config_play_gives_the_daemon_tls_and_basic_auth_throug
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o7777
+
+
+# ---------------------------------------------------------------- git and Debian package sources
+
+
+def schema_has_git_sources() -> bool:
+    """Whether this tree's schema knows source.git (added on another branch): only then is it validated."""
+    shown = subprocess.run([tether_bin(), "schema", "application"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    return support.schema_has_git_source(json.loads(shown.stdout))
+
+
+def test_git_and_debian_package_sources_go_to_the_manifest_with_the_schemas_key_names_and_secrets_stay_hidden(
+        node: support.Node, tmp_path: Path) -> None:
+    validating = schema_has_git_sources()
+    common: dict[str, Any] = {"manifests_dir": str(node.manifests), "validate": validating, "tether_bin": tether_bin()}
+    shop = {"name": "shop", "path": str(node.apps / "shop"), "deployment": "v2.1.0", **common, "source": {"git": {
+        "url": "https://git.example.com/shop.git", "ref": "release-{deployment}", "lfs": "ignore",
+        "subdirectory": "dist", "headers": {"Authorization": SECRET, "X-From-File": {"from_file": "/etc/tether/s"}},
+        "verify": {"allowedSigners": "/etc/tether/keys/shop.allowed_signers"}}}}
+    tools = {"name": "tools", "path": str(node.apps / "tools"), **common, "source": {"git": {
+        "url": "ssh://git@git.example.com/tools.git", "sshKey": {"fromFile": "/etc/tether/secrets/tools-key"},
+        "known_hosts": "/etc/tether/known_hosts", "verify": {"gpg_keyring": "/etc/tether/keys/tools.gpg"}}}}
+    dashboard = {"name": "dashboard", "path": str(node.apps / "dashboard"), **common, "validate": True, "source": {
+        "url": "https://apt.example.com/dashboard_{deployment}_all.deb", "format": "deb", "debRoot": "opt/dashboard"}}
+    both = {**shop, "name": "both", "source": {**shop["source"], "url": "https://artifacts.example.com/a.tar.gz"}}
+    two_keys = {**tools, "name": "twokeys", "source": {"git": {**tools["source"]["git"], "verify": {
+        "allowed_signers": "/etc/tether/a", "gpg_keyring": "/etc/tether/b"}}}}
+
+    outcome = play(tmp_path, module_task("shop", diff=True, **shop), module_task("shop_again", diff=True, **shop),
+                   module_task("tools", **tools), module_task("dashboard", **dashboard),
+                   module_task("both", ignore_errors=True, **both), module_task("neither", ignore_errors=True,
+                                                                                **{**shop, "source": {"sha256": "a" * 64}}),
+                   module_task("twokeys", ignore_errors=True, **two_keys))
+
+    results = outcome.results
+    sources = {name: yaml.safe_load((node.manifests / f"{name}.yaml").read_text())["spec"]["source"]
+               for name in ("shop", "tools", "dashboard")}
+    assert sources == {
+        "shop": {"git": {"url": "https://git.example.com/shop.git", "ref": "release-{deployment}", "lfs": "ignore",
+                         "subdirectory": "dist",
+                         "headers": {"Authorization": SECRET, "X-From-File": {"fromFile": "/etc/tether/s"}},
+                         "verify": {"allowedSigners": "/etc/tether/keys/shop.allowed_signers"}}},
+        "tools": {"git": {"url": "ssh://git@git.example.com/tools.git",
+                          "sshKey": {"fromFile": "/etc/tether/secrets/tools-key"},
+                          "knownHosts": "/etc/tether/known_hosts", "verify": {"gpgKeyring": "/etc/tether/keys/tools.gpg"}}},
+        "dashboard": {"url": "https://apt.example.com/dashboard_{deployment}_all.deb", "format": "deb",
+                      "debRoot": "opt/dashboard"},
+    }, outcome.output
+    assert [results[n]["changed"] for n in ("shop", "shop_again", "tools", "dashboard")] == [True, False, True, True]
+    assert SECRET not in outcome.output and SECRET not in json.dumps(results), "a git header secret was shown"
+    for name, words in (("both", ("url", "git")), ("neither", ("url", "git")),
+                        ("twokeys", ("allowed_signers", "gpg_keyring"))):
+        assert results[name]["failed"] is True, results[name]
+        assert all(word in results[name]["msg"] for word in words), results[name]["msg"]
+    assert sorted(os.listdir(node.manifests)) == ["dashboard.yaml", "shop.yaml", "tools.yaml"]

@@ -356,3 +356,105 @@ def test_the_class_writes_the_web_config_tether_accepts_and_the_drop_in_that_pas
     conf = (dropin / "web-config.conf").read_text()
     assert f"\n[Service]\nEnvironment=TETHER_WEB_CONFIG_FILE={web}\n" in conf
     assert apply(tmp_path, site).returncode == 0  # the same text on the next run: nothing changes
+
+
+GIT_SITE = """
+class { 'tether':
+  manage_package => false,
+  manage_service => false,
+  manifests_dir  => '@MANIFESTS@',
+  hooks_dir      => '@HOOKS@',
+  bin            => '@TETHER@',
+  validate       => @VALIDATE@,
+}
+
+tether::application { 'shop':
+  path       => '@APPS@/shop',
+  deployment => 'v2.1.0',
+  source     => {
+    git => {
+      url          => 'https://git.example.com/shop.git',
+      ref          => 'release-{deployment}',
+      lfs          => 'ignore',
+      subdirectory => 'dist',
+      headers      => { 'Authorization' => Sensitive('@SECRET@'), 'X-From-File' => { fromFile => '/etc/tether/secrets/shop' } },
+      verify       => { allowedSigners => '/etc/tether/keys/shop.allowed_signers' },
+    },
+  },
+}
+
+tether::application { 'tools':
+  path   => '@APPS@/tools',
+  source => {
+    git => {
+      url        => 'ssh://git{AT}git.example.com/tools.git',
+      sshKey     => { fromFile => '/etc/tether/secrets/tools-key' },
+      knownHosts => '/etc/tether/known_hosts',
+      verify     => { gpgKeyring => '/etc/tether/keys/tools.gpg' },
+    },
+  },
+}
+
+tether::application { 'dashboard':
+  path   => '@APPS@/dashboard',
+  source => { url => 'https://apt.example.com/dashboard_{deployment}_all.deb', format => 'deb', debRoot => 'opt/dashboard' },
+}
+"""
+
+
+def schema_has_git_sources() -> bool:
+    """Whether this tree's schema knows source.git (added on another branch): only then is it validated."""
+    shown = tether("schema", "application")
+    assert shown.returncode == 0, shown.stderr
+    return support.schema_has_git_source(json.loads(shown.stdout))
+
+
+def test_the_define_writes_a_git_source_and_a_debian_package_source_with_the_schemas_key_names(tmp_path: Path) -> None:
+    manifests, apps = tmp_path / "manifests", tmp_path / "apps"
+    validating = schema_has_git_sources()
+    site = tmp_path / "site.pp"
+    site.write_text(fill(GIT_SITE, {"MANIFESTS": str(manifests), "HOOKS": str(tmp_path / "hooks"), "TETHER": str(TETHER),
+                                    "APPS": str(apps), "SECRET": SECRET, "VALIDATE": str(validating).lower()})
+                    .replace("{AT}", "@"))  # fill() refuses any '@' left, which an ssh URL has
+
+    applied = apply(tmp_path, site)
+
+    assert applied.returncode == 2, applied.stdout + applied.stderr
+    assert SECRET not in applied.stdout + applied.stderr
+    assert not [p for p in support.walk_files(tmp_path / "puppet") if SECRET.encode() in p.read_bytes()], \
+        "the git header secret is in puppet's state, reports or filebucket"
+    sources = {name: yaml.safe_load((manifests / f"{name}.yaml").read_text())["spec"]["source"]
+               for name in ("shop", "tools", "dashboard")}
+    assert sources == {
+        "shop": {"git": {"url": "https://git.example.com/shop.git", "ref": "release-{deployment}", "lfs": "ignore",
+                         "subdirectory": "dist",
+                         "headers": {"Authorization": SECRET, "X-From-File": {"fromFile": "/etc/tether/secrets/shop"}},
+                         "verify": {"allowedSigners": "/etc/tether/keys/shop.allowed_signers"}}},
+        "tools": {"git": {"url": "ssh://git@git.example.com/tools.git",
+                          "sshKey": {"fromFile": "/etc/tether/secrets/tools-key"},
+                          "knownHosts": "/etc/tether/known_hosts", "verify": {"gpgKeyring": "/etc/tether/keys/tools.gpg"}}},
+        "dashboard": {"url": "https://apt.example.com/dashboard_{deployment}_all.deb", "format": "deb",
+                      "debRoot": "opt/dashboard"},
+    }
+    validated = tether("validate", str(manifests / "dashboard.yaml"))
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    if validating:
+        validated = tether("validate", str(manifests))
+        assert validated.returncode == 0, validated.stdout + validated.stderr
+
+
+@pytest.mark.parametrize("source", [
+    "{ git => { url => 'https://git.example.com/shop.git' }, url => 'https://artifacts.example.com/shop.tar.gz' }",
+    "{ sha256 => '9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08' }",
+])
+def test_a_source_with_both_url_and_git_or_neither_fails_the_catalog(tmp_path: Path, source: str) -> None:
+    site = tmp_path / "site.pp"
+    site.write_text(fill(GIT_SITE.split("tether::application")[0], {
+        "MANIFESTS": str(tmp_path / "manifests"), "HOOKS": str(tmp_path / "hooks"), "TETHER": str(TETHER),
+        "VALIDATE": "false"}) + f"tether::application {{ 'shop':\n  path => '/srv/shop',\n  source => {source},\n}}\n")
+
+    applied = apply(tmp_path, site)
+
+    assert applied.returncode == 1, applied.stdout + applied.stderr
+    assert "exactly one of url" in applied.stdout + applied.stderr
+    assert not (tmp_path / "manifests" / "shop.yaml").exists()

@@ -59,6 +59,33 @@ tether::application { 'website':
   },
 }
 
+# A service from a signed git tag: tether keeps a mirror of the repository on the node,
+# checks the tag's ssh signature, and deploys the tree of its `dist` directory.
+tether::application { 'shop':
+  path       => '/srv/shop',
+  deployment => 'v2.1.0',
+  source     => {
+    git => {
+      url          => 'ssh://git@git.example.com/shop.git',
+      subdirectory => 'dist',
+      sshKey       => { fromFile => '/etc/tether/secrets/shop-deploy-key' },
+      knownHosts   => '/etc/tether/known_hosts',
+      verify       => { allowedSigners => '/etc/tether/keys/shop.allowed_signers' },
+    },
+  },
+}
+
+# A Debian package built by CI: only its /opt/dashboard tree is deployed, and its maintainer
+# scripts are not run.
+tether::application { 'dashboard':
+  path       => '/opt/dashboard',
+  deployment => '3.2.0',
+  source     => {
+    url     => 'https://apt.example.com/pool/main/d/dashboard/dashboard_{deployment}_all.deb',
+    debRoot => 'opt/dashboard',
+  },
+}
+
 # A profile usually points other resources into `current`.
 file { '/usr/local/bin/acme-runner':
   ensure => link,

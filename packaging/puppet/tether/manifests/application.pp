@@ -23,6 +23,21 @@
 #     retention    => 5,
 #   }
 #
+# @example A git tag, from a mirror tether keeps on the node, its signature checked
+#   tether::application { 'shop':
+#     path       => '/srv/shop',
+#     deployment => 'v2.1.0',
+#     source     => {
+#       git => {
+#         url        => 'ssh://git@git.example.com/shop.git',
+#         ref        => '{deployment}',
+#         sshKey     => { fromFile => '/etc/tether/secrets/shop-deploy-key' },
+#         knownHosts => '/etc/tether/known_hosts',
+#         verify     => { allowedSigners => '/etc/tether/keys/shop.allowed_signers' },
+#       },
+#     },
+#   }
+#
 # @param path `spec.path`: the directory that holds the deployments.
 # @param ensure `absent` removes the manifest; tether then stops managing the application and
 #   leaves its files.
@@ -31,9 +46,10 @@
 # @param kind `spec.kind`: the title of a `tether::kind` (or the name of another ApplicationKind).
 # @param deployment `spec.deployment`: the desired deployment; leave it out to let
 #   `tether deploy` set it.
-# @param source `spec.source`, with tether's key names: url, headers, sha256, format,
-#   stripComponents, limits. A header value that is a Sensitive string keeps the whole
-#   manifest out of Puppet's logs and reports.
+# @param source `spec.source`, with tether's key names: exactly one of `url` (with headers,
+#   sha256, format, debRoot, stripComponents, limits) and `git` (a hash of url, ref, lfs,
+#   subdirectory, headers, sshKey, knownHosts, verify: see Tether::GitSource). A header value
+#   that is a Sensitive string keeps the whole manifest out of Puppet's logs and reports.
 # @param deploy_user `spec.user`: owner of the deployments; hooks run as this user.
 # @param deploy_group `spec.group`.
 # @param user_mapping `spec.userMapping`: .mtree uname => local user.
@@ -87,17 +103,25 @@ define tether::application (
     fail("tether::application[${title}]: '${deployment}' is not a deployment name; tether keeps it for its own use")
   }
 
-  # Header values: Sensitive ones are unwrapped into the text, and any literal value
-  # (a secret, most of the time) makes the file content Sensitive so that Puppet never
-  # prints it in a diff, a log or a report.
+  if $source =~ NotUndef and (('url' in $source) == ('git' in $source)) {
+    fail("tether::application[${title}]: source needs exactly one of url (an archive or a Debian package) and git (a repository)")
+  }
+
+  # Header values (of source and of source.git): Sensitive ones are unwrapped into the text,
+  # and any literal value (a secret, most of the time) makes the file content Sensitive so
+  # that Puppet never prints it in a diff, a log or a report.
+  $git = $source.then |$s| { $s['git'] }
   $headers = $source.then |$s| { $s['headers'] }.lest || { {} }
-  $literal_headers = $headers.any |$name, $value| { $value =~ Variant[String, Sensitive] }
-  $plain_headers = $headers.map |$name, $value| {
-    $plain = if $value =~ Sensitive { $value.unwrap } else { $value }
-    [$name, $plain]
-  }.convert_to(Hash)
+  $git_headers = $git.then |$g| { $g['headers'] }.lest || { {} }
+  $literal_headers = [$headers, $git_headers].any |$each| {
+    $each.any |$name, $value| { $value =~ Variant[String, Sensitive] }
+  }
+  $git_spec = $git.then |$g| {
+    ($g + { 'headers' => tether::plain_headers($git_headers) }).filter |$key, $value| { tether::given($value) }
+  }
   $source_spec = $source.then |$s| {
-    ($s + { 'headers' => $plain_headers }).filter |$key, $value| { tether::given($value) }
+    ($s + { 'headers' => tether::plain_headers($headers), 'git' => $git_spec })
+      .filter |$key, $value| { tether::given($value) }
   }
 
   $metadata = { 'name' => $title, 'labels' => $labels }.filter |$key, $value| { tether::given($value) }

@@ -80,13 +80,63 @@ options:
       - Leave it out to let C(tether deploy) set it.
     type: str
   source:
-    description: Where the artifact of a deployment comes from (C(spec.source)).
+    description:
+      - Where the files of a deployment come from (C(spec.source)); exactly one of O(source.url) (an archive or a
+        Debian package) and O(source.git) (a repository).
     type: dict
     suboptions:
       url:
         description: http(s):// or file:// URL; may contain C({application}), C({environment}) and C({deployment}).
         type: str
-        required: true
+      git:
+        description:
+          - A git repository (C(spec.source.git)); tether keeps a mirror of it on the node and deploys the tree of
+            O(source.git.ref).
+        type: dict
+        suboptions:
+          url:
+            description: https://, ssh:// or file:// URL of the repository, without credentials.
+            type: str
+            required: true
+          ref:
+            description: A tag, a branch or a full commit id; may contain placeholders; tether's default is V({deployment}).
+            type: str
+          lfs:
+            description: V(refuse) (tether's default) refuses LFS pointer files; V(ignore) deploys them as they are.
+            type: str
+            choices: [refuse, ignore]
+          subdirectory:
+            description: Deploy this directory of the repository only.
+            type: str
+          headers:
+            description: HTTP request headers for an https repository, in the forms of O(source.headers).
+            type: dict
+          ssh_key:
+            description: "The private key for an ssh repository, as C({fromFile: /path})."
+            type: dict
+            aliases: [sshKey]
+            suboptions:
+              from_file:
+                description: Absolute path of the key file, read by tether.
+                type: path
+                required: true
+                aliases: [fromFile]
+          known_hosts:
+            description: The known_hosts file an ssh repository's host key is checked against.
+            type: path
+            aliases: [knownHosts]
+          verify:
+            description: Refuse a ref without a good signature; exactly one of the two.
+            type: dict
+            suboptions:
+              allowed_signers:
+                description: An ssh allowed_signers file (ssh signatures).
+                type: path
+                aliases: [allowedSigners]
+              gpg_keyring:
+                description: A gpg keyring (OpenPGP signatures).
+                type: path
+                aliases: [gpgKeyring]
       headers:
         description:
           - HTTP request headers. A value is a literal string, or a dict with one key, C(fromFile) (an absolute
@@ -97,9 +147,13 @@ options:
         description: Expected sha256 of the artifact, verified before anything is activated.
         type: str
       format:
-        description: Archive format; V(auto) detects it by its magic bytes.
+        description: Archive format; V(auto) detects it by its magic bytes; V(deb) is a Debian package (its maintainer scripts are not run).
         type: str
-        choices: [auto, tar, tar.gz, tar.bz2, tar.xz, tar.zst, zip]
+        choices: [auto, tar, tar.gz, tar.bz2, tar.xz, tar.zst, zip, deb]
+      deb_root:
+        description: For a Debian package, the subtree deployed, relative to the package's root, such as V(opt/acme).
+        type: str
+        aliases: [debRoot]
       strip_components:
         description: V(auto) strips a single common top-level directory; a number strips that many leading components.
         type: raw
@@ -334,6 +388,18 @@ EXAMPLES = r"""
     wait: true
     wait_timeout: 600
 
+- name: Deploy a signed tag of a git repository over ssh
+  tether.node.tether_application:
+    name: tools
+    path: /opt/tools
+    deployment: v3.0.1
+    source:
+      git:
+        url: ssh://git@git.example.com/tools.git
+        ssh_key: {fromFile: /etc/tether/secrets/tools-key}
+        known_hosts: /etc/tether/known_hosts
+        verify: {allowed_signers: /etc/tether/keys/tools.allowed_signers}
+
 - name: Let CI choose the deployment with `tether deploy`
   tether.node.tether_application:
     name: blog
@@ -426,11 +492,32 @@ ARGUMENT_SPEC = {
     "deployment": {"type": "str"},
     "source": {
         "type": "dict",
+        "mutually_exclusive": [["url", "git"]],
+        "required_one_of": [["url", "git"]],
         "options": {
-            "url": {"type": "str", "required": True},
+            "url": {"type": "str"},
+            "git": {
+                "type": "dict",
+                "options": {
+                    "url": {"type": "str", "required": True},
+                    "ref": {"type": "str"},
+                    "lfs": {"type": "str", "choices": ["refuse", "ignore"]},
+                    "subdirectory": {"type": "str"},
+                    "headers": {"type": "dict", "no_log": True},
+                    "ssh_key": {"type": "dict", "aliases": ["sshKey"], "options": {
+                        "from_file": {"type": "path", "required": True, "aliases": ["fromFile"]}}},
+                    "known_hosts": {"type": "path", "aliases": ["knownHosts"]},
+                    "verify": {"type": "dict", "mutually_exclusive": [["allowed_signers", "gpg_keyring"]],
+                               "required_one_of": [["allowed_signers", "gpg_keyring"]], "options": {
+                                   "allowed_signers": {"type": "path", "aliases": ["allowedSigners"]},
+                                   "gpg_keyring": {"type": "path", "aliases": ["gpgKeyring"]}}},
+                },
+            },
             "headers": {"type": "dict", "no_log": True},
             "sha256": {"type": "str"},
-            "format": {"type": "str", "choices": ["auto", "tar", "tar.gz", "tar.bz2", "tar.xz", "tar.zst", "zip"]},
+            "format": {"type": "str",
+                       "choices": ["auto", "tar", "tar.gz", "tar.bz2", "tar.xz", "tar.zst", "zip", "deb"]},
+            "deb_root": {"type": "str", "aliases": ["debRoot"]},
             "strip_components": {"type": "raw", "aliases": ["stripComponents"]},
             "limits": {
                 "type": "dict",
@@ -530,13 +617,33 @@ def _header_value(key, value):
     return str(value)
 
 
+def _headers(headers):
+    return {str(k): _header_value(k, headers[k]) for k in sorted(headers, key=str)}
+
+
+def _git(git):
+    """spec.source.git, with the schema's key names, in its order."""
+    document = {key: git[key] for key in ("url", "ref", "lfs", "subdirectory") if git.get(key) is not None}
+    if git.get("headers") is not None:
+        document["headers"] = _headers(git["headers"])
+    if git.get("ssh_key") is not None:
+        document["sshKey"] = {"fromFile": git["ssh_key"]["from_file"]}
+    if git.get("known_hosts") is not None:
+        document["knownHosts"] = git["known_hosts"]
+    verify = git.get("verify")
+    if verify is not None:
+        document["verify"] = ({"allowedSigners": verify["allowed_signers"]} if verify.get("allowed_signers") is not None
+                              else {"gpgKeyring": verify["gpg_keyring"]})
+    return document
+
+
 def _source(source):
-    document = {"url": source["url"]}
+    document = {"url": source["url"]} if source.get("url") is not None else {"git": _git(source["git"])}
     if source.get("headers") is not None:
-        document["headers"] = {str(k): _header_value(k, source["headers"][k]) for k in sorted(source["headers"], key=str)}
-    for key in ("sha256", "format"):
-        if source.get(key) is not None:
-            document[key] = source[key]
+        document["headers"] = _headers(source["headers"])
+    for option, key in (("sha256", "sha256"), ("format", "format"), ("deb_root", "debRoot")):
+        if source.get(option) is not None:
+            document[key] = source[option]
     strip = source.get("strip_components")
     if strip is not None:
         if isinstance(strip, bool) or not (strip == "auto" or isinstance(strip, int) or str(strip).isdigit()):
@@ -668,10 +775,14 @@ def read_text(path):
 def hide_header_values(module, text):
     """Keep the header values of a manifest already on disk out of Ansible's output (its diff), like the new ones."""
     try:
-        headers = yaml.safe_load(text)["spec"]["source"]["headers"]
-        values = headers.values()
-    except Exception:  # not a manifest with headers: nothing to hide
+        source = yaml.safe_load(text)["spec"]["source"]
+    except Exception:  # not a manifest with a source: nothing to hide
         return
+    if not isinstance(source, dict):
+        return
+    git, values = source.get("git"), []
+    for headers in (source.get("headers"), git.get("headers") if isinstance(git, dict) else None):
+        values += list(headers.values()) if isinstance(headers, dict) else []
     for value in values:
         for item in value.values() if isinstance(value, dict) else [value]:
             if isinstance(item, str) and item:
