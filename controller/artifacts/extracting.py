@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import IO
 
 from controller import errors
-from controller.artifacts import archives, members
+from controller.artifacts import archives, members, modes
 
 MAX_NAME = 4096
 MAX_COMPONENT = 255
@@ -213,22 +213,22 @@ def _resolves_outside(root: str, name: str) -> bool:
 
 
 def _filtered_mode(entry: members.Entry, name: str, link: str, dest: str) -> int:
-    """The member's mode after tarfile.data_filter (or an equivalent where Python lacks it)."""
-    default = 0o755 if entry.type == "dir" else 0o644
-    mode = stat.S_IMODE(entry.mode) or default
+    """The member's mode on disk (modes.on_disk: tarfile.data_filter's arithmetic); links also go through
+    `tarfile.data_filter` itself where Python has it, for its link checks on top of tether's own (links are few:
+    its realpath walks cost too much for every file)."""
+    mode = modes.on_disk(entry.type, entry.mode)
     data_filter = getattr(tarfile, "data_filter", None)
-    if data_filter is None:
-        return (mode & 0o755) | (0o700 if entry.type == "dir" else 0o600)
+    if data_filter is None or entry.type not in ("symlink", "hardlink"):
+        return mode
     info = tarfile.TarInfo(name)
-    info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
-                 "hardlink": tarfile.LNKTYPE}[entry.type]
+    info.type = tarfile.SYMTYPE if entry.type == "symlink" else tarfile.LNKTYPE
     info.mode = mode
     info.linkname = link
     try:
-        filtered = data_filter(info, dest)
+        data_filter(info, dest)
     except tarfile.FilterError as exc:
         raise errors.ArchiveError(f"member {entry.name!r} was refused by tarfile's data filter: {exc}") from exc
-    return stat.S_IMODE(filtered.mode if filtered.mode is not None else default)
+    return mode
 
 
 def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None, budget: archives.Budget,
