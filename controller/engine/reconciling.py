@@ -181,9 +181,10 @@ class Engine:
         try:
             self._hooks(work, "beforeDeploy", deployment, previous)
             started = time.monotonic()
+            written: dict[str, extracting.Written] = {}  # the files with their digests, for record_digests
             try:
                 digest, size = self.fetcher.retrying(
-                    lambda: self._fetch(app, deployment, owner, url, headers, made, work.cancel), work.cancel)
+                    lambda: self._fetch(app, deployment, owner, url, headers, made, work.cancel, written), work.cancel)
             except errors.TetherError as exc:
                 self.on_fetch_failure(app.name, type(exc).__name__)
                 raise
@@ -200,7 +201,7 @@ class Engine:
         except hooks.HookFailed as exc:
             records.write_record(app.path, deployment, records.INCOMPLETE, error=str(exc))
             raise
-        drift.record_digests(app.path, deployment, links)
+        drift.record_digests(app.path, deployment, links, written)
         fsutil.sync_filesystem(target)
         observed = work.fresh(observed)
         record = records.write_record(app.path, deployment, records.COMPLETE, completedAt=self.clock(), sha256=digest,
@@ -211,9 +212,13 @@ class Engine:
 
     def _fetch(self, app: model.Application, deployment: str, owner: owners.Owner, url: str,
                headers: Mapping[str, str], made: os.stat_result,
-               cancel: threading.Event | None = None) -> tuple[str, int]:
-        """One attempt: download and extract into staging, verify, move into place; (sha256, bytes)."""
+               cancel: threading.Event | None = None,
+               written: dict[str, extracting.Written] | None = None) -> tuple[str, int]:
+        """One attempt: download and extract into staging, verify, move into place; (sha256, bytes). `written`
+        receives the files extracted, with their digests."""
         assert app.source is not None
+        if written is not None:
+            written.clear()  # a failed attempt's files are gone
         source = app.source
         stage = tempfile.mkdtemp(prefix=deployment + "-", dir=records.staging_dir(app.path))
         cache = artifact_cache.Entry(self.state_dir, app.name, deployment)
@@ -223,7 +228,7 @@ class Engine:
                 budget = archives.Budget(source.limits, lambda: download.received)
                 root = extracting.extract(download, stage, fmt=source.format, strip=source.strip_components,
                                           budget=budget, owner=owner, spool_dir=records.staging_dir(app.path),
-                                          checkpoint=self.checkpoint)
+                                          checkpoint=self.checkpoint, written=written)
                 download.drain()
                 digest, size = download.hexdigest(), download.received
                 if source.sha256 is not None and digest != source.sha256:
