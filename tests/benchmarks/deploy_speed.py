@@ -2,29 +2,30 @@
 
 A standalone script, not a pytest test:
 
-    .venv/bin/python tests/benchmarks/deploy_speed.py      # or: make bench
+    .venv/bin/python tests/benchmarks/deploy_speed.py [--shapes small,large,real] [--repeat 5] [--rate 200]
 
-It builds a deterministic tar.gz (20,000 files, ~85 MB uncompressed, one
-top-level directory), serves it with `python -m http.server` on 127.0.0.1,
-and times, side by side and interleaved:
+It builds deterministic tar.gz artifacts of three shapes (small: 20,000 files,
+~85 MB; large: one 250 MB poorly compressible binary plus a few small files;
+real: /usr/include and /usr/lib/python3*/, deep paths and real sizes), serves
+them on 127.0.0.1 (unlimited, and rate-limited for the streaming comparison),
+and times, side by side and interleaved, per shape:
 
   P1  HTTP on loopback -> `current` switched
       floor:  curl -sS -o f URL && mkdir d && tar xzf f -C d && ln -s d tmp && mv -T tmp current
-      stream: curl -sS URL | tar xzf - -C d && ln -s d tmp && mv -T tmp current   (context)
+      stream: curl -sS URL | tar xzf - -C d && ln -s d tmp && mv -T tmp current   (rate-limited, context)
       tether: write a manifest, run `tether reconcile` until it exits
   P2  local file -> `current` switched
       floor:  mkdir d && tar xzf f -C d && ln -s d tmp && mv -T tmp current
       tether: the same with a file:// source.url
 
-Every run starts in a fresh, empty directory and with no dirty pages left over
-from the previous run (an untimed sync(2)), so that tether's own syncfs(2) pays
-only for what it wrote itself. The run directories are all removed at the end,
-not between runs: on ext4 without a journal, creating files is several times
-slower for minutes after many files were deleted (the inode allocator skips
-recently deleted inodes), which would tax whichever variant runs next. For
-the same reason, give the file system a few minutes between two invocations.
-Page caches are not dropped; instead one untimed warm-up of each variant comes
-first, and the artifact is hot in the page cache for every variant alike.
+Run as root, every run gets a fresh ext4 of its own (a loop-mounted image in
+/dev/shm, removed after the run): on ext4 file creation slows for minutes after
+mass deletions, and a shared file system makes syncfs(2) flush other processes'
+pages. Otherwise every run gets a fresh directory after an untimed sync(2), and
+the directories are removed at the end. Each run reports wall time and CPU time
+(user + sys of the command and the children it reaped, from wait4): on a shared
+machine the CPU ratio is the guide. Page caches are not dropped; one untimed
+warm-up of each variant comes first.
 """
 
 from __future__ import annotations
