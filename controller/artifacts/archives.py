@@ -122,6 +122,8 @@ class Budget:
                 f"the archive has more than {self.limits.max_members} members (limits.maxMembers) "
                 f"at {name!r}; raise the limit if this is expected"
             )
+        if name.count("/") < self.limits.max_depth:  # fewer separators than levels allowed: not too deep
+            return
         depth = sum(1 for part in name.split("/") if part not in ("", "."))
         if depth > self.limits.max_depth:
             raise errors.ArchiveError(

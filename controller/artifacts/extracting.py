@@ -1,17 +1,22 @@
 """Safe extraction of tar and zip archives into a fresh directory.
 
 Every member goes through tether's own filter first (names, types, links,
-modes, limits), then through `tarfile.data_filter` where Python has it, and
-is written with O_EXCL|O_NOFOLLOW below a directory that tether just created
-and that no archive member can redirect.
+limits), gets the data filter's mode (modes.py; links also go through
+`tarfile.data_filter` itself where Python has it), and is written with
+O_EXCL|O_NOFOLLOW relative to a descriptor of a directory that tether just
+created and that no archive member can redirect. Decompression runs ahead on
+a second thread (readahead.py); file digests are taken as the bytes pass.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
+import hashlib
 import io
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -20,19 +25,23 @@ from collections.abc import Callable, Iterator
 from typing import IO
 
 from controller import errors
-from controller.artifacts import archives, deb_package, members
+from controller.artifacts import archives, deb_package, members, modes, readahead
 
 MAX_NAME = 4096
 MAX_COMPONENT = 255
 MAX_SYMLINK_HOPS = 40  # as Linux: a path that needs more does not resolve at all (ELOOP)
+MAX_DIR_FDS = 64  # descriptors of recently used directories the writer keeps open
 CHUNK = 1024 * 1024
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 Owner = tuple[int, int] | None
+CONTROL = re.compile("[\x00-\x1f\x7f]")
 NAME_ERRORS = (errno.ENAMETOOLONG, errno.EILSEQ, errno.ELOOP, errno.EEXIST)  # the archive's names cause these
 
 
 def clean_name(raw: str, strip: int) -> str | None:
     """The relative path a member may be written to, or None for the archive root."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+    if CONTROL.search(raw):
         raise errors.ArchiveError(f"member {raw!r} has a control character in its name")
     if not _utf8(raw):
         raise errors.ArchiveError(f"member {raw!r} has a name that is not valid UTF-8")
@@ -41,16 +50,38 @@ def clean_name(raw: str, strip: int) -> str | None:
     parts = [p for p in raw.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise errors.ArchiveError(f"member {raw!r} has '..' in its name; it would escape the deployment")
-    if len(raw.encode("utf-8", "surrogateescape")) > MAX_NAME or any(
+    size = len(raw.encode("utf-8", "surrogateescape"))
+    if size > MAX_NAME or (size > MAX_COMPONENT and any(
         len(p.encode("utf-8", "surrogateescape")) > MAX_COMPONENT for p in parts
-    ):
+    )):
         raise errors.ArchiveError(f"member {raw[:80]!r}... has a name longer than the filesystem allows")
     parts = parts[strip:]
     return "/".join(parts) if parts else None
 
 
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """A regular file as the writer left it: its content digest, and the stat fields that change with its content.
+
+    tree.digests takes the digest instead of reading the file back when the file
+    still has the same inode, size, mtime and ctime (any write changes ctime).
+    """
+
+    sha256: str
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
 class Writer:
-    """Writes entries below `dest`, refusing anything that could escape or surprise."""
+    """Writes entries below `dest`, refusing anything that could escape or surprise.
+
+    Everything is created relative to descriptors of directories the writer made
+    itself (each opened O_NOFOLLOW below the last), with O_EXCL|O_NOFOLLOW: the
+    staging directory is tether's own and fresh, so an entry can only collide
+    with what the archive itself created, which the writer's sets know.
+    """
 
     def __init__(self, dest: str, strip: int | None, owner: Owner, budget: archives.Budget,
                  checkpoint: Callable[[str], None]) -> None:
@@ -62,24 +93,57 @@ class Writer:
         self.dirs: dict[str, int] = {}  # directory -> mode to apply at the end
         self.files: set[str] = set()
         self.symlinks: set[str] = set()
+        self.written: dict[str, Written] = {}  # regular file -> its digest as written
+        self._root = os.open(dest, DIR_FLAGS)
+        self._fds: collections.OrderedDict[str, int] = collections.OrderedDict()  # directory -> descriptor, LRU
 
-    def _chown(self, path: str) -> None:
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        os.close(self._root)
+
+    def _dir_fd(self, name: str) -> int:
+        """A descriptor of the directory `name` (relative to dest, "" for dest), which the writer created."""
+        if not name:
+            return self._root
+        fd = self._fds.get(name)
+        if fd is not None:
+            self._fds.move_to_end(name)
+            return fd
+        parent, _, base = name.rpartition("/")
+        fd = os.open(base, DIR_FLAGS, dir_fd=self._dir_fd(parent))
+        self._fds[name] = fd
+        if len(self._fds) > MAX_DIR_FDS:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def _chown(self, base: str, dir_fd: int) -> None:
         if self.owner is not None:
-            os.chown(path, *self.owner, follow_symlinks=False)
+            os.chown(base, *self.owner, dir_fd=dir_fd, follow_symlinks=False)
 
-    def _parents(self, name: str, raw: str) -> None:
-        parts = name.split("/")[:-1]
+    def _mkdir(self, name: str) -> None:
+        parent, _, base = name.rpartition("/")
+        dir_fd = self._dir_fd(parent)
+        os.mkdir(base, 0o700, dir_fd=dir_fd)
+        self._chown(base, dir_fd)
+
+    def _parents(self, name: str, raw: str) -> str:
+        """Create the missing parents of `name`; return its parent ("" for dest)."""
+        parent = name.rpartition("/")[0]
+        if not parent or parent in self.dirs:  # a directory the writer made: so were all above it
+            return parent
+        parts = parent.split("/")
         for index in range(len(parts)):
-            parent = "/".join(parts[: index + 1])
-            if parent in self.symlinks:
-                raise errors.ArchiveError(f"member {raw!r} would be written through the symlink {parent!r}")
-            if parent in self.files:
-                raise errors.ArchiveError(f"member {raw!r} is below {parent!r}, which is a file")
-            if parent not in self.dirs:
-                path = os.path.join(self.dest, parent)
-                os.mkdir(path, 0o700)
-                self._chown(path)
-                self.dirs[parent] = 0o755
+            above = "/".join(parts[: index + 1])
+            if above in self.symlinks:
+                raise errors.ArchiveError(f"member {raw!r} would be written through the symlink {above!r}")
+            if above in self.files:
+                raise errors.ArchiveError(f"member {raw!r} is below {above!r}, which is a file")
+            if above not in self.dirs:
+                self._mkdir(above)
+                self.dirs[above] = 0o755
+        return parent
 
     def add(self, entry: members.Entry) -> None:
         try:
@@ -101,27 +165,28 @@ class Writer:
             return
         if name in self.files or name in self.symlinks or (name in self.dirs and entry.type != "dir"):
             raise errors.ArchiveError(f"member {entry.name!r} appears twice in the archive")
-        self._parents(name, entry.name)
+        parent = self._parents(name, entry.name)
         link = self._hardlink_target(entry, strip) if entry.type == "hardlink" else entry.target
         mode = _filtered_mode(entry, name, link, self.dest)
-        path = os.path.join(self.dest, name)
+        base = name[len(parent) + 1:] if parent else name
         if entry.type == "dir":
             if name not in self.dirs:
-                os.mkdir(path, 0o700)
-                self._chown(path)
+                self._mkdir(name)
             self.dirs[name] = mode
         elif entry.type == "file":
-            self._write_file(path, entry, mode)
+            self._write_file(name, self._dir_fd(parent), base, entry, mode)
             self.files.add(name)
         elif entry.type == "symlink":
-            self._symlink(path, name, entry)
+            self._symlink(self._dir_fd(parent), base, name, entry)
         else:
             target = link
             if target not in self.files:
                 raise errors.ArchiveError(
                     f"member {entry.name!r} is a hardlink to {entry.target!r}, which is not an earlier file of the archive"
                 )
-            os.link(os.path.join(self.dest, target), path, follow_symlinks=False)
+            above, _, target_base = target.rpartition("/")
+            os.link(target_base, base, src_dir_fd=self._dir_fd(above), dst_dir_fd=self._dir_fd(parent),
+                    follow_symlinks=False)
             self.files.add(name)
 
     @staticmethod
@@ -134,19 +199,29 @@ class Writer:
                 "valid name; hardlinks may only point to earlier files of the archive"
             ) from exc
 
-    def _write_file(self, path: str, entry: members.Entry, mode: int) -> None:
+    def _write_file(self, name: str, dir_fd: int, base: str, entry: members.Entry, mode: int) -> None:
         assert entry.data is not None
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb", buffering=0) as out, entry.data() as source:
-            shutil.copyfileobj(source, out, CHUNK)
+        fd = os.open(base, FILE_FLAGS, 0o600, dir_fd=dir_fd)
+        try:
+            digest = hashlib.sha256()
+            with entry.data() as source:
+                while chunk := source.read(CHUNK):  # a small member: one read, one write
+                    digest.update(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
             if self.owner is not None:
                 os.fchown(fd, *self.owner)
             os.fchmod(fd, mode)
             os.utime(fd, (entry.mtime, entry.mtime))
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        self.written[name] = Written(digest.hexdigest(), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if len(self.files) == 0:
             self.checkpoint("extracting")
 
-    def _symlink(self, path: str, name: str, entry: members.Entry) -> None:
+    def _symlink(self, dir_fd: int, base: str, name: str, entry: members.Entry) -> None:
         target = entry.target
         if target.startswith("/"):
             raise errors.ArchiveError(
@@ -157,8 +232,8 @@ class Writer:
         resolved = os.path.normpath(os.path.join(os.path.dirname(name), target))
         if resolved == ".." or resolved.startswith("../"):
             raise errors.ArchiveError(f"member {entry.name!r} is a symlink to {target!r}, outside the deployment")
-        os.symlink(target, path)
-        self._chown(path)
+        os.symlink(target, base, dir_fd=dir_fd)
+        self._chown(base, dir_fd)
         self.symlinks.add(name)
 
     def finish(self, auto_strip: bool) -> str:
@@ -214,22 +289,22 @@ def _resolves_outside(root: str, name: str) -> bool:
 
 
 def _filtered_mode(entry: members.Entry, name: str, link: str, dest: str) -> int:
-    """The member's mode after tarfile.data_filter (or an equivalent where Python lacks it)."""
-    default = 0o755 if entry.type == "dir" else 0o644
-    mode = stat.S_IMODE(entry.mode) or default
+    """The member's mode on disk (modes.on_disk: tarfile.data_filter's arithmetic); links also go through
+    `tarfile.data_filter` itself where Python has it, for its link checks on top of tether's own (links are few:
+    its realpath walks cost too much for every file)."""
+    mode = modes.on_disk(entry.type, entry.mode)
     data_filter = getattr(tarfile, "data_filter", None)
-    if data_filter is None:
-        return (mode & 0o755) | (0o700 if entry.type == "dir" else 0o600)
+    if data_filter is None or entry.type not in ("symlink", "hardlink"):
+        return mode
     info = tarfile.TarInfo(name)
-    info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
-                 "hardlink": tarfile.LNKTYPE}[entry.type]
+    info.type = tarfile.SYMTYPE if entry.type == "symlink" else tarfile.LNKTYPE
     info.mode = mode
     info.linkname = link
     try:
-        filtered = data_filter(info, dest)
+        data_filter(info, dest)
     except tarfile.FilterError as exc:
         raise errors.ArchiveError(f"member {entry.name!r} was refused by tarfile's data filter: {exc}") from exc
-    return stat.S_IMODE(filtered.mode if filtered.mode is not None else default)
+    return mode
 
 
 def _below(entries: Iterator[members.Entry], root: str, budget: archives.Budget) -> Iterator[members.Entry]:
@@ -259,13 +334,15 @@ def _below(entries: Iterator[members.Entry], root: str, budget: archives.Budget)
 
 def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None, budget: archives.Budget,
             owner: Owner, spool_dir: str, checkpoint: Callable[[str], None] = lambda step: None,
-            deb_root: str | None = None) -> str:
+            deb_root: str | None = None, written: dict[str, Written] | None = None) -> str:
     """Extract the archive read from `source` into the empty directory `dest`.
 
     Returns the root of the extracted tree (below `dest` when `strip` is None,
     meaning auto, and the archive has a single top-level directory). A Debian
     package's data member is extracted (below `deb_root` only, if given) with
-    auto meaning no strip: its tree starts at the file system's root.
+    auto meaning no strip: its tree starts at the file system's root. `written`,
+    when given, receives every regular file written, by its path below that root,
+    with its content digest (for tree.digests, which then need not read it back).
     """
     head = archives.read_head(source)
     detected = archives.detect(head)
@@ -280,6 +357,19 @@ def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None
         raise errors.ArchiveError(f"source.debRoot is set but the artifact is {detected}, not a Debian package; "
                                   "remove source.debRoot or fix the URL")
     writer = Writer(dest, strip, owner, budget, checkpoint)
+    try:
+        root = _extract(stream, detected, writer, budget, spool_dir, auto_strip=strip is None, package=package,
+                        deb_root=deb_root)
+    finally:
+        writer.close()
+    if written is not None:
+        prefix = "" if root == dest else os.path.relpath(root, dest) + "/"
+        written.update((name[len(prefix):], file) for name, file in writer.written.items() if name.startswith(prefix))
+    return root
+
+
+def _extract(stream: IO[bytes], detected: str, writer: Writer, budget: archives.Budget, spool_dir: str,
+             auto_strip: bool, package: deb_package.Package | None, deb_root: str | None) -> str:
     if detected == "zip":
         fd, spool = tempfile.mkstemp(prefix=".zip-", dir=spool_dir)
         try:
@@ -290,19 +380,23 @@ def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None
         finally:
             os.unlink(spool)
     else:
-        tar_stream = io.BufferedReader(archives.Metered(archives.decompressed(stream, detected), budget), CHUNK)
-        entries = members.tar_entries(tar_stream)
+        ahead = readahead.Reader(lambda: archives.decompressed(stream, detected))  # on a second thread
         try:
-            for entry in entries if deb_root is None else _below(entries, deb_root, budget):
-                writer.add(entry)
-            while tar_stream.read(CHUNK):  # the rest: padding, and the compressor's checksum
-                pass
-        except tarfile.TarError as exc:  # raised while a member's data is copied
-            raise errors.ArchiveError(f"the archive is truncated or not a valid tar file: {exc}") from exc
-        except errors.ArchiveError as exc:
-            if package is None:
-                raise
-            raise errors.ArchiveError(f"in the package's {package.data_name}: {exc}") from exc
+            tar_stream = io.BufferedReader(archives.Metered(ahead, budget), CHUNK)
+            entries = members.tar_entries(tar_stream)
+            try:
+                for entry in entries if deb_root is None else _below(entries, deb_root, budget):
+                    writer.add(entry)
+                while tar_stream.read(CHUNK):  # the rest: padding, and the compressor's checksum
+                    pass
+            except tarfile.TarError as exc:  # raised while a member's data is copied
+                raise errors.ArchiveError(f"the archive is truncated or not a valid tar file: {exc}") from exc
+            except errors.ArchiveError as exc:
+                if package is None:
+                    raise
+                raise errors.ArchiveError(f"in the package's {package.data_name}: {exc}") from exc
+        finally:
+            ahead.close()  # the thread is stopped and joined: `source` is the caller's again
         if package is not None:
             package.finish()
-    return writer.finish(auto_strip=strip is None)
+    return writer.finish(auto_strip=auto_strip)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import re
 import stat
@@ -35,6 +34,7 @@ class Entry:
     mtime: float = 0.0
     target: str = ""  # link target for symlink and hardlink
     data: Callable[[], IO[bytes]] | None = None
+    size: int = -1  # bytes of data, when the archive says (-1: unknown)
 
 
 class _StrictTarInfo(tarfile.TarInfo):
@@ -121,31 +121,41 @@ def _tar_entry(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Entry:
     if not math.isfinite(mtime) or abs(mtime) > MAX_TIME:
         raise errors.ArchiveError(f"member {member.name!r} has the invalid modification time {member.mtime!r}; "
                                   "the archive is corrupt or hostile")
-    return Entry(member.name, kind, member.mode, mtime, member.linkname, data)
+    return Entry(member.name, kind, member.mode, mtime, member.linkname, data, member.size if data else -1)
 
 
-class _Guarded(io.RawIOBase):
-    """A member's data; an error of the reader, from the untrusted archive, is an ArchiveError."""
+class _Data:
+    """A member's data, read straight from the tar stream (where tarfile's stream mode leaves it after the
+    header); short data is a truncated archive. tarfile's next() skips whatever is left unread."""
 
-    def __init__(self, source: IO[bytes], what: str) -> None:
-        self._source, self._what = source, what
+    def __init__(self, stream: IO[bytes], size: int) -> None:
+        self._stream, self._left = stream, size
 
-    def readable(self) -> bool:
-        return True
+    def __enter__(self) -> Self:
+        return self
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        with archives.untrusted(self._what):
-            data = self._source.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def read(self, size: int = -1) -> bytes:
+        count = self._left if size < 0 else min(size, self._left)
+        if count <= 0:
+            return b""
+        with archives.untrusted("tar file"):
+            data = self._stream.read(count)
+        if len(data) < count:
+            raise errors.ArchiveError("the archive is truncated or not a valid tar file: unexpected end of data")
+        self._left -= count
+        return data
 
 
 def _once(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Callable[[], IO[bytes]]:
     def open_data() -> IO[bytes]:
+        stream = tar.fileobj
+        assert stream is not None
         with archives.untrusted("tar file"):
-            data = tar.extractfile(member)
-        assert data is not None
-        return _Guarded(data, "tar file")  # type: ignore[return-value]
+            stream.seek(member.offset_data)  # where it is already: a stream seeks forward only
+        return _Data(stream, member.size)  # type: ignore[arg-type, return-value]
 
     return open_data
 

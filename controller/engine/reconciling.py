@@ -205,11 +205,13 @@ class Engine:
             self._hooks(work, "beforeDeploy", deployment, previous)
             started = time.monotonic()
             revision: list[str] = []  # the commit a git source's ref resolved to
+            written: dict[str, extracting.Written] = {}  # the files with their digests, for record_digests
 
             def attempt() -> tuple[str, int]:
                 if git is None:
-                    return self._fetch(app, deployment, owner, url, headers, made, work.cancel)
-                digest, size, commit = self._fetch_git(app, deployment, owner, work.headers, made, work.cancel)
+                    return self._fetch(app, deployment, owner, url, headers, made, work.cancel, written)
+                digest, size, commit = self._fetch_git(app, deployment, owner, work.headers, made, work.cancel,
+                                                       written)
                 revision[:] = [commit]
                 return digest, size
 
@@ -231,7 +233,7 @@ class Engine:
         except hooks.HookFailed as exc:
             records.write_record(app.path, deployment, records.INCOMPLETE, error=str(exc))
             raise
-        drift.record_digests(app.path, deployment, links)
+        drift.record_digests(app.path, deployment, links, written)
         fsutil.sync_filesystem(target)
         observed = work.fresh(observed)
         record = records.write_record(app.path, deployment, records.COMPLETE, completedAt=self.clock(), sha256=digest,
@@ -243,9 +245,13 @@ class Engine:
 
     def _fetch(self, app: model.Application, deployment: str, owner: owners.Owner, url: str,
                headers: Mapping[str, str], made: os.stat_result,
-               cancel: threading.Event | None = None) -> tuple[str, int]:
-        """One attempt: download and extract into staging, verify, move into place; (sha256, bytes)."""
+               cancel: threading.Event | None = None,
+               written: dict[str, extracting.Written] | None = None) -> tuple[str, int]:
+        """One attempt: download and extract into staging, verify, move into place; (sha256, bytes). `written`
+        receives the files extracted, with their digests."""
         assert app.source is not None
+        if written is not None:
+            written.clear()  # a failed attempt's files are gone
         source = app.source
         stage = tempfile.mkdtemp(prefix=deployment + "-", dir=records.staging_dir(app.path))
         cache = artifact_cache.Entry(self.state_dir, app.name, deployment)
@@ -255,7 +261,7 @@ class Engine:
                 budget = archives.Budget(source.limits, lambda: download.received)
                 root = extracting.extract(download, stage, fmt=source.format, strip=source.strip_components,
                                           budget=budget, owner=owner, spool_dir=records.staging_dir(app.path),
-                                          checkpoint=self.checkpoint, deb_root=source.deb_root)
+                                          checkpoint=self.checkpoint, deb_root=source.deb_root, written=written)
                 download.drain()
                 digest, size = download.hexdigest(), download.received
                 if source.sha256 is not None and digest != source.sha256:
@@ -270,13 +276,16 @@ class Engine:
         return digest, size
 
     def _fetch_git(self, app: model.Application, deployment: str, owner: owners.Owner, headers: Mapping[str, str],
-                   made: os.stat_result, cancel: threading.Event | None = None) -> tuple[str, int, str]:
+                   made: os.stat_result, cancel: threading.Event | None = None,
+                   written: dict[str, extracting.Written] | None = None) -> tuple[str, int, str]:
         """One attempt for a git source: mirror, resolve, verify, extract, move into place; (sha256, bytes, commit)."""
+        if written is not None:
+            written.clear()  # a failed attempt's files are gone
         stage = tempfile.mkdtemp(prefix=deployment + "-", dir=records.staging_dir(app.path))
         try:
             done = git_source.deploy(self.state_dir, app, deployment, stage, owner=owner,
                                      spool_dir=records.staging_dir(app.path), headers=headers, environ=self.environ,
-                                     cancel=cancel, checkpoint=self.checkpoint)
+                                     cancel=cancel, checkpoint=self.checkpoint, written=written)
             _move_entries(done.root, os.path.join(app.path, deployment), made)
         finally:
             fsutil.remove_tree(stage)

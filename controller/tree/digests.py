@@ -8,11 +8,13 @@ read through O_NOFOLLOW descriptors: a symlink is recorded, never followed.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from collections.abc import Callable, Collection, Mapping
 
 from controller import errors, formats, fsutil, nofollow
+from controller.artifacts import extracting
 from controller.tree import persistent_data, records
 
 VERSION = 1
@@ -52,9 +54,18 @@ def _mode(st: os.stat_result) -> str:
     return f"{stat.S_IMODE(st.st_mode):04o}"
 
 
-def scan(root: str, skip: Callable[[str], bool], links: Mapping[str, str]) -> dict[str, Entry]:
+def _unchanged(st: os.stat_result, file: extracting.Written | None) -> bool:
+    return (file is not None and st.st_ino == file.ino and st.st_size == file.size
+            and st.st_mtime_ns == file.mtime_ns and st.st_ctime_ns == file.ctime_ns)
+
+
+def scan(root: str, skip: Callable[[str], bool], links: Mapping[str, str],
+         written: Mapping[str, extracting.Written] | None = None) -> dict[str, Entry]:
     """Every entry below `root` by relative path, except `skip`ped subtrees; `links` (path -> target) are
-    taken as links and not descended. Iterative at any depth (nofollow.walk_tree)."""
+    taken as links and not descended. Iterative at any depth (nofollow.walk_tree). A file in `written` whose
+    inode, size, mtime and ctime are still as the extraction left them is not read again: any write since
+    changes its ctime (the kernel sets it; a process cannot set it back)."""
+    written = written or {}
     found: dict[str, Entry] = {}
     buffer = bytearray(CHUNK)
 
@@ -77,6 +88,9 @@ def scan(root: str, skip: Callable[[str], bool], links: Mapping[str, str]) -> di
                         found[rel] = {"type": "link", "mode": "0777", "target": os.readlink(item.name, dir_fd=dir_fd)}
                     elif stat.S_ISDIR(st.st_mode):
                         subdirs.append(item.name)
+                    elif stat.S_ISREG(st.st_mode) and _unchanged(st, file := written.get(rel)):
+                        assert file is not None
+                        found[rel] = {"type": "file", "mode": _mode(st), "sha256": file.sha256}
                     elif stat.S_ISREG(st.st_mode):
                         st, digest = sha256(item.name, dir_fd, buffer)
                         found[rel] = {"type": "file", "mode": _mode(st), "sha256": digest or ""}
@@ -99,15 +113,18 @@ def scan(root: str, skip: Callable[[str], bool], links: Mapping[str, str]) -> di
     return found
 
 
-def record(path: str, deployment: str, links: Collection[str]) -> None:
-    """Walk `<path>/<deployment>` and write its digest list atomically; `links` are persistent-data leaves."""
+def record(path: str, deployment: str, links: Collection[str],
+           written: Mapping[str, extracting.Written] | None = None) -> None:
+    """Walk `<path>/<deployment>` and write its digest list atomically; `links` are persistent-data leaves;
+    `written`: the files as extraction wrote them (by path below the deployment), not read again if unchanged."""
     targets = {leaf: os.path.join(persistent_data.root(path), leaf) for leaf in links}
-    entries = scan(os.path.join(path, deployment), lambda rel: False, targets)
+    entries = scan(os.path.join(path, deployment), lambda rel: False, targets, written)
     for leaf, target in targets.items():  # a link tether made is recorded even if it is gone already
         entries.setdefault(leaf, {"type": "link", "mode": "0777", "target": target})
     fsutil.makedirs(os.path.dirname(digests_path(path, deployment)))
-    fsutil.atomic_write_json(digests_path(path, deployment),
-                             formats.stamped({"version": VERSION, "deployment": deployment, "entries": entries}))
+    document = formats.stamped({"version": VERSION, "deployment": deployment, "entries": entries})
+    # the same JSON as fsutil.atomic_write_json, without its indent: json's C encoder (5x faster at 20k entries)
+    fsutil.atomic_write(digests_path(path, deployment), (json.dumps(document, sort_keys=True) + "\n").encode(), 0o644)
 
 
 def read(path: str, deployment: str) -> dict[str, Entry]:

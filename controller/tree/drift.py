@@ -19,7 +19,7 @@ import re
 import secrets
 import stat
 import tempfile
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from controller import errors, formats, fsutil, nofollow
 from controller.artifacts import archives, extracting, git_source
@@ -56,9 +56,11 @@ class Content:
         return sorted([*self.changed, *self.added, *self.removed])
 
 
-def record_digests(path: str, deployment: str, links: Collection[str]) -> None:
-    """Record the deployment's tree for content drift; call it just before marking the deployment complete."""
-    digests.record(path, deployment, links)
+def record_digests(path: str, deployment: str, links: Collection[str],
+                   written: Mapping[str, extracting.Written] | None = None) -> None:
+    """Record the deployment's tree for content drift; call it just before marking the deployment complete.
+    `written`: the files as extraction wrote them, with their digests (read again only if changed since)."""
+    digests.record(path, deployment, links, written)
 
 
 def wrong_links(path: str, deployment: str, links: Collection[str]) -> list[str]:

@@ -2,29 +2,30 @@
 
 A standalone script, not a pytest test:
 
-    .venv/bin/python tests/benchmarks/deploy_speed.py      # or: make bench
+    .venv/bin/python tests/benchmarks/deploy_speed.py [--shapes small,large,real] [--repeat 5] [--rate 200]
 
-It builds a deterministic tar.gz (20,000 files, ~85 MB uncompressed, one
-top-level directory), serves it with `python -m http.server` on 127.0.0.1,
-and times, side by side and interleaved:
+It builds deterministic tar.gz artifacts of three shapes (small: 20,000 files,
+~85 MB; large: one 250 MB poorly compressible binary plus a few small files;
+real: /usr/include and /usr/lib/python3*/, deep paths and real sizes), serves
+them on 127.0.0.1 (unlimited, and rate-limited for the streaming comparison),
+and times, side by side and interleaved, per shape:
 
   P1  HTTP on loopback -> `current` switched
       floor:  curl -sS -o f URL && mkdir d && tar xzf f -C d && ln -s d tmp && mv -T tmp current
-      stream: curl -sS URL | tar xzf - -C d && ln -s d tmp && mv -T tmp current   (context)
+      stream: curl -sS URL | tar xzf - -C d && ln -s d tmp && mv -T tmp current   (rate-limited, context)
       tether: write a manifest, run `tether reconcile` until it exits
   P2  local file -> `current` switched
       floor:  mkdir d && tar xzf f -C d && ln -s d tmp && mv -T tmp current
       tether: the same with a file:// source.url
 
-Every run starts in a fresh, empty directory and with no dirty pages left over
-from the previous run (an untimed sync(2)), so that tether's own syncfs(2) pays
-only for what it wrote itself. The run directories are all removed at the end,
-not between runs: on ext4 without a journal, creating files is several times
-slower for minutes after many files were deleted (the inode allocator skips
-recently deleted inodes), which would tax whichever variant runs next. For
-the same reason, give the file system a few minutes between two invocations.
-Page caches are not dropped; instead one untimed warm-up of each variant comes
-first, and the artifact is hot in the page cache for every variant alike.
+Run as root, every run gets a fresh ext4 of its own (a loop-mounted image in
+/dev/shm, removed after the run): on ext4 file creation slows for minutes after
+mass deletions, and a shared file system makes syncfs(2) flush other processes'
+pages. Otherwise every run gets a fresh directory after an untimed sync(2), and
+the directories are removed at the end. Each run reports wall time and CPU time
+(user + sys of the command and the children it reaped, from wait4): on a shared
+machine the CPU ratio is the guide. Page caches are not dropped; one untimed
+warm-up of each variant comes first.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import platform
 import random
 import re
 import shutil
+import stat
 import statistics
 import subprocess
 import sys
@@ -142,22 +144,139 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def build_large(path: Path, *, size: int = 250_000_000, small: int = 20) -> dict[str, int]:
+    """One poorly compressible binary of `size` bytes plus a few small files, below TOP (design 9's large shape)."""
+    rng = random.Random(SEED + 1)
+    block = rng.randbytes(1 << 20)
+    total = 0
+    with path.open("wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as packed, \
+            tarfile.open(fileobj=packed, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+        for name in (TOP, f"{TOP}/bin", f"{TOP}/etc"):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, MTIME
+            tar.addfile(info)
+
+        class Binary(io.RawIOBase):
+            """Machine-code-like bytes: random blocks, one in four runs of zeros (compresses about 1.3:1)."""
+
+            def __init__(self) -> None:
+                self.left, self.index = size, 0
+
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+                count = min(len(buffer), self.left, 1 << 16)
+                offset = (self.index * 7919) % ((1 << 20) - (1 << 16))
+                chunk = bytes(count) if self.index % 4 == 3 else block[offset:offset + count]
+                buffer[:count] = chunk
+                self.left -= count
+                self.index += 1
+                return count
+
+        info = tarfile.TarInfo(f"{TOP}/bin/server")
+        info.size, info.mode, info.mtime = size, 0o755, MTIME
+        tar.addfile(info, io.BufferedReader(Binary(), 1 << 20))
+        total += size
+        for index in range(small):
+            data = (f"setting{index} = {index * 37}\n" * (50 + index * 20)).encode()
+            info = tarfile.TarInfo(f"{TOP}/etc/config-{index:02d}.conf")
+            info.size, info.mode, info.mtime = len(data), 0o644, MTIME
+            tar.addfile(info, io.BytesIO(data))
+            total += len(data)
+    return {"files": small + 1, "directories": 3, "uncompressed": total, "compressed": path.stat().st_size}
+
+
+REAL_SOURCES = ("/usr/include", *sorted(str(p) for p in Path("/usr/lib").glob("python3*")))
+
+
+def build_real(path: Path) -> dict[str, int]:
+    """Real files: /usr/include and /usr/lib/python3*/ below TOP (deep paths, real sizes); unreadable ones skipped."""
+    files = directories = total = 0
+    with path.open("wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as packed, \
+            tarfile.open(fileobj=packed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(TOP)
+        info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, MTIME
+        tar.addfile(info)
+        directories += 1
+        for source in REAL_SOURCES:
+            if not os.path.isdir(source):
+                continue
+            for parent, dirs, names in os.walk(source):
+                dirs.sort()
+                rel = f"{TOP}/{source.strip('/').replace('/', '-')}/{os.path.relpath(parent, source)}".rstrip("/.")
+                info = tarfile.TarInfo(rel)
+                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, MTIME
+                tar.addfile(info)
+                directories += 1
+                for name in sorted(names):
+                    full = os.path.join(parent, name)
+                    try:
+                        st = os.lstat(full)
+                        if not stat.S_ISREG(st.st_mode):
+                            continue
+                        with open(full, "rb") as handle:
+                            data = handle.read()
+                    except OSError:
+                        continue
+                    info = tarfile.TarInfo(f"{rel}/{name}")
+                    info.size, info.mode, info.mtime = len(data), stat.S_IMODE(st.st_mode) & 0o755, int(st.st_mtime)
+                    tar.addfile(info, io.BytesIO(data))
+                    files += 1
+                    total += len(data)
+    return {"files": files, "directories": directories, "uncompressed": total, "compressed": path.stat().st_size}
+
+
+SHAPES: dict[str, tuple[Callable[[Path], dict[str, int]], str]] = {
+    "small": (build_artifact, "s00-assets"),  # builder, a directory below TOP that proves the tree is there
+    "large": (build_large, "bin"),
+    "real": (build_real, "usr-include"),
+}
+
+
 # ---------------------------------------------------------------- the server
 
 
-class Server:
-    """`python -m http.server` on 127.0.0.1, port 0, serving one directory."""
+SERVE_CODE = """
+import http.server, os, socketserver, sys, time
+directory, rate = sys.argv[1], float(sys.argv[2])
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *a, **k):
+        super().__init__(*a, directory=directory, **k)
+    def log_message(self, *a):
+        pass
+    def copyfile(self, source, out):
+        if rate <= 0:
+            return super().copyfile(source, out)
+        start, sent = time.monotonic(), 0
+        while chunk := source.read(64 * 1024):
+            out.write(chunk)
+            sent += len(chunk)
+            ahead = sent / rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+server = Server(("127.0.0.1", 0), Handler)
+print("port", server.server_address[1], flush=True)
+server.serve_forever()
+"""
 
-    def __init__(self, directory: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(directory)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+class Server:
+    """An HTTP server on 127.0.0.1, port 0, serving one directory; `rate` bytes/s per response (0: unlimited)."""
+
+    def __init__(self, directory: Path, rate: float = 0) -> None:
+        self.process = subprocess.Popen([sys.executable, "-u", "-c", SERVE_CODE, str(directory), str(rate)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         found = re.search(r"port (\d+)", line)
         if not found:
             self.close()
-            raise RuntimeError(f"http.server did not say which port it uses: {line!r}")
+            raise RuntimeError(f"the benchmark's HTTP server did not say which port it uses: {line!r}")
         self.port = int(found.group(1))
 
     def url(self, name: str) -> str:
@@ -193,27 +312,45 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
 
 
-def shell(command: str) -> Callable[[Path], float]:
-    """A floor variant: `command` run by bash in a fresh directory; wall time of the whole command."""
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    wall: float
+    cpu: float  # user + sys of the child and everything it waited for
 
-    def run(root: Path) -> float:
+
+def timed(command: list[str], cwd: Path, before: Callable[[], None] = lambda: None) -> tuple[Timing, int, str]:
+    """Run `command`; its wall time, its CPU (os.wait4: the child and its reaped descendants), exit code, output."""
+    with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
-        done = subprocess.run(["bash", "-c", command], cwd=root, env=_env(), capture_output=True, text=True)
+        before()
+        process = subprocess.Popen(command, cwd=cwd, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
         elapsed = time.perf_counter() - start
-        if done.returncode != 0:
-            raise RuntimeError(f"{command!r} failed ({done.returncode}): {done.stderr.strip()}")
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    return Timing(elapsed, usage.ru_utime + usage.ru_stime), process.returncode, text
+
+
+def shell(command: str, probe: str) -> Callable[[Path], Timing]:
+    """A floor variant: `command` run by bash in a fresh directory."""
+
+    def run(root: Path) -> Timing:
+        timing, code, text = timed(["bash", "-c", command], root)
+        if code != 0:
+            raise RuntimeError(f"{command!r} failed ({code}): {text.strip()}")
         current = root / "current"
-        if os.readlink(current) != "d" or not (current / TOP / "s00-assets").is_dir():
+        if os.readlink(current) != "d" or not (current / TOP / probe).is_dir():
             raise RuntimeError(f"{command!r} did not switch current to the extracted tree")
-        return elapsed
+        return timing
 
     return run
 
 
-def tether(url: str) -> Callable[[Path], float]:
+def tether(url: str, probe: str) -> Callable[[Path], Timing]:
     """The tether variant: write a manifest, run `tether reconcile` until it exits (current switched)."""
 
-    def run(root: Path) -> float:
+    def run(root: Path) -> Timing:
         manifests, state, app = root / "manifests", root / "state", root / "apps" / "site"
         for directory in (root, manifests, state, root / "apps"):
             directory.mkdir(exist_ok=True)
@@ -222,27 +359,30 @@ def tether(url: str) -> Callable[[Path], float]:
         text = (
             "apiVersion: tether/v1\nkind: Application\nmetadata:\n  name: site\n"
             f"spec:\n  path: {app}\n  deployment: v1\n  source:\n    url: {url}\n"
+            "    limits:\n      maxBytes: 4000000000\n      maxMembers: 200000\n"
         )
+
+        def write() -> None:
+            manifest.write_text(text)
+            manifest.chmod(0o644)
+
         command = [str(TETHER), "reconcile", "--manifests", str(manifests), "--state-dir", str(state)]
-        start = time.perf_counter()
-        manifest.write_text(text)
-        manifest.chmod(0o644)
-        done = subprocess.run(command, cwd=root, env=_env(), capture_output=True, text=True)
-        elapsed = time.perf_counter() - start
-        if done.returncode != 0:
-            raise RuntimeError(f"tether reconcile failed ({done.returncode}): {done.stdout}{done.stderr}")
-        if os.readlink(app / "current") != str(app / "v1") or not (app / "current" / "s00-assets").is_dir():
+        timing, code, output = timed(command, root, write)
+        if code != 0:
+            raise RuntimeError(f"tether reconcile failed ({code}): {output}")
+        if os.readlink(app / "current") != str(app / "v1") or not (app / "current" / probe).is_dir():
             raise RuntimeError("tether reconcile exited 0 but current does not point to the extracted v1")
-        return elapsed
+        return timing
 
     return run
 
 
-def python_startup(code: str) -> Callable[[Path], float]:
-    def run(root: Path) -> float:
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), check=True)
-        return time.perf_counter() - start
+def python_startup(code: str) -> Callable[[Path], Timing]:
+    def run(root: Path) -> Timing:
+        timing, status, text = timed([sys.executable, "-c", code], REPO)
+        if status != 0:
+            raise RuntimeError(text)
+        return timing
 
     return run
 
@@ -251,29 +391,49 @@ def python_startup(code: str) -> Callable[[Path], float]:
 class Variant:
     key: str
     label: str
-    run: Callable[[Path], float]
-    times: list[float] = dataclasses.field(default_factory=list)
+    run: Callable[[Path], Timing]
+    times: list[Timing] = dataclasses.field(default_factory=list)
 
     @property
     def median(self) -> float:
-        return statistics.median(self.times)
+        return statistics.median(t.wall for t in self.times)
 
     @property
     def best(self) -> float:
-        return min(self.times)
+        return min(t.wall for t in self.times)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(t.cpu for t in self.times)
 
 
-def once(variant: Variant, runs: Path) -> float:
-    """One run of `variant` in a fresh, empty directory, with no dirty pages left over from earlier runs.
+class Filesystems:
+    """A fresh RAM-backed ext4 for every run (a loop-mounted image in /dev/shm), or plain directories."""
 
-    The directory is not removed here but with all the others at the end: on ext4
-    without a journal, creating files within minutes of deleting many is much
-    slower (the inode allocator skips and re-checks recently deleted inodes), so
-    deleting between runs would tax whichever variant comes next.
-    """
-    root = Path(tempfile.mkdtemp(prefix=f"{variant.key}-", dir=runs))
-    os.sync()
-    return variant.run(root)
+    def __init__(self, runs: Path, fresh: bool) -> None:
+        self.runs, self.fresh, self.count = runs, fresh, 0
+
+    def once(self, variant: Variant) -> Timing:
+        self.count += 1
+        root = self.runs / f"{variant.key}-{self.count}"
+        root.mkdir()
+        if not self.fresh:
+            os.sync()
+            return variant.run(root)  # removed at the end (see the module docstring)
+        image = Path(f"/dev/shm/tether-bench-{os.getpid()}-{self.count}.img")
+        try:
+            with image.open("wb") as handle:
+                handle.truncate(3 << 30)
+            subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+            subprocess.run(["mount", "-o", "loop", str(image), str(root)], check=True)
+            try:
+                os.sync()
+                return variant.run(root)
+            finally:
+                subprocess.run(["umount", str(root)], check=True)
+        finally:
+            image.unlink(missing_ok=True)
+            root.rmdir()
 
 
 # ---------------------------------------------------------------- main
@@ -282,9 +442,17 @@ def once(variant: Variant, runs: Path) -> float:
 def main() -> int:
     options = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     options.add_argument("--repeat", type=int, default=5, help="timed runs of each variant (default 5)")
+    options.add_argument("--shapes", default="small,large,real", help="artifact shapes: small,large,real (default all)")
+    options.add_argument("--rate", type=float, default=200.0,
+                         help="Mbit/s of the rate-limited server for the P1 streaming runs (default 200; 0: skip)")
+    options.add_argument("--no-fresh-fs", action="store_true",
+                         help="run in plain directories instead of a fresh loop-mounted ext4 per run (needs root)")
+    options.add_argument("--only", default="", help="comma-separated variant keys to run (default all)")
     options.add_argument("--workdir", type=Path, default=None,
                          help="where to put the artifact and the runs (default: a new temp directory)")
     options.add_argument("--keep", action="store_true", help="keep the work directory afterwards")
+    options.add_argument("--artifacts", type=Path, default=None,
+                         help="a directory to keep the built artifacts in and reuse them from (default: rebuilt)")
     args = options.parse_args()
     for tool in ("curl", "tar", "bash"):
         if shutil.which(tool) is None:
@@ -293,89 +461,119 @@ def main() -> int:
     if not TETHER.exists():
         print(f"deploy_speed: {TETHER} does not exist; run `make venv`", file=sys.stderr)
         return 2
+    fresh = not args.no_fresh_fs and os.geteuid() == 0 and shutil.which("mkfs.ext4") is not None
+    shapes = [shape for shape in args.shapes.split(",") if shape]
+    only = {key for key in args.only.split(",") if key}
 
     workdir = Path(tempfile.mkdtemp(prefix="tether-bench-", dir=args.workdir))
-    server: Server | None = None
+    servers: list[Server] = []
     try:
-        serve = workdir / "serve"
-        serve.mkdir()
-        artifact = serve / "site-v1.tar.gz"
-        start = time.perf_counter()
-        figures = build_artifact(artifact)
-        built = time.perf_counter() - start
-        digest = sha256_file(artifact)
-        server = Server(serve)
-        url = server.url(artifact.name)
-        file_url = artifact.as_uri()
-
-        variants = [
-            Variant("p1-floor", "P1 floor: curl -o f && tar xzf f && ln && mv -T",
-                    shell(f"curl -sS -o f '{url}' && mkdir d && tar xzf f -C d && ln -s d tmp && mv -T tmp current")),
-            Variant("p1-stream", "P1 floor: curl | tar xzf - && ln && mv -T",
-                    shell(f"mkdir d && curl -sS '{url}' | tar xzf - -C d && ln -s d tmp && mv -T tmp current")),
-            Variant("p1-tether", "P1 tether reconcile (http://127.0.0.1)", tether(url)),
-            Variant("p2-floor", "P2 floor: tar xzf f && ln && mv -T",
-                    shell(f"mkdir d && tar xzf '{artifact}' -C d && ln -s d tmp && mv -T tmp current")),
-            Variant("p2-tether", "P2 tether reconcile (file://)", tether(file_url)),
-            Variant("py-bare", "python -c pass", python_startup("pass")),
-            Variant("py-import", "python -c 'import controller.cli'", python_startup("import controller.cli")),
-        ]
-        by_key = {v.key: v for v in variants}
-
+        serve = args.artifacts or workdir / "serve"
+        serve.mkdir(exist_ok=True)
         print("tether deploy speed (design section 9, P1 and P2)")
         print(f"  tether     {revision()}")
         print(f"  python     {platform.python_version()} ({sys.executable})")
-        print(f"  machine    nproc {os.cpu_count()}, {platform.system()} {platform.release()} {platform.machine()}")
+        print(f"  machine    nproc {os.cpu_count()}, {platform.system()} {platform.release()} {platform.machine()}, "
+              f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         tar_version = subprocess.run(["tar", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
         curl_version = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split()[1]
         print(f"  tools      {tar_version}; curl {curl_version}")
-        print(f"  workdir    {workdir}")
-        print(f"  artifact   {figures['files']} files + {figures['directories']} directories, "
-              f"{figures['uncompressed'] / 1e6:.1f} MB uncompressed, {figures['compressed'] / 1e6:.1f} MB tar.gz "
-              f"(ratio {figures['uncompressed'] / figures['compressed']:.2f}), built in {built:.1f} s")
-        print(f"  sha256     {digest}")
+        print(f"  workdir    {workdir}; every run on {'a fresh loop-mounted ext4 in /dev/shm' if fresh else 'plain directories'}")
+        server = Server(serve)
+        servers.append(server)
+        rated = Server(serve, args.rate * 1e6 / 8) if args.rate > 0 else None
+        if rated is not None:
+            servers.append(rated)
+        variants: list[Variant] = []
+        for shape in shapes:
+            builder, probe = SHAPES[shape]
+            artifact = serve / f"{shape}-v1.tar.gz"
+            start = time.perf_counter()
+            if artifact.exists():
+                figures = {"files": 0, "directories": 0, "uncompressed": 0, "compressed": artifact.stat().st_size}
+            else:
+                figures = builder(artifact)
+            print(f"  {shape:10} {figures['files']} files + {figures['directories']} directories, "
+                  f"{figures['uncompressed'] / 1e6:.1f} MB uncompressed, {figures['compressed'] / 1e6:.1f} MB tar.gz "
+                  f"(ratio {figures['uncompressed'] / figures['compressed']:.2f}), built in "
+                  f"{time.perf_counter() - start:.1f} s, sha256 {sha256_file(artifact)[:16]}...", flush=True)
+            url = server.url(artifact.name)
+            variants += [
+                Variant(f"{shape}-p2-floor", f"{shape} P2 floor: tar xzf f && ln && mv -T",
+                        shell(f"mkdir d && tar xzf '{artifact}' -C d && ln -s d tmp && mv -T tmp current", probe)),
+                Variant(f"{shape}-p2-tether", f"{shape} P2 tether reconcile (file://)", tether(artifact.as_uri(), probe)),
+                Variant(f"{shape}-p1-floor", f"{shape} P1 floor: curl -o f && tar xzf f && ln && mv -T",
+                        shell(f"curl -sS -o f '{url}' && mkdir d && tar xzf f -C d && ln -s d tmp && mv -T tmp current",
+                              probe)),
+                Variant(f"{shape}-p1-tether", f"{shape} P1 tether reconcile (http://127.0.0.1)", tether(url, probe)),
+            ]
+            if rated is not None and shape == "small":
+                slow = rated.url(artifact.name)
+                variants += [
+                    Variant(f"{shape}-p1r-floor", f"{shape} P1 @{args.rate:g} Mbit/s floor: curl -o f && tar xzf f",
+                            shell(f"curl -sS -o f '{slow}' && mkdir d && tar xzf f -C d && ln -s d tmp && "
+                                  "mv -T tmp current", probe)),
+                    Variant(f"{shape}-p1r-stream", f"{shape} P1 @{args.rate:g} Mbit/s floor: curl | tar xzf -",
+                            shell(f"mkdir d && curl -sS '{slow}' | tar xzf - -C d && ln -s d tmp && mv -T tmp current",
+                                  probe)),
+                    Variant(f"{shape}-p1r-tether", f"{shape} P1 @{args.rate:g} Mbit/s tether reconcile",
+                            tether(slow, probe)),
+                ]
+        variants += [Variant("py-bare", "python -c pass", python_startup("pass")),
+                     Variant("py-import", "python -c 'import controller.cli'", python_startup("import controller.cli"))]
+        if only:
+            variants = [v for v in variants if v.key in only]
+        by_key = {v.key: v for v in variants}
         print(f"  runs       1 warm-up + {args.repeat} timed runs of each variant, interleaved")
         sys.stdout.flush()
 
         runs = workdir / "runs"
         runs.mkdir()
+        filesystems = Filesystems(runs, fresh)
         for variant in variants:
-            once(variant, runs)
+            filesystems.once(variant)
         for repetition in range(args.repeat):
             for variant in variants:
-                variant.times.append(once(variant, runs))
+                variant.times.append(filesystems.once(variant))
             print(f"  run {repetition + 1}/{args.repeat}: " + "  ".join(
-                f"{v.key} {v.times[-1]:.3f}" for v in variants), flush=True)
+                f"{v.key} {v.times[-1].wall:.2f}/{v.times[-1].cpu:.2f}" for v in variants), flush=True)
 
         print()
-        print(f"{'':4} {'variant':50} {'median s':>9} {'min s':>9}")
+        print(f"{'':4} {'variant (wall/cpu per run above)':58} {'median s':>9} {'min s':>7} {'cpu s':>7}")
         for variant in variants:
-            print(f"{'':4} {variant.label:50} {variant.median:9.3f} {variant.best:9.3f}")
+            print(f"{'':4} {variant.label:58} {variant.median:9.3f} {variant.best:7.3f} {variant.cpu:7.3f}")
 
-        rows = [
-            ("P1", "http, vs curl -o f && tar xzf f", "p1-tether", "p1-floor", 1.0),
-            ("P1", "http, vs curl | tar xzf - (stream)", "p1-tether", "p1-stream", None),
-            ("P2", "file, vs tar xzf f", "p2-tether", "p2-floor", 1.2),
-        ]
+        rows = []
+        for shape in shapes:
+            small_files = shape != "large"
+            rows += [("P1", f"{shape}: http vs curl -o && tar", f"{shape}-p1-tether", f"{shape}-p1-floor", 1.0),
+                     ("P2", f"{shape}: file vs tar xzf", f"{shape}-p2-tether", f"{shape}-p2-floor",
+                      1.2 if small_files else 0.8),
+                     ("P1", f"{shape}: @{args.rate:g} Mbit/s vs curl -o && tar", f"{shape}-p1r-tether",
+                      f"{shape}-p1r-floor", 1.0),
+                     ("P1", f"{shape}: @{args.rate:g} Mbit/s vs curl | tar", f"{shape}-p1r-tether",
+                      f"{shape}-p1r-stream", None)]
         print()
-        print(f"{'id':4} {'comparison':36} {'tether s':>9} {'floor s':>9} {'ratio':>7} {'min/min':>8} "
-              f"{'target':>8}  verdict")
+        print(f"{'id':4} {'comparison':40} {'tether s':>9} {'floor s':>8} {'ratio':>7} {'min/min':>8} "
+              f"{'cpu ratio':>9} {'target':>8}  verdict")
         for ident, text, ours, theirs, target in rows:
+            if ours not in by_key or theirs not in by_key:
+                continue
             mine, floor = by_key[ours], by_key[theirs]
             ratio = mine.median / floor.median
-            best_ratio = mine.best / floor.best
             target_text = f"<= {target:.1f}x" if target is not None else "context"
             verdict = ("meets" if ratio <= target else "MISSES") if target is not None else "-"
-            print(f"{ident:4} {text:36} {mine.median:9.3f} {floor.median:9.3f} {ratio:6.2f}x {best_ratio:7.2f}x "
-                  f"{target_text:>8}  {verdict}")
-        print("(tether and floor are medians of wall time; ratio = median/median; min/min = best/best)")
-        startup = by_key["py-import"].median
-        print(f"python start-up with `import controller.cli`: {startup:.3f} s median "
-              f"({by_key['py-bare'].median:.3f} s for a bare interpreter)")
+            print(f"{ident:4} {text:40} {mine.median:9.3f} {floor.median:8.3f} {ratio:6.2f}x "
+                  f"{mine.best / floor.best:7.2f}x {mine.cpu / floor.cpu:8.2f}x {target_text:>8}  {verdict}")
+        print("(medians of wall time; ratio = median/median; min/min = best/best; cpu = user+sys of the command and")
+        print(" its children from wait4, the guide on a shared machine)")
+        if "py-import" in by_key and "py-bare" in by_key:
+            print(f"python start-up with `import controller.cli`: {by_key['py-import'].median:.3f} s median "
+                  f"({by_key['py-bare'].median:.3f} s for a bare interpreter)")
         return 0
     finally:
-        if server is not None:
-            server.close()
+        for each in servers:
+            each.close()
         if args.keep:
             print(f"kept {workdir}")
         else:

@@ -1,0 +1,161 @@
+"""Content digests taken while extracting (issue 16): the recorded digest list is the tree's, not the archive's.
+
+The writer hashes each file as its bytes pass; tree.digests takes that digest
+only while the file keeps the inode, size, mtime and ctime the writer left, and
+reads it back otherwise. These tests make the tree differ from the archive in
+every way a hook or a person could, and check the list against a full read-back.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from controller import errors
+from controller.artifacts import archives, extracting, readahead
+from controller.manifests import model
+from controller.tree import digests
+from tests import support
+
+HOOK = """\
+printf 'rewritten by the hook, same size!' > index.html.new && touch -r index.html index.html.new
+cat index.html.new > index.html && touch -r index.html.new index.html && rm index.html.new
+printf 'x' >> css/site.css
+rm bin/run && printf 'new file' > bin/run
+printf 'added' > added.txt
+"""
+
+
+def _files(count: int) -> list[support.Member]:
+    return [support.Member("release/", type="dir"), support.Member("release/css/", type="dir"),
+            support.Member("release/bin/", type="dir"),
+            support.Member("release/index.html", b"<h1>the shipped index page</h1>\n"),
+            support.Member("release/css/site.css", b"body { color: black }\n"),
+            support.Member("release/bin/run", b"#!/bin/sh\necho run\n", mode=0o755),
+            support.Member("release/same.txt", b"shipped"),
+            support.Member("release/link.txt", type="symlink", target="same.txt"),
+            *[support.Member(f"release/css/f{index}.css", os.urandom(index * 37)) for index in range(count)]]
+
+
+def _recorded(path: Path, deployment: str) -> dict[str, digests.Entry]:
+    document = json.loads(Path(digests.digests_path(str(path), deployment)).read_text())
+    return dict(document["entries"])
+
+
+def test_the_digest_list_after_a_deploy_equals_a_full_read_back_of_the_tree(
+        node: support.Node, http: support.HttpServer) -> None:
+    app = node.apps / "site"
+    http.serve("/site.tar.gz", support.tar_bytes(_files(50)))
+    support.write_manifest(node.manifests, support.application("site", app, deployment="v1",
+                                                               source={"url": http.url("/site.tar.gz")}))
+    run = node.tether("reconcile")
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    recorded = _recorded(app, "v1")
+    assert recorded == digests.scan(str(app / "v1"), lambda rel: False, {})
+    assert recorded["index.html"]["sha256"] == support.sha256(b"<h1>the shipped index page</h1>\n")
+    assert len([e for e in recorded.values() if e["type"] == "file"]) == 54
+
+
+def test_files_an_after_deploy_hook_rewrites_replaces_or_adds_are_recorded_as_the_hook_left_them(
+        node: support.Node, http: support.HttpServer) -> None:
+    app = node.apps / "site"
+    http.serve("/site.tar.gz", support.tar_bytes(_files(3)))
+    support.write_manifest(node.manifests, support.application(
+        "site", app, deployment="v1", source={"url": http.url("/site.tar.gz")}, hooks={"afterDeploy": HOOK}))
+    run = node.tether("reconcile")
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    recorded = _recorded(app, "v1")
+    assert recorded == digests.scan(str(app / "v1"), lambda rel: False, {})
+    assert recorded["index.html"]["sha256"] == support.sha256(b"rewritten by the hook, same size!")
+    assert recorded["css/site.css"]["sha256"] == support.sha256(b"body { color: black }\nx")
+    assert recorded["bin/run"]["sha256"] == support.sha256(b"new file")
+    assert recorded["added.txt"]["sha256"] == support.sha256(b"added")
+    assert recorded["same.txt"]["sha256"] == support.sha256(b"shipped")
+
+
+def _extract(tmp_path: Path, data: bytes) -> tuple[Path, dict[str, extracting.Written]]:
+    dest = tmp_path / "tree"
+    dest.mkdir()
+    written: dict[str, extracting.Written] = {}
+    source = io.BytesIO(data)
+    root = extracting.extract(source, str(dest), fmt="auto", strip=None,
+                              budget=archives.Budget(model.Limits(), lambda: source.tell()), owner=None,
+                              spool_dir=str(tmp_path), written=written)
+    return Path(root), written
+
+
+@pytest.mark.parametrize("change", ["same size, mtime put back", "appended", "replaced by a new file",
+                                    "chmod only", "hardlinked elsewhere"])
+def test_a_digest_from_the_writer_is_used_only_while_the_file_is_untouched(tmp_path: Path, change: str) -> None:
+    root, written = _extract(tmp_path, support.tar_bytes(_files(2)))
+    assert written["index.html"].sha256 == support.sha256(b"<h1>the shipped index page</h1>\n")
+    fake = {rel: extracting.Written("planted", file.ino, file.size, file.mtime_ns, file.ctime_ns)
+            for rel, file in written.items()}
+    assert digests.scan(str(root), lambda rel: False, {}, fake)["same.txt"]["sha256"] == "planted"  # not read
+
+    target = root / "same.txt"
+    before = target.stat()
+    if change == "same size, mtime put back":
+        target.write_bytes(b"SHIPPED")
+        os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    elif change == "appended":
+        with target.open("ab") as handle:
+            handle.write(b"!")
+    elif change == "replaced by a new file":
+        target.unlink()
+        target.write_bytes(b"shipped")
+        os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    elif change == "chmod only":
+        target.chmod(0o600)
+    else:
+        os.link(target, root / "other-name")
+    found = digests.scan(str(root), lambda rel: False, {}, fake)
+
+    assert found["same.txt"]["sha256"] != "planted"
+    assert found["same.txt"] == digests.scan(str(root), lambda rel: False, {})["same.txt"]
+
+
+def test_a_failure_on_the_read_ahead_thread_is_raised_to_the_reader_after_the_data_before_it() -> None:
+    class Failing:
+        def __init__(self) -> None:
+            self.chunks = [b"first", b"second"]
+
+        def read(self, size: int = -1) -> bytes:
+            if self.chunks:
+                return self.chunks.pop(0)
+            raise EOFError("the stream ended early")
+
+    reader = readahead.Reader(Failing)
+    try:
+        assert reader.read(100) == b"first"
+        assert reader.read(100) == b"second"
+        with pytest.raises(EOFError, match="ended early"):
+            reader.read(100)
+    finally:
+        reader.close()
+
+
+def test_a_reader_closed_early_stops_its_thread_even_when_the_queue_is_full() -> None:
+    class Endless:
+        def read(self, size: int = -1) -> bytes:
+            return b"x" * size
+
+    before = threading.active_count()
+    reader = readahead.Reader(Endless, chunk=1024, depth=2)
+    assert reader.read(10) == b"x" * 10
+    reader.close()
+
+    assert threading.active_count() == before
+
+
+def test_a_truncated_member_read_straight_from_the_stream_is_refused(tmp_path: Path) -> None:
+    data = support.tar_bytes([support.Member("big.bin", os.urandom(100_000))], compression="")
+    with pytest.raises(errors.ArchiveError, match="truncated"):
+        _extract(tmp_path, data[:60_000])
