@@ -12,7 +12,6 @@ keeps the last good identity and counts as an invalid manifest.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -24,7 +23,7 @@ from typing import Any
 
 from controller import errors, fsutil
 from controller.daemon import drift_watch, metrics, notify, queueing, scanning, watching
-from controller.engine import reconciling, status
+from controller.engine import reconciling, status, status_store
 from controller.fleet import gate, rollout_state
 from controller.fleet import node as node_identity
 from controller.manifests import model, overrides
@@ -32,6 +31,7 @@ from controller.tree import drift, locking
 
 log = logging.getLogger(__name__)
 HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+STATUS_SYNC_SECONDS = 1.0  # status files written while the queue never empties are flushed at least this often
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +66,8 @@ class Daemon:
         self.apps: dict[str, model.Application] = {}
         self.kinds: dict[str, model.Kind] = {}
         self.seen: dict[str, tuple[str, overrides.Override]] = {}
-        self.statuses: dict[str, dict[str, Any]] = {}
+        self.statuses: dict[str, dict[str, Any]] = {}  # what each status says, with fresh updatedAt/lastSuccessAt
+        self.store = status_store.Store(config.state_dir, monotonic=monotonic)  # writes a status only on change
         self.problems: list[errors.ManifestError] = []
         self.files: dict[str, str] = {}  # manifest file -> application name, for invalid files
         self.drift = drift_watch.DriftWatch(config.content_check_seconds, clock)
@@ -119,7 +120,7 @@ class Daemon:
             self.files, self.invalid, self.reported = scanned.files, scanned.invalid, set(scanned.broken)
         for name, error in scanned.invalid.items():
             if name in last_apps:  # running on its last good manifest: say why in its status
-                previous = self.statuses.get(name) or status.read(self.config.state_dir, name)
+                previous = self.statuses.get(name) or self.store.read(name)[0]
                 self._publish(name, status.build_invalid(name, error, previous, self.clock()))
         for name in removed:
             self._unmanage(name)
@@ -146,8 +147,7 @@ class Daemon:
         self.observations.forget(name)
         with self._guard:
             self.statuses.pop(name, None)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(status.status_path(self.config.state_dir, name))
+            self.store.remove(name)
         self._changed.set()
 
     # ------------------------------------------------------------ working
@@ -183,8 +183,7 @@ class Daemon:
             else:
                 plan = self.engine.plan(effective, observed)
                 if not plan.converged and not plan.suspended:  # say what the pass does while it works
-                    last = (self.statuses.get(name) or status.read(self.config.state_dir, name)
-                            or status.initial(effective))
+                    last = self.statuses.get(name) or self.store.read(name)[0] or status.initial(effective)
                     self._publish(name, status.set_reconciling(last, status.working_on(effective, plan), self.clock()))
                 cancel = self.running[name] = threading.Event()
                 try:
@@ -201,7 +200,8 @@ class Daemon:
             self.backoff.succeeded(name)
         else:
             next_attempt = self.backoff.failed(name, key, self.monotonic())
-        previous = status.read(self.config.state_dir, name) or self.statuses.get(name)  # the CLI may have written it
+        on_disk, foreign = self.store.read(name)  # a command such as `tether deploy` may have written it
+        previous = on_disk if foreign and on_disk is not None else self.statuses.get(name) or on_disk
         document = status.build(effective, result, previous, self.clock())
         document["nextAttemptAt"] = status.timestamp(queueing.wall_time(next_attempt, self.monotonic, self.clock))
         document["lastSuccessAt"] = document["updatedAt"] if result.ok else (previous or {}).get("lastSuccessAt")
@@ -235,7 +235,7 @@ class Daemon:
         with self._guard:
             if name not in self.apps:
                 return
-            status.write(self.config.state_dir, name, document)
+            self.store.write(name, document)  # only when it says something new: a no-op pass writes nothing
             self.statuses[name] = document
         self._changed.set()
 
@@ -314,6 +314,7 @@ class Daemon:
                 log.warning("The shutdown grace is over: killing the hooks still running; the next start "
                             "finishes what their passes left.")
                 self.engine.hooks.kill_all()
+            self.store.sync()
         finally:
             watcher.stop()
             if server is not None:
@@ -346,6 +347,10 @@ class Daemon:
                             del self.wakeups[name]  # the pass schedules the next one
                     self.queue.put(name)
             next_ping = self.notifier.keep_alive(now, self._summary())
+            unsynced = self.store.unsynced_since
+            if unsynced is not None and (self.queue.idle() or now - unsynced >= STATUS_SYNC_SECONDS):
+                self.store.sync()  # one syncfs for the statuses of a batch of passes, not an fsync per file
+                unsynced = None
             if self.config.metrics_textfile and self._changed.is_set():
                 self._changed.clear()
                 metrics.write_textfile(self.config.metrics_textfile, registry)
@@ -353,6 +358,8 @@ class Daemon:
             waits += [due - now for due in rollouts.values() if due > now]
             if next_ping is not None:
                 waits.append(next_ping - now)
+            if unsynced is not None:
+                waits.append(unsynced + STATUS_SYNC_SECONDS - now)
             self._wake.wait(timeout=max(0.01, min(waits)))
             self._wake.clear()
 

@@ -255,6 +255,7 @@ def set_rollout(document: dict[str, Any], rollout: dict[str, Any] | None) -> Non
         document["rollout"] = rollout
 
 
-def write(state_dir: str, name: str, document: dict[str, Any]) -> None:
+def write(state_dir: str, name: str, document: dict[str, Any], *, durable: bool = True) -> None:
+    """Write a status atomically; `durable=False` leaves the flush to the caller (status_store.Store.sync)."""
     fsutil.makedirs(os.path.join(state_dir, "status"))
-    fsutil.atomic_write_json(status_path(state_dir, name), document, mode=MODE)
+    fsutil.atomic_write_json(status_path(state_dir, name), document, mode=MODE, durable=durable)
