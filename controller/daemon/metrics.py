@@ -159,6 +159,7 @@ class Collector(prometheus_client.registry.Collector):
 
     def _applications(self) -> _Families:
         families, before, made = _families(), self._made, {}
+        parted = typing.cast("list[_AppGauge | _AppCounter]", list(families))
         for document in (d for d in self.statuses() if isinstance(d.get("name"), str)):
             name = document["name"]
             known = before.get(name)
@@ -168,10 +169,9 @@ class Collector(prometheus_client.registry.Collector):
                 known = _made(name, document)
                 if known is None:
                     continue
-            parted = typing.cast("list[_AppGauge | _AppCounter]", list(families))
-            for family, samples, rendered in zip(parted, known.samples, known.rendered, strict=True):
-                family.samples.extend(samples)
-                family.parts.append((samples, rendered))
+            for family, part in zip(parted, known.parts, strict=True):  # no allocation per series: fewer GC runs
+                family.samples.extend(part[0])
+                family.parts.append(part)
             made[name] = known  # applications that are gone are dropped
         self._made = made
         return families
@@ -188,6 +188,10 @@ class _Made:
     document: Mapping[str, Any]
     samples: list[list[Sample]]
     rendered: list[dict[str, str]]
+    parts: list[tuple[list[Sample], dict[str, str]]] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parts", list(zip(self.samples, self.rendered, strict=True)))
 
 
 SUCCESS_FAMILY = 8  # tether_last_success_timestamp_seconds: the one family that reads updatedAt and lastSuccessAt
