@@ -27,7 +27,7 @@ from controller.engine import reconciling, status, status_store
 from controller.fleet import gate, rollout_state
 from controller.fleet import node as node_identity
 from controller.manifests import model, overrides
-from controller.tree import drift, locking
+from controller.tree import drift, locking, records
 
 log = logging.getLogger(__name__)
 HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -164,6 +164,16 @@ class Daemon:
         due = self.backoff.due(name, key)
         if due is not None and due > self.monotonic():
             return  # the main loop queues it again when the back-off ends
+        checked: dict[tuple[int, str | None], drift.Structural] = {}
+
+        def structure(path: str, seen: records.Observed, desired: str | None) -> drift.Structural:
+            """drift.check_structure, once per snapshot and desired deployment in this pass: a pass that
+            changes nothing checks its tree once, not three times."""
+            key = (id(seen), desired)
+            if key not in checked:
+                checked[key] = drift.check_structure(path, seen, desired)
+            return checked[key]
+
         with self.engine.holding(app) as observed:  # the pass's one snapshot, which the drift checks share
             # The rollout decides first (asking the gate, through the cache, only when this node's wave waits on
             # it), then a `tether deploy` override wins over it.
@@ -173,7 +183,7 @@ class Daemon:
                                             lambda asked: self.gates.answer(name, asked))
             self._schedule(name, rolled, wall, mono)
             effective = overrides.effective(rolled.app, override)
-            before = drift.check_structure(effective.path, observed, effective.deployment)
+            before = structure(effective.path, observed, effective.deployment)
             started = self.monotonic()
             if (effective.drift == "report" and before.types and not effective.suspend
                     and effective.deployment == observed.last_activated):
@@ -192,7 +202,7 @@ class Daemon:
                     self.running.pop(name, None)
         current = result.observed.current  # a relink (after the lock is released) changes no record
         if (result.ok and effective.drift == "correct" and current is not None
-                and drift.check_structure(effective.path, result.observed, effective.deployment).links):
+                and structure(effective.path, result.observed, effective.deployment).links):
             self.engine.relink(effective, current)
         took = self.monotonic() - started
         next_attempt = None
@@ -206,7 +216,7 @@ class Daemon:
         document["nextAttemptAt"] = status.timestamp(queueing.wall_time(next_attempt, self.monotonic, self.clock))
         document["lastSuccessAt"] = document["updatedAt"] if result.ok else (previous or {}).get("lastSuccessAt")
         status.set_rollout(document, rolled.status())
-        self.drift.record(effective, document, result.observed)
+        self.drift.record(effective, document, result.observed, structure)
         if name in self.invalid:  # still running on the last good manifest: keep saying so
             document = status.build_invalid(name, self.invalid[name], document, self.clock())
         self._publish(name, document)
