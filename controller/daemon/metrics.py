@@ -186,12 +186,7 @@ class _Made:
     (content type -> text, filled in by `exposition`)."""
 
     document: Mapping[str, Any]
-    samples: list[list[Sample]]
-    rendered: list[dict[str, str]]
-    parts: list[tuple[list[Sample], dict[str, str]]] = dataclasses.field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "parts", list(zip(self.samples, self.rendered, strict=True)))
+    parts: list[tuple[list[Sample], dict[str, str]]]  # per family: (samples, content type -> their text)
 
 
 SUCCESS_FAMILY = 8  # tether_last_success_timestamp_seconds: the one family that reads updatedAt and lastSuccessAt
@@ -206,7 +201,7 @@ def _made(name: str, document: Mapping[str, Any]) -> _Made | None:
         log.exception("The metrics of %s are left out of this scrape: its status document could not be read.",
                       errors.printable(str(name)))
         return None
-    return _Made(document, [_printable_samples(f.samples) for f in families], [{} for _ in families])
+    return _Made(document, [(_printable_samples(f.samples), {}) for f in families])
 
 
 def _refreshed(known: _Made, document: Mapping[str, Any]) -> _Made | None:
@@ -223,11 +218,12 @@ def _refreshed(known: _Made, document: Mapping[str, Any]) -> _Made | None:
         _add_last_success(str(document["name"]), document, _ready(document), success)
     except Exception:
         return None
-    samples, rendered = list(known.samples), list(known.rendered)
     fresh = _printable_samples(success.samples)
-    if fresh != samples[SUCCESS_FAMILY]:
-        samples[SUCCESS_FAMILY], rendered[SUCCESS_FAMILY] = fresh, {}
-    return _Made(document, samples, rendered)
+    if fresh == known.parts[SUCCESS_FAMILY][0]:
+        return _Made(document, known.parts)
+    parts = list(known.parts)
+    parts[SUCCESS_FAMILY] = (fresh, {})
+    return _Made(document, parts)
 
 
 def _printable_samples(samples: list[prometheus_client.core.Sample]) -> list[prometheus_client.core.Sample]:
