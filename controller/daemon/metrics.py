@@ -159,12 +159,13 @@ class Collector(prometheus_client.registry.Collector):
 
     def _applications(self) -> _Families:
         families, before, made = _families(), self._made, {}
+        scratch = Gauge("tether_last_success_timestamp_seconds", "", labels=["name"])  # for `_refreshed`
         parted = typing.cast("list[_AppGauge | _AppCounter]", list(families))
         for document in (d for d in self.statuses() if isinstance(d.get("name"), str)):
             name = document["name"]
             known = before.get(name)
             if known is not None and known.document is not document:
-                known = _refreshed(known, document)
+                known = _refreshed(known, document, scratch)
             if known is None:
                 known = _made(name, document)
                 if known is None:
@@ -204,7 +205,7 @@ def _made(name: str, document: Mapping[str, Any]) -> _Made | None:
     return _Made(document, [(_printable_samples(f.samples), {}) for f in families])
 
 
-def _refreshed(known: _Made, document: Mapping[str, Any]) -> _Made | None:
+def _refreshed(known: _Made, document: Mapping[str, Any], success: Gauge) -> _Made | None:
     """`known` for a new document of the same application: reused when the new one says the same apart from
     the times every pass moves (only the last-success sample is made again), else None."""
     try:
@@ -213,7 +214,7 @@ def _refreshed(known: _Made, document: Mapping[str, Any]) -> _Made | None:
         return None
     if not same:
         return None
-    success = Gauge("tether_last_success_timestamp_seconds", "", labels=["name"])
+    success.samples = []
     try:
         _add_last_success(str(document["name"]), document, _ready(document), success)
     except Exception:
