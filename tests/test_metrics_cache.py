@@ -66,16 +66,21 @@ def test_the_cached_exposition_equals_prometheus_clients_after_every_change_in_e
     documents = three_applications()
     seen = metrics.Observations()
     seen.reconciled("shop", "success", 0.4)
-    registry = metrics.registry(metrics.Collector(lambda: documents, problems, seen, node=lambda: "node-1"),
-                                process=False)
+
+    def collector() -> metrics.Collector:
+        return metrics.Collector(lambda: documents, problems, seen, node=lambda: "node-1")
+
+    registry = metrics.registry(collector())  # keeps its caches from step to step
     for step in [lambda docs: None, *changes()]:
         step(documents)
         seen.reconciled("shop", "failure", 1.0)  # the observed families change at every step too
+        uncached = metrics.registry(collector())  # a new collector: nothing made or rendered before
         for accept in ACCEPTS:
             encoder, content_type = prometheus_client.exposition.choose_encoder(accept)
             for _ in range(2):  # rendered afresh, then from the cache
-                assert metrics.exposition(registry, encoder, content_type) == encoder(registry), (step, accept)
-        assert metrics.exposition(registry) == prometheus_client.generate_latest(registry)
+                assert metrics.exposition(registry, encoder, content_type) == encoder(uncached), (step, accept)
+        assert metrics.exposition(registry) == prometheus_client.generate_latest(uncached)
+        assert prometheus_client.generate_latest(registry) == prometheus_client.generate_latest(uncached)
 
 
 def test_the_metrics_endpoint_answers_as_prometheus_clients_own_app_with_and_without_gzip() -> None:
