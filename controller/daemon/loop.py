@@ -68,6 +68,7 @@ class Daemon:
         self.seen: dict[str, tuple[str, overrides.Override]] = {}
         self.statuses: dict[str, dict[str, Any]] = {}  # what each status says, with fresh updatedAt/lastSuccessAt
         self.store = status_store.Store(config.state_dir, monotonic=monotonic)  # writes a status only on change
+        self.ready: set[str] = set()  # applications whose status says Ready, for the systemd status line
         self.problems: list[errors.ManifestError] = []
         self.files: dict[str, str] = {}  # manifest file -> application name, for invalid files
         self.drift = drift_watch.DriftWatch(config.content_check_seconds, clock)
@@ -147,6 +148,7 @@ class Daemon:
         self.observations.forget(name)
         with self._guard:
             self.statuses.pop(name, None)
+            self.ready.discard(name)
             self.store.remove(name)
         self._changed.set()
 
@@ -247,6 +249,7 @@ class Daemon:
                 return
             self.store.write(name, document)  # only when it says something new: a no-op pass writes nothing
             self.statuses[name] = document
+            (self.ready.add if status.is_ready(document) else self.ready.discard)(name)
         self._changed.set()
 
     # ------------------------------------------------------------ metrics and systemd
@@ -264,9 +267,8 @@ class Daemon:
             return list(self.problems) + node_problems, len(files - broken)
 
     def _summary(self) -> str:
-        documents = self.status_documents()
-        ready = sum(1 for d in documents if status.is_ready(d))
-        total = len(self.apps)
+        with self._guard:  # kept up to date by _publish: the loop asks after every pass, so no walk over all
+            ready, total = len(self.ready & self.apps.keys()), len(self.apps)
         return f"STATUS={ready} of {total} applications ready, {total - ready} not ready"
 
     # ------------------------------------------------------------ the main loop
