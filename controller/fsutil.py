@@ -24,8 +24,11 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to `path` so that readers see the old or the new content, never a mix."""
+def atomic_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Write `data` to `path` so that readers see the old or the new content, never a mix.
+
+    `durable=False` leaves out the fsync of the file and of its directory, for derived data whose writer
+    flushes many files with one `sync_filesystem` instead (the rename stays atomic for readers)."""
     directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
@@ -33,17 +36,19 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
             handle.write(data)
             handle.flush()
             os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(directory)
+    if durable:
+        fsync_dir(directory)
 
 
-def atomic_write_json(path: str, value: Any, mode: int = 0o644) -> None:
-    atomic_write(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode(), mode)
+def atomic_write_json(path: str, value: Any, mode: int = 0o644, *, durable: bool = True) -> None:
+    atomic_write(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode(), mode, durable=durable)
 
 
 MAX_JSON_BYTES = 64 << 20

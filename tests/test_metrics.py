@@ -28,7 +28,7 @@ import pytest
 
 import controller
 from controller import errors
-from controller.daemon import metrics
+from controller.daemon import metrics, web_server
 from controller.engine import hooks, planning, reconciling, status
 from controller.manifests import loading, model
 from controller.tree import records
@@ -408,7 +408,7 @@ def test_the_textfile_is_replaced_atomically_and_parses(tmp_path: Path,
 
 def test_serve_on_port_0_answers_a_real_http_get_with_the_exposition(
         registry: prometheus_client.CollectorRegistry) -> None:
-    server = metrics.serve("127.0.0.1:0", registry)
+    server = web_server.Server("127.0.0.1:0", registry)
     with contextlib.closing(server):
         assert server.port > 0 and server.host == "127.0.0.1"
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as response:
@@ -427,10 +427,10 @@ def test_a_busy_port_or_a_malformed_address_is_an_error_that_says_so(
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         with pytest.raises(errors.TemporaryError, match="cannot serve metrics"):
-            metrics.serve(f"127.0.0.1:{busy.getsockname()[1]}", registry)
+            web_server.Server(f"127.0.0.1:{busy.getsockname()[1]}", registry)
     for address in ("127.0.0.1", "127.0.0.1:http", "localhost:70000"):
         with pytest.raises(errors.PermanentError, match="not host:port"):
-            metrics.serve(address, registry)
+            web_server.Server(address, registry)
 
 
 def test_rollout_series_exist_only_for_applications_with_a_rollout(observations: metrics.Observations) -> None:

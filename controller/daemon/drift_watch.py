@@ -25,10 +25,13 @@ class DriftWatch:
         self.content: dict[str, list[str]] = {}  # application -> changed paths found by its last content check
         self.due: dict[str, float] = {}  # application -> when its next content check is due
 
-    def record(self, app: model.Application, document: dict[str, Any], observed: records.Observed) -> None:
-        """Check `app`, whose tree the pass left as `observed`, and write what was found into its status `document`."""
+    def record(self, app: model.Application, document: dict[str, Any], observed: records.Observed,
+               structure: Callable[[str, records.Observed, str | None], drift.Structural] = drift.check_structure,
+               ) -> None:
+        """Check `app`, whose tree the pass left as `observed`, and write what was found into its status `document`
+        (`structure` checks structural drift: the pass may have checked that snapshot already)."""
         made = observed.last_activated
-        types = drift.check_structure(app.path, observed, made).types if made is not None else []
+        types = structure(app.path, observed, made).types if made is not None else []
         note = ""
         if observed.current is not None and self.clock() >= self.due.get(app.name, 0.0):
             self.due[app.name] = self.clock() + self.content_check_seconds

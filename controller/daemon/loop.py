@@ -12,7 +12,6 @@ keeps the last good identity and counts as an invalid manifest.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -24,14 +23,15 @@ from typing import Any
 
 from controller import errors, formats, fsutil
 from controller.daemon import drift_watch, metrics, notify, queueing, scanning, watching, web_config, web_server
-from controller.engine import reconciling, status
+from controller.engine import reconciling, status, status_store
 from controller.fleet import gate, rollout_state
 from controller.fleet import node as node_identity
 from controller.manifests import model, overrides
-from controller.tree import drift, locking
+from controller.tree import drift, locking, records
 
 log = logging.getLogger(__name__)
 HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+STATUS_SYNC_SECONDS = 1.0  # status files written while the queue never empties are flushed at least this often
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +67,9 @@ class Daemon:
         self.apps: dict[str, model.Application] = {}
         self.kinds: dict[str, model.Kind] = {}
         self.seen: dict[str, tuple[str, overrides.Override]] = {}
-        self.statuses: dict[str, dict[str, Any]] = {}
+        self.statuses: dict[str, dict[str, Any]] = {}  # what each status says, with fresh updatedAt/lastSuccessAt
+        self.store = status_store.Store(config.state_dir, monotonic=monotonic)  # writes a status only on change
+        self.ready: set[str] = set()  # applications whose status says Ready, for the systemd status line
         self.problems: list[errors.ManifestError] = []
         self.files: dict[str, str] = {}  # manifest file -> application name, for invalid files
         self.drift = drift_watch.DriftWatch(config.content_check_seconds, clock)
@@ -122,7 +124,7 @@ class Daemon:
             self.files, self.invalid, self.reported = scanned.files, scanned.invalid, set(scanned.broken)
         for name, error in scanned.invalid.items():
             if name in last_apps:  # running on its last good manifest: say why in its status
-                previous = self.statuses.get(name) or status.read(self.config.state_dir, name)
+                previous = self.statuses.get(name) or self.store.read(name)[0]
                 self._publish(name, status.build_invalid(name, error, previous, self.clock()))
         for name in removed:
             self._unmanage(name)
@@ -149,9 +151,9 @@ class Daemon:
         self.observations.forget(name)
         with self._guard:
             self.statuses.pop(name, None)
-            with contextlib.suppress(FileNotFoundError):
-                if formats.refusal(status.status_path(self.config.state_dir, name)) is None:  # a newer one stays
-                    os.unlink(status.status_path(self.config.state_dir, name))
+            self.ready.discard(name)
+            if formats.refusal(status.status_path(self.config.state_dir, name)) is None:  # a newer one stays
+                self.store.remove(name)
         self._changed.set()
 
     # ------------------------------------------------------------ working
@@ -168,6 +170,16 @@ class Daemon:
         due = self.backoff.due(name, key)
         if due is not None and due > self.monotonic():
             return  # the main loop queues it again when the back-off ends
+        checked: dict[tuple[int, str | None], drift.Structural] = {}
+
+        def structure(path: str, seen: records.Observed, desired: str | None) -> drift.Structural:
+            """drift.check_structure, once per snapshot and desired deployment in this pass: a pass that
+            changes nothing checks its tree once, not three times."""
+            key = (id(seen), desired)
+            if key not in checked:
+                checked[key] = drift.check_structure(path, seen, desired)
+            return checked[key]
+
         with self.engine.holding(app) as observed:  # the pass's one snapshot, which the drift checks share
             # The rollout decides first (asking the gate, through the cache, only when this node's wave waits on
             # it), then a `tether deploy` override wins over it.
@@ -177,7 +189,7 @@ class Daemon:
                                             lambda asked: self.gates.answer(name, asked))
             self._schedule(name, rolled, wall, mono)
             effective = overrides.effective(rolled.app, override)
-            before = drift.check_structure(effective.path, observed, effective.deployment)
+            before = structure(effective.path, observed, effective.deployment)
             started = self.monotonic()
             if (effective.drift == "report" and before.types and not effective.suspend
                     and effective.deployment == observed.last_activated):
@@ -187,8 +199,7 @@ class Daemon:
             else:
                 plan = self.engine.plan(effective, observed)
                 if not plan.converged and not plan.suspended:  # say what the pass does while it works
-                    last = (self.statuses.get(name) or status.read(self.config.state_dir, name)
-                            or status.initial(effective))
+                    last = self.statuses.get(name) or self.store.read(name)[0] or status.initial(effective)
                     self._publish(name, status.set_reconciling(last, status.working_on(effective, plan), self.clock()))
                 cancel = self.running[name] = threading.Event()
                 try:
@@ -197,7 +208,7 @@ class Daemon:
                     self.running.pop(name, None)
         current = result.observed.current  # a relink (after the lock is released) changes no record
         if (result.ok and effective.drift == "correct" and current is not None
-                and drift.check_structure(effective.path, result.observed, effective.deployment).links):
+                and structure(effective.path, result.observed, effective.deployment).links):
             self.engine.relink(effective, current)
         took = self.monotonic() - started
         next_attempt = None
@@ -205,12 +216,13 @@ class Daemon:
             self.backoff.succeeded(name)
         else:
             next_attempt = self.backoff.failed(name, key, self.monotonic())
-        previous = status.read(self.config.state_dir, name) or self.statuses.get(name)  # the CLI may have written it
+        on_disk, foreign = self.store.read(name)  # a command such as `tether deploy` may have written it
+        previous = on_disk if foreign and on_disk is not None else self.statuses.get(name) or on_disk
         document = status.build(effective, result, previous, self.clock())
         document["nextAttemptAt"] = status.timestamp(queueing.wall_time(next_attempt, self.monotonic, self.clock))
         document["lastSuccessAt"] = document["updatedAt"] if result.ok else (previous or {}).get("lastSuccessAt")
         status.set_rollout(document, rolled.status())
-        self.drift.record(effective, document, result.observed)
+        self.drift.record(effective, document, result.observed, structure)
         if name in self.invalid:  # still running on the last good manifest: keep saying so
             document = status.build_invalid(name, self.invalid[name], document, self.clock())
         self._publish(name, document)
@@ -239,8 +251,9 @@ class Daemon:
         with self._guard:
             if name not in self.apps:
                 return
-            status.write(self.config.state_dir, name, document)
+            self.store.write(name, document)  # only when it says something new: a no-op pass writes nothing
             self.statuses[name] = document
+            (self.ready.add if status.is_ready(document) else self.ready.discard)(name)
         self._changed.set()
 
     # ------------------------------------------------------------ metrics and systemd
@@ -258,9 +271,8 @@ class Daemon:
             return list(self.problems) + node_problems, len(files - broken)
 
     def _summary(self) -> str:
-        documents = self.status_documents()
-        ready = sum(1 for d in documents if status.is_ready(d))
-        total = len(self.apps)
+        with self._guard:  # kept up to date by _publish: the loop asks after every pass, so no walk over all
+            ready, total = len(self.ready & self.apps.keys()), len(self.apps)
         return f"STATUS={ready} of {total} applications ready, {total - ready} not ready"
 
     # ------------------------------------------------------------ the main loop
@@ -323,6 +335,7 @@ class Daemon:
                 log.warning("The shutdown grace is over: killing the hooks still running; the next start "
                             "finishes what their passes left.")
                 self.engine.hooks.kill_all()
+            self.store.sync()
         finally:
             watcher.stop()
             if server is not None:
@@ -366,6 +379,10 @@ class Daemon:
                             del self.wakeups[name]  # the pass schedules the next one
                     self.queue.put(name)
             next_ping = self.notifier.keep_alive(now, self._summary())
+            unsynced = self.store.unsynced_since
+            if unsynced is not None and (self.queue.idle() or now - unsynced >= STATUS_SYNC_SECONDS):
+                self.store.sync()  # one syncfs for the statuses of a batch of passes, not an fsync per file
+                unsynced = None
             if self.config.metrics_textfile and self._changed.is_set():
                 self._changed.clear()
                 metrics.write_textfile(self.config.metrics_textfile, registry)
@@ -373,6 +390,8 @@ class Daemon:
             waits += [due - now for due in rollouts.values() if due > now]
             if next_ping is not None:
                 waits.append(next_ping - now)
+            if unsynced is not None:
+                waits.append(unsynced + STATUS_SYNC_SECONDS - now)
             self._wake.wait(timeout=max(0.01, min(waits)))
             self._wake.clear()
 

@@ -6,24 +6,27 @@ from __future__ import annotations
 
 import bisect
 import collections
+import copy
+import dataclasses
 import datetime
+import gzip
 import itertools
 import logging
 import re
-import socket
-import socketserver
 import threading
-import wsgiref.simple_server
+import typing
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import prometheus_client
 import prometheus_client.core
+import prometheus_client.exposition
 import prometheus_client.registry
 
 import controller
 from controller import errors, fsutil
-from controller.engine import hooks
+from controller.engine import hooks, status_store
 from controller.manifests import model
 from controller.tree import records
 
@@ -43,8 +46,9 @@ Histogram = prometheus_client.core.HistogramMetricFamily
 Metric = prometheus_client.core.Metric
 Statuses = Callable[[], Iterable[Mapping[str, Any]]]
 ManifestState = Callable[[], tuple[Sequence[errors.ManifestError], int]]
-_Families = tuple[Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Gauge, Counter, Counter, Gauge, Gauge,
-                  Gauge]
+_Families = tuple["_AppGauge", "_AppGauge", "_AppGauge", "_AppGauge", "_AppGauge", "_AppGauge", "_AppGauge",
+                  "_AppGauge", "_AppGauge", "_AppGauge", "_AppCounter", "_AppCounter", "_AppGauge", "_AppGauge",
+                  "_AppGauge"]
 
 
 class _Buckets:
@@ -120,13 +124,16 @@ class Observations:
 
 class Collector(prometheus_client.registry.Collector):
     """Every tether series, computed when Prometheus (or the textfile writer) asks. A status document
-    must not change once `statuses` returned it (publish a new dict): its samples are made once."""
+    must not change once `statuses` returned it (publish a new dict): its samples are made once, and made
+    again only when a new document says something new (`status_store.content`: not for a new updatedAt or
+    lastSuccessAt alone, which only tether_last_success_timestamp_seconds shows). `exposition` renders each
+    application's samples once per format and reuses the text while they stay the same."""
 
     def __init__(self, statuses: Statuses, manifest_state: ManifestState, observations: Observations,
                  version: str = controller.__version__, node: Callable[[], str] | None = None) -> None:
         self.statuses, self.manifest_state, self.node = statuses, manifest_state, node
         self.observations, self.version = observations, version
-        self._made: dict[str, tuple[Mapping[str, Any], list[list[prometheus_client.core.Sample]]]] = {}
+        self._made: dict[str, _Made] = {}
 
     def collect(self) -> Iterator[Metric]:
         yield from self._applications()
@@ -150,28 +157,72 @@ class Collector(prometheus_client.registry.Collector):
 
     def _applications(self) -> _Families:
         families, before, made = _families(), self._made, {}
+        scratch = Gauge("tether_last_success_timestamp_seconds", "", labels=["name"])  # for `_refreshed`
+        parted = typing.cast("list[_AppGauge | _AppCounter]", list(families))
         for document in (d for d in self.statuses() if isinstance(d.get("name"), str)):
             name = document["name"]
             known = before.get(name)
-            if known is None or known[0] is not document:
-                marks = [len(family.samples) for family in families]
-                try:
-                    _add_application(name, document, *families)
-                except Exception:  # one odd document must never break the whole exposition
-                    log.exception("The metrics of %s are left out of this scrape: its status document could not "
-                                  "be read.", errors.printable(str(name)))
-                    for family, mark in zip(families, marks, strict=True):
-                        del family.samples[mark:]
+            if known is not None and known.document is not document:
+                known = _refreshed(known, document, scratch)
+            if known is None:
+                known = _made(name, document)
+                if known is None:
                     continue
-                known = (document, [_printable_samples(f.samples[mark:]) for f, mark in zip(families, marks, strict=True)])
-                for family, mark, samples in zip(families, marks, known[1], strict=True):
-                    family.samples[mark:] = samples
-            else:
-                for family, samples in zip(families, known[1], strict=True):
-                    family.samples.extend(samples)
-            made[name] = known  # (document, its samples per family); applications that are gone are dropped
+            for family, part in zip(parted, known.parts, strict=True):  # no allocation per series: fewer GC runs
+                family.samples.extend(part[0])
+                family.parts.append(part)
+            made[name] = known  # applications that are gone are dropped
         self._made = made
         return families
+
+
+Sample = prometheus_client.core.Sample
+
+
+@dataclasses.dataclass(frozen=True)
+class _Made:
+    """One application's samples per family, made from `document`, and their text per exposition format
+    (content type -> text, filled in by `exposition`)."""
+
+    document: Mapping[str, Any]
+    parts: list[tuple[list[Sample], dict[str, str]]]  # per family: (samples, content type -> their text)
+
+
+SUCCESS_FAMILY = 8  # tether_last_success_timestamp_seconds: the one family that reads updatedAt and lastSuccessAt
+
+
+def _made(name: str, document: Mapping[str, Any]) -> _Made | None:
+    """The samples of one application, or None (logged) when its status document cannot be read."""
+    families = _families()
+    try:
+        _add_application(name, document, *families)
+    except Exception:  # one odd document must never break the whole exposition
+        log.exception("The metrics of %s are left out of this scrape: its status document could not be read.",
+                      errors.printable(str(name)))
+        return None
+    return _Made(document, [(_printable_samples(f.samples), {}) for f in families])
+
+
+def _refreshed(known: _Made, document: Mapping[str, Any], success: Gauge) -> _Made | None:
+    """`known` for a new document of the same application: reused when the new one says the same apart from
+    the times every pass moves (only the last-success sample is made again), else None."""
+    try:
+        same = status_store.content(known.document) == status_store.content(document)
+    except Exception:
+        return None
+    if not same:
+        return None
+    success.samples = []
+    try:
+        _add_last_success(str(document["name"]), document, _ready(document), success)
+    except Exception:
+        return None
+    fresh = _printable_samples(success.samples)
+    if fresh == known.parts[SUCCESS_FAMILY][0]:
+        return _Made(document, known.parts)
+    parts = list(known.parts)
+    parts[SUCCESS_FAMILY] = (fresh, {})
+    return _Made(document, parts)
 
 
 def _printable_samples(samples: list[prometheus_client.core.Sample]) -> list[prometheus_client.core.Sample]:
@@ -190,33 +241,49 @@ def _printable(family: Metric) -> Metric:
     return family
 
 
+class _AppGauge(Gauge):
+    """A gauge of per-application series; `parts` holds each application's samples and their text."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        super().__init__(name, documentation, labels=labels)
+        self.parts: list[tuple[list[Sample], dict[str, str]]] = []
+
+
+class _AppCounter(Counter):
+    """A counter of per-application series, like `_AppGauge`."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        super().__init__(name, documentation, labels=labels)
+        self.parts: list[tuple[list[Sample], dict[str, str]]] = []
+
+
 def _families() -> _Families:
     return (
-        Gauge("tether_application_info", "Always 1: each managed application, the deployment current points to and "
+        _AppGauge("tether_application_info", "Always 1: each managed application, the deployment current points to and "
               "its revision (the commit id of a git source; empty otherwise).",
               labels=["name", "application", "environment", "kind", "deployment", "revision"]),
-        Gauge("tether_application_ready", "1 when the last pass converged (condition Ready).", labels=["name"]),
-        Gauge("tether_application_suspended", "1 when spec.suspend is true: nothing changes.", labels=["name"]),
-        Gauge("tether_application_stalled", "1 when tether cannot make progress without a person (condition "
+        _AppGauge("tether_application_ready", "1 when the last pass converged (condition Ready).", labels=["name"]),
+        _AppGauge("tether_application_suspended", "1 when spec.suspend is true: nothing changes.", labels=["name"]),
+        _AppGauge("tether_application_stalled", "1 when tether cannot make progress without a person (condition "
               "Stalled): the last pass failed with a permanent error, or the manifest is invalid.", labels=["name"]),
-        Gauge("tether_drift", "1 when the last check found drift of this type (current, deployment, links, content).",
+        _AppGauge("tether_drift", "1 when the last check found drift of this type (current, deployment, links, content).",
               labels=["name", "type"]),
-        Gauge("tether_drifted_files", "Files of the active deployment changed, added or removed since it became "
+        _AppGauge("tether_drifted_files", "Files of the active deployment changed, added or removed since it became "
               "complete.", labels=["name"]),
-        Gauge("tether_deployments", "Deployments by state.", labels=["name", "state"]),
-        Gauge("tether_deployment_failed", "1 while the deployment the manifest asks this node for is marked failed "
+        _AppGauge("tether_deployments", "Deployments by state.", labels=["name", "state"]),
+        _AppGauge("tether_deployment_failed", "1 while the deployment the manifest asks this node for is marked failed "
               "(a rollout's canary rolled it back); absent otherwise.", labels=["name", "deployment"]),
-        Gauge("tether_last_success_timestamp_seconds", "When a pass last ended Ready.", labels=["name"]),
-        Gauge("tether_next_attempt_timestamp_seconds", "When tether next retries a failed pass (nextAttemptAt); "
+        _AppGauge("tether_last_success_timestamp_seconds", "When a pass last ended Ready.", labels=["name"]),
+        _AppGauge("tether_next_attempt_timestamp_seconds", "When tether next retries a failed pass (nextAttemptAt); "
               "absent while no retry is scheduled.", labels=["name"]),
-        Counter("tether_hook_runs_total", "Hook runs by phase and outcome.", labels=["name", "hook", "outcome"]),
-        Counter("tether_health_checks_total", "Health check probes (spec.healthCheck) by outcome.",
+        _AppCounter("tether_hook_runs_total", "Hook runs by phase and outcome.", labels=["name", "hook", "outcome"]),
+        _AppCounter("tether_health_checks_total", "Health check probes (spec.healthCheck) by outcome.",
                 labels=["name", "outcome"]),
-        Gauge("tether_rollout_wave", "The index of this node's wave in spec.rollout.waves, from 0; -1 in no wave "
+        _AppGauge("tether_rollout_wave", "The index of this node's wave in spec.rollout.waves, from 0; -1 in no wave "
               "(absent without a rollout).", labels=["name"]),
-        Gauge("tether_rollout_waiting", "1 while this node's wave time has come but the gate keeps it shut.",
+        _AppGauge("tether_rollout_waiting", "1 while this node's wave time has come but the gate keeps it shut.",
               labels=["name"]),
-        Gauge("tether_rollout_gate_open", "1 when the rollout gate's last answer was open (or there is no gate); 0 "
+        _AppGauge("tether_rollout_gate_open", "1 when the rollout gate's last answer was open (or there is no gate); 0 "
               "when closed or not asked.", labels=["name"]),
     )
 
@@ -249,7 +316,7 @@ def _add_application(name: str, document: Mapping[str, Any], info: Gauge, ready:
                      gate_open: Gauge) -> None:
     conditions = {c.get("type"): c for c in reversed(_list(document.get("conditions")))}  # the first of a type
     condition = conditions.get("Ready", {})
-    is_ready = condition.get("status") == "True"
+    is_ready = _ready(document)
     info.add_metric([name, str(document.get("application") or ""), str(document.get("environment") or ""),
                      str(document.get("kind") or ""), str(document.get("current") or ""),
                      _revision(document.get("revision"))], 1)
@@ -268,11 +335,7 @@ def _add_application(name: str, document: Mapping[str, Any], info: Gauge, ready:
     if isinstance(desired, str) and any(d.get("name") == desired and d.get("state") == records.FAILED
                                         for d in _list(document.get("deployments"))):
         failed.add_metric([name, desired], 1)  # only the desired one: a fix (a new deployment) ends the series
-    last = _timestamp(document.get("lastSuccessAt"))
-    if last is None and is_ready:
-        last = _timestamp(document.get("updatedAt"))
-    if last is not None:
-        success.add_metric([name], last)
+    _add_last_success(name, document, is_ready, success)
     retry = _timestamp(document.get("nextAttemptAt"))
     if retry is not None:
         next_attempt.add_metric([name], retry)
@@ -293,6 +356,19 @@ def _add_application(name: str, document: Mapping[str, Any], info: Gauge, ready:
         wave.add_metric([name], index if isinstance(index, int) and not isinstance(index, bool) else -1)
         waiting.add_metric([name], 1 if rollout.get("waiting") is True else 0)
         gate_open.add_metric([name], 1 if rollout.get("gate") == "open" else 0)
+
+
+def _ready(document: Mapping[str, Any]) -> bool:
+    conditions = {c.get("type"): c for c in reversed(_list(document.get("conditions")))}  # the first of a type
+    return bool(conditions.get("Ready", {}).get("status") == "True")
+
+
+def _add_last_success(name: str, document: Mapping[str, Any], is_ready: bool, success: Gauge) -> None:
+    last = _timestamp(document.get("lastSuccessAt"))
+    if last is None and is_ready:
+        last = _timestamp(document.get("updatedAt"))
+    if last is not None:
+        success.add_metric([name], last)
 
 
 def _observed(seen: Observations) -> Iterator[Metric]:
@@ -328,59 +404,91 @@ def registry(collector: Collector, *, process: bool = False) -> prometheus_clien
     return fresh
 
 
+Encoder = Callable[[Any], bytes]
+
+
+class _Only:
+    """A registry-like holder of some metrics, for an encoder to render just those."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        return self.metrics
+
+
+def _alone(metric: Metric, encoder: Encoder, trailer: str) -> str:
+    """What `encoder` writes for `metric`, without the trailer it ends every exposition with."""
+    return encoder(_Only([metric])).decode("utf-8").removesuffix(trailer)
+
+
+def _parted(family: _AppGauge | _AppCounter, encoder: Encoder, content_type: str, trailer: str) -> str:
+    """The text of a per-application family: its header, then each application's lines, rendered by `encoder`
+    only for the applications whose samples have no text in this format yet. A family whose lines are not
+    one per sample (nothing tether makes) is rendered whole, uncached."""
+    empty = copy.copy(family)
+    empty.samples = []
+    header = _alone(empty, encoder, trailer)
+    missing = [(samples, rendered) for samples, rendered in family.parts if content_type not in rendered]
+    if missing:
+        batch = copy.copy(family)
+        batch.samples = [sample for samples, _ in missing for sample in samples]
+        text = _alone(batch, encoder, trailer)
+        lines = text.removeprefix(header).split("\n")
+        if not text.startswith(header) or lines[-1] != "" or len(lines) - 1 != len(batch.samples):
+            return _alone(family, encoder, trailer)
+        start = 0
+        for samples, rendered in missing:
+            rendered[content_type] = "".join(line + "\n" for line in lines[start:start + len(samples)])
+            start += len(samples)
+    return header + "".join(rendered[content_type] for _, rendered in family.parts)
+
+
+def exposition(registry: prometheus_client.CollectorRegistry, encoder: Encoder = prometheus_client.generate_latest,
+               content_type: str = prometheus_client.exposition.CONTENT_TYPE_LATEST) -> bytes:
+    """What `encoder` (a prometheus_client format, as `choose_encoder` gives it with its `content_type`)
+    writes for `registry`, byte for byte, with each application's lines reused from earlier scrapes while
+    its status says the same (P5: most of a scrape's time is the library formatting series)."""
+    trailer = encoder(_Only([])).decode("utf-8")  # "# EOF\n" for OpenMetrics, nothing for the text format
+    parts = []
+    for metric in registry.collect():
+        if isinstance(metric, _AppGauge | _AppCounter):
+            parts.append(_parted(metric, encoder, content_type, trailer))
+        else:
+            parts.append(_alone(metric, encoder, trailer))
+    return ("".join(parts) + trailer).encode("utf-8")
+
+
+def wsgi_app(registry: prometheus_client.CollectorRegistry) -> Callable[..., list[bytes]]:
+    """prometheus_client.make_wsgi_app(registry), answering a plain scrape through `exposition`: the same
+    format negotiation (Accept), the same headers and gzip (Accept-Encoding), the same body."""
+    library = prometheus_client.make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("REQUEST_METHOD", "GET") != "GET" or environ.get("PATH_INFO") == "/favicon.ico" or \
+                "name[]" in urllib.parse.parse_qs(
+                environ.get("QUERY_STRING", "")):
+            return list(library(environ, start_response))
+        encoder, content_type = prometheus_client.exposition.choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        output = exposition(registry, encoder, content_type)
+        headers = [("Content-Type", content_type)]
+        if prometheus_client.exposition.gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+            output = gzip.compress(output)
+            headers.append(("Content-Encoding", "gzip"))
+        start_response("200 OK", headers)
+        return [output]
+
+    return app
+
+
 def write_textfile(path: str, registry: prometheus_client.CollectorRegistry) -> None:
     """Write the exposition for node_exporter's textfile collector; readers see the old file or the new one.
     A failure is logged, never raised: the daemon goes on, and writes the file again at the next change."""
     try:
-        fsutil.atomic_write(path, prometheus_client.generate_latest(registry), 0o644)
+        fsutil.atomic_write(path, exposition(registry), 0o644)
     except OSError as exc:
         log.error("tether could not write the metrics textfile %s: %s; it tries again at the next change.",
                   errors.shown_path(path), exc.strerror or exc)
     except Exception:
         log.exception("tether could not make the metrics for the textfile %s; it tries again at the next change.",
                       errors.shown_path(path))
-
-
-class _Server4(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
-    daemon_threads = True
-
-
-class _Server6(_Server4):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("Metrics request from %s: %s", self.address_string(), format % args)
-
-
-class Server:
-    """The metrics endpoint on "host:port", "[v6]:port" or ":port" (every interface), served from a
-    daemon thread until `close()`; `.port` is the actual port (the kernel picks one for port 0)."""
-
-    def __init__(self, address: str, registry: prometheus_client.CollectorRegistry) -> None:
-        host, colon, port = address.rpartition(":")
-        if not colon or not port.isdigit() or int(port) > 65535:
-            raise errors.PermanentError(f"the metrics address {address!r} is not host:port, e.g. 127.0.0.1:9731")
-        host = host.removeprefix("[").removesuffix("]")
-        try:
-            self._server: _Server4 = wsgiref.simple_server.make_server(
-                host, int(port), prometheus_client.make_wsgi_app(registry), _Server6 if ":" in host else _Server4,
-                _QuietHandler)
-        except OSError as exc:
-            raise errors.TemporaryError(f"tether cannot serve metrics on {address}: {exc.strerror}; is another "
-                                        "process listening there?") from exc
-        self.host, self.port = host, int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
-        self._thread.start()
-        log.info("Serving metrics on %s port %d.", self._server.server_address[0], self.port)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-
-def serve(address: str, registry: prometheus_client.CollectorRegistry) -> Server:
-    """Serve the exposition over HTTP (see `Server`)."""
-    return Server(address, registry)

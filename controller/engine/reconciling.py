@@ -87,6 +87,9 @@ class Engine:
     on_fetch_failure: Callable[[str, str], None] = lambda name, reason: None
     clock: Callable[[], float] = time.time
     environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
+    # What `_tidy` last kept for each application (name, path) in this process: a pass that changed nothing
+    # and finds the same deployments has nothing new to tidy (P4: a no-op pass lists no directories).
+    tidied: dict[tuple[str, str], frozenset[str]] = dataclasses.field(default_factory=dict)
 
     def plan(self, app: model.Application, observed: records.Observed | None = None) -> planning.Plan:
         return planning.plan(app.name, app.deployment, records.observe(app.path) if observed is None else observed,
@@ -137,7 +140,7 @@ class Engine:
                 for step in plan.steps:
                     seen = self._apply(step, work, seen)
                 if not plan.suspended:
-                    seen = self._prune(app, seen)
+                    seen = self._prune(app, seen, changed=bool(plan.steps or work.runs or work.probes))
             except errors.TetherError as exc:
                 log.error("Reconciling %s failed: %s", app.name, exc)
                 error, permanent = str(exc), isinstance(exc, errors.PermanentError)
@@ -396,10 +399,12 @@ class Engine:
                 raise errors.PermanentError(f"{app.name} has no deployment {deployment} that tether made")
             self._tidy(app, self._clean(observed, deployment))
 
-    def _prune(self, app: model.Application, observed: records.Observed) -> records.Observed:
+    def _prune(self, app: model.Application, observed: records.Observed, changed: bool = True) -> records.Observed:
         if not observed.exists:
             return observed
         candidates = planning.prune_candidates(observed, app.deployment, app.keep, active=observed.current)
+        if not candidates and not changed and self.tidied.get((app.name, app.path)) == frozenset(observed.deployments):
+            return observed
         if candidates:
             path_safety.prepare(app.path)
         for name in candidates:
@@ -420,6 +425,7 @@ class Engine:
         artifact_cache.prune(self.state_dir, app.name, keep=kept)
         digests.prune(app.path, keep=kept)
         hooks.prune_logs(app.path, keep=kept)
+        self.tidied[(app.name, app.path)] = frozenset(kept)
 
     def retry(self, app: model.Application) -> list[str]:
         """Forget failure marks, so the next pass tries those deployments again."""

@@ -280,13 +280,14 @@ def set_rollout(document: dict[str, Any], rollout: dict[str, Any] | None) -> Non
         document["rollout"] = rollout
 
 
-def write(state_dir: str, name: str, document: dict[str, Any]) -> bool:
-    """Write the status of `name`, unless its file is of a newer format (left as it is: False)."""
+def write(state_dir: str, name: str, document: dict[str, Any], *, durable: bool = True) -> bool:
+    """Write the status of `name` atomically, unless its file is of a newer format (left as it is: False);
+    `durable=False` leaves the flush to the caller (status_store.Store.sync)."""
     file = status_path(state_dir, name)
     if (why := formats.refusal(file)) is not None:
         log.error("%s: tether leaves its status document as it is: %s.", name, why)
         return False
     fsutil.makedirs(os.path.dirname(file))
-    fsutil.atomic_write_json(file, formats.stamped(document), mode=MODE)
+    fsutil.atomic_write_json(file, formats.stamped(document), mode=MODE, durable=durable)
     formats.UNDERSTOOD.understood(file)
     return True

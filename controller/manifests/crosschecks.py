@@ -236,6 +236,22 @@ def _health_check_problems(check: model.HealthCheck) -> Iterator[tuple[str, str]
             yield bad, "/spec/healthCheck/http/url"
 
 
+def _overlaps(paths: Sequence[str]) -> dict[int, list[int]]:
+    """For each index, the later indexes whose path is the same as its path, inside it or around it, in order.
+
+    Sorted with a "/" appended, every path inside a tree comes right after the tree, so each path is compared
+    with the paths after it only until one is not inside: n log n, not n squared (1000 applications)."""
+    keys = sorted((path.rstrip("/") + "/", index) for index, path in enumerate(paths))
+    found: dict[int, list[int]] = {}
+    for position, (tree, index) in enumerate(keys):
+        later = position + 1
+        while later < len(keys) and keys[later][0].startswith(tree):
+            other = keys[later][1]
+            found.setdefault(min(index, other), []).append(max(index, other))
+            later += 1
+    return {index: sorted(others) for index, others in found.items()}
+
+
 def check(
     parsed: Sequence[model.Application | model.Kind],
     reserved_paths: Sequence[str] = (),
@@ -258,11 +274,12 @@ def check(
             refuse(item.file, f"the {kind} name {item.name!r} is also used by {other}; names must be unique", "/metadata/name")
             refuse(other, f"the {kind} name {item.name!r} is also used by {item.file}; names must be unique", "/metadata/name")
     applications = [a for a in parsed if isinstance(a, model.Application)]
+    overlapping = _overlaps([app.path for app in applications])
     for index, app in enumerate(applications):
-        for other_app in applications[index + 1:]:
-            if is_inside(app.path, other_app.path) or is_inside(other_app.path, app.path):
-                for one, two in ((app, other_app), (other_app, app)):
-                    refuse(one.file, f"path {one.path} overlaps {two.path} of {two.file}; each application needs its own tree", "/spec/path")
+        for later in overlapping.get(index, ()):
+            other_app = applications[later]
+            for one, two in ((app, other_app), (other_app, app)):
+                refuse(one.file, f"path {one.path} overlaps {two.path} of {two.file}; each application needs its own tree", "/spec/path")
         real = os.path.realpath(app.path)
         for reserved in reserved_paths:
             if any(is_inside(p, reserved) or is_inside(reserved, p) for p in (app.path, real)):

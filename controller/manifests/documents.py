@@ -8,6 +8,7 @@ duplicate keys.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from typing import Any
@@ -108,11 +109,49 @@ def line_for(pointer: str, lines: dict[str, int]) -> int | None:
     return lines.get(pointer)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    """What `_checked` found in the node tree: its size and the line of each pointer, or why it is refused."""
+
+    values: int = 0
+    depth: int = 0
+    lines: dict[str, int] = dataclasses.field(default_factory=dict)
+    problem: Exception | None = None
+
+
+def _checked(node: yaml.Node) -> _Shape:
+    """Measure `node` (and map its lines when it is within the bounds) before it is constructed: building
+    the value merges `<<` keys into the node tree, which would then look like duplicate keys."""
+    try:
+        values, depth = _measure(node, {})
+    except (RecursionError, ValueError) as exc:
+        return _Shape(problem=exc)
+    if depth > MAX_DEPTH or values > MAX_VALUES:
+        return _Shape(values, depth)
+    lines: dict[str, int] = {}
+    try:
+        _line_map(node, (), lines)
+    except DuplicateKey as exc:
+        return _Shape(values, depth, problem=exc)
+    return _Shape(values, depth, lines)
+
+
+def _compose_and_construct(text: str) -> tuple[yaml.Node | None, Any, _Shape]:
+    """The node tree of the one document in `text`, the value built from it and its shape: one parse, not
+    two (composing is most of the time of reading a manifest)."""
+    loader = LOADER(text)
+    try:
+        node = loader.get_single_node()
+        shape = _Shape() if node is None else _checked(node)
+        return node, None if node is None else loader.construct_document(node), shape
+    finally:
+        loader.dispose()
+
+
 def parse(file: str, text: str) -> tuple[dict[str, Any], dict[str, int]]:
     """The one YAML mapping in `text` and the line of each JSON pointer in it; raise ManifestError."""
     try:
-        node = yaml.compose(text, Loader=LOADER)
-        document = yaml.load(text, Loader=LOADER)  # noqa: S506 - LOADER is a safe loader
+        node, document, shape = _compose_and_construct(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -130,25 +169,22 @@ def parse(file: str, text: str) -> tuple[dict[str, Any], dict[str, int]]:
                                    f"({errors.printable(str(exc))[:200]})") from exc
     if node is None or not isinstance(document, dict):
         raise errors.ManifestError(file, "the file must hold one YAML mapping (a manifest)", 1)
-    try:
-        values, depth = _measure(node, {})
-    except RecursionError as exc:
-        raise errors.ManifestError(file, "the document is nested too deeply; is it a manifest?") from exc
-    except ValueError as exc:
-        raise errors.ManifestError(file, f"{exc}; a manifest cannot hold a cycle, remove that alias") from exc
-    if depth > MAX_DEPTH:
-        raise errors.ManifestError(file, f"the document is nested {depth} levels deep, more than {MAX_DEPTH}; "
+    if isinstance(shape.problem, RecursionError):
+        raise errors.ManifestError(file, "the document is nested too deeply; is it a manifest?") from shape.problem
+    if isinstance(shape.problem, ValueError):
+        raise errors.ManifestError(file, f"{shape.problem}; a manifest cannot hold a cycle, remove that alias") \
+            from shape.problem
+    if shape.depth > MAX_DEPTH:
+        raise errors.ManifestError(file, f"the document is nested {shape.depth} levels deep, more than {MAX_DEPTH}; "
                                    "is it a manifest?")
-    if values > MAX_VALUES:
+    if shape.values > MAX_VALUES:
         raise errors.ManifestError(file, f"the document holds more than {MAX_VALUES} values once its YAML aliases "
                                    "are expanded; is it a manifest?")
-    lines: dict[str, int] = {}
-    try:
-        _line_map(node, (), lines)
-    except DuplicateKey as exc:
-        raise errors.ManifestError(file, f"the key {exc.key!r} appears twice; YAML would silently keep only the "
-                                   "last one, so remove one of them", exc.line, exc.pointer) from exc
-    return document, lines
+    if isinstance(shape.problem, DuplicateKey):
+        duplicate = shape.problem
+        raise errors.ManifestError(file, f"the key {duplicate.key!r} appears twice; YAML would silently keep only "
+                                   "the last one, so remove one of them", duplicate.line, duplicate.pointer) from duplicate
+    return document, shape.lines
 
 
 def validated(file: str, document: dict[str, Any], lines: dict[str, int], schema_name: str) -> dict[str, Any]:
