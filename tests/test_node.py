@@ -92,7 +92,7 @@ def test_the_node_config_can_come_from_the_environment(node: support.Node) -> No
 
 
 INVALID = {
-    "bad YAML": ("apiVersion: tether/v1\nkind: Node\nmetadata: {name: web-07\n", 4, "this is not valid YAML"),
+    "bad YAML": ("apiVersion: tether/v1\nkind: Node\nmetadata: {name: web-07\n", 3, "this is not valid YAML"),
     "a wrong kind": ("apiVersion: tether/v1\nkind: Application\nmetadata: {name: web-07}\n", 2,
                      '"Application" is not one of "Node"'),
     "a label name with a space": ("apiVersion: tether/v1\nkind: Node\nmetadata:\n  name: web-07\n  labels:\n"

@@ -79,6 +79,8 @@ class Engine:
     checkpoint: Callable[[str], None] = lambda step: None
     on_fetch: Callable[[str, int, float], None] = lambda name, size, seconds: None
     on_fetch_failure: Callable[[str, str], None] = lambda name, reason: None
+    on_retry: Callable[[str, str, fetching.Retry], None] = lambda name, deployment, retry: None
+    on_progress: Callable[[str, str, archives.Budget], None] | None = None  # name, deployment, what is counted
     clock: Callable[[], float] = time.time
     environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
 
@@ -183,7 +185,8 @@ class Engine:
             started = time.monotonic()
             try:
                 digest, size = self.fetcher.retrying(
-                    lambda: self._fetch(app, deployment, owner, url, headers, made, work.cancel), work.cancel)
+                    lambda: self._fetch(app, deployment, owner, url, headers, made, work.cancel), work.cancel,
+                    lambda retry: self.on_retry(app.name, deployment, retry))
             except errors.TetherError as exc:
                 self.on_fetch_failure(app.name, type(exc).__name__)
                 raise
@@ -220,7 +223,10 @@ class Engine:
         try:
             with cache.writer() as sink, self.fetcher.open(url, headers, max_bytes=source.limits.max_bytes, sink=sink,
                                                            cancel=cancel, stall_seconds=source.stall_seconds) as download:
-                budget = archives.Budget(source.limits, lambda: download.received)
+                progress = self.on_progress
+                budget = archives.Budget(source.limits, lambda: download.received,
+                                         None if progress is None else lambda counted: progress(app.name, deployment,
+                                                                                                counted))
                 root = extracting.extract(download, stage, fmt=source.format, strip=source.strip_components,
                                           budget=budget, owner=owner, spool_dir=records.staging_dir(app.path),
                                           checkpoint=self.checkpoint)
