@@ -219,7 +219,7 @@ def test_the_tracker_keeps_the_last_good_identity_while_the_file_is_invalid(tmp_
     assert not tracker.refresh()
     path.write_text("kind: [\n")
     assert tracker.refresh() and tracker.identity.name == "web-07.eu-1.example.com"
-    assert isinstance(tracker.error, errors.ManifestError) and tracker.error.line == 2
+    assert isinstance(tracker.error, errors.ManifestError) and tracker.error.line == 1  # the [ of its one line
     assert tracker.status()["error"] == str(tracker.error)
     path.unlink()
     assert tracker.refresh() and tracker.identity.name == "host-1" and tracker.error is None

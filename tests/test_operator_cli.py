@@ -85,12 +85,12 @@ def test_tether_run_logs_its_start_and_every_action_at_info_without_any_option(
     daemon = Daemon(node)
     daemons.append(daemon)
 
-    _, _, start = daemon.log.wait_for(r"tether .* is running")
+    _, _, start = daemon.log.wait_for(r"tether is running")
     wait_converged(node, "site", "v1")
     daemon.log.wait_for(r"site: the pass is done")
     log = daemon.stop()
 
-    assert f"tether {__version__} is running" in start
+    assert f"tether is running (version {__version__})" in start
     assert str(node.manifests) in start and str(node.state) in start
     assert "1 applications" in start and re.search(r"metrics on 127\.0\.0\.1:\d+", start), start
     for action in (r"INFO .*site: deploy v1", r"INFO .*site: deployment v1 is complete",

@@ -20,7 +20,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-LEVELS = (logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG)
+LEVELS = (logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG, logging.DEBUG - 1)  # the last: -vv, libraries too
 
 
 def level(verbose: int, quiet: int, default: int = logging.WARNING) -> int:
@@ -38,3 +38,5 @@ def configure(log_format: str, threshold: int) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(threshold)
+    # watchdog's DEBUG lines (every inotify event) drown tether's own; they come with -vv only.
+    logging.getLogger("watchdog").setLevel(threshold if threshold < logging.DEBUG else max(threshold, logging.INFO))

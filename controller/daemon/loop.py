@@ -316,8 +316,8 @@ class Daemon:
             workers.start()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
             self.notifier.send("READY=1", self._summary())
-            log.info("tether %s is running: manifests %s, state dir %s, %d applications, %d workers, metrics on %s.",
-                     __version__, self.config.manifests, self.config.state_dir, len(self.apps), self.config.workers,
+            log.info("tether is running (version %s): manifests %s, state dir %s, %d applications, %d workers, "
+                     "metrics on %s.", __version__, self.config.manifests, self.config.state_dir, len(self.apps), self.config.workers,
                      f"{server.host}:{server.port}" if server else "nothing (--metrics-address is empty)")
             self._loop(watcher, registry)
             self.notifier.send("STOPPING=1")
