@@ -527,8 +527,10 @@ def big_artifact(files: int = 200, size: int = 8192) -> bytes:
 
 
 @contextlib.contextmanager
-def slow_server(body: bytes, seconds: float) -> Iterator[int]:
-    """Serves `body` to every GET in 32 pieces over about `seconds` (a slow link)."""
+def slow_server(body: bytes, seconds: float, break_first: bool = False) -> Iterator[int]:
+    """Serves `body` to every GET in 32 pieces over about `seconds` (a slow link); with `break_first`, the first
+    answer ends after half of them (the connection closes early)."""
+    answers = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
@@ -539,8 +541,10 @@ def slow_server(body: bytes, seconds: float) -> Iterator[int]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             piece = len(body) // 32 + 1
-            for start in range(0, len(body), piece):
-                self.wfile.write(body[start:start + piece])
+            answers.append(self.path)
+            end = len(body) // 2 if break_first and len(answers) == 1 else len(body)
+            for start in range(0, end, piece):
+                self.wfile.write(body[start:min(end, start + piece)])
                 self.wfile.flush()
                 time.sleep(seconds / 32)  # the pace of a slow link, not a synchronisation
 
@@ -620,3 +624,19 @@ def test_a_pipe_and_json_get_no_progress(node: support.Node) -> None:
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
     assert code == 0 and json.loads(stdout)[0]["converged"] is True
     assert terminal == b"", terminal
+
+
+def test_a_log_line_during_the_progress_line_starts_on_a_line_of_its_own(node: support.Node) -> None:
+    with slow_server(big_artifact(), 1.0, break_first=True) as port:
+        support.write_manifest(node.manifests, support.application(
+            "site", node.apps / "site", deployment="v1",
+            source={"url": f"http://127.0.0.1:{port}/{{deployment}}.tar.gz"}))
+        code, stdout, terminal, _ = on_terminal(node, "reconcile")
+
+    assert code == 0 and stdout == "site: converged\n", terminal
+    before, _, _ = terminal.partition(b"Attempt 1 failed")
+    assert PROGRESS.search(before), terminal  # the line was shown before the warning
+    segments = re.split(rb"\r\x1b\[K|\r?\n", terminal)
+    warning = next(s for s in segments if b"Attempt 1 failed" in s)
+    assert re.match(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ WARNING ", warning), warning
+    assert terminal.endswith(b"\r\x1b[K")

@@ -8,6 +8,7 @@ file (a CI log, `--json`) gets nothing, so what is parsed stays as it was.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -56,6 +57,11 @@ class Line:
             self.stream.flush()
             self._shown = True
 
+    def before_log(self, record: logging.LogRecord) -> bool:
+        """A logging filter: clear the line before a log line goes to the same stream (the next update redraws it)."""
+        self.clear()
+        return True
+
     def clear(self) -> None:
         with self._lock:
             if self._shown:
@@ -80,7 +86,12 @@ def shown(stream: TextIO, json_output: bool) -> Iterator[Callable[[str, str, arc
         yield None
         return
     line = Line(stream)
+    handlers = [h for h in logging.getLogger().handlers if getattr(h, "stream", None) is stream]
+    for handler in handlers:  # a log line (a retried download's warning) starts on a line of its own
+        handler.addFilter(line.before_log)
     try:
         yield line.update
     finally:
+        for handler in handlers:
+            handler.removeFilter(line.before_log)
         line.clear()

@@ -39,7 +39,7 @@ def ellipsis() -> str:
 
 def cut(text: str, width: int = MESSAGE_WIDTH) -> str:
     """`text` on one line, at most `width` characters: a longer one ends with an ellipsis."""
-    text = " ".join(text.split())
+    text = errors.printable(" ".join(text.split()))
     mark = ellipsis()
     return text if len(text) <= width else text[: width - len(mark)].rstrip() + mark
 

@@ -227,7 +227,8 @@ class Engine:
                 budget = archives.Budget(source.limits, lambda: download.received,
                                          None if progress is None else lambda counted: progress(app.name, deployment,
                                                                                                 counted))
-                root = extracting.extract(download, stage, fmt=source.format, strip=source.strip_components,
+                body: archives.Readable = download if progress is None else _Ticking(download, budget)
+                root = extracting.extract(body, stage, fmt=source.format, strip=source.strip_components,
                                           budget=budget, owner=owner, spool_dir=records.staging_dir(app.path),
                                           checkpoint=self.checkpoint)
                 download.drain()
@@ -386,6 +387,21 @@ class Engine:
                     self._clean(observed, deployment.name)
                 cleared.append(deployment.name)
         return cleared
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ticking:
+    """The download as the extractor reads it, telling the budget's progress listener of each read: the bytes
+    received count even while the decompressor waits for a whole buffer."""
+
+    download: fetching.Download
+    budget: archives.Budget
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self.download.read(size)
+        if self.budget.progress is not None:
+            self.budget.progress(self.budget)
+        return data or b""
 
 
 def _move_entries(root: str, target: str, made: os.stat_result) -> None:
