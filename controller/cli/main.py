@@ -44,10 +44,11 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("TETHER_LOG_FORMAT", "text"),
                         help="log lines on stderr as text or as JSON objects, one a line (TETHER_LOG_FORMAT)")
     common.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log more: INFO, then DEBUG (`tether run` logs INFO already; -v gives DEBUG)")
+                        help="log more, one level each: `tether run` logs INFO, -v DEBUG, -vv the libraries' DEBUG "
+                        "too; other commands log WARNING, -v INFO")
     common.add_argument("-q", "--quiet", action="count", default=0,
-                        help="log less: `tether run` logs INFO, -q WARNING, -qq ERROR; other commands log WARNING, "
-                        "-q ERROR")
+                        help="log less, one level each: `tether run` -q logs WARNING, -qq ERROR; other commands -q "
+                        "ERROR")
     return common
 
 
