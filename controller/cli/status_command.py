@@ -53,12 +53,13 @@ def condition(document: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return next((c for c in document.get("conditions", []) if isinstance(c, dict) and c.get("type") == kind), None)
 
 
-def message(document: dict[str, Any]) -> str:
+def message(document: dict[str, Any], width: int | None = None) -> str:
     """What an operator wants to know first: what a running pass is doing (retrying a download, say), else the
-    last error, and where the rollout stands."""
+    last error, cut to `width` (None: whole), and where the rollout stands (never cut: it is short)."""
     working = condition(document, "Reconciling")
     doing = working.get("message", "") if working and working.get("status") == "True" else ""
-    return "; ".join(m for m in (doing or document.get("lastError") or "", rollout_state.waiting_text(document)) if m)
+    first = doing or document.get("lastError") or ""
+    return "; ".join(m for m in (cut(first, width) if width else first, rollout_state.waiting_text(document)) if m)
 
 
 def invalid_manifests(problems: Sequence[errors.ManifestError], names: dict[str, errors.ManifestError]) -> list[
@@ -96,7 +97,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows = [("NAME", "DESIRED", "CURRENT", "READY", "MESSAGE")]
         for d in shown:
             rows.append((d.get("name") or "-", d.get("desired") or "-", d.get("current") or "-", ready(d),
-                         cut(message(d))))
+                         message(d, MESSAGE_WIDTH)))
         table(rows)
     return OK
 
