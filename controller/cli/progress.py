@@ -42,6 +42,8 @@ class Line:
 
     def update(self, name: str, deployment: str, budget: archives.Budget) -> None:
         now = self.clock()
+        if now - self._last < self.interval:  # the common case, without the lock: it is read once per chunk
+            return
         received = budget.compressed()
         with self._lock:
             started, before = self._started.setdefault((name, deployment), (now, received))
