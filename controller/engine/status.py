@@ -139,7 +139,7 @@ def stalled(result: reconciling.Result) -> dict[str, Any]:
         return _condition("Stalled", True, "PermanentError", f"{result.error}; nothing is retried until the manifest "
                           "changes or `tether retry`")
     if not result.ok:
-        return _condition("Stalled", False, "TemporaryError", f"the pass failed, and is retried: {result.error}")
+        return _condition("Stalled", False, "TemporaryError", f"the pass failed and the next one tries again: {result.error}")
     return _condition("Stalled", False, "NoError", "the last pass ended without an error")
 
 
