@@ -438,7 +438,7 @@ def test_a_world_writable_manifest_is_refused(deployed: Deployed) -> None:
 
     assert run.returncode == INVALID, run.stderr
     _error(run.stderr, deployed.manifest, None, "refused", "writable by group or others", "0666",
-           "fix the permissions")
+           "--insecure-manifests")
     deployed.assert_unchanged()
 
 
@@ -450,7 +450,7 @@ def test_a_group_writable_manifests_directory_is_refused(deployed: Deployed) -> 
 
     assert run.returncode == INVALID, run.stderr
     _error(run.stderr, deployed.node.manifests, None, "refused", "writable by group or others", "0775",
-           "fix the permissions")
+           "--insecure-manifests")
     deployed.assert_unchanged()
 
 
@@ -461,7 +461,7 @@ def test_a_manifest_owned_by_another_user_is_refused(deployed: Deployed) -> None
 
     assert run.returncode == INVALID, run.stderr
     _error(run.stderr, deployed.manifest, None, "refused", "owned by uid 12345", "not by root",
-           "fix the permissions")
+           "--insecure-manifests")
     deployed.assert_unchanged()
 
 

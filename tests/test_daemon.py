@@ -65,7 +65,7 @@ class Daemon:
         self.node = node
         command = [sys.executable, "-m", "controller", "run", "--manifests", str(node.manifests),
                    "--state-dir", str(node.state), "--metrics-address", "127.0.0.1:0",
-                   "--resync-interval", "3600", "-v", *args]
+                   "--resync-interval", "3600", *args]  # INFO: the default
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("TETHER_", "NOTIFY_", "WATCHDOG_"))}
         full_env.update(env or {})
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -87,7 +87,7 @@ def test_yaml_errors_and_schema_errors_name_the_line(tmp_path: Path) -> None:
     assert str(raised.value).startswith("site.yaml:8: expected a value of type integer")
     with pytest.raises(errors.ManifestError) as raised:
         loading.parse("bad.yaml", "a: 1\nb: [\n")
-    assert raised.value.line == 3 and "not valid YAML" in str(raised.value)
+    assert raised.value.line == 2 and "not valid YAML" in str(raised.value)  # where the [ is, not past the end
 
 
 def test_defaults_come_from_the_schema(tmp_path: Path) -> None:

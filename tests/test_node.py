@@ -92,7 +92,7 @@ def test_the_node_config_can_come_from_the_environment(node: support.Node) -> No
 
 
 INVALID = {
-    "bad YAML": ("apiVersion: tether/v1\nkind: Node\nmetadata: {name: web-07\n", 4, "this is not valid YAML"),
+    "bad YAML": ("apiVersion: tether/v1\nkind: Node\nmetadata: {name: web-07\n", 3, "this is not valid YAML"),
     "a wrong kind": ("apiVersion: tether/v1\nkind: Application\nmetadata: {name: web-07}\n", 2,
                      '"Application" is not one of "Node"'),
     "a label name with a space": ("apiVersion: tether/v1\nkind: Node\nmetadata:\n  name: web-07\n  labels:\n"
@@ -219,7 +219,7 @@ def test_the_tracker_keeps_the_last_good_identity_while_the_file_is_invalid(tmp_
     assert not tracker.refresh()
     path.write_text("kind: [\n")
     assert tracker.refresh() and tracker.identity.name == "web-07.eu-1.example.com"
-    assert isinstance(tracker.error, errors.ManifestError) and tracker.error.line == 2
+    assert isinstance(tracker.error, errors.ManifestError) and tracker.error.line == 1  # the [ of its one line
     assert tracker.status()["error"] == str(tracker.error)
     path.unlink()
     assert tracker.refresh() and tracker.identity.name == "host-1" and tracker.error is None

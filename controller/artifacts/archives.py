@@ -93,14 +93,18 @@ def read_head(source: Readable) -> bytes:
 class Budget:
     """Counts expanded bytes and members against an archive's limits."""
 
-    def __init__(self, limits: model.Limits, compressed: Callable[[], int]) -> None:
+    def __init__(self, limits: model.Limits, compressed: Callable[[], int],
+                 progress: Callable[[Budget], None] | None = None) -> None:
         self.limits = limits
         self.compressed = compressed
         self.expanded = 0
         self.members = 0
+        self.progress = progress  # hears of each count (a progress line on a terminal); None: nobody listens
 
     def add_bytes(self, count: int) -> None:
         self.expanded += count
+        if self.progress is not None:
+            self.progress(self)
         limits = self.limits
         if self.expanded > limits.max_bytes:
             raise errors.ArchiveError(
@@ -117,6 +121,8 @@ class Budget:
 
     def add_member(self, name: str) -> None:
         self.members += 1
+        if self.progress is not None:
+            self.progress(self)
         if self.members > self.limits.max_members:
             raise errors.ArchiveError(
                 f"the archive has more than {self.limits.max_members} members (limits.maxMembers) "

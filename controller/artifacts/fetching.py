@@ -154,6 +154,17 @@ def _excerpt(response: http.client.HTTPResponse, sock: socket.socket | None) -> 
 
 
 @dataclasses.dataclass(frozen=True)
+class Retry:
+    """A failed attempt that is retried: attempt `failed` of `attempts` failed with `error`; the next starts
+    `delay` seconds from now."""
+
+    failed: int
+    attempts: int
+    delay: float
+    error: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Fetcher:
     """Opens artifact URLs with timeouts, a deadline, redirects and retries."""
 
@@ -294,8 +305,10 @@ class Fetcher:
         hint = "; check the URL and the deployment name" if status == 404 else "; check the URL and headers"
         raise errors.FetchRefused(message + hint)
 
-    def retrying(self, attempt: Callable[[], T], cancel: threading.Event | None = None) -> T:
-        """Run `attempt`, retrying TemporaryError with exponential back-off and jitter, until `cancel` is set."""
+    def retrying(self, attempt: Callable[[], T], cancel: threading.Event | None = None,
+                 on_retry: Callable[[Retry], None] = lambda retry: None) -> T:
+        """Run `attempt`, retrying TemporaryError with exponential back-off and jitter, until `cancel` is set;
+        `on_retry` hears of each failed attempt that is retried, before the wait."""
         jitter = tenacity.wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max)
 
         def wait(state: Any) -> float:
@@ -306,6 +319,8 @@ class Fetcher:
         def before_sleep(state: Any) -> None:
             log.warning("Attempt %d failed: %s; retrying in %.1f s.", state.attempt_number,
                         state.outcome.exception(), state.next_action.sleep)
+            on_retry(Retry(state.attempt_number, self.attempts, state.next_action.sleep,
+                           str(state.outcome.exception())))
 
         stop = tenacity.stop_after_attempt(self.attempts)
         retrying = tenacity.Retrying(

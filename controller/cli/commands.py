@@ -8,15 +8,18 @@ itself under the application's lock, which the daemon shares.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from controller import errors
 from controller.artifacts import fetching
+from controller.cli import progress
 from controller.engine import reconciling, status
 from controller.fleet import gate, rollout_state
 from controller.fleet import node as node_identity
@@ -27,6 +30,8 @@ OK, FAILED, INVALID = 0, 1, 2
 
 
 def catalog(args: argparse.Namespace) -> loading.Catalog:
+    """The manifests `--manifests` names; PermanentError when that directory cannot be listed."""
+    loading.check_directory(args.manifests)
     reserved = [os.path.realpath(args.state_dir), os.path.realpath(args.manifests)]
     return loading.load([args.manifests], secure=not args.insecure_manifests, reserved_paths=reserved)
 
@@ -66,8 +71,9 @@ def reconcile_now(args: argparse.Namespace, found: loading.Catalog, app: model.A
     """Record `changes` to the application's overrides and run one pass with them, under one hold of
     its lock (so a daemon cannot start a pass in between, e.g. without this deploy's headers), and
     write the status; return the exit code."""
-    with locking.application_lock(args.state_dir, app.name):
-        engine = engine or reconciling.Engine(args.state_dir)
+    with locking.application_lock(args.state_dir, app.name), progress.shown(sys.stderr, args.json) as on_progress:
+        engine = dataclasses.replace(engine or reconciling.Engine(args.state_dir), on_progress=on_progress,
+                                     on_retry=retry_recorder(args.state_dir))
         engine.refuse_newer(app)  # before the override changes: a newer tether's files are not acted on
         override = overrides.update(args.state_dir, app.name, **changes) if changes else \
             overrides.read(args.state_dir, app.name)
@@ -79,6 +85,17 @@ def reconcile_now(args: argparse.Namespace, found: loading.Catalog, app: model.A
         status.set_rollout(document, rolled.status())
         status.write(args.state_dir, app.name, document)
     return report(args, app.name, result.ok, "converged" if result.ok else f"failed: {result.error}")
+
+
+def retry_recorder(state_dir: str) -> Callable[[str, str, fetching.Retry], None]:
+    """The engine's `on_retry` for a command holding the application's lock: the status says that the download
+    is retried, and when (as the daemon's does)."""
+
+    def record(name: str, deployment: str, retry: fetching.Retry) -> None:
+        last = status.read(state_dir, name) or {"name": name, "conditions": []}
+        status.write(state_dir, name, status.set_retrying(last, deployment, retry, time.time()))
+
+    return record
 
 
 def report(args: argparse.Namespace, name: str, ok: bool, message: str) -> int:
@@ -181,10 +198,21 @@ def cmd_suspend(args: argparse.Namespace) -> int:
 def cmd_retry(args: argparse.Namespace) -> int:
     app = application(args, catalog(args))
     reconciling.Engine(args.state_dir).refuse_newer(app)
+    shown = status.read(args.state_dir, app.name) or {}
     cleared = reconciling.Engine(args.state_dir).retry(app)
     overrides.update(args.state_dir, app.name, retry_requested_at=time.time())
-    return report(args, app.name, True, f"cleared the failure mark of {', '.join(cleared)}" if cleared
-                  else "no failure mark; the back-off is reset")
+    return report(args, app.name, True, retried(app.name, cleared, shown, locking.daemon_running(args.state_dir)))
+
+
+def retried(name: str, cleared: list[str], shown: dict[str, Any], daemon: bool) -> str:
+    """What `tether retry` did, in the terms `tether status` showed: the failure marks cleared, the back-off
+    reset, and when the next attempt is."""
+    done = [f"cleared the failure mark of {', '.join(cleared)}"] if cleared else []
+    was = shown.get("nextAttemptAt")
+    done.append("the back-off is reset" + (f" (the next attempt was due at {was})" if isinstance(was, str) else ""))
+    nxt = ("the next attempt is now: the running daemon makes it" if daemon
+           else f"no daemon is running: `tether reconcile {name}` makes the next attempt now")
+    return "; ".join(done) + "; " + nxt
 
 
 def add_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
@@ -193,7 +221,7 @@ def add_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentP
     json_output.add_argument("--json", action="store_true", help="print the outcome and the status as JSON")
     common = argparse.ArgumentParser(add_help=False, parents=[common, json_output])
     sub = commands.add_parser("deploy", parents=[common], help="set the desired deployment (CI/CD entry point)")
-    sub.add_argument("name")
+    sub.add_argument("name", help="the application")
     sub.add_argument("--deployment", help="deployment name (default: the manifest's)")
     sub.add_argument("--url", help="artifact URL for this deployment instead of the manifest's source.url")
     sub.add_argument("--header", action="append", default=[], metavar="'K: V'",
@@ -204,19 +232,20 @@ def add_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentP
     sub.add_argument("--wait", action="store_true", help="deploy now and wait for the outcome")
     sub.add_argument("--timeout", type=float, default=3600.0, help="give up downloading after this many seconds")
     sub = commands.add_parser("activate", parents=[common], help="pin an existing complete deployment")
-    sub.add_argument("name")
-    sub.add_argument("deployment")
+    sub.add_argument("name", help="the application")
+    sub.add_argument("deployment", help="a complete deployment (`tether list NAME`)")
     sub = commands.add_parser("rollback", parents=[common], help="pin the previous deployment")
-    sub.add_argument("name")
+    sub.add_argument("name", help="the application")
     sub = commands.add_parser("remove", parents=[common], help="remove a deployment (never the active one)")
-    sub.add_argument("name")
-    sub.add_argument("deployment")
+    sub.add_argument("name", help="the application")
+    sub.add_argument("deployment", help="the deployment to remove")
     sub = commands.add_parser("prune", parents=[common], help="apply retention now")
-    sub.add_argument("name")
-    sub.add_argument("--keep", type=int, choices=range(1, 1001), metavar="N")
+    sub.add_argument("name", help="the application")
+    sub.add_argument("--keep", type=int, choices=range(1, 1001), metavar="N",
+                     help="deployments to keep, 1 to 1000 (default: the manifest's spec.keep)")
     for name, text in (("suspend", "stop reconciling an application"), ("resume", "reconcile it again"),
                        ("retry", "forget failure marks and back-off so the next pass tries again")):
-        commands.add_parser(name, parents=[common], help=text).add_argument("name")
+        commands.add_parser(name, parents=[common], help=text).add_argument("name", help="the application")
 
 
 COMMANDS = {"deploy": cmd_deploy, "activate": cmd_activate, "rollback": cmd_rollback, "remove": cmd_remove,

@@ -20,8 +20,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure(log_format: str, verbosity: int) -> None:
-    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(max(-1, min(verbosity, 2)), logging.DEBUG)
+LEVELS = (logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG, logging.DEBUG - 1)  # the last: -vv, libraries too
+
+
+def level(verbose: int, quiet: int, default: int = logging.WARNING) -> int:
+    """The level that `-v` (each: one step more) and `-q` (each: one step less) make of `default`."""
+    index = LEVELS.index(default) + verbose - quiet
+    return LEVELS[max(0, min(index, len(LEVELS) - 1))]
+
+
+def configure(log_format: str, threshold: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
@@ -29,4 +37,6 @@ def configure(log_format: str, verbosity: int) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(threshold)
+    # watchdog's DEBUG lines (every inotify event) drown tether's own; they come with -vv only.
+    logging.getLogger("watchdog").setLevel(threshold if threshold < logging.DEBUG else max(threshold, logging.INFO))

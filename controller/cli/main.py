@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
@@ -14,10 +16,9 @@ from typing import Any
 
 from controller import __version__, errors
 from controller.cli import commands as imperative
-from controller.cli import drift_commands, logs, node_commands, rollout_commands
+from controller.cli import drift_commands, logs, node_commands, progress, rollout_commands, status_command
 from controller.engine import reconciling, status
 from controller.fleet import node as node_identity
-from controller.fleet import rollout_state
 from controller.manifests import loading, overrides, reference, validation
 from controller.tree import locking, records
 
@@ -40,9 +41,14 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument("--insecure-manifests", action="store_true", default=_env_flag("TETHER_INSECURE_MANIFESTS"),
                         help="accept manifests and the node file not owned by root or writable by others "
                         "(development only)")
-    common.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("TETHER_LOG_FORMAT", "text"))
-    common.add_argument("-v", "--verbose", action="count", default=0)
-    common.add_argument("-q", "--quiet", action="count", default=0)
+    common.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("TETHER_LOG_FORMAT", "text"),
+                        help="log lines on stderr as text or as JSON objects, one a line (TETHER_LOG_FORMAT)")
+    common.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more, one level each: `tether run` logs INFO, -v DEBUG, -vv the libraries' DEBUG "
+                        "too; other commands log WARNING, -v INFO")
+    common.add_argument("-q", "--quiet", action="count", default=0,
+                        help="log less, one level each: `tether run` -q logs WARNING, -qq ERROR; other commands -q "
+                        "ERROR")
     return common
 
 
@@ -53,24 +59,23 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
     for name, text in (("reconcile", "one pass now, then exit"), ("plan", "what a pass would do, without doing it")):
         sub = commands.add_parser(name, parents=[common], help=text)
-        sub.add_argument("names", nargs="*", metavar="NAME")
-        sub.add_argument("--json", action="store_true")
-    sub = commands.add_parser("status", parents=[common], help="applications and their state")
-    sub.add_argument("name", nargs="?")
-    sub.add_argument("--json", action="store_true")
+        sub.add_argument("names", nargs="*", metavar="NAME", help="these applications only (default: every one)")
+        sub.add_argument("--json", action="store_true", help="the outcome as JSON on stdout")
+    status_command.add_parser(commands, common)
     sub = commands.add_parser("list", parents=[common], help="deployments of one application")
-    sub.add_argument("name")
-    sub.add_argument("--json", action="store_true")
+    sub.add_argument("name", help="the application")
+    sub.add_argument("--json", action="store_true", help="the deployments as JSON")
     sub = commands.add_parser("validate", parents=[common], help="lint manifest files or directories")
-    sub.add_argument("paths", nargs="+", metavar="PATH")
-    sub.add_argument("--json", action="store_true")
+    sub.add_argument("paths", nargs="*", metavar="PATH", help="manifest files or directories (default: --manifests)")
+    sub.add_argument("--json", action="store_true", help="the verdict and the problems as JSON")
     for name, text in (("verify", "check the active deployment for drift, content included"),
                        ("repair", "restore drifted content from the cached artifact, and links")):
         sub = commands.add_parser(name, parents=[common], help=text)
-        sub.add_argument("name")
-        sub.add_argument("--json", action="store_true")
+        sub.add_argument("name", help="the application")
+        sub.add_argument("--json", action="store_true", help="the outcome as JSON")
     sub = commands.add_parser("run", parents=[common], help="the daemon: watch, reconcile, serve metrics")
-    sub.add_argument("--workers", type=int, default=int(os.environ.get("TETHER_WORKERS", "4")))
+    sub.add_argument("--workers", type=int, default=int(os.environ.get("TETHER_WORKERS", "4")),
+                     help="applications reconciled at once; the others wait in the queue (TETHER_WORKERS)")
     sub.add_argument("--resync-interval", type=float, default=float(os.environ.get("TETHER_RESYNC_INTERVAL", "60")),
                      help="seconds between full passes over every application")
     sub.add_argument("--metrics-address", default=os.environ.get("TETHER_METRICS_ADDRESS", "127.0.0.1:9731"),
@@ -86,12 +91,31 @@ def parser() -> argparse.ArgumentParser:
                      default=float(os.environ.get("TETHER_CONTENT_CHECK_INTERVAL", "600")),
                      help="seconds between content drift checks of an application (digests of every file)")
     sub = commands.add_parser("schema", help="print a JSON Schema")
-    sub.add_argument("which", choices=sorted(validation.SCHEMA_FILES))
+    sub.add_argument("which", choices=sorted(validation.SCHEMA_FILES), help="the manifest kind whose schema to print")
     sub.add_argument("--markdown", action="store_true", help="the fields as a Markdown table (docs/manifests.md)")
     node_commands.add_parser(commands, common)
     imperative.add_parsers(commands, common)
     rollout_commands.add_parsers(commands, common)
+    _show_defaults(top)
     return top
+
+
+class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows an option's default, unless it has none worth showing (a flag, a count, no value)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], argparse.SUPPRESS) or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every parser's help shows each option's default (set after the fact: subparsers are made in many modules)."""
+    parser.formatter_class = DefaultsShown
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                _show_defaults(sub)
 
 
 
@@ -130,7 +154,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     for name in missing:
         if name not in catalog.invalid_names:
             print(f"tether: no valid manifest for an application named {name!r}", file=sys.stderr)
-    engine = reconciling.Engine(args.state_dir, checkpoint=_checkpoint())
+    engine = reconciling.Engine(args.state_dir, checkpoint=_checkpoint(),
+                                on_retry=imperative.retry_recorder(args.state_dir))
 
     def one(name: str) -> reconciling.Result:
         with locking.application_lock(args.state_dir, name):  # the status too, so a daemon's pass starts from it
@@ -142,8 +167,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             status.write(args.state_dir, name, document)
         return result
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(4, len(names)))) as pool:
-        results = list(pool.map(one, names))
+    with progress.shown(sys.stderr, args.json) as on_progress:  # a line on a terminal while the passes run
+        engine = dataclasses.replace(engine, on_progress=on_progress)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(4, len(names)))) as pool:
+            results = list(pool.map(one, names))
     if args.json:
         print(json.dumps([{"name": r.name, "converged": r.ok and not r.plan.suspended, "error": r.error}
                           for r in results], indent=2))
@@ -175,29 +202,6 @@ def _plan_json(plan: Any) -> dict[str, Any]:
             "steps": [{"action": s.action, "deployment": s.deployment, "reason": s.reason} for s in plan.steps]}
 
 
-def _ready(document: dict[str, Any]) -> str:
-    ready = next((c for c in document.get("conditions", []) if c["type"] == "Ready"), None)
-    return "True" if ready and ready["status"] == "True" else (ready or {}).get("reason", "Unknown")
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    documents = status.read_all(args.state_dir)
-    if args.name:
-        documents = [d for d in documents if d.get("name") == args.name]
-        if not documents:
-            print(f"tether: no status for {args.name!r}; has it been reconciled?", file=sys.stderr)
-            return INVALID
-    if args.json:
-        print(json.dumps(documents[0] if args.name else documents, indent=2))
-        return OK
-    rows = [("NAME", "DESIRED", "CURRENT", "READY", "MESSAGE")]
-    for d in documents:
-        message = "; ".join(m for m in ((d.get("lastError") or "")[:100], rollout_state.waiting_text(d)) if m)
-        rows.append((d.get("name", ""), d.get("desired") or "-", d.get("current") or "-", _ready(d), message))
-    _table(rows)
-    return OK
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     catalog = imperative.catalog(args)
     app = catalog.applications.get(args.name)
@@ -227,7 +231,9 @@ def _count(number: int, noun: str) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    catalog = loading.load(args.paths, secure=False)
+    if not args.paths:
+        loading.check_directory(args.manifests)
+    catalog = loading.load(args.paths or [args.manifests], secure=False)
     if args.json:
         print(json.dumps({
             "valid": not catalog.problems,
@@ -246,6 +252,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from controller.daemon import loop  # the daemon's imports (watchdog, the metrics server) only when needed
+
+    loading.check_directory(args.manifests)
 
     config = loop.Config(manifests=args.manifests, state_dir=args.state_dir,
                            insecure_manifests=args.insecure_manifests, workers=max(1, args.workers),
@@ -268,7 +276,7 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "reconcile": cmd_reconcile, "plan": cmd_plan, "status": cmd_status, "list": cmd_list,
+    "reconcile": cmd_reconcile, "plan": cmd_plan, **status_command.COMMANDS, "list": cmd_list,
     "validate": cmd_validate, "schema": cmd_schema, "run": cmd_run,
     "verify": drift_commands.cmd_verify, "repair": drift_commands.cmd_repair, **node_commands.COMMANDS,
 }
@@ -276,7 +284,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logs.configure(getattr(args, "log_format", "text"), getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
+    # The daemon logs every action and outcome at INFO (a service's journal); one-shot commands print their
+    # outcome themselves and log only warnings and errors.
+    default = logging.INFO if args.command == "run" else logging.WARNING
+    logs.configure(getattr(args, "log_format", "text"),
+                   logs.level(getattr(args, "verbose", 0), getattr(args, "quiet", 0), default))
     try:
         return {**COMMANDS, **imperative.COMMANDS, **rollout_commands.COMMANDS}[args.command](args)
     except errors.TetherError as exc:

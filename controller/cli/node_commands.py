@@ -18,7 +18,7 @@ OK, INVALID = 0, 2
 
 def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     sub = commands.add_parser("node", parents=[common], help="this node's identity (name and labels)")
-    sub.add_argument("--json", action="store_true")
+    sub.add_argument("--json", action="store_true", help="the identity and the applications as JSON")
 
 
 def identity(args: argparse.Namespace) -> node_identity.Node:

@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from controller import errors, formats, fsutil
+from controller import __version__, errors, formats, fsutil
+from controller.artifacts import fetching
 from controller.daemon import drift_watch, metrics, notify, queueing, scanning, watching, web_config, web_server
 from controller.engine import reconciling, status, status_store
 from controller.fleet import gate, rollout_state
@@ -63,7 +64,7 @@ class Daemon:
         self.backoff = queueing.BackOff()
         self.observations = metrics.Observations()
         self.engine = dataclasses.replace(self.engine, on_fetch=self.observations.fetched,
-                                          on_fetch_failure=self.observations.fetch_failed)
+                                          on_fetch_failure=self.observations.fetch_failed, on_retry=self._retrying)
         self.apps: dict[str, model.Application] = {}
         self.kinds: dict[str, model.Kind] = {}
         self.seen: dict[str, tuple[str, overrides.Override]] = {}
@@ -200,7 +201,8 @@ class Daemon:
                 plan = self.engine.plan(effective, observed)
                 if not plan.converged and not plan.suspended:  # say what the pass does while it works
                     last = self.statuses.get(name) or self.store.read(name)[0] or status.initial(effective)
-                    self._publish(name, status.set_reconciling(last, status.working_on(effective, plan), self.clock()))
+                    self._publish(name, status.set_reconciling(last, status.working_on(effective, plan), self.clock(),
+                                                               plan.desired))
                 cancel = self.running[name] = threading.Event()
                 try:
                     result = self.engine.reconcile(effective, kind, cancel=cancel, locked=True, observed=observed)
@@ -220,6 +222,11 @@ class Daemon:
         previous = on_disk if foreign and on_disk is not None else self.statuses.get(name) or on_disk
         document = status.build(effective, result, previous, self.clock())
         document["nextAttemptAt"] = status.timestamp(queueing.wall_time(next_attempt, self.monotonic, self.clock))
+        if not result.ok:
+            log.info("%s: the next attempt is at %s.", name, document["nextAttemptAt"] or "the next change")
+        elif result.plan.steps:
+            log.info("%s: the pass is done in %.1f s; current points to %s.", name, took,
+                     result.observed.current or "nothing")
         document["lastSuccessAt"] = document["updatedAt"] if result.ok else (previous or {}).get("lastSuccessAt")
         status.set_rollout(document, rolled.status())
         self.drift.record(effective, document, result.observed, structure)
@@ -229,6 +236,13 @@ class Daemon:
         self.observations.reconciled(name, "success" if result.ok else "failure", took)  # after the status
         for run in result.hook_runs:
             self.observations.hook_ran(run, name)
+
+    def _retrying(self, name: str, deployment: str, retry: fetching.Retry) -> None:
+        """A download attempt failed and is retried: say so, and when, in the status (the engine calls this)."""
+        with self._guard:
+            last = self.statuses.get(name)
+        if last is not None:
+            self._publish(name, status.set_retrying(last, deployment, retry, self.clock()))
 
     def _schedule(self, name: str, rolled: rollout_state.Evaluation, wall: float, mono: float) -> None:
         """Ask for a pass when the node's wave opens, and when the gate is due again while the wave waits on
@@ -323,8 +337,9 @@ class Daemon:
             workers.start()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
             self.notifier.send("READY=1", self._summary())
-            log.info("tether is running: %d applications, metrics on %s.", len(self.apps),
-                     f"{server.host}:{server.port}" if server else "nothing")
+            log.info("tether is running (version %s): manifests %s, state dir %s, %d applications, %d workers, "
+                     "metrics on %s.", __version__, self.config.manifests, self.config.state_dir, len(self.apps), self.config.workers,
+                     f"{server.host}:{server.port}" if server else "nothing (--metrics-address is empty)")
             self._loop(watcher, registry)
             self.notifier.send("STOPPING=1")
             for cancel in list(self.running.values()):

@@ -85,6 +85,8 @@ class Engine:
     checkpoint: Callable[[str], None] = lambda step: None
     on_fetch: Callable[[str, int, float], None] = lambda name, size, seconds: None
     on_fetch_failure: Callable[[str, str], None] = lambda name, reason: None
+    on_retry: Callable[[str, str, fetching.Retry], None] = lambda name, deployment, retry: None
+    on_progress: Callable[[str, str, archives.Budget], None] | None = None  # name, deployment, what is counted
     clock: Callable[[], float] = time.time
     environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
     # What `_tidy` last kept for each application (name, path) in this process: a pass that changed nothing
@@ -219,7 +221,8 @@ class Engine:
                 return digest, size
 
             try:
-                digest, size = self.fetcher.retrying(attempt, work.cancel)
+                digest, size = self.fetcher.retrying(attempt, work.cancel,
+                                                     lambda retry: self.on_retry(app.name, deployment, retry))
             except errors.TetherError as exc:
                 self.on_fetch_failure(app.name, type(exc).__name__)
                 raise
@@ -261,8 +264,12 @@ class Engine:
         try:
             with cache.writer() as sink, self.fetcher.open(url, headers, max_bytes=source.limits.max_bytes, sink=sink,
                                                            cancel=cancel, stall_seconds=source.stall_seconds) as download:
-                budget = archives.Budget(source.limits, lambda: download.received)
-                root = extracting.extract(download, stage, fmt=source.format, strip=source.strip_components,
+                progress = self.on_progress
+                budget = archives.Budget(source.limits, lambda: download.received,
+                                         None if progress is None else lambda counted: progress(app.name, deployment,
+                                                                                                counted))
+                body: archives.Readable = download if progress is None else _Ticking(download, budget)
+                root = extracting.extract(body, stage, fmt=source.format, strip=source.strip_components,
                                           budget=budget, owner=owner, spool_dir=records.staging_dir(app.path),
                                           checkpoint=self.checkpoint, deb_root=source.deb_root, written=written)
                 download.drain()
@@ -444,6 +451,21 @@ class Engine:
                     self._clean(observed, deployment.name)
                 cleared.append(deployment.name)
         return cleared
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ticking:
+    """The download as the extractor reads it, telling the budget's progress listener of each read: the bytes
+    received count even while the decompressor waits for a whole buffer."""
+
+    download: fetching.Download
+    budget: archives.Budget
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self.download.read(size)
+        if self.budget.progress is not None:
+            self.budget.progress(self.budget)
+        return data or b""
 
 
 def _move_entries(root: str, target: str, made: os.stat_result) -> None:

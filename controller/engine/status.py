@@ -154,6 +154,16 @@ def healthy(app: model.Application, result: reconciling.Result) -> dict[str, Any
                          "was set; it is probed at its next activation"), "status": "Unknown"}
 
 
+def stalled(result: reconciling.Result) -> dict[str, Any]:
+    """The Stalled condition: True when the pass failed in a way that only a change of the input mends."""
+    if result.permanent:
+        return _condition("Stalled", True, "PermanentError", f"{result.error}; nothing is retried until the manifest "
+                          "changes or `tether retry`")
+    if not result.ok:
+        return _condition("Stalled", False, "TemporaryError", f"the pass failed and the next one tries again: {result.error}")
+    return _condition("Stalled", False, "NoError", "the last pass ended without an error")
+
+
 def build(app: model.Application, result: reconciling.Result, previous: dict[str, Any] | None,
           now: float) -> dict[str, Any]:
     """The status document after a pass."""
@@ -165,7 +175,7 @@ def build(app: model.Application, result: reconciling.Result, previous: dict[str
     if plan.suspended:
         reason, message = "Suspended", "spec.suspend is true; nothing is changed"
     elif not result.ok:
-        reason, message = "Failed", result.error or ""
+        reason, message = "Failed", result.error or "the pass failed"
     elif desired is None:
         reason, message = "NoDesiredDeployment", "spec.deployment is not set; `tether deploy` sets it"
     elif observed.current != desired:
@@ -178,8 +188,7 @@ def build(app: model.Application, result: reconciling.Result, previous: dict[str
     conditions = [
         _condition("Ready", ready, reason, message),
         _condition("Reconciling", False, "Idle", "no pass is running"),
-        _condition("Stalled", result.permanent, "PermanentError" if result.permanent else "None",
-                   (result.error or "") if result.permanent else ""),
+        stalled(result),
         _condition("Drifted", False, "NotChecked", "drift detection is not enabled"),
         health,
     ]
@@ -214,7 +223,8 @@ def set_drift(document: dict[str, Any], types: list[str], files: list[str], now:
         shown = ", ".join(files[:DRIFT_PATHS_SHOWN]) + (" ..." if len(files) > DRIFT_PATHS_SHOWN else "")
         note = f"{len(files)} files changed since the deployment completed: {shown}; `tether repair` restores them"
     drifted = _condition("Drifted", bool(types), "Drifted" if types else "InSync",
-                         ("drift: " + ", ".join(types) + (f"; {note}" if note else "")) if types else note)
+                         ("drift: " + ", ".join(types) + (f"; {note}" if note else "")) if types
+                         else note or "no drift: the active deployment is as tether made it")
     others = [c for c in document.get("conditions", []) if c["type"] != "Drifted"]
     document["conditions"] = others + _with_transitions([drifted], document.get("conditions", []), timestamp(now))
 
@@ -245,12 +255,29 @@ def initial(app: model.Application) -> dict[str, Any]:
     }
 
 
-def set_reconciling(document: dict[str, Any], steps: str, now: float) -> dict[str, Any]:
-    """A copy of `document` saying that a pass is working on `steps`."""
+def set_reconciling(document: dict[str, Any], steps: str, now: float, desired: str | None = None,
+                    reason: str = "Progressing") -> dict[str, Any]:
+    """A copy of `document` saying that a pass is working on `steps` towards `desired` (None: as it was)."""
     changed = dict(document)
-    working = _condition("Reconciling", True, "Progressing", steps)
+    if desired is not None:
+        changed["desired"] = desired
+    working = _condition("Reconciling", True, reason, steps)
     others = [c for c in document.get("conditions", []) if c["type"] != "Reconciling"]
     changed["conditions"] = others + _with_transitions([working], document.get("conditions", []), timestamp(now))
+    return changed
+
+
+def set_retrying(document: dict[str, Any], deployment: str, retry: fetching.Retry, now: float) -> dict[str, Any]:
+    """A copy of `document` saying that the download of `deployment` failed and is retried: "fetching v2:
+    retrying: attempt 2 of 5, next at 10:31:02 UTC (cannot download ...: Connection refused)"."""
+    at = timestamp(now + retry.delay)
+    assert at is not None
+    text = (f"fetching {deployment}: retrying: attempt {retry.failed + 1} of {retry.attempts}, next at "
+            f"{at[11:19]} UTC ({retry.error})")
+    changed = set_reconciling(document, text, now, deployment, "Retrying")
+    changed["nextAttemptAt"] = at
+    changed["retrying"] = {"deployment": deployment, "failedAttempt": retry.failed, "attempts": retry.attempts,
+                           "nextAttemptAt": at, "error": retry.error}
     return changed
 
 

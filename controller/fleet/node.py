@@ -70,7 +70,7 @@ def load(path: str = DEFAULT_PATH, *, secure: bool = True, euid: int | None = No
         text = documents.read_text(path, secure=secure, euid=euid)
         directory = os.path.dirname(os.path.abspath(path))
         if secure and (reason := documents.insecure_reason(directory, os.stat(directory), euid)):
-            raise errors.ManifestError(path, f"refused: {reason}; fix the permissions")
+            raise errors.ManifestError(path, documents.refusal(reason))
     except FileNotFoundError:
         return from_host(hostname)
     except OSError as exc:

@@ -36,13 +36,19 @@ def insecure_reason(path: str, st: os.stat_result, euid: int) -> str | None:
     return None
 
 
+def refusal(reason: str) -> str:
+    """The message of a refusal because of who may write a manifest file or directory."""
+    return (f"refused: {reason}; make it owned by root and not writable by group or others (chown root; chmod "
+            "go-w), or, on a development machine only, pass --insecure-manifests (TETHER_INSECURE_MANIFESTS=1)")
+
+
 def read_text(file: str, *, secure: bool = True, euid: int | None = None) -> str:
     """The text of one trusted file; raise ManifestError (refused, too large, not UTF-8) or OSError."""
     euid = os.geteuid() if euid is None else euid
     with open(file, "rb") as handle:
         st = os.fstat(handle.fileno())
         if secure and (reason := insecure_reason(file, st, euid)):
-            raise errors.ManifestError(file, f"refused: {reason}; fix the permissions")
+            raise errors.ManifestError(file, refusal(reason))
         raw = handle.read(MAX_BYTES + 1)
     return decode(file, raw)
 
@@ -148,18 +154,42 @@ def _compose_and_construct(text: str) -> tuple[yaml.Node | None, Any, _Shape]:
         loader.dispose()
 
 
+def _at(mark: Any, text: str) -> str:
+    where = f"line {mark.line + 1}, column {mark.column + 1}"
+    return f"the end of the file ({where})" if mark.index >= len(text.rstrip()) else where
+
+
+def syntax_error(exc: yaml.MarkedYAMLError, text: str) -> tuple[int | None, str]:
+    """(line, message) of a YAML syntax error in `text`, with both of PyYAML's marks: where the construct that is
+    broken starts (its context: an unterminated quote starts there) and where the parser noticed (the problem).
+    The line is the problem's, unless the parser noticed only at the end of the file: then the context's, and
+    never one past the file's last line."""
+    problem = errors.printable(exc.problem or "a syntax error")
+    parts = [f"{problem} at {_at(exc.problem_mark, text)}" if exc.problem_mark else problem]
+    if exc.context:
+        context = errors.printable(exc.context)
+        parts.insert(0, f"{context} at {_at(exc.context_mark, text)}" if exc.context_mark else context)
+    first = exc.problem_mark
+    if first is None or (exc.context_mark is not None and first.index >= len(text.rstrip())):
+        first = exc.context_mark
+    line = None if first is None else min(first.line + 1, max(1, len(text.splitlines())))
+    return (line,
+            f"this is not valid YAML: {', '.join(parts)}; fix the syntax there (a quote, bracket or brace left open, "
+            "a tab or a wrong indentation, a ':' missing after a key), then check it with `tether validate FILE`")
+
+
 def parse(file: str, text: str) -> tuple[dict[str, Any], dict[str, int]]:
     """The one YAML mapping in `text` and the line of each JSON pointer in it; raise ManifestError."""
     try:
         node, document, shape = _compose_and_construct(text)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
         if exc.context == "expected a single document in the stream":
+            mark = exc.problem_mark or exc.context_mark
             raise errors.ManifestError(
-                file, "the file holds more than one YAML document; put each manifest in a file of its own", line
-            ) from exc
-        raise errors.ManifestError(file, f"this is not valid YAML: {exc.problem}", line) from exc
+                file, "the file holds more than one YAML document; put each manifest in a file of its own",
+                mark.line + 1 if mark else None) from exc
+        line, message = syntax_error(exc, text)
+        raise errors.ManifestError(file, message, line) from exc
     except yaml.YAMLError as exc:
         raise errors.ManifestError(file, f"this is not valid YAML: {exc}") from exc
     except RecursionError as exc:

@@ -62,6 +62,23 @@ def is_manifest_name(name: str) -> bool:
     return not name.endswith(IGNORED_SUFFIXES) and not any(i in name for i in IGNORED_INFIXES)
 
 
+def check_directory(directory: str) -> None:
+    """Raise PermanentError, naming `directory` and what to do, unless it is a directory tether can list."""
+    shown = errors.shown_path(directory)
+    fix = "give the right one with --manifests (or TETHER_MANIFESTS)"
+    try:
+        st = os.stat(directory)
+        if not stat.S_ISDIR(st.st_mode):
+            raise errors.PermanentError(f"the manifests directory {shown} is not a directory; {fix}")
+        with os.scandir(directory):
+            pass
+    except FileNotFoundError:
+        raise errors.PermanentError(f"the manifests directory {shown} does not exist; create it or {fix}") from None
+    except OSError as exc:
+        raise errors.PermanentError(f"the manifests directory {shown} cannot be read ({exc.strerror}); run as root "
+                                    f"or {fix}") from None
+
+
 def manifest_files(directory: str) -> list[str]:
     """The manifest files directly inside `directory`, sorted; subdirectories are ignored."""
     found = []
@@ -140,7 +157,7 @@ def load(
         try:
             st = os.stat(path)
             if secure and (reason := documents.insecure_reason(path, st, euid)):
-                raise errors.ManifestError(path, f"refused: {reason}; fix the permissions")
+                raise errors.ManifestError(path, documents.refusal(reason))
             files.extend(manifest_files(path) if stat.S_ISDIR(st.st_mode) else [path])
         except OSError as exc:
             found.append(errors.ManifestError(path, f"cannot be read: {exc.strerror}"))
@@ -158,7 +175,7 @@ def load(
                 if not stat.S_ISREG(st.st_mode):
                     raise errors.ManifestError(file, "is not a regular file; a manifest is a file of YAML")
                 if secure and (reason := documents.insecure_reason(file, st, euid)):
-                    raise errors.ManifestError(file, f"refused: {reason}; fix the permissions")
+                    raise errors.ManifestError(file, documents.refusal(reason))
                 with read_lease(handle.fileno()) if skip_busy else contextlib.nullcontext(False) as writing:
                     if writing:
                         busy.append(file)

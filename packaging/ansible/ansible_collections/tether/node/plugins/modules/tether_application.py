@@ -945,7 +945,7 @@ def judge(document, generation, written_at):
 
 def wait_for_tether(module, tether, name, generation, destination, result):
     params = module.params
-    command = [tether, "status", name, "--json"]
+    command = [tether, "status", name, "--json", "--manifests", params["manifests_dir"]]  # it reads them too
     if params["state_dir"]:
         command += ["--state-dir", params["state_dir"]]
     written_at = math.floor(os.stat(destination).st_mtime)
