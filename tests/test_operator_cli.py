@@ -326,7 +326,7 @@ def test_validate_without_a_path_validates_the_manifests_directory(node: support
     bad = node.tether("validate")
     named = node.tether("validate", str(node.manifests))
 
-    assert good.returncode == 0 and good.stdout == "1 applications and 0 kinds are valid.\n", good.stdout
+    assert good.returncode == 0 and good.stdout == "1 application and 0 kinds are valid.\n", good.stdout
     assert bad.returncode == 2 and str(node.manifests / "bad.yaml") in bad.stdout
     assert (bad.returncode, bad.stdout) == (named.returncode, named.stdout)
 
