@@ -73,6 +73,8 @@ def _line_map(node: yaml.Node, path: tuple[Any, ...], lines: dict[str, int]) -> 
     if isinstance(node, yaml.MappingNode):
         keys: set[Any] = set()
         for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):  # a list or mapping as a key: constructing it refuses it
+                continue
             if key.value in keys:
                 raise DuplicateKey(key.value, validation.pointer(path), key.start_mark.line + 1)
             keys.add(key.value)
