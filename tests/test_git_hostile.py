@@ -226,3 +226,30 @@ def test_the_ssh_command_pins_the_key_and_the_known_hosts_and_keeps_the_key_out_
         assert not [w for w in https.arguments(["fetch"]) if "abcdefgh" in w]
         assert https.environment(network=True)["GIT_CONFIG_VALUE_0"] == "Authorization: Bearer abcdefgh"
         assert "GIT_CONFIG_COUNT" not in https.environment(network=False)
+
+
+@pytest.mark.parametrize("with_key", [True, False], ids=["the manifest's key", "no key"])
+def test_ssh_offers_only_the_manifest_s_key_never_root_s_own_identities(node: support.Node, tmp_path: Path,
+                                                                       with_key: bool) -> None:
+    # An `ssh` first on PATH that asks the real ssh what it would do with the options tether gives (ssh -G).
+    bin_dir, seen = tmp_path / "bin", tmp_path / "ssh-config"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f"#!/bin/sh\nexec /usr/bin/ssh -G \"$@\" > {seen} 2>&1 </dev/null\n")
+    (bin_dir / "ssh").chmod(0o755)
+    (tmp_path / "known_hosts").write_text("")
+    git: dict[str, Any] = {"url": "ssh://git@git.example.com/acme.git", "ref": "v1",
+                           "knownHosts": str(tmp_path / "known_hosts")}
+    if with_key:
+        key, _ = git_repos.ssh_key(tmp_path, "deploy")
+        git["sshKey"] = {"fromFile": str(key)}
+    support.write_manifest(node.manifests, support.application("site", node.apps / "site", deployment="v1",
+                                                               source={"git": git}))
+
+    run = node.tether("reconcile", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert seen.exists(), run.stderr
+
+    config = seen.read_text()
+    identities = [line.split(" ", 1)[1] for line in config.splitlines() if line.startswith("identityfile ")]
+    assert identities, config
+    assert not [i for i in identities if i.startswith("~") or "/.ssh/" in i], identities
+    assert "identitiesonly yes" in config and "identityagent none" in config
