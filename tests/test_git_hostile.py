@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -253,3 +254,26 @@ def test_ssh_offers_only_the_manifest_s_key_never_root_s_own_identities(node: su
     assert identities, config
     assert not [i for i in identities if i.startswith("~") or "/.ssh/" in i], identities
     assert "identitiesonly yes" in config and "identityagent none" in config
+
+
+def test_a_tree_bomb_is_refused_at_the_limit_without_listing_it_to_the_end(node: support.Node, tmp_path: Path) -> None:
+    # Three levels of 1000 entries each: a few kB of trees that name 10**9 files. Listing them all would write
+    # some 100 GB and run until the time limit, and then be retried forever as a temporary error.
+    repo = git_repos.Repo(tmp_path / "src")
+    level = git_repos.git(repo.path, "hash-object", "-w", "--stdin", input=b"boom\n")
+    kind, mode = "blob", "100644"
+    for _ in range(3):
+        entries = "".join(f"{mode} {kind} {level}\tf{i}\n" for i in range(1000))
+        level = git_repos.git(repo.path, "mktree", input=entries.encode())
+        kind, mode = "tree", "040000"
+    commit = git_repos.git(repo.path, "commit-tree", level, "-m", "bomb")
+    git_repos.git(repo.path, "tag", "v1", commit)
+    started = time.monotonic()
+
+    support.write_manifest(node.manifests, support.application(
+        "site", node.apps / "site", deployment="v1", source={"git": {"url": repo.url, "timeoutSeconds": 120}}))
+    refused_and_untouched(node, node.tether("reconcile"), "v1", "limits.maxMembers")
+
+    assert time.monotonic() - started < 60
+    status = json.loads(node.tether("status", "site", "--json").stdout)
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Stalled"] == "True"
