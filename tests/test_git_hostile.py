@@ -3,9 +3,11 @@ manifests that would leak credentials, and the secret of an https source grepped
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -277,3 +279,38 @@ def test_a_tree_bomb_is_refused_at_the_limit_without_listing_it_to_the_end(node:
     assert time.monotonic() - started < 60
     status = json.loads(node.tether("status", "site", "--json").stdout)
     assert {c["type"]: c["status"] for c in status["conditions"]}["Stalled"] == "True"
+
+
+def test_a_redirect_does_not_carry_the_https_secret_to_another_server(node: support.Node, tmp_path: Path) -> None:
+    token = "Bearer redirected-t0ken-9f3a"
+    secret_file = tmp_path / "token"
+    secret_file.write_text(token + "\n")
+    repo = git_repos.Repo(tmp_path / "elsewhere" / "site")
+    repo.commit({"index.html": "x\n"})
+    repo.tag("v1")
+    other = git_repos.GitHttpServer(tmp_path / "elsewhere")
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{other.port}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    redirector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=redirector.serve_forever, daemon=True)
+    thread.start()
+    try:
+        run = deploy(node, "v1", {"url": f"http://127.0.0.1:{redirector.server_address[1]}/site",
+                                  "headers": {"Authorization": {"fromFile": str(secret_file)}}})
+    finally:
+        redirector.shutdown()
+        redirector.server_close()
+        other.close()
+
+    assert run.returncode != 0
+    assert not [r for r in other.requests if "Authorization" in r], other.requests
+    assert token.split()[1] not in run.stdout + run.stderr
