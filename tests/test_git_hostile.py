@@ -3,9 +3,12 @@ manifests that would leak credentials, and the secret of an https source grepped
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -226,3 +229,88 @@ def test_the_ssh_command_pins_the_key_and_the_known_hosts_and_keeps_the_key_out_
         assert not [w for w in https.arguments(["fetch"]) if "abcdefgh" in w]
         assert https.environment(network=True)["GIT_CONFIG_VALUE_0"] == "Authorization: Bearer abcdefgh"
         assert "GIT_CONFIG_COUNT" not in https.environment(network=False)
+
+
+@pytest.mark.parametrize("with_key", [True, False], ids=["the manifest's key", "no key"])
+def test_ssh_offers_only_the_manifest_s_key_never_root_s_own_identities(node: support.Node, tmp_path: Path,
+                                                                       with_key: bool) -> None:
+    # An `ssh` first on PATH that asks the real ssh what it would do with the options tether gives (ssh -G).
+    bin_dir, seen = tmp_path / "bin", tmp_path / "ssh-config"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f"#!/bin/sh\nexec /usr/bin/ssh -G \"$@\" > {seen} 2>&1 </dev/null\n")
+    (bin_dir / "ssh").chmod(0o755)
+    (tmp_path / "known_hosts").write_text("")
+    git: dict[str, Any] = {"url": "ssh://git@git.example.com/acme.git", "ref": "v1",
+                           "knownHosts": str(tmp_path / "known_hosts")}
+    if with_key:
+        key, _ = git_repos.ssh_key(tmp_path, "deploy")
+        git["sshKey"] = {"fromFile": str(key)}
+    support.write_manifest(node.manifests, support.application("site", node.apps / "site", deployment="v1",
+                                                               source={"git": git}))
+
+    run = node.tether("reconcile", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert seen.exists(), run.stderr
+
+    config = seen.read_text()
+    identities = [line.split(" ", 1)[1] for line in config.splitlines() if line.startswith("identityfile ")]
+    assert identities, config
+    assert not [i for i in identities if i.startswith("~") or "/.ssh/" in i], identities
+    assert "identitiesonly yes" in config and "identityagent none" in config
+
+
+def test_a_tree_bomb_is_refused_at_the_limit_without_listing_it_to_the_end(node: support.Node, tmp_path: Path) -> None:
+    # Three levels of 1000 entries each: a few kB of trees that name 10**9 files. Listing them all would write
+    # some 100 GB and run until the time limit, and then be retried forever as a temporary error.
+    repo = git_repos.Repo(tmp_path / "src")
+    level = git_repos.git(repo.path, "hash-object", "-w", "--stdin", input=b"boom\n")
+    kind, mode = "blob", "100644"
+    for _ in range(3):
+        entries = "".join(f"{mode} {kind} {level}\tf{i}\n" for i in range(1000))
+        level = git_repos.git(repo.path, "mktree", input=entries.encode())
+        kind, mode = "tree", "040000"
+    commit = git_repos.git(repo.path, "commit-tree", level, "-m", "bomb")
+    git_repos.git(repo.path, "tag", "v1", commit)
+    started = time.monotonic()
+
+    support.write_manifest(node.manifests, support.application(
+        "site", node.apps / "site", deployment="v1", source={"git": {"url": repo.url, "timeoutSeconds": 120}}))
+    refused_and_untouched(node, node.tether("reconcile"), "v1", "limits.maxMembers")
+
+    assert time.monotonic() - started < 60
+    status = json.loads(node.tether("status", "site", "--json").stdout)
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Stalled"] == "True"
+
+
+def test_a_redirect_does_not_carry_the_https_secret_to_another_server(node: support.Node, tmp_path: Path) -> None:
+    token = "Bearer redirected-t0ken-9f3a"
+    secret_file = tmp_path / "token"
+    secret_file.write_text(token + "\n")
+    repo = git_repos.Repo(tmp_path / "elsewhere" / "site")
+    repo.commit({"index.html": "x\n"})
+    repo.tag("v1")
+    other = git_repos.GitHttpServer(tmp_path / "elsewhere")
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{other.port}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    redirector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=redirector.serve_forever, daemon=True)
+    thread.start()
+    try:
+        run = deploy(node, "v1", {"url": f"http://127.0.0.1:{redirector.server_address[1]}/site",
+                                  "headers": {"Authorization": {"fromFile": str(secret_file)}}})
+    finally:
+        redirector.shutdown()
+        redirector.server_close()
+        other.close()
+
+    assert run.returncode != 0
+    assert not [r for r in other.requests if "Authorization" in r], other.requests
+    assert token.split()[1] not in run.stdout + run.stderr

@@ -119,3 +119,24 @@ def test_a_gpg_signed_tag_is_accepted_with_its_keyring_and_refused_with_another(
     bad = deploy(node, "v1", {"url": repo.url, "verify": {"gpgKeyring": str(tmp_path / "other.gpg")}})
     assert bad.returncode != 0 and str(tmp_path / "other.gpg") in bad.stderr
     assert not (node.apps / "site" / "v1").exists()
+
+
+def test_a_signed_tag_served_under_another_name_is_refused_so_a_server_cannot_swap_in_an_older_release(
+        node: support.Node, repo: git_repos.Repo, keys: dict[str, Any]) -> None:
+    verify = {"allowedSigners": str(keys["signers"])}
+    repo.commit({"index.html": "new and fixed\n"})
+    repo.tag("v2", sign_key=keys["trusted"])
+    old = git_repos.git(repo.path, "rev-parse", "refs/tags/v1")
+    assert deploy(node, "v2", {"url": repo.url, "verify": verify}).returncode == 0
+    before = support.snapshot(node.apps / "site")
+    # The server (or whoever took it over) moves v2, and makes up v3, to v1's signed tag object: a good
+    # signature by the trusted key, over a tag that says it is v1.
+    git_repos.git(repo.path, "update-ref", "refs/tags/v2", old)
+    git_repos.git(repo.path, "update-ref", "refs/tags/v3", old)
+
+    for ref in ("v2", "v3"):
+        run = deploy(node, f"again-{ref}", {"url": repo.url, "ref": ref, "verify": verify})
+
+        assert run.returncode != 0, ref
+        assert ref in run.stderr and "v1" in run.stderr and str(keys["signers"]) in run.stderr, run.stderr
+        assert support.snapshot(node.apps / "site") == before, ref

@@ -214,3 +214,20 @@ def test_tether_deploy_with_a_url_replaces_a_git_source_for_that_deployment_only
     assert changed.source.url == "https://h/hotfix.tar.gz"
     kept = overrides.effective(app, overrides.Override(deployment="v2", generation=app.generation))
     assert kept.source == app.source
+
+
+def test_a_branch_or_tag_the_server_no_longer_has_is_refused_not_deployed_from_the_mirror_s_stale_copy(
+        node: support.Node, repo: git_repos.Repo, tmp_path: Path) -> None:
+    git_repos.git(repo.path, "branch", "feature", "v1")
+    assert deploy(node, "one", {"url": repo.url, "ref": "feature"}).returncode == 0
+    assert deploy(node, "tagged", {"url": repo.url, "ref": "v1"}).returncode == 0
+    git_repos.git(repo.path, "branch", "-D", "feature")  # withdrawn on the server (a bad build, say)
+    git_repos.git(repo.path, "tag", "-d", "v1")
+    before = support.snapshot(node.apps / "site")
+
+    for deployment, ref in (("two", "feature"), ("again", "v1")):
+        run = deploy(node, deployment, {"url": repo.url, "ref": ref})
+
+        assert run.returncode != 0, (ref, run.stderr)
+        assert ref in run.stderr, run.stderr
+        assert support.snapshot(node.apps / "site") == before, ref

@@ -354,3 +354,32 @@ def test_a_private_key_or_a_web_config_others_may_change_is_served_with_a_warnin
         daemon.log.wait_for(r"server.key has mode 0644: users other than its owner can read or replace the private key")
         daemon.log.wait_for(r"web.yml has mode 0666: users other than its owner can change it")
         assert "has mode 0600" not in daemon.log.text()
+
+
+def test_many_idle_connections_do_not_each_take_a_daemon_thread(node: support.Node) -> None:
+    # Each connection used to get its own thread until its 30 s timeout: enough of them (a slowloris) exhaust the
+    # daemon's threads, and then deployments, which start threads too, fail. The endpoint serves a bounded number.
+    with running(node) as daemon:
+        port = daemon.port
+        tasks = Path(f"/proc/{daemon.process.pid}/task")
+        baseline = len(list(tasks.iterdir()))
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(150)]
+        try:
+            deadline = time.monotonic() + 3
+            most = 0
+            while time.monotonic() < deadline:  # all are accepted by now: a thread each, or closed
+                most = max(most, len(list(tasks.iterdir())))
+                time.sleep(0.05)
+            assert most - baseline <= web_server.MAX_CONNECTIONS + 16, (baseline, most)  # + the daemon's own
+        finally:
+            for connection in held:
+                connection.close()
+        deadline = time.monotonic() + 20
+        while True:  # the held slots are freed as their sockets close
+            try:
+                status, _, body = request(port)
+                break
+            except (ConnectionError, http.client.HTTPException):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert status == 200 and b"tether_" in body

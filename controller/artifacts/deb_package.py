@@ -80,7 +80,7 @@ class Package:
         name = self._next()
         if name != "debian-binary":
             raise errors.ArchiveError(f"the package's first member is {name!r}, not 'debian-binary'; it is not a "
-                                      "Debian package" if name else "the package has no members")
+                                      "Debian package" if name is not None else "the package has no members")
         member = self._open("debian-binary", MAX_VERSION_BYTES)
         version = member.read(MAX_VERSION_BYTES)
         self._close(member)
@@ -166,7 +166,10 @@ class Package:
         if problem:
             raise errors.ArchiveError(f"the package's member header at offset {start} is not a valid ar header "
                                       f"({problem}): {header[:16]!r}...; the package is corrupt or hostile")
-        self._pending = (name.rstrip(b" ").rstrip(b"/").decode("ascii"), int(size))
+        raw = name.rstrip(b" ")
+        # GNU ar ends a name with '/'; its symbol table '/' and long-name table '//' keep theirs, to be named plainly
+        shown = raw if raw in (b"/", b"//") else raw.removesuffix(b"/")
+        self._pending = (shown.decode("ascii"), int(size))
         return self._pending[0]
 
     def _open(self, name: str, most: int) -> _Member:

@@ -1,7 +1,9 @@
 """A git commit's tree onto disk: `git archive` streamed through the safe extractor.
 
 Before a byte is extracted, `git ls-tree -r -l` of the tree shows what it
-holds: more files or bytes than the source's limits allow is refused at once;
+holds, read as git writes it: more files or bytes than the source's limits
+allow is refused at the first entry over them (a tree bomb of a few kB can name
+10**9 files);
 Git LFS pointer files (small blobs starting with the LFS spec line) are refused
 naming the path unless `lfs: ignore`; gitlinks (submodules) are skipped with a
 warning and never fetched (`git archive` leaves an empty directory for them).
@@ -15,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import IO, NoReturn
 
 from controller import errors
 from controller.artifacts import archives, extracting, git_mirror, git_runner
@@ -61,33 +64,44 @@ def _shown(paths: list[str]) -> str:
     return ", ".join(repr(p) for p in paths[:SHOWN_PATHS]) + more
 
 
+def _entries(out: IO[bytes]) -> Iterator[bytes]:
+    """The NUL-terminated records of `git ls-tree -z` as they arrive (a listing may be far too large to hold)."""
+    pending = b""
+    while chunk := out.read(extracting.CHUNK):
+        records = (pending + chunk).split(b"\0")
+        pending = records.pop()
+        yield from records
+    if pending:
+        yield pending
+
+
 def inspect(git: git_runner.Git, tree: str, source: model.GitSource, limits: model.Limits, ref: str) -> None:
-    """Refuse a tree over the limits or with LFS pointers (unless lfs: ignore); warn about gitlinks."""
-    _, listing, _ = git.run("ls-tree", "-r", "-l", "-z", "--full-tree", tree, what="git ls-tree")
+    """Refuse a tree over the limits or with LFS pointers (unless lfs: ignore); warn about gitlinks. The listing
+    is read as git writes it and stopped at the first limit passed: a few kB of trees can name 10**9 files."""
     gitlinks, small, files, size = [], [], 0, 0
-    for line in listing.split(b"\0"):
-        if not line:
-            continue
-        meta, _, raw_path = line.partition(b"\t")
-        fields = meta.split()
-        if len(fields) != 4:
-            continue
-        mode, kind, obj, length = (f.decode("ascii", "replace") for f in fields)
-        path = raw_path.decode("utf-8", "surrogateescape")
-        if mode == GITLINK:
-            gitlinks.append(path)
-            continue
-        files += 1
-        if kind == "blob" and length.isdigit():
-            size += int(length)
-            if LFS_MIN_POINTER <= int(length) <= LFS_MAX_POINTER and mode != "120000":
-                small.append((obj, path))
-    if files > limits.max_members:
-        raise errors.ArchiveError(f"the tree of {ref} has {files} files, more than {limits.max_members} "
-                                  "(limits.maxMembers); raise the limit if this is expected")
-    if size > limits.max_bytes:
-        raise errors.ArchiveError(f"the tree of {ref} holds {size} bytes, more than {limits.max_bytes} "
-                                  "(limits.maxBytes); raise the limit if this is expected")
+    with git.stream("ls-tree", "-r", "-l", "-z", "--full-tree", tree, what="git ls-tree") as out:
+        for line in _entries(out):
+            meta, _, raw_path = line.partition(b"\t")
+            fields = meta.split()
+            if len(fields) != 4:
+                continue
+            mode, kind, obj, length = (f.decode("ascii", "replace") for f in fields)
+            path = raw_path.decode("utf-8", "surrogateescape")
+            if mode == GITLINK:
+                gitlinks.append(path)
+                if len(gitlinks) > limits.max_members:
+                    _too_many(ref, limits)
+                continue
+            files += 1
+            if kind == "blob" and length.isdigit():
+                size += int(length)
+                if LFS_MIN_POINTER <= int(length) <= LFS_MAX_POINTER and mode != "120000":
+                    small.append((obj, path))
+            if files > limits.max_members:
+                _too_many(ref, limits)
+            if size > limits.max_bytes:
+                raise errors.ArchiveError(f"the tree of {ref} holds more than {limits.max_bytes} bytes "
+                                          "(limits.maxBytes); raise the limit if this is expected")
     if gitlinks:
         log.warning("The tree of %s has submodules, which tether never fetches; their directories stay empty: %s.",
                     ref, _shown(gitlinks))
@@ -100,6 +114,11 @@ def inspect(git: git_runner.Git, tree: str, source: model.GitSource, limits: mod
         if pointers:
             log.warning("The tree of %s has Git LFS pointer files, deployed as they are (lfs: ignore): %s.",
                         ref, _shown(pointers))
+
+
+def _too_many(ref: str, limits: model.Limits) -> NoReturn:
+    raise errors.ArchiveError(f"the tree of {ref} has more than {limits.max_members} files "
+                              "(limits.maxMembers); raise the limit if this is expected")
 
 
 def _lfs_pointers(git: git_runner.Git, blobs: list[tuple[str, str]]) -> list[str]:

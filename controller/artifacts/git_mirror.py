@@ -7,6 +7,9 @@ the one ref being deployed, prunes tags that are gone and never recurses into
 submodules. When the server cannot be reached (a transient failure) and the
 ref is already in the mirror, the deploy goes on from the mirror with a
 warning: a tag fetched once deploys offline, as deploykit's local mirrors did.
+A tag or branch the server answers it no longer has is dropped from the mirror
+(tags by the prune, a branch when its fetch finds no such ref), never deployed
+from the mirror's stale copy.
 
 A ref resolves to a full commit id, in this order: a full 40-hex commit id, a
 tag (light or annotated), a branch. A branch is looked up when the deployment
@@ -124,6 +127,9 @@ def fetch_and_resolve(git: git_runner.Git, ref: str) -> Resolved:
             except errors.PermanentError as exc:
                 if "remote ref" not in str(exc).lower():
                     raise
+                # The server answered that it has no such branch (deleted, or the URL changed): the mirror's copy
+                # is stale and must not be deployed as if the server still had it.
+                git.run("update-ref", "-d", f"refs/heads/{ref}", what="git update-ref")
             found = lookup(git, ref)
     except errors.Cancelled:
         raise

@@ -78,8 +78,9 @@ def ssh_command(key_file: str | None, known_hosts: str) -> str:
     words = ["ssh", "-F", "/dev/null", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
              "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
              "-o", "BatchMode=yes", "-o", "IdentityAgent=none", "-o", "ForwardAgent=no", "-o", "ConnectTimeout=30"]
-    if key_file is not None:
-        words += ["-i", key_file]
+    # Without -i, ssh would offer the default identities of the user tether runs as (root's ~/.ssh/id_*, found
+    # through the password database whatever HOME says): only the manifest's key, or none at all.
+    words += ["-i", key_file] if key_file is not None else ["-o", "IdentityFile=none"]
     return " ".join(shlex.quote(word) for word in words)
 
 

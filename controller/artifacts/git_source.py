@@ -35,7 +35,7 @@ def access(source: model.GitSource, environ: Mapping[str, str], headers: Mapping
     resolved = {**secrets.resolve(source.headers, environ), **(headers or {})}
     key = None
     if source.ssh_key is not None:
-        key = secrets.resolve({"sshKey": model.HeaderValue(from_file=source.ssh_key)}, environ)["sshKey"]
+        key = secrets.read_file("source.git.sshKey", source.ssh_key)  # a key has line breaks: no header rules
     return git_runner.Access(url=source.url, headers=resolved, ssh_key=key, known_hosts=source.known_hosts)
 
 

@@ -1,11 +1,16 @@
 """Checking the signature of what a git ref names, before any of its files is written.
 
 The signature checked is the tag's own when the ref names an annotated tag,
-the commit's otherwise. Keys come from the manifest only: an ssh
-allowed_signers file (`gpg.ssh.allowedSignersFile`, signatures made with
-`gpg.format=ssh`), or an OpenPGP keyring imported into a private temporary
-GNUPGHOME (never the user's or root's keyring). Unsigned, signed by a key not in
-the file, or a bad signature: a permanent error naming the ref and the key file.
+the commit's otherwise. A signature covers an object, not the ref naming it,
+so an annotated tag's signed `tag` line must be the ref asked for: a server
+cannot serve an older release's signed tag under a newer name. (A light tag or
+a branch names no object that says its name: any signed commit can be served
+under it; sign tags, and pin by annotated tag, to rule that out.) Keys come
+from the manifest only: an ssh allowed_signers file
+(`gpg.ssh.allowedSignersFile`, signatures made with `gpg.format=ssh`), or an
+OpenPGP keyring imported into a private temporary GNUPGHOME (never the user's
+or root's keyring). Unsigned, signed by a key not in the file, or a bad
+signature: a permanent error naming the ref and the key file.
 """
 
 from __future__ import annotations
@@ -28,14 +33,25 @@ def _refused(resolved: git_mirror.Resolved, keys: str, why: str) -> errors.Perma
                                  "deployed. Sign it with a key listed there, or fix source.git.verify")
 
 
-def _signed(git: git_runner.Git, resolved: git_mirror.Resolved) -> bool:
+def _body(git: git_runner.Git, resolved: git_mirror.Resolved) -> bytes:
+    _, body, _ = git.run("cat-file", "-p", resolved.tag_object or resolved.commit, what="git cat-file")
+    return body
+
+
+def _signed(resolved: git_mirror.Resolved, body: bytes) -> bool:
     """Whether the object to check carries a signature at all."""
-    obj = resolved.tag_object or resolved.commit
-    _, body, _ = git.run("cat-file", "-p", obj, what="git cat-file")
     if resolved.tag_object:
         return b"-----BEGIN " in body
     header = body.split(b"\n\n", 1)[0]
     return b"\ngpgsig " in b"\n" + header or b"\ngpgsig-sha256 " in b"\n" + header
+
+
+def tag_name(body: bytes) -> str | None:
+    """The name a tag object gives itself (its `tag` header line), which its signature covers."""
+    for line in body.split(b"\n\n", 1)[0].split(b"\n"):
+        if line.startswith(b"tag "):
+            return line[4:].decode("utf-8", "replace")
+    return None
 
 
 def _gnupg_home(git: git_runner.Git, keyring: str) -> str:
@@ -65,8 +81,14 @@ def verify(git: git_runner.Git, source: model.GitSource, resolved: git_mirror.Re
     keys = source.allowed_signers or source.gpg_keyring
     if keys is None:
         return
-    if not _signed(git, resolved):
+    body = _body(git, resolved)
+    if not _signed(resolved, body):
         raise _refused(resolved, keys, "is not signed")
+    # A signature covers the tag object, not the ref that names it: a server can serve an older release's signed
+    # tag under the name of a newer one. The name inside the signed object must be the ref asked for.
+    if resolved.tag_object and (named := tag_name(body)) != resolved.ref:
+        raise _refused(resolved, keys, f"is the signed tag object of {named!r}, served under another name (an "
+                       "older release swapped in?)")
     command = ["verify-tag", resolved.tag_object] if resolved.tag_object else ["verify-commit", resolved.commit]
     env: dict[str, str] = {}
     if source.allowed_signers is not None:

@@ -14,6 +14,7 @@ import socket
 import socketserver
 import ssl
 import threading
+import time
 import wsgiref.simple_server
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -26,7 +27,9 @@ from controller.daemon import metrics, web_config
 
 log = logging.getLogger(__name__)
 
+REFUSED_LOG_SECONDS = 60.0
 TIMEOUT_SECONDS = 30.0  # a connection that sends nothing (or never finishes its handshake) is closed then
+MAX_CONNECTIONS = 64  # served at once, a thread each; more are closed unanswered (a scrape needs one)
 CACHE_SIZE = 256  # successful basic-auth checks remembered, so a scrape does not pay bcrypt's cost each time
 # The hash of a random password, checked for an unknown user so that its answer takes as long as a known one's.
 DECOY_HASH = b"$2b$10$Fq8k.4nComKoCrE5d7ueWOATqlK7kTYKWNyJQvuvQzaUh9LPm60/i"
@@ -125,9 +128,37 @@ class _App:
 
 
 class _Server4(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
+    """One thread per connection, at most MAX_CONNECTIONS at once: idle or slow clients (a slowloris) would
+    otherwise take a thread each until the kernel or systemd's TasksMax refuses new ones, and the daemon's
+    deployments, which start threads too, would fail. A connection over the bound is closed at once."""
+
     daemon_threads = True
+    request_queue_size = 128  # socketserver's 5 drops connections that arrive together (the SYNs are retried)
     block_on_close = False  # a client that holds its connection open must not hold up the daemon's exit
     web: Callable[[], web_config.WebConfig]
+    _slots = threading.BoundedSemaphore(MAX_CONNECTIONS)  # replaced per server in Server.__init__
+    _refused_at = 0.0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            now = time.monotonic()
+            if now - self._refused_at > REFUSED_LOG_SECONDS:  # one line a minute, however many are refused
+                self._refused_at = now
+                log.warning("The metrics endpoint already serves %d connections; more (from %s, among others) are "
+                            "closed unanswered until some end.", MAX_CONNECTIONS, client_address[0])
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("A metrics connection from %s ended in an error.", client_address, exc_info=True)
@@ -195,6 +226,7 @@ class Server:
             raise errors.TemporaryError(f"tether cannot serve metrics on {address}: {exc.strerror}; is another "
                                         "process listening there?") from exc
         self._server.web = lambda: self.config
+        self._server._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.host, self.port = host, int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
         self._thread.start()

@@ -42,7 +42,7 @@ def resolve(headers: Mapping[str, model.HeaderValue], environ: Mapping[str, str]
     resolved = {}
     for name, value in headers.items():
         if value.from_file is not None:
-            resolved[name] = _from_file(name, value.from_file)
+            resolved[name] = read_file(f"header {name}", value.from_file)
         elif value.from_env is not None:
             if value.from_env not in environ:
                 raise errors.PermanentError(
@@ -61,8 +61,9 @@ def _kind(mode: int) -> str:
     return next((text for test, text in KINDS if test(mode)), "not a regular file")
 
 
-def _from_file(name: str, path: str) -> str:
-    """Read a secret file without ever blocking: O_NONBLOCK, and only a regular file is read."""
+def read_file(what: str, path: str) -> str:
+    """Read a secret file (for `what`, e.g. "header Authorization") without ever blocking: O_NONBLOCK, and only
+    a regular file is read. Its text, stripped; line breaks inside are kept (an ssh key has them)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
@@ -71,38 +72,38 @@ def _from_file(name: str, path: str) -> str:
         except OSError:
             kind = ""
         if kind:  # e.g. a socket: open(2) fails with ENXIO
-            raise _not_regular(name, path, kind) from None
+            raise _not_regular(what, path, kind) from None
         raise errors.PermanentError(
-            f"header {name} reads {path}, which cannot be read ({exc.strerror}); create it or fix its permissions"
+            f"{what} reads {path}, which cannot be read ({exc.strerror}); create it or fix its permissions"
         ) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise _not_regular(name, path, _kind(st.st_mode))
+            raise _not_regular(what, path, _kind(st.st_mode))
         if st.st_size > MAX_SECRET_BYTES:
-            raise _too_large(name, path)
+            raise _too_large(what, path)
         data = fsutil.read_at_most(fd, MAX_SECRET_BYTES)
     except OSError as exc:
-        raise errors.PermanentError(f"header {name} reads {path}, which cannot be read ({exc.strerror})") from None
+        raise errors.PermanentError(f"{what} reads {path}, which cannot be read ({exc.strerror})") from None
     finally:
         os.close(fd)
     if data is None:
-        raise _too_large(name, path)
+        raise _too_large(what, path)
     try:
         return data.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise errors.PermanentError(f"header {name} reads {path}, which is not UTF-8 text") from None
+        raise errors.PermanentError(f"{what} reads {path}, which is not UTF-8 text") from None
 
 
-def _not_regular(name: str, path: str, kind: str) -> errors.PermanentError:
+def _not_regular(what: str, path: str, kind: str) -> errors.PermanentError:
     return errors.PermanentError(
-        f"header {name} reads {path}, which is {kind}, not a regular file; tether reads secrets only from "
+        f"{what} reads {path}, which is {kind}, not a regular file; tether reads secrets only from "
         "regular files (a symlink to one is fine)"
     )
 
 
-def _too_large(name: str, path: str) -> errors.PermanentError:
-    return errors.PermanentError(f"header {name} reads {path}, which is larger than 64 KiB; is it the right file?")
+def _too_large(what: str, path: str) -> errors.PermanentError:
+    return errors.PermanentError(f"{what} reads {path}, which is larger than 64 KiB; is it the right file?")
 
 
 def _forms(value: str) -> Iterable[str]:
