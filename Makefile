@@ -83,14 +83,16 @@ $(VENV)-debian12/bin/pytest: pyproject.toml
 #   PyYAML and jsonschema: manifests, the node file, rollouts and health checks loaded, validated and refused
 #     (test_bad_manifests, test_hostile_hooks_and_manifests, test_rollout_manifests, test_node, test_health,
 #     test_fleet_doc: the documented manifests validate; test_packaging: the installed schemas load);
-#   prometheus-client: the metrics and their scrape output (test_metrics, test_prometheus, test_rollout_gate);
+#   prometheus-client: the metrics and their scrape output (test_metrics, test_metrics_cache: the cached exposition
+#     byte for byte the library's, test_prometheus, test_rollout_gate);
+#   bcrypt: the web config's basic auth (test_web_endpoint);
 #   watchdog: the daemon's watching, its queue and retries (test_daemon);
 #   tenacity and zstandard: download retries, redirects and zstd archives (test_bad_artifacts, test_hostile_fetching).
 # A new test file that exercises one of these libraries belongs in this list.
 DEBIAN12_TESTS = tests/test_bad_manifests.py tests/test_hostile_hooks_and_manifests.py tests/test_rollout_manifests.py \
 	tests/test_node.py tests/test_health.py tests/test_fleet_doc.py tests/test_packaging.py \
 	tests/test_metrics.py tests/test_prometheus.py tests/test_rollout_gate.py tests/test_daemon.py \
-	tests/test_bad_artifacts.py tests/test_hostile_fetching.py
+	tests/test_bad_artifacts.py tests/test_hostile_fetching.py tests/test_metrics_cache.py tests/test_web_endpoint.py
 test-debian12: $(VENV)-debian12/bin/pytest
 	$(VENV)-debian12/bin/pytest -q -p no:cacheprovider --durations=15 $(DEBIAN12_TESTS)
 
