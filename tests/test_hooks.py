@@ -404,29 +404,36 @@ def test_a_timeout_through_the_command_line_fails_the_pass_and_is_counted(
 # ---------------------------------------------------------------- output
 
 
+# A process forked from this test run starts out with the run's memory, and its ru_maxrss counts the image it had
+# before exec (pytest's, over 100 MiB late in the suite). So a small launcher, freshly executed, forks the
+# controller and reports the controller's own peak.
+PEAK_LAUNCHER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _reconcile_with_peak_rss(node: support.Node) -> tuple[int, int, str]:
     """Run `tether reconcile` as a subprocess: (exit code, its peak RSS in bytes, its output)."""
-    command = [sys.executable, "-m", "controller", "reconcile", "--manifests", str(node.manifests),
-               "--state-dir", str(node.state)]
+    peak = node.root / "controller-peak-rss"
+    command = [sys.executable, "-c", PEAK_LAUNCHER, str(peak), sys.executable, "-m", "controller", "reconcile",
+               "--manifests", str(node.manifests), "--state-dir", str(node.state)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
     with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=node.root)
-        if not _wait_for_exit(process.pid, 120):
-            process.kill()
-        _, status, usage = os.wait4(process.pid, 0)  # the usage of this process and its waited children
-        process.returncode = os.waitstatus_to_exitcode(status)
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=node.root,
+                                   start_new_session=True)
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
         output.seek(0)
-        return process.returncode, usage.ru_maxrss * 1024, output.read().decode(errors="replace")
-
-
-def _wait_for_exit(pid: int, seconds: float) -> bool:
-    """Wait until our child `pid` exits, without reaping it (its rusage is read by wait4)."""
-    fd = os.pidfd_open(pid)
-    try:
-        ready, _, _ = select.select([fd], [], [], seconds)
-    finally:
-        os.close(fd)
-    return bool(ready)
+        return process.returncode, int(peak.read_text()) * 1024, output.read().decode(errors="replace")
 
 
 def test_a_hook_printing_100_mb_succeeds_with_a_bounded_log_and_bounded_controller_memory(
