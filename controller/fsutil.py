@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import json
 import os
@@ -89,14 +88,16 @@ def read_at_most(fd: int, limit: int) -> bytes | None:
     return data if len(data) <= limit else None
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# The C library, from the symbols the interpreter already has loaded (dlopen(NULL)): ctypes.util.find_library
+# runs ldconfig -p, some 0.2 s of every start.
+LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def sync_filesystem(path: str) -> None:
     """Flush every dirty page of the filesystem holding `path` (syncfs(2), else sync(2)); a symlink is not followed."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        syncfs = getattr(_libc, "syncfs", None)
+        syncfs = getattr(LIBC, "syncfs", None)
         if syncfs is None or syncfs(fd) != 0:
             os.sync()
     finally:

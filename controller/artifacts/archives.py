@@ -180,17 +180,21 @@ class Metered(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def read(self, size: int = -1, /) -> bytes:  # the source's own bytes, not copied through readinto
         try:
-            data = self._source.read(len(buffer))
+            data = self._source.read(size)
         except errors.TetherError:
             raise
         except EOFError as exc:
             raise errors.ArchiveError(f"the archive is truncated: {describe(exc)}") from exc
         except Exception as exc:
             raise errors.ArchiveError(f"the archive is corrupt: {describe(exc)}") from exc
-        buffer[: len(data)] = data
         self._budget.add_bytes(len(data))
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
         return len(data)
 
 

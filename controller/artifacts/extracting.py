@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import errno
+import functools
 import hashlib
 import io
 import os
@@ -21,11 +22,12 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import typing
 from collections.abc import Callable, Iterator
 from typing import IO
 
 from controller import errors
-from controller.artifacts import archives, deb_package, members, modes, readahead
+from controller.artifacts import archives, deb_package, members, modes, readahead, tar_reader
 
 MAX_NAME = 4096
 MAX_COMPONENT = 255
@@ -35,12 +37,26 @@ CHUNK = 1024 * 1024
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 Owner = tuple[int, int] | None
+SET_ID = stat.S_ISUID | stat.S_ISGID
 CONTROL = re.compile("[\x00-\x1f\x7f]")
+# A name of ASCII components other than "." and "..", one slash between them, at most one at the end: it is
+# its own clean form. Anything else takes the long way through clean_name's checks.
+PLAIN = re.compile(r"(?:(?!\.\.?(?:/|$))[\x20-\x2e\x30-\x7e]+/)*(?!\.\.?(?:/|$))[\x20-\x2e\x30-\x7e]+/?")
 NAME_ERRORS = (errno.ENAMETOOLONG, errno.EILSEQ, errno.ELOOP, errno.EEXIST)  # the archive's names cause these
 
 
 def clean_name(raw: str, strip: int) -> str | None:
     """The relative path a member may be written to, or None for the archive root."""
+    if PLAIN.fullmatch(raw) and len(raw) <= MAX_COMPONENT:  # the usual name: nothing below can refuse it
+        if not strip:
+            return raw.rstrip("/") or None
+        parts = raw.rstrip("/").split("/")[strip:]
+        return "/".join(parts) if parts else None
+    return checked_name(raw, strip)
+
+
+def checked_name(raw: str, strip: int) -> str | None:
+    """clean_name the long way: every check made (tests/test_member_names.py holds clean_name's shortcut to it)."""
     if CONTROL.search(raw):
         raise errors.ArchiveError(f"member {raw!r} has a control character in its name")
     if not _utf8(raw):
@@ -59,8 +75,7 @@ def clean_name(raw: str, strip: int) -> str | None:
     return "/".join(parts) if parts else None
 
 
-@dataclasses.dataclass(frozen=True)
-class Written:
+class Written(typing.NamedTuple):
     """A regular file as the writer left it: its content digest, and the stat fields that change with its content.
 
     tree.digests takes the digest instead of reading the file back when the file
@@ -155,28 +170,30 @@ class Writer:
 
     def _add(self, entry: members.Entry) -> None:
         self.budget.add_member(entry.name)
-        if entry.mode & (stat.S_ISUID | stat.S_ISGID) and entry.type != "dir":  # on directories: cleared
+        kind = entry.type
+        if entry.mode & SET_ID and kind != "dir":  # on directories: cleared
             raise errors.ArchiveError(f"member {entry.name!r} is setuid or setgid; tether does not install such files")
         strip = self.strip or 0
         name = clean_name(entry.name, strip)
         if name is None:
-            if entry.type != "dir":
+            if kind != "dir":
                 raise errors.ArchiveError(f"member {entry.name!r} is not below {strip} leading directories (stripComponents)")
             return
-        if name in self.files or name in self.symlinks or (name in self.dirs and entry.type != "dir"):
+        if name in self.files or name in self.symlinks or (kind != "dir" and name in self.dirs):
             raise errors.ArchiveError(f"member {entry.name!r} appears twice in the archive")
         parent = self._parents(name, entry.name)
-        link = self._hardlink_target(entry, strip) if entry.type == "hardlink" else entry.target
-        mode = _filtered_mode(entry, name, link, self.dest)
         base = name[len(parent) + 1:] if parent else name
-        if entry.type == "dir":
+        if kind == "file":
+            self._write_file(name, self._dir_fd(parent), base, entry, _file_mode(entry.mode & 0o7777))
+            self.files.add(name)
+            return
+        link = self._hardlink_target(entry, strip) if kind == "hardlink" else entry.target
+        mode = _filtered_mode(entry, name, link, self.dest)
+        if kind == "dir":
             if name not in self.dirs:
                 self._mkdir(name)
             self.dirs[name] = mode
-        elif entry.type == "file":
-            self._write_file(name, self._dir_fd(parent), base, entry, mode)
-            self.files.add(name)
-        elif entry.type == "symlink":
+        elif kind == "symlink":
             self._symlink(self._dir_fd(parent), base, name, entry)
         else:
             target = link
@@ -201,24 +218,30 @@ class Writer:
 
     def _write_file(self, name: str, dir_fd: int, base: str, entry: members.Entry, mode: int) -> None:
         assert entry.data is not None
-        fd = os.open(base, FILE_FLAGS, 0o600, dir_fd=dir_fd)
+        fd = os.open(base, FILE_FLAGS, mode, dir_fd=dir_fd)  # the staging tree is tether's alone: no reader yet
         try:
             digest = hashlib.sha256()
+            left = entry.size  # -1 when the archive does not say: then read to the end
             with entry.data() as source:
-                while chunk := source.read(CHUNK):  # a small member: one read, one write
+                while left and (chunk := source.read(CHUNK)):  # a small member: one read, one write
+                    left -= len(chunk)
                     digest.update(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
+                    written = os.write(fd, chunk)
+                    if written < len(chunk):
+                        view = memoryview(chunk)[written:]
+                        while view:
+                            view = view[os.write(fd, view):]
             if self.owner is not None:
                 os.fchown(fd, *self.owner)
-            os.fchmod(fd, mode)
             os.utime(fd, (entry.mtime, entry.mtime))
             st = os.fstat(fd)
+            if st.st_mode & 0o7777 != mode:  # the umask (or a default ACL) took bits away
+                os.fchmod(fd, mode)
+                st = os.fstat(fd)
         finally:
             os.close(fd)
         self.written[name] = Written(digest.hexdigest(), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        if len(self.files) == 0:
+        if not self.files:
             self.checkpoint("extracting")
 
     def _symlink(self, dir_fd: int, base: str, name: str, entry: members.Entry) -> None:
@@ -286,6 +309,11 @@ def _resolves_outside(root: str, name: str) -> bool:
         else:
             inside.append(part)
     return False
+
+
+@functools.cache
+def _file_mode(mode: int) -> int:  # a regular file's mode on disk, remembered: one of 4096
+    return modes.on_disk("file", mode)
 
 
 def _filtered_mode(entry: members.Entry, name: str, link: str, dest: str) -> int:
@@ -382,15 +410,13 @@ def _extract(stream: IO[bytes], detected: str, writer: Writer, budget: archives.
     else:
         ahead = readahead.Reader(lambda: archives.decompressed(stream, detected))  # on a second thread
         try:
-            tar_stream = io.BufferedReader(archives.Metered(ahead, budget), CHUNK)
-            entries = members.tar_entries(tar_stream)
+            tar_stream = archives.Metered(ahead, budget)
+            entries = tar_reader.entries(tar_stream)
             try:
                 for entry in entries if deb_root is None else _below(entries, deb_root, budget):
                     writer.add(entry)
                 while tar_stream.read(CHUNK):  # the rest: padding, and the compressor's checksum
                     pass
-            except tarfile.TarError as exc:  # raised while a member's data is copied
-                raise errors.ArchiveError(f"the archive is truncated or not a valid tar file: {exc}") from exc
             except errors.ArchiveError as exc:
                 if package is None:
                     raise

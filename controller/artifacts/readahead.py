@@ -58,22 +58,29 @@ class Reader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def read(self, size: int = -1, /) -> bytes:  # a whole chunk as the thread read it, when it fits: no copy
         if not self._pending:
             if self._done:
-                return 0
+                return b""
             item = self._queue.get()
             if isinstance(item, BaseException):
                 self._done = True
                 raise item
             if not item:
                 self._done = True
-                return 0
+                return b""
+            if size < 0 or size >= len(item):
+                return item
             self._pending = memoryview(item)
-        count = min(len(buffer), len(self._pending))
-        buffer[:count] = self._pending[:count]
+        count = len(self._pending) if size < 0 else min(size, len(self._pending))
+        data = self._pending[:count].tobytes()
         self._pending = self._pending[count:]
-        return count
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
     def close(self) -> None:
         if not self._stop.is_set():

@@ -20,8 +20,6 @@ into a new session) is out of tether's reach, as it is out of any shell's.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 import signal
@@ -38,7 +36,7 @@ log = logging.getLogger(__name__)
 RECORD = os.path.basename(records.running_hook_path("/"))  # records.observe checks its format too
 PR_SET_PDEATHSIG = 1
 WATCHDOG = 'read -r line; [ "$line" = done ] || kill -s KILL -- "-$1" 2>/dev/null'
-_prctl = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl
+_prctl = fsutil.LIBC.prctl
 
 
 def die_with_parent() -> Callable[[], None]:

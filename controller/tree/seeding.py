@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -33,7 +32,6 @@ CHUNK = 1024 * 1024
 FULL = (errno.ENOSPC, errno.EDQUOT)
 _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 Checkpoint = Callable[[str], None]
 
@@ -132,7 +130,7 @@ def seed_dir(src_dir: int, name: str, dst_dir: int, owner: tuple[int, int] | Non
 def _rename_noreplace(old: str, new: str, dir_fd: int) -> bool:
     """rename(2) that never replaces `new`: renameat2(RENAME_NOREPLACE), else plain rename(2), which can replace
     only an empty directory (no data lost); False when `new` exists."""
-    renameat2 = getattr(_libc, "renameat2", None)
+    renameat2 = getattr(fsutil.LIBC, "renameat2", None)
     if renameat2 is not None:
         if renameat2(dir_fd, os.fsencode(old), dir_fd, os.fsencode(new), _RENAME_NOREPLACE) == 0:
             return True
