@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import errno
+import functools
 import gzip
 import importlib.util
 import io
@@ -26,6 +27,12 @@ HEAD_SIZE = 512
 
 def zstd_available() -> bool:
     return importlib.util.find_spec("zstandard") is not None
+
+
+@functools.cache
+def isal_available() -> bool:
+    """Whether the optional isal package (ISA-L's gzip, PyPI only: `pip install tether[fast]`) is there."""
+    return importlib.util.find_spec("isal") is not None
 
 
 def detect(head: bytes) -> str:
@@ -198,11 +205,15 @@ class Metered(io.RawIOBase):
         return len(data)
 
 
-def decompressed(source: IO[bytes], fmt: str) -> Readable:
-    """A stream of the tar data inside a compressed stream."""
+def decompressed(source: IO[bytes], fmt: str, isal: bool | None = None) -> Readable:
+    """A stream of the tar data inside a compressed stream; gzip through isal when it is there (or `isal` says)."""
     if fmt == "tar":
         return source
     if fmt == "tar.gz":
+        if isal_available() if isal is None else isal:  # the same stream, CRC and length checks, ~3x faster
+            from isal import igzip
+
+            return igzip.IGzipFile(fileobj=source, mode="rb")  # type: ignore[no-untyped-call]
         return gzip.GzipFile(fileobj=source, mode="rb")
     if fmt == "tar.bz2":
         return bz2.BZ2File(source, mode="rb")
