@@ -9,6 +9,7 @@ import json
 import os
 import stat
 import tempfile
+import threading
 from typing import Any
 
 from controller import nofollow
@@ -102,6 +103,37 @@ def sync_filesystem(path: str) -> None:
             os.sync()
     finally:
         os.close(fd)
+
+
+class Flusher:
+    """syncfs(2) of the filesystem holding `path` on a background thread when asked, one at a time.
+
+    A deployment's files are made durable by one sync_filesystem before it is
+    recorded complete. Kicked while the files are still being written (and again
+    while the tree is checked), the kernel writes most of them out meanwhile, and
+    that last sync has little left to wait for. A kick while a flush runs does
+    nothing; errors are ignored here: the last sync_filesystem is the one that
+    counts, and it raises.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._thread: threading.Thread | None = None
+
+    def kick(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(target=self._flush, name="tether-flush", daemon=True)
+        self._thread.start()
+
+    def _flush(self) -> None:
+        with contextlib.suppress(OSError):
+            sync_filesystem(self.path)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
 
 def remove_tree(path: str) -> None:

@@ -159,3 +159,36 @@ def test_a_truncated_member_read_straight_from_the_stream_is_refused(tmp_path: P
     data = support.tar_bytes([support.Member("big.bin", os.urandom(100_000))], compression="")
     with pytest.raises(errors.ArchiveError, match="truncated"):
         _extract(tmp_path, data[:60_000])
+
+
+def test_extraction_asks_for_a_flush_each_time_enough_has_been_written(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(extracting, "FLUSH_BYTES", 1024 * 1024)
+    size = extracting.FLUSH_BYTES // 4  # with FILE_COST, four files are just over FLUSH_BYTES
+    data = support.tar_bytes([support.Member(f"f{index}.bin", bytes([index]) * size) for index in range(13)],
+                             compression="")
+    dest = tmp_path / "tree"
+    dest.mkdir()
+    asked: list[int] = []
+
+    extracting.extract(io.BytesIO(data), str(dest), fmt="auto", strip=None, owner=None,
+                       budget=archives.Budget(model.Limits(max_ratio=1e9), lambda: len(data)),
+                       spool_dir=str(tmp_path), flush=lambda: asked.append(len(os.listdir(dest))))
+
+    assert asked == [4, 8, 12]  # asked as the fourth, eighth and twelfth file were complete
+
+
+def test_a_flusher_runs_one_flush_at_a_time_and_ignores_a_path_that_is_gone(tmp_path: Path) -> None:
+    from controller import fsutil
+
+    before = threading.active_count()
+    flusher = fsutil.Flusher(str(tmp_path))
+    for _ in range(20):
+        flusher.kick()
+        assert threading.active_count() <= before + 1
+    flusher.close()
+    gone = fsutil.Flusher(str(tmp_path / "missing"))
+    gone.kick()
+    gone.close()  # the failed syncfs raised nothing
+
+    assert threading.active_count() == before

@@ -34,6 +34,8 @@ MAX_COMPONENT = 255
 MAX_SYMLINK_HOPS = 40  # as Linux: a path that needs more does not resolve at all (ELOOP)
 MAX_DIR_FDS = 64  # descriptors of recently used directories the writer keeps open
 CHUNK = 1024 * 1024
+FLUSH_BYTES = 32 * 1024 * 1024  # written between two asks to flush
+FILE_COST = 4096  # what a file counts for that, besides its bytes: its inode and directory entry
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 Owner = tuple[int, int] | None
@@ -99,8 +101,10 @@ class Writer:
     """
 
     def __init__(self, dest: str, strip: int | None, owner: Owner, budget: archives.Budget,
-                 checkpoint: Callable[[str], None]) -> None:
+                 checkpoint: Callable[[str], None], flush: Callable[[], None] = lambda: None) -> None:
         self.dest = dest
+        self.flush = flush  # asked every FLUSH_BYTES written: start writing them out (fsutil.Flusher.kick)
+        self._unflushed = 0
         self.strip = strip
         self.owner = owner
         self.budget = budget
@@ -241,6 +245,10 @@ class Writer:
         finally:
             os.close(fd)
         self.written[name] = Written(digest.hexdigest(), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        self._unflushed += st.st_size + FILE_COST
+        if self._unflushed > FLUSH_BYTES:
+            self._unflushed = 0
+            self.flush()
         if not self.files:
             self.checkpoint("extracting")
 
@@ -362,7 +370,8 @@ def _below(entries: Iterator[members.Entry], root: str, budget: archives.Budget)
 
 def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None, budget: archives.Budget,
             owner: Owner, spool_dir: str, checkpoint: Callable[[str], None] = lambda step: None,
-            deb_root: str | None = None, written: dict[str, Written] | None = None) -> str:
+            deb_root: str | None = None, written: dict[str, Written] | None = None,
+            flush: Callable[[], None] = lambda: None) -> str:
     """Extract the archive read from `source` into the empty directory `dest`.
 
     Returns the root of the extracted tree (below `dest` when `strip` is None,
@@ -370,7 +379,8 @@ def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None
     package's data member is extracted (below `deb_root` only, if given) with
     auto meaning no strip: its tree starts at the file system's root. `written`,
     when given, receives every regular file written, by its path below that root,
-    with its content digest (for tree.digests, which then need not read it back).
+    with its content digest (for tree.digests, which then need not read it back). `flush` is called every
+    FLUSH_BYTES written (to start writing them out while extraction goes on).
     """
     head = archives.read_head(source)
     detected = archives.detect(head)
@@ -384,7 +394,7 @@ def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None
     elif deb_root is not None:
         raise errors.ArchiveError(f"source.debRoot is set but the artifact is {detected}, not a Debian package; "
                                   "remove source.debRoot or fix the URL")
-    writer = Writer(dest, strip, owner, budget, checkpoint)
+    writer = Writer(dest, strip, owner, budget, checkpoint, flush)
     try:
         root = _extract(stream, detected, writer, budget, spool_dir, auto_strip=strip is None, package=package,
                         deb_root=deb_root)

@@ -214,10 +214,9 @@ class _Reader:
         is_dir = kind == b"5"
         if is_dir:
             name = name.rstrip("/")
-        prefix = _text(header[345:500])
-        if prefix:
-            name = prefix + "/" + name
-        target = _text(header[157:257])
+        if header[345]:  # a ustar name prefix (in old GNU headers the access time: tarfile takes it too)
+            name = _text(header[345:500]) + "/" + name
+        target = _text(header[157:257]) if header[157] else ""
         mtime: float = _number(header[136:148])
         for patch_kind, patch in [(PAX, self._globals), *reversed(patches)] if patches or self._globals else ():
             if patch_kind == LONG_NAME:

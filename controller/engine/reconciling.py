@@ -206,6 +206,7 @@ class Engine:
             os.chown(target, *owner)
         made = os.lstat(target)  # the directory the artifact goes into, whatever a hook does meanwhile
         self.checkpoint("created")
+        flusher = fsutil.Flusher(target)  # the tree goes out to disk while it is written and checked
         try:
             self._hooks(work, "beforeDeploy", deployment, previous)
             started = time.monotonic()
@@ -214,7 +215,7 @@ class Engine:
 
             def attempt() -> tuple[str, int]:
                 if git is None:
-                    return self._fetch(app, deployment, owner, url, headers, made, work.cancel, written)
+                    return self._fetch(app, deployment, owner, url, headers, made, work.cancel, written, flusher.kick)
                 digest, size, commit = self._fetch_git(app, deployment, owner, work.headers, made, work.cancel,
                                                        written)
                 revision[:] = [commit]
@@ -227,6 +228,7 @@ class Engine:
                 self.on_fetch_failure(app.name, type(exc).__name__)
                 raise
             self.on_fetch(app.name, size, time.monotonic() - started)
+            flusher.kick()
             self.checkpoint("extracted")
             links = self.persistent_data(app, target, owner, checkpoint=self.checkpoint)
             self.checkpoint("linked-data")
@@ -240,7 +242,8 @@ class Engine:
             records.write_record(app.path, deployment, records.INCOMPLETE, error=str(exc))
             raise
         drift.record_digests(app.path, deployment, links, written)
-        fsutil.sync_filesystem(target)
+        fsutil.sync_filesystem(target)  # what the flusher's last flush left
+        flusher.close()
         observed = work.fresh(observed)
         record = records.write_record(app.path, deployment, records.COMPLETE, completedAt=self.clock(), sha256=digest,
                                       links=links, sequence=observed.next_sequence(),
@@ -251,8 +254,8 @@ class Engine:
 
     def _fetch(self, app: model.Application, deployment: str, owner: owners.Owner, url: str,
                headers: Mapping[str, str], made: os.stat_result,
-               cancel: threading.Event | None = None,
-               written: dict[str, extracting.Written] | None = None) -> tuple[str, int]:
+               cancel: threading.Event | None = None, written: dict[str, extracting.Written] | None = None,
+               flush: Callable[[], None] = lambda: None) -> tuple[str, int]:
         """One attempt: download and extract into staging, verify, move into place; (sha256, bytes). `written`
         receives the files extracted, with their digests."""
         assert app.source is not None
@@ -271,7 +274,8 @@ class Engine:
                 body: archives.Readable = download if progress is None else _Ticking(download, budget)
                 root = extracting.extract(body, stage, fmt=source.format, strip=source.strip_components,
                                           budget=budget, owner=owner, spool_dir=records.staging_dir(app.path),
-                                          checkpoint=self.checkpoint, deb_root=source.deb_root, written=written)
+                                          checkpoint=self.checkpoint, deb_root=source.deb_root, written=written,
+                                          flush=flush)
                 download.drain()
                 digest, size = download.hexdigest(), download.received
                 if source.sha256 is not None and digest != source.sha256:
