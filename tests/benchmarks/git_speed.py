@@ -56,8 +56,8 @@ def build_repository(work: Path) -> Path:
     return repo
 
 
-def tether(repo: Path, state: Path) -> Callable[[Path], float]:
-    def run(root: Path) -> float:
+def tether(repo: Path, state: Path) -> Callable[[Path], deploy_speed.Timing]:
+    def run(root: Path) -> deploy_speed.Timing:
         manifests, app = root / "manifests", root / "apps" / "site"
         for directory in (root, manifests, root / "apps"):
             directory.mkdir(exist_ok=True)
@@ -65,32 +65,30 @@ def tether(repo: Path, state: Path) -> Callable[[Path], float]:
         manifest = manifests / "site.yaml"
         text = ("apiVersion: tether/v1\nkind: Application\nmetadata:\n  name: site\n"
                 f"spec:\n  path: {app}\n  deployment: v1\n  source:\n    git:\n      url: file://{repo}\n")
+
+        def write() -> None:
+            manifest.write_text(text)
+            manifest.chmod(0o644)
+
         command = [str(deploy_speed.TETHER), "reconcile", "--manifests", str(manifests), "--state-dir", str(state)]
-        start = time.perf_counter()
-        manifest.write_text(text)
-        manifest.chmod(0o644)
-        done = subprocess.run(command, cwd=root, env=deploy_speed._env(), capture_output=True, text=True)
-        elapsed = time.perf_counter() - start
-        if done.returncode != 0:
-            raise RuntimeError(f"tether reconcile failed ({done.returncode}): {done.stdout}{done.stderr}")
+        timing, code, output = deploy_speed.timed(command, root, write)
+        if code != 0:
+            raise RuntimeError(f"tether reconcile failed ({code}): {output}")
         if os.readlink(app / "current") != str(app / "v1") or not (app / "current" / "s00-assets").is_dir():
             raise RuntimeError("tether reconcile exited 0 but current does not point to the extracted v1")
-        return elapsed
+        return timing
 
     return run
 
 
-def floor(mirror: Path) -> Callable[[Path], float]:
+def floor(mirror: Path) -> Callable[[Path], deploy_speed.Timing]:
     command = f"mkdir d && git --git-dir={mirror} archive v1 | tar x -C d && ln -s d tmp && mv -T tmp current"
 
-    def run(root: Path) -> float:
-        start = time.perf_counter()
-        done = subprocess.run(["bash", "-c", command], cwd=root, env=deploy_speed._env(), capture_output=True,
-                              text=True)
-        elapsed = time.perf_counter() - start
-        if done.returncode != 0 or not (root / "current" / "s00-assets").is_dir():
-            raise RuntimeError(f"{command!r} failed ({done.returncode}): {done.stderr.strip()}")
-        return elapsed
+    def run(root: Path) -> deploy_speed.Timing:
+        timing, code, output = deploy_speed.timed(["bash", "-c", command], root)
+        if code != 0 or not (root / "current" / "s00-assets").is_dir():
+            raise RuntimeError(f"{command!r} failed ({code}): {output.strip()}")
+        return timing
 
     return run
 
@@ -109,23 +107,26 @@ def main() -> int:
         runs = work / "runs"
         runs.mkdir()
         print(f"built the repository in {time.perf_counter() - started:.1f} s", flush=True)
-        first = deploy_speed.once(deploy_speed.Variant("tether", "tether", tether(repo, state)), runs)
-        print(f"first deploy, mirror made (untimed): {first:.2f} s", flush=True)
+        filesystems = deploy_speed.Filesystems(runs, fresh=os.geteuid() == 0)  # a fresh ext4 per run as root
+        first = filesystems.once(deploy_speed.Variant("tether", "tether", tether(repo, state)))
+        print(f"first deploy, mirror made (untimed): {first.wall:.2f} s", flush=True)
         mirror = state / "git" / "site.git"
         variants = [deploy_speed.Variant("floor", "git archive v1 | tar x + mv -T", floor(mirror)),
                     deploy_speed.Variant("tether", "tether reconcile (source.git)", tether(repo, state))]
         for variant in variants:  # one untimed warm-up each
-            deploy_speed.once(variant, runs)
+            filesystems.once(variant)
         for _ in range(args.repeat):
             for variant in variants:
-                variant.times.append(deploy_speed.once(variant, runs))
-        print(f"commit {deploy_speed.revision()}, {platform.node()}, {os.cpu_count()} CPUs, "
+                variant.times.append(filesystems.once(variant))
+        print(f"commit {deploy_speed.revision()}, {platform.node()}, {os.cpu_count()} CPUs, load average "
+              f"{' '.join(f'{load:.2f}' for load in os.getloadavg())}, "
               f"git {subprocess.run(['git', '--version'], capture_output=True, text=True).stdout.split()[-1]}")
         for variant in variants:
             print(f"{variant.label:40s} median {variant.median:6.2f} s  min {variant.best:6.2f} s  "
-                  f"runs {' '.join(f'{t:.2f}' for t in variant.times)}")
+                  f"cpu {variant.cpu:6.2f} s  runs {' '.join(f'{t.wall:.2f}' for t in variant.times)}")
         ratio = variants[1].median / variants[0].median
-        print(f"P7 tether / floor (medians): {ratio:.2f}x (target <= 1.2x)")
+        print(f"P7 tether / floor (medians): {ratio:.2f}x wall, {variants[1].cpu / variants[0].cpu:.2f}x CPU "
+              "(target <= 1.2x)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
