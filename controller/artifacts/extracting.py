@@ -32,6 +32,7 @@ from controller.artifacts import archives, deb_package, members, modes, readahea
 MAX_NAME = 4096
 MAX_COMPONENT = 255
 MAX_SYMLINK_HOPS = 40  # as Linux: a path that needs more does not resolve at all (ELOOP)
+MAX_LINK_STEPS = 1_000_000  # path components walked to check all of an archive's symlinks (some seconds of lstat)
 MAX_DIR_FDS = 64  # descriptors of recently used directories the writer keeps open
 CHUNK = 1024 * 1024
 FLUSH_BYTES = 32 * 1024 * 1024  # written between two asks to flush
@@ -274,8 +275,9 @@ class Writer:
             top = os.listdir(self.dest)
             if len(top) == 1 and top[0] in self.dirs:
                 root = os.path.join(self.dest, top[0])
+        steps = [MAX_LINK_STEPS]  # shared by all symlinks: each can be made to cost tens of thousands of lstats
         for name in self.symlinks:
-            if _resolves_outside(root, os.path.relpath(os.path.join(self.dest, name), root)):
+            if _resolves_outside(root, os.path.relpath(os.path.join(self.dest, name), root), steps):
                 raise errors.ArchiveError(f"member {name!r} is a symlink that resolves outside the deployment")
         for name in sorted(self.dirs, key=lambda d: -d.count("/")):
             os.chmod(os.path.join(self.dest, name), self.dirs[name])
@@ -290,16 +292,20 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def _resolves_outside(root: str, name: str) -> bool:
+def _resolves_outside(root: str, name: str, steps: list[int]) -> bool:
     """Whether `name` below `root`, every symlink in it followed, leads out of `root`.
 
     Resolved component by component with `root` as the boundary, as it will be
     once it is the deployment: realpath(3) could leave `root` and come back in
     through the name of the top directory that stripComponents removes.
     """
-    pending, inside, hops = name.split("/"), list[str](), 0
+    pending, inside, hops = collections.deque(name.split("/")), list[str](), 0
     while pending:
-        part = pending.pop(0)
+        steps[0] -= 1
+        if steps[0] < 0:
+            raise errors.ArchiveError(f"the archive's symlinks take more than {MAX_LINK_STEPS} steps to resolve "
+                                      f"(at {name[:80]!r}): refusing a likely resolution bomb")
+        part = pending.popleft()
         if part in ("", "."):
             continue
         if part == "..":
@@ -313,7 +319,7 @@ def _resolves_outside(root: str, name: str) -> bool:
             target = os.readlink(path)
             if target.startswith("/"):
                 return True
-            pending = target.split("/") + pending
+            pending.extendleft(reversed(target.split("/")))
         else:
             inside.append(part)
     return False

@@ -1,15 +1,20 @@
 """tether's own reader of a tar stream (ustar, GNU and pax headers), front to back, from one buffer.
 
-It reads a valid archive as Python's tarfile does (tests/test_tar_reading.py
+It reads a valid archive as Python's tarfile does (tests/test_tar_reading_fuzz.py
 holds it to that, with generated archives in every format), at a fraction of
 the cost per member: a header is sliced from a large buffer and only the
-fields tether uses are decoded. Where tarfile is lenient it is strict: only
-tar's end-of-archive block ends the archive (a missing, short or damaged
-header is a truncated or corrupt archive, as a truncated plain tar or tar.zst
-looks), a pax number that is not one is refused, and the headers before a
-member are bounded (MAX_HEADER bytes, MAX_HEADERS headers; global headers
-MAX_HEADER bytes per archive) before they are read. Sparse files, devices and
-unknown member types are refused.
+fields tether uses are decoded (of pax records: path, linkpath, size, mtime).
+Where tarfile is lenient, or where tar implementations disagree, it refuses:
+only tar's end-of-archive block ends the archive (a missing, short or damaged
+header is a truncated or corrupt archive, which is how a truncated plain tar or
+tar.zst looks); a pax number that is not one; two headers that set the same
+field of one member (GNU tar takes the last, tarfile the first); a link or
+directory header with data after it (tarfile reads that data as the next
+header, GNU tar skips it); a pax global header that sets anything but mtime.
+Bytes 345-500 are a name prefix only under POSIX ustar magic (old GNU headers
+keep times there). The headers before a member are bounded (MAX_HEADER bytes,
+MAX_HEADERS headers; global headers MAX_HEADER bytes per archive) before they
+are read. Sparse files, devices and unknown member types are refused.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ LONG_NAME, LONG_LINK, PAX, PAX_GLOBAL, SOLARIS_PAX, SPARSE = b"L", b"K", b"x", b
 HEADER_KINDS = {PAX: "pax extended", PAX_GLOBAL: "pax global", SOLARIS_PAX: "Solaris extended",
                 LONG_NAME: "GNU long name", LONG_LINK: "GNU long link"}
 PAX_RECORD = re.compile(rb"(\d{1,18}) ([^=]+)=")  # bounded digits: int() of a long digit run is slow or refused
-SET_BY_MEMBER = {"path", "linkpath", "size"}  # pax keys only a member's own header may set
+PAX_USED = (b"path", b"linkpath", b"size", b"mtime")  # the pax keys tether reads; the others are skipped
+PAX_FIELDS = {"path": "name", "linkpath": "target", "size": "size", "mtime": "mtime"}
+USTAR = b"ustar\0"  # POSIX ustar magic: only then are bytes 345-500 a name prefix
 Number = TypeVar("Number", int, float)
 SPARSE_MESSAGE = "is a GNU sparse file; tether does not extract sparse files: build the artifact without --sparse"
 
@@ -90,7 +97,7 @@ class _Reader:
         self._pos = 0
         self._left = 0  # bytes of the current member's data not read yet
         self._padding = 0  # bytes of padding after them
-        self._globals: dict[str, str] = {}
+        self._globals: dict[str, str | int | float] = {}  # of pax global headers: only mtime is allowed
         self._global_bytes = 0
 
     def _fill(self, count: int) -> bool:
@@ -159,17 +166,17 @@ class _Reader:
             yield entry
 
     def _member(self, first: bool) -> members.Entry | None:
-        patches: list[tuple[bytes, object]] = []  # the headers before the member, in the order read
-        held = 0
+        fields: dict[str, str | int | float] = {}  # what the headers before the member set: name, target, size, mtime
+        held = count = 0
         while True:
             if not self._fill(BLOCK):
-                if first and len(self._buf) == self._pos:
+                if first and not count and len(self._buf) == self._pos:
                     raise errors.ArchiveError("the archive is empty: it holds no tar data")
                 raise errors.ArchiveError("the archive is truncated or not a valid tar file: it ends where a member "
                                           "header or tar's end-of-archive blocks should be")
             header = self._take(BLOCK)
             if header == ZERO:
-                if patches:
+                if count:
                     raise errors.ArchiveError("the archive is not a valid tar file: it ends after a pax or GNU "
                                               "long-name header, without the member it describes")
                 return None
@@ -181,57 +188,44 @@ class _Reader:
                                           "is corrupt")
             described = HEADER_KINDS.get(kind)
             if described is None:
-                return self._entry(header, kind, size, patches)
+                return self._entry(header, kind, size, fields)
             spent = self._global_bytes + (size if kind == PAX_GLOBAL else 0)
-            if held + size > MAX_HEADER or spent > MAX_HEADER or len(patches) >= MAX_HEADERS:
+            if held + size > MAX_HEADER or spent > MAX_HEADER or count >= MAX_HEADERS:
                 raise errors.ArchiveError(
-                    f"the archive has a {described} header of {size} bytes, after {len(patches)} headers of {held} "
+                    f"the archive has a {described} header of {size} bytes, after {count} headers of {held} "
                     f"bytes for the same member; tether reads at most {MAX_HEADERS} headers and {MAX_HEADER} bytes of "
                     f"them per member (and {MAX_HEADER} bytes of global headers): refusing a likely header bomb"
                 )
-            held, self._global_bytes = held + size, spent
+            held, count, self._global_bytes = held + size, count + 1, spent
             body = self._take(size)
             self._skip(-size % BLOCK)
-            if kind in (LONG_NAME, LONG_LINK):
-                patches.append((kind, _text(body)))
+            if kind == LONG_NAME:
+                _set(fields, "name", _text(body))
+            elif kind == LONG_LINK:
+                _set(fields, "target", _text(body))
             elif kind == PAX_GLOBAL:
-                _pax_records(body, self._globals)
-                if SET_BY_MEMBER.intersection(self._globals):
+                records = _pax_records(body)
+                if set(records) - {"mtime"}:
                     raise errors.ArchiveError("the archive's pax global header sets a path, link or size for every "
                                               "member; no tar writer does that: the archive is corrupt or hostile")
-                patches.append((kind, None))
+                self._globals.update(records)
             else:
-                patches.append((kind, _pax_records(body, dict(self._globals))))
+                for key, value in _pax_records(body).items():
+                    _set(fields, PAX_FIELDS[key], value)
 
-    def _entry(self, header: bytes, kind: bytes, size: int, patches: list[tuple[bytes, object]]) -> members.Entry:
-        """The member of `header`, its fields patched as tarfile does: the global pax records first, then the
-        headers before it from the last to the first (so the first header that sets a field wins)."""
+    def _entry(self, header: bytes, kind: bytes, size: int, fields: dict[str, str | int | float]) -> members.Entry:
+        """The member of `header`, with what its pax and GNU long-name headers and the global pax headers set."""
         name = _text(header[0:100])
         if kind == b"\0" and name.endswith("/"):
             kind = b"5"  # old tar: a directory is a file with a trailing slash
         if kind == SPARSE:
             raise errors.ArchiveError(f"member {name[:80]!r} {SPARSE_MESSAGE}")
-        is_dir = kind == b"5"
-        if is_dir:
-            name = name.rstrip("/")
-        if header[345]:  # a ustar name prefix (in old GNU headers the access time: tarfile takes it too)
+        if header[345] and header[257:263] == USTAR:  # the name's prefix (old GNU headers keep times there)
             name = _text(header[345:500]) + "/" + name
-        target = _text(header[157:257]) if header[157] else ""
-        mtime: float = _number(header[136:148])
-        for patch_kind, patch in [(PAX, self._globals), *reversed(patches)] if patches or self._globals else ():
-            if patch_kind == LONG_NAME:
-                name = str(patch).removesuffix("/") if is_dir else str(patch)
-            elif patch_kind == LONG_LINK:
-                target = str(patch)
-            elif isinstance(patch, dict) and patch:
-                if any(key.startswith("GNU.sparse.") for key in patch):
-                    raise errors.ArchiveError(f"member {patch.get('path', name)[:80]!r} {SPARSE_MESSAGE}")
-                name = patch["path"].rstrip("/") if "path" in patch else name
-                target = patch.get("linkpath", target)
-                size = _pax_number(patch, "size", int) if "size" in patch else size
-                mtime = _pax_number(patch, "mtime", float) if "mtime" in patch else mtime
-        if is_dir:
-            name = name.rstrip("/")
+        name = str(fields.get("name", name))
+        target = str(fields.get("target", _text(header[157:257]) if header[157] else ""))
+        size = int(fields.get("size", size))
+        mtime = float(fields.get("mtime", self._globals.get("mtime", _number(header[136:148]))))
         if kind in FILE_TYPES:
             kind_name = "file"
         else:
@@ -239,17 +233,29 @@ class _Reader:
             if not kind_name:
                 raise errors.ArchiveError(f"member {name!r} is a device, FIFO or other special file; only files, "
                                           "directories and links are allowed")
+            if size:
+                raise errors.ArchiveError(f"member {name[:80]!r} is a {kind_name} with {size} bytes of data; tar "
+                                          "implementations disagree on what follows such a header: the archive is "
+                                          "corrupt or hostile")
+            if kind_name == "dir":
+                name = name.rstrip("/")
         if not math.isfinite(mtime) or abs(mtime) > MAX_TIME:
             raise errors.ArchiveError(f"member {name!r} has the invalid modification time {mtime!r}; "
                                       "the archive is corrupt or hostile")
         mode = _number(header[100:108])
         if kind_name != "file":
             return members.Entry(name, kind_name, mode, mtime, target)
-        if size < 0:
-            raise errors.ArchiveError(f"member {name[:80]!r} has a negative size; the archive is corrupt")
         self._left, self._padding = size, -size % BLOCK
         data: IO[bytes] = _Data(self)  # type: ignore[assignment]  # the part of IO that the writer uses
         return members.Entry(name, kind_name, mode, mtime, target, lambda: data, size)
+
+
+def _set(fields: dict[str, str | int | float], key: str, value: str | int | float) -> None:
+    if key in fields:
+        raise errors.ArchiveError(f"two headers before one member both set its {key} ({str(fields[key])[:80]!r} and "
+                                  f"{str(value)[:80]!r}); tar implementations disagree on which one counts: the "
+                                  "archive is corrupt or hostile")
+    fields[key] = value
 
 
 def _check_sum(header: bytes) -> None:
@@ -263,13 +269,15 @@ def _check_sum(header: bytes) -> None:
                                   "checksum (bad checksum)")
 
 
-def _pax_records(body: bytes, into: dict[str, str]) -> dict[str, str]:
-    """Parse pax records ("LENGTH KEYWORD=VALUE\\n") into `into`; a malformed record is a corrupt archive.
+def _pax_records(body: bytes) -> dict[str, str | int | float]:
+    """The records of a pax header ("LENGTH KEYWORD=VALUE\\n") that tether uses (path, linkpath, size, mtime),
+    parsed; the rest are skipped. A malformed record or a GNU sparse map is refused.
 
     Values are UTF-8, undecodable bytes kept as lone surrogates (which is what
     tarfile's hdrcharset handling comes to with a UTF-8 file system encoding);
     extracting refuses such names.
     """
+    found: dict[str, str | int | float] = {}
     pos = 0
     while pos < len(body):
         if body[pos] == 0 and body.count(0, pos) == len(body) - pos:  # NUL padding after the last record
@@ -278,15 +286,24 @@ def _pax_records(body: bytes, into: dict[str, str]) -> dict[str, str]:
         end = pos + int(match.group(1)) if match else 0
         if match is None or end <= match.end() or end > len(body) or body[end - 1] != 0x0A:
             raise errors.ArchiveError("the archive is not a valid tar file: a pax header has a malformed record")
-        into[match.group(2).decode("utf-8", "surrogateescape")] = body[match.end():end - 1].decode(
-            "utf-8", "surrogateescape")
+        keyword = match.group(2)
+        if keyword in PAX_USED:
+            key, value = keyword.decode(), body[match.end():end - 1].decode("utf-8", "surrogateescape")
+            if key == "size":
+                found[key] = _pax_number(key, value, int)
+            elif key == "mtime":
+                found[key] = _pax_number(key, value, float)
+            else:
+                found[key] = value.rstrip("/") if key == "path" else value
+        elif keyword.startswith(b"GNU.sparse."):
+            raise errors.ArchiveError(f"a member {SPARSE_MESSAGE}")
         pos = end
-    return into
+    return found
 
 
-def _pax_number(pax: dict[str, str], key: str, kind: Callable[[str], Number]) -> Number:
+def _pax_number(key: str, value: str, kind: Callable[[str], Number]) -> Number:
     try:
-        return kind(pax[key])
+        return kind(value)
     except ValueError:
-        raise errors.ArchiveError(f"the archive is not a valid tar file: the pax {key} {pax[key][:40]!r} is not a "
+        raise errors.ArchiveError(f"the archive is not a valid tar file: the pax {key} {value[:40]!r} is not a "
                                   "number") from None
