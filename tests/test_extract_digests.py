@@ -192,3 +192,21 @@ def test_a_flusher_runs_one_flush_at_a_time_and_ignores_a_path_that_is_gone(tmp_
     gone.close()  # the failed syncfs raised nothing
 
     assert threading.active_count() == before
+
+
+def test_large_files_hashed_on_their_own_thread_get_the_digests_of_their_bytes(tmp_path: Path) -> None:
+    sizes = [0, 1, extracting.THREAD_HASH_SIZE - 1, extracting.THREAD_HASH_SIZE, 3 * extracting.CHUNK + 7, 100]
+    files = [support.Member(f"site/f{index}.bin", os.urandom(size)) for index, size in enumerate(sizes)]
+    before = threading.active_count()
+
+    root, written = _extract(tmp_path, support.tar_bytes(files))
+
+    assert {rel: file.sha256 for rel, file in written.items()} == {
+        member.name.removeprefix("site/"): support.sha256(member.data) for member in files}
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert {rel: digests.sha256(rel, fd, bytearray(1024))[1] for rel in written} == {
+            rel: file.sha256 for rel, file in written.items()}
+    finally:
+        os.close(fd)
+    assert threading.active_count() == before  # the digest thread is gone with the writer

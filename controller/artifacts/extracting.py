@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import IO
 
 from controller import errors
-from controller.artifacts import archives, deb_package, members, modes, readahead, tar_reader
+from controller.artifacts import archives, deb_package, digest_thread, members, modes, readahead, tar_reader
 
 MAX_NAME = 4096
 MAX_COMPONENT = 255
@@ -36,6 +36,7 @@ MAX_LINK_STEPS = 1_000_000  # path components walked to check all of an archive'
 MAX_DIR_FDS = 64  # descriptors of recently used directories the writer keeps open
 CHUNK = 1024 * 1024
 FLUSH_BYTES = 32 * 1024 * 1024  # written between two asks to flush
+THREAD_HASH_SIZE = 128 * 1024  # a file this large is hashed on its own thread (digest_thread.py)
 FILE_COST = 4096  # what a file counts for that, besides its bytes: its inode and directory entry
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -114,6 +115,8 @@ class Writer:
         self.files: set[str] = set()
         self.symlinks: set[str] = set()
         self.written: dict[str, Written] = {}  # regular file -> its digest as written
+        self._hasher = digest_thread.Hasher()  # large files' digests: complete in `written` after close()
+        self._hashing: list[tuple[str, typing.Any, os.stat_result]] = []
         self._root = os.open(dest, DIR_FLAGS)
         self._fds: collections.OrderedDict[str, int] = collections.OrderedDict()  # directory -> descriptor, LRU
 
@@ -122,6 +125,10 @@ class Writer:
             os.close(fd)
         self._fds.clear()
         os.close(self._root)
+        self._hasher.close()
+        for name, digest, st in self._hashing:
+            self.written[name] = Written(digest.hexdigest(), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        self._hashing.clear()
 
     def _dir_fd(self, name: str) -> int:
         """A descriptor of the directory `name` (relative to dest, "" for dest), which the writer created."""
@@ -227,10 +234,14 @@ class Writer:
         try:
             digest = hashlib.sha256()
             left = entry.size  # -1 when the archive does not say: then read to the end
+            threaded = left >= THREAD_HASH_SIZE
             with entry.data() as source:
                 while left and (chunk := source.read(CHUNK)):  # a small member: one read, one write
                     left -= len(chunk)
-                    digest.update(chunk)
+                    if threaded:
+                        self._hasher.update(digest, chunk)
+                    else:
+                        digest.update(chunk)
                     written = os.write(fd, chunk)
                     if written < len(chunk):
                         view = memoryview(chunk)[written:]
@@ -245,7 +256,10 @@ class Writer:
                 st = os.fstat(fd)
         finally:
             os.close(fd)
-        self.written[name] = Written(digest.hexdigest(), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if threaded:
+            self._hashing.append((name, digest, st))
+        else:
+            self.written[name] = Written(digest.hexdigest(), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         self._unflushed += st.st_size + FILE_COST
         if self._unflushed > FLUSH_BYTES:
             self._unflushed = 0
