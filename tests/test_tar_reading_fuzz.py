@@ -153,11 +153,11 @@ def _pad(data: bytes) -> bytes:
 
 
 @st.composite
-def archives_(draw: Draw, formats: list[str] = list(FORMATS)) -> tuple[str, bytes]:  # noqa: B006
+def archives_(draw: Draw) -> tuple[str, bytes]:
     """A valid archive in one format, as tarfile writes one: headers, padded data, two zero blocks."""
-    name = draw(st.sampled_from(formats))
+    name = draw(st.sampled_from(list(FORMATS)))
     fmt = FORMATS[name]
-    parts = []
+    parts, written = [], 0
     if fmt == tarfile.PAX_FORMAT and draw(st.booleans()):
         parts.append(tarfile.TarInfo.create_pax_global_header(
             draw(st.dictionaries(st.sampled_from(PAX_KEYWORDS), st.text(CHARS, max_size=30), min_size=1, max_size=3))))
@@ -168,7 +168,8 @@ def archives_(draw: Draw, formats: list[str] = list(FORMATS)) -> tuple[str, byte
         if parts and fmt == tarfile.PAX_FORMAT and draw(st.integers(0, 5)) == 0:  # a global header between members
             parts.append(tarfile.TarInfo.create_pax_global_header({draw(st.sampled_from(PAX_KEYWORDS)): "v"}))
         parts.append(header + _pad(data))
-    hypothesis.assume(parts)
+        written += 1
+    hypothesis.assume(written)  # tarfile cannot read a global header that only the end of the archive follows
     raw = b"".join(parts) + b"\0" * (2 * BLOCK)
     if draw(st.booleans()):
         raw += b"\0" * (-len(raw) % tarfile.RECORDSIZE)
