@@ -14,9 +14,17 @@ and times, side by side and interleaved, per shape:
       floor:  curl -sS -o f URL && mkdir d && tar xzf f -C d && ln -s d tmp && mv -T tmp current
       stream: curl -sS URL | tar xzf - -C d && ln -s d tmp && mv -T tmp current   (rate-limited, context)
       tether: write a manifest, run `tether reconcile` until it exits
+      peer:   ansible-playbook -c local: deploy_helper state=present, a release directory (with the
+              DEPLOY_UNFINISHED marker, as the module's documentation has it), unarchive with the URL as src and
+              remote_src (the one-task download-and-extract the unarchive documentation shows),
+              deploy_helper state=finalize (switches `current`)
   P2  local file -> `current` switched
       floor:  mkdir d && tar xzf f -C d && ln -s d tmp && mv -T tmp current
       tether: the same with a file:// source.url
+      peer:   the same playbook, unarchive of the file already on the node (remote_src)
+
+The peer needs ansible-playbook (ansible-core, in the test extra) and the community.general collection
+for deploy_helper (on Debian 12: apt-get install ansible); without them its rows are left out.
 
 Run as root, every run gets a fresh ext4 of its own (a loop-mounted image in
 /dev/shm, removed after the run): on ext4 file creation slows for minutes after
@@ -377,6 +385,69 @@ def tether(url: str, probe: str) -> Callable[[Path], Timing]:
     return run
 
 
+COLLECTION_PATHS = (Path.home() / ".ansible" / "collections", Path("/usr/share/ansible/collections"),
+                    Path("/usr/lib/python3/dist-packages"), *(Path(p) for p in sys.path if p.endswith("site-packages")))
+PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Initialize the deploy root
+      community.general.deploy_helper:
+        path: "{{ app }}"
+        release: v1
+        state: present
+    - name: Create the new release directory
+      ansible.builtin.file:
+        path: "{{ deploy_helper.new_release_path }}"
+        state: directory
+    - name: Add an unfinished file, to allow cleanup on successful finalize
+      ansible.builtin.file:
+        path: "{{ deploy_helper.new_release_path }}/{{ deploy_helper.unfinished_filename }}"
+        state: touch
+    - name: Unpack the artifact into the new release
+      ansible.builtin.unarchive:
+        src: "{{ artifact }}"
+        dest: "{{ deploy_helper.new_release_path }}"
+        remote_src: true
+    - name: Finalize the deploy, switching current
+      community.general.deploy_helper:
+        path: "{{ app }}"
+        release: "{{ deploy_helper.new_release }}"
+        state: finalize
+"""
+
+
+def ansible_collections() -> Path | None:
+    """A collections directory that has community.general's deploy_helper, or None."""
+    for path in COLLECTION_PATHS:
+        if (path / "ansible_collections/community/general/plugins/modules/deploy_helper.py").is_file():
+            return path
+    return None
+
+
+def ansible_peer(artifact: str, probe: str, collections: Path) -> Callable[[Path], Timing]:
+    """The peer: an ansible-playbook run on localhost (-c local) of PLAYBOOK, until it exits (current switched)."""
+
+    def run(root: Path) -> Timing:
+        root.chmod(0o755)  # ansible ignores an ansible.cfg in a world-writable directory
+        (root / "site.yml").write_text(PLAYBOOK)
+        (root / "ansible.cfg").write_text(  # read from the working directory; temporary files on the run's file system
+            f"[defaults]\ncollections_path = {collections}\nlocal_tmp = {root}/.ansible-tmp\n"
+            f"remote_tmp = {root}/.ansible-tmp\ninterpreter_python = {sys.executable}\nretry_files_enabled = False\n")
+        app = root / "app"
+        command = [str(BIN / "ansible-playbook"), "-c", "local", "-i", "localhost,", "site.yml",
+                   "-e", f"app={app}", "-e", f"artifact={artifact}"]
+        timing, code, output = timed(command, root)
+        if code != 0:
+            raise RuntimeError(f"ansible-playbook failed ({code}): {output}")
+        if os.readlink(app / "current") != str(app / "releases" / "v1") or \
+                not (app / "current" / TOP / probe).is_dir():
+            raise RuntimeError(f"ansible-playbook exited 0 but current does not point to the extracted v1: {output}")
+        return timing
+
+    return run
+
+
 def python_startup(code: str) -> Callable[[Path], Timing]:
     def run(root: Path) -> Timing:
         timing, status, text = timed([sys.executable, "-c", code], REPO)
@@ -484,6 +555,10 @@ def main() -> int:
         rated = Server(serve, args.rate * 1e6 / 8) if args.rate > 0 else None
         if rated is not None:
             servers.append(rated)
+        collections = ansible_collections() if (BIN / "ansible-playbook").exists() else None
+        print("  peer       " + (f"{BIN / 'ansible-playbook'} -c local, community.general from {collections}"
+                                  if collections else "left out: no ansible-playbook with community.general's "
+                                  "deploy_helper (on Debian 12: apt-get install ansible)"))
         variants: list[Variant] = []
         for shape in shapes:
             builder, probe = SHAPES[shape]
@@ -507,6 +582,13 @@ def main() -> int:
                               probe)),
                 Variant(f"{shape}-p1-tether", f"{shape} P1 tether reconcile (http://127.0.0.1)", tether(url, probe)),
             ]
+            if collections is not None:
+                variants += [
+                    Variant(f"{shape}-p2-peer", f"{shape} P2 peer: ansible deploy_helper + unarchive",
+                            ansible_peer(str(artifact), probe, collections)),
+                    Variant(f"{shape}-p1-peer", f"{shape} P1 peer: ansible deploy_helper + unarchive of the URL",
+                            ansible_peer(url, probe, collections)),
+                ]
             if rated is not None and shape == "small":
                 slow = rated.url(artifact.name)
                 variants += [
@@ -549,12 +631,14 @@ def main() -> int:
             rows += [("P1", f"{shape}: http vs curl -o && tar", f"{shape}-p1-tether", f"{shape}-p1-floor", 1.0),
                      ("P2", f"{shape}: file vs tar xzf", f"{shape}-p2-tether", f"{shape}-p2-floor",
                       1.2 if small_files else 0.8),
+                     ("P1", f"{shape}: http vs ansible peer", f"{shape}-p1-tether", f"{shape}-p1-peer", None),
+                     ("P2", f"{shape}: file vs ansible peer", f"{shape}-p2-tether", f"{shape}-p2-peer", None),
                      ("P1", f"{shape}: @{args.rate:g} Mbit/s vs curl -o && tar", f"{shape}-p1r-tether",
                       f"{shape}-p1r-floor", 1.0),
                      ("P1", f"{shape}: @{args.rate:g} Mbit/s vs curl | tar", f"{shape}-p1r-tether",
                       f"{shape}-p1r-stream", None)]
         print()
-        print(f"{'id':4} {'comparison':40} {'tether s':>9} {'floor s':>8} {'ratio':>7} {'min/min':>8} "
+        print(f"{'id':4} {'comparison':40} {'tether s':>9} {'other s':>8} {'ratio':>7} {'min/min':>8} "
               f"{'cpu ratio':>9} {'target':>8}  verdict")
         for ident, text, ours, theirs, target in rows:
             if ours not in by_key or theirs not in by_key:
@@ -565,8 +649,9 @@ def main() -> int:
             verdict = ("meets" if ratio <= target else "MISSES") if target is not None else "-"
             print(f"{ident:4} {text:40} {mine.median:9.3f} {floor.median:8.3f} {ratio:6.2f}x "
                   f"{mine.best / floor.best:7.2f}x {mine.cpu / floor.cpu:8.2f}x {target_text:>8}  {verdict}")
-        print("(medians of wall time; ratio = median/median; min/min = best/best; cpu = user+sys of the command and")
-        print(" its children from wait4, the guide on a shared machine)")
+        print("(medians of wall time; other = the floor, or the Ansible peer in the peer rows; ratio = median/median;")
+        print(" min/min = best/best; cpu = user+sys of the command and its children from wait4, the guide on a shared")
+        print(" machine)")
         if "py-import" in by_key and "py-bare" in by_key:
             print(f"python start-up with `import controller.cli`: {by_key['py-import'].median:.3f} s median "
                   f"({by_key['py-bare'].median:.3f} s for a bare interpreter)")
