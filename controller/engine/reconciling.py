@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from controller import errors, formats, fsutil, nofollow
-from controller.artifacts import archives, extracting, fetching, git_runner, git_source
+from controller.artifacts import archives, extracting, fetching
 from controller.artifacts import cache as artifact_cache
 from controller.engine import health, hook_processes, hooks, planning
 from controller.manifests import model, overrides, secrets
@@ -192,8 +192,12 @@ class Engine:
         previous = observed.current
         git = app.source.git
         url = model.expand_url(app.source.url, app, deployment) if git is None else ""
-        shown = fetching.redact_url(url) if git is None else \
-            f"{git_runner.shown_url(git.url)} {model.expand_url(git.ref, app, deployment)}"
+        if git is None:
+            shown = fetching.redact_url(url)
+        else:
+            from controller.artifacts import git_runner  # the git modules only for a git source
+
+            shown = f"{git_runner.shown_url(git.url)} {model.expand_url(git.ref, app, deployment)}"
         headers = {**secrets.resolve(app.source.headers, self.environ), **work.headers} if git is None else {}
         records.write_record(app.path, deployment, records.INCOMPLETE, source=shown)
         self.checkpoint("recorded")
@@ -289,6 +293,8 @@ class Engine:
                    made: os.stat_result, cancel: threading.Event | None = None,
                    written: dict[str, extracting.Written] | None = None) -> tuple[str, int, str]:
         """One attempt for a git source: mirror, resolve, verify, extract, move into place; (sha256, bytes, commit)."""
+        from controller.artifacts import git_source  # with git_runner, git_mirror, git_archive and git_verify
+
         if written is not None:
             written.clear()  # a failed attempt's files are gone
         stage = tempfile.mkdtemp(prefix=deployment + "-", dir=records.staging_dir(app.path))

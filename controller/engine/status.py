@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from controller import formats, fsutil
-from controller.artifacts import fetching, git_runner
+from controller.artifacts import fetching
 from controller.engine import hooks, planning, reconciling
 from controller.manifests import model
 from controller.tree import records
@@ -234,6 +234,8 @@ def working_on(app: model.Application, plan: planning.Plan) -> str:
     parts = []
     for step in plan.steps:
         if step.action == planning.DEPLOY and step.deployment and app.source is not None and app.source.git:
+            from controller.artifacts import git_runner  # the git modules only for a git source
+
             ref = model.expand_url(app.source.git.ref, app, step.deployment)
             parts.append(f"fetching {step.deployment} ({ref}) from {git_runner.shown_url(app.source.git.url)}")
         elif step.action == planning.DEPLOY and step.deployment and app.source is not None:
