@@ -98,9 +98,12 @@ class Engine:
                              keep=app.keep, suspended=app.suspend, generation=app.generation,
                              refused=self.refused(app.name))
 
-    def refuse_newer(self, app: model.Application) -> None:
-        """PermanentError when a file of the application is of a newer format: a command must not act on it."""
-        if (why := self.refused(app.name) or records.observe(app.path).refused) is not None:
+    def refuse_newer(self, app: model.Application, observed: records.Observed | None = None) -> None:
+        """PermanentError when a file of the application is of a newer format: a command must not act on it.
+        `observed`: the tree as the caller read it (default: read now). A command that holds the lock gets this
+        check from `holding`; one that does not wait for the lock (it records an override) calls it itself."""
+        tree = records.observe(app.path) if observed is None else observed
+        if (why := self.refused(app.name) or tree.refused) is not None:
             raise errors.PermanentError(f"{app.name}: tether leaves this application alone: {why}")
 
     def refused(self, name: str) -> str | None:
@@ -109,10 +112,18 @@ class Engine:
                 or formats.refusal(status_path(self.state_dir, name)))
 
     @contextlib.contextmanager
-    def holding(self, app: model.Application, locked: bool = False) -> Iterator[records.Observed]:
-        """Hold the lock (unless the caller does) and read the tree: a pass's start."""
+    def holding(self, app: model.Application, locked: bool = False, *, check: Callable[[str], None] | None = None,
+                refuse_newer: bool = False) -> Iterator[records.Observed]:
+        """Hold the lock (unless the caller does), check the path (`check`: path_safety.verify or .prepare) and
+        read the tree once: the start of a pass or of a command. With `refuse_newer` (a command that changes the
+        application), PermanentError when a file of it is of a newer format; a pass records that in its plan."""
         with contextlib.nullcontext() if locked else locking.application_lock(self.state_dir, app.name):
-            yield records.observe(app.path)
+            if check is not None:
+                check(app.path)
+            observed = records.observe(app.path)
+            if refuse_newer:
+                self.refuse_newer(app, observed)
+            yield observed
 
     def reconcile(self, app: model.Application, kind: model.Kind | None = None,
                   headers: Mapping[str, str] | None = None, cancel: threading.Event | None = None,
@@ -387,24 +398,17 @@ class Engine:
 
     def relink(self, app: model.Application, deployment: str) -> list[str]:
         """Restore the persistent-data links of a deployment (link drift), holding the lock."""
-        with locking.application_lock(self.state_dir, app.name):
-            path_safety.prepare(app.path)
-            self.refuse_newer(app)
+        with self.holding(app, check=path_safety.prepare, refuse_newer=True):
             return drift.relink(app, deployment, owners.resolve(app))
 
     def prune(self, app: model.Application, keep: int) -> None:
         """Apply retention now with `keep` (tether prune)."""
-        with locking.application_lock(self.state_dir, app.name):
-            path_safety.verify(app.path)
-            self.refuse_newer(app)
-            self._prune(dataclasses.replace(app, keep=keep), records.observe(app.path))
+        with self.holding(app, check=path_safety.verify, refuse_newer=True) as observed:
+            self._prune(dataclasses.replace(app, keep=keep), observed)
 
     def remove(self, app: model.Application, deployment: str) -> None:
         """Remove one deployment (tether remove); never the active or the desired one."""
-        with locking.application_lock(self.state_dir, app.name):
-            path_safety.verify(app.path)
-            self.refuse_newer(app)
-            observed = records.observe(app.path)
+        with self.holding(app, check=path_safety.verify, refuse_newer=True) as observed:
             if deployment in (observed.current, app.deployment):
                 raise errors.PermanentError(f"{deployment} is the active or desired deployment of {app.name}; "
                                             "activate another one first")
@@ -443,10 +447,7 @@ class Engine:
     def retry(self, app: model.Application) -> list[str]:
         """Forget failure marks, so the next pass tries those deployments again."""
         cleared = []
-        with locking.application_lock(self.state_dir, app.name):
-            path_safety.verify(app.path)
-            self.refuse_newer(app)
-            observed = records.observe(app.path)
+        with self.holding(app, check=path_safety.verify, refuse_newer=True) as observed:
             for deployment in observed.deployments.values():
                 if deployment.state != records.FAILED:
                     continue
