@@ -2,7 +2,7 @@
 
 A standalone script, not a pytest test:
 
-    .venv/bin/python tests/benchmarks/startup_speed.py [--repeat 15]
+    .venv/bin/python tests/benchmarks/startup_speed.py [--repeat 15] [--tree DIR ...] [--no-bytecode-cache]
 
 P1 and P2 time `tether reconcile` from start to `current` switched against
 `tar xzf`, which starts in milliseconds, so everything tether does before its
@@ -13,8 +13,11 @@ first read of the artifact counts against it. Interleaved, per run, this times:
   tether --help                                argument parsing and the imports
   tether validate examples/manifests           the manifests read and validated (YAML, JSON Schema)
   tether reconcile (file://, a tiny artifact)  the whole command, a new deployment each run
-  exec -> first open of the artifact           the same command under `strace -f -ttt -e trace=execve,openat`
-                                               (strace adds a little to every traced call; context, not a floor)
+  strace: exec -> artifact opened              the same command under `strace -f -ttt -e trace=execve,openat`, in
+                                               three steps: to the manifests directory's open (imports, parser), to
+                                               the application's lock (manifests read and validated), to the
+                                               artifact's open (the pass before its fetch); strace adds a little to
+                                               every traced call
 
 Figures are medians and minimums of wall time; the machine may be shared, so
 the load average is printed beside them. Python's bytecode is cached (in a
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import math
 import os
 import platform
@@ -109,26 +113,26 @@ def reconcile(node: Node, env: dict[str, str]) -> tuple[float, float]:
 TRACE_LINE = re.compile(r"^\d+\s+(\d+\.\d+) (execve|openat)\((.*)$")
 
 
-def first_artifact_open(node: Node, env: dict[str, str]) -> tuple[float, float]:
-    """Seconds from the command's execve to its first openat of the artifact, from an strace log (no CPU time)."""
+def trace(node: Node, env: dict[str, str]) -> list[float]:
+    """One reconcile under `strace -f -ttt -e trace=execve,openat`: the seconds from its execve to its first
+    open of the manifests directory (imports, arguments), then to the application's lock (the manifests read and
+    validated), then to the artifact (the pass until its fetch starts). strace adds a little to every traced call."""
     command, artifact = node.next()
-    trace = node.root / "trace"
-    subprocess.run(["strace", "-f", "--seccomp-bpf", "-ttt", "-qq", "-e", "trace=execve,openat", "-o", str(trace),
+    log = node.root / "trace"
+    subprocess.run(["strace", "-f", "--seccomp-bpf", "-ttt", "-qq", "-e", "trace=execve,openat", "-o", str(log),
                     *command], cwd=node.root, env=env, capture_output=True, check=True)
-    started = opened = None
-    for line in trace.read_text().splitlines():
+    marks = [None, f'"{node.manifests}"', f'"{node.state}/locks/', f'"{artifact}"']
+    moments: list[float] = []
+    for line in log.read_text().splitlines():
         found = TRACE_LINE.match(line)
-        if not found:
-            continue
-        moment, call, rest = float(found[1]), found[2], found[3]
-        if call == "execve" and started is None:
-            started = moment
-        elif call == "openat" and f'"{artifact}"' in rest:
-            opened = moment
-            break
-    if started is None or opened is None:
-        raise RuntimeError(f"the trace {trace} shows no execve or no open of {artifact}")
-    return opened - started, math.nan
+        if found and len(moments) < len(marks):
+            mark = marks[len(moments)]
+            if (mark is None and found[2] == "execve") or (mark is not None and found[2] == "openat"
+                                                           and found[3].startswith(f"AT_FDCWD, {mark}")):
+                moments.append(float(found[1]))
+    if len(moments) != len(marks):
+        raise RuntimeError(f"the trace {log} does not show every step of the command: {moments}")
+    return [later - earlier for earlier, later in itertools.pairwise(moments)]
 
 
 Measure = Callable[[dict[str, str]], tuple[float, float]]
@@ -145,7 +149,19 @@ def measurements(node: Node, tree: Path) -> dict[str, Measure]:
         "tether reconcile (file://, 3 files)": lambda env: reconcile(node, env),
     }
     if shutil.which("strace"):
-        found["exec -> first open of the artifact (strace)"] = lambda env: first_artifact_open(node, env)
+        phases: list[float] = []
+
+        def traced(index: int) -> Measure:
+            def measure(env: dict[str, str]) -> tuple[float, float]:
+                if index == 0:
+                    phases[:] = trace(node, env)
+                return (sum(phases) if index == 3 else phases[index]), math.nan
+            return measure
+
+        found["strace: exec -> manifests opened (imports, parser)"] = traced(0)
+        found["strace:   -> lock taken (manifests read, validated)"] = traced(1)
+        found["strace:   -> artifact opened (the pass before its fetch)"] = traced(2)
+        found["strace: exec -> artifact opened"] = traced(3)
     return found
 
 
@@ -191,10 +207,10 @@ def main() -> int:
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
         for tree, found in zip(trees, times, strict=True):
             print()
-            print(f"{'':4} {tree!s:50} {'median ms':>10} {'min ms':>8} {'cpu ms':>8}")
+            print(f"{'':4} {tree!s:58} {'median ms':>10} {'min ms':>8} {'cpu ms':>8}")
             for name, values in found.items():
                 walls, cpus = [w for w, _ in values], [c for _, c in values]
-                print(f"{'':4} {name:50} {statistics.median(walls) * 1000:10.1f} {min(walls) * 1000:8.1f} "
+                print(f"{'':4} {name:58} {statistics.median(walls) * 1000:10.1f} {min(walls) * 1000:8.1f} "
                       f"{statistics.median(cpus) * 1000:8.1f}")
         print("(wall time: median and minimum; cpu: median user + sys from wait4, the guide on a shared machine)")
         return 0
