@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
-import functools
 import json
 import os
 import stat
@@ -88,29 +89,14 @@ def read_at_most(fd: int, limit: int) -> bytes | None:
     return data if len(data) <= limit else None
 
 
-@functools.cache
-def libc() -> Any:
-    """The C library, for the few calls the os module lacks (syncfs, renameat2, prctl).
-
-    dlopen(NULL): the symbols the interpreter is linked with, libc's among them. ctypes.util.find_library would
-    run `ldconfig -p` in a subprocess at every start of the command; ctypes itself is imported on first use."""
-    import ctypes  # on first use: most commands never need it
-
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def c_errno() -> int:
-    """errno as the last call through :func:`libc` in this thread left it."""
-    import ctypes  # imported by libc() already
-
-    return ctypes.get_errno()
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 
 def sync_filesystem(path: str) -> None:
     """Flush every dirty page of the filesystem holding `path` (syncfs(2), else sync(2)); a symlink is not followed."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        syncfs = getattr(libc(), "syncfs", None)
+        syncfs = getattr(_libc, "syncfs", None)
         if syncfs is None or syncfs(fd) != 0:
             os.sync()
     finally:

@@ -1,6 +1,5 @@
 """The command line starts with what the command uses: an HTTP client, the git modules, jsonschema or tenacity
-only when the command needs them, and no child process to find the C library (P1 and P2 count tether's start
-against `tar xzf`, docs/performance.md)."""
+only when the command needs them (P1 and P2 count tether's start against `tar xzf`, docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -15,9 +14,8 @@ from tests import support
 HTTP = {"http.client", "ssl", "email.parser"}
 GIT = {f"controller.artifacts.{name}" for name in ("git_source", "git_runner", "git_mirror", "git_archive",
                                                     "git_verify")}
-# What a command that validates no document and downloads nothing has no use for; ctypes.util finds a library
-# by running `ldconfig -p`.
-DEFERRED = HTTP | GIT | {"jsonschema", "tenacity", "ctypes.util"}
+# What a command that validates no document and downloads nothing has no use for.
+DEFERRED = HTTP | GIT | {"jsonschema", "tenacity"}
 
 # Runs the real command line in this interpreter and writes the names of the modules loaded by its end.
 RUN = """
@@ -56,7 +54,7 @@ def test_a_reconcile_from_a_file_url_loads_no_http_client_or_git_module(node: su
     done, modules = loaded(tmp_path, "reconcile", "--manifests", str(node.manifests), "--state-dir", str(node.state))
     assert done.returncode == 0, done.stdout + done.stderr
     assert os.readlink(node.apps / "site" / "current") == str(node.apps / "site" / "v1")
-    assert sorted(modules & (HTTP | GIT | {"ctypes.util"})) == []
+    assert sorted(modules & (HTTP | GIT)) == []
     assert {"jsonschema", "tenacity"} <= modules  # what the pass does use is loaded, on first use
 
 
@@ -69,14 +67,3 @@ def test_a_reconcile_from_an_http_url_loads_the_http_client_when_it_downloads(
     assert done.returncode == 0, done.stdout + done.stderr
     assert os.readlink(node.apps / "site" / "current") == str(node.apps / "site" / "v1")
     assert {"http.client", "tenacity"} <= modules and sorted(modules & GIT) == []
-
-
-def test_the_c_library_is_found_without_starting_a_child_process(tmp_path: Path) -> None:
-    code = ("import resource\nfrom controller import fsutil\nfrom controller.cli import main\n"
-            "from controller.engine import hook_processes\n"
-            "assert fsutil.libc().syncfs and fsutil.libc().renameat2 and callable(hook_processes.die_with_parent())\n"
-            "fsutil.sync_filesystem('.')\n"
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "0", "a child process ran (page faults of reaped children: " + done.stdout + ")"

@@ -20,6 +20,8 @@ into a new session) is out of tether's reach, as it is out of any shell's.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -36,16 +38,16 @@ log = logging.getLogger(__name__)
 RECORD = os.path.basename(records.running_hook_path("/"))  # records.observe checks its format too
 PR_SET_PDEATHSIG = 1
 WATCHDOG = 'read -r line; [ "$line" = done ] || kill -s KILL -- "-$1" 2>/dev/null'
+_prctl = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl
 
 
 def die_with_parent() -> Callable[[], None]:
     """A preexec function for a hook: SIGKILL when the thread that forked it ends. It only calls a C
     function resolved here, before the fork, and os functions, so it is safe in a threaded process."""
     parent = os.getpid()
-    prctl = fsutil.libc().prctl
 
     def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # tether died before the signal was armed
             os._exit(1)
 

@@ -13,6 +13,8 @@ the persistent node absent, so it is seeded again in full.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import logging
 import os
@@ -31,6 +33,7 @@ CHUNK = 1024 * 1024
 FULL = (errno.ENOSPC, errno.EDQUOT)
 _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 Checkpoint = Callable[[str], None]
 
@@ -129,11 +132,11 @@ def seed_dir(src_dir: int, name: str, dst_dir: int, owner: tuple[int, int] | Non
 def _rename_noreplace(old: str, new: str, dir_fd: int) -> bool:
     """rename(2) that never replaces `new`: renameat2(RENAME_NOREPLACE), else plain rename(2), which can replace
     only an empty directory (no data lost); False when `new` exists."""
-    renameat2 = getattr(fsutil.libc(), "renameat2", None)
+    renameat2 = getattr(_libc, "renameat2", None)
     if renameat2 is not None:
         if renameat2(dir_fd, os.fsencode(old), dir_fd, os.fsencode(new), _RENAME_NOREPLACE) == 0:
             return True
-        code = fsutil.c_errno()
+        code = ctypes.get_errno()
         if code == errno.EEXIST:
             return False
         if code not in (errno.ENOSYS, errno.EINVAL):
