@@ -318,18 +318,3 @@ def sandbox(prefix: str, parent: str | None = None) -> tuple[Path, Path, Path, P
     for directory in directories:
         directory.mkdir(mode=0o755)
     return root, *directories
-
-
-def schema_has_git_source(schema: Any) -> bool:
-    """Whether the application schema (parsed JSON) knows `source.git` anywhere: a `properties` with a `git` key.
-
-    source.git is built on another branch; tests of what writes it (Puppet, Ansible, examples) validate
-    with tether only once the schema has it."""
-    if isinstance(schema, dict):
-        properties = schema.get("properties")
-        if isinstance(properties, dict) and "git" in properties:
-            return True
-        return any(schema_has_git_source(value) for value in schema.values())
-    if isinstance(schema, list):
-        return any(schema_has_git_source(value) for value in schema)
-    return False

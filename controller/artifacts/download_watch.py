@@ -16,11 +16,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import socket
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from controller import errors
+
+if TYPE_CHECKING:
+    import socket  # a file:// download has no socket: it starts without the module
 
 log = logging.getLogger(__name__)
 MIN_BYTES = 1024
@@ -107,6 +110,8 @@ class Watch:
             if self._judge() is not None:
                 sock = self.sock
                 if sock is not None:
+                    import socket  # loaded with the connection that attached `sock`
+
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)
                 return

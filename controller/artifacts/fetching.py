@@ -17,28 +17,27 @@ is cancelled, the server stalls or the deadline passes.
 from __future__ import annotations
 
 import dataclasses
-import email.utils
 import functools
 import hashlib
-import http.client
 import io
 import logging
 import math
 import os
-import socket
-import ssl
 import stat
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from typing import IO, Any, TypeVar
-
-import tenacity
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from controller import errors
 from controller.artifacts import download_watch
 from controller.manifests import secrets
+
+if TYPE_CHECKING:  # imported where an http(s) download needs them: a file:// deploy starts without them
+    import http.client
+    import socket
+    import ssl
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,8 +63,9 @@ class Download(io.RawIOBase):
     def __init__(self, raw: IO[bytes], url: str, *, max_bytes: int, deadline: float = math.inf,
                  clock: Callable[[], float] = time.monotonic, sink: IO[bytes] | None = None,
                  watch: download_watch.Watch | None = None, clean: secrets.Cleaner | None = None,
-                 length: int | None = None) -> None:
+                 length: int | None = None, broken: tuple[type[Exception], ...] = (OSError, ValueError)) -> None:
         self._raw = raw
+        self._broken = broken  # what a read of `raw` raises when the transfer breaks off
         self.url = url
         self._max_bytes = max_bytes
         self._watch = watch or download_watch.Watch(redact_url(url), cancel=None, stall_seconds=STALL_SECONDS,
@@ -88,7 +88,7 @@ class Download(io.RawIOBase):
         try:
             with self._watch.waiting():
                 data = self._raw.read1(len(buffer))  # type: ignore[attr-defined]  # what has arrived, not all
-        except (OSError, ValueError, http.client.HTTPException) as exc:
+        except self._broken as exc:
             self._watch.check()  # a cancel or stall shut the socket down: say that
             raise errors.FetchError(f"the download of {where} broke off after {self.received} bytes: "
                                     f"{self._clean.error(exc)}") from None
@@ -135,6 +135,8 @@ def _retry_after(value: str | None) -> float | None:
         return None
     if value.strip().isdigit():
         return float(value.strip())
+    import email.utils  # an HTTP date: only a server that asked for a later retry needs the parser
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -144,6 +146,8 @@ def _retry_after(value: str | None) -> float | None:
 
 def _excerpt(response: http.client.HTTPResponse, sock: socket.socket | None) -> str:
     """The start of an error body, if it arrives at once (one read, a short timeout), on one line."""
+    import http.client  # loaded by the request already
+
     try:
         if sock is not None:
             sock.settimeout(2.0)
@@ -212,6 +216,8 @@ class Fetcher:
 
     def _open_http(self, url: str, headers: dict[str, str], max_bytes: int, sink: IO[bytes] | None,
                    watch: download_watch.Watch, clean: secrets.Cleaner) -> Download:
+        import http.client  # with ssl and email's header parser, tens of milliseconds a file:// deploy does not pay
+
         for _ in range(MAX_REDIRECTS + 1):
             response = self._request(url, headers, watch, clean)
             location = response.getheader("Location")
@@ -240,11 +246,14 @@ class Fetcher:
                 continue
             self._check(response, url, clean, watch)
             return Download(response, url, max_bytes=max_bytes, watch=watch, clean=clean, length=response.length,
-                            sink=sink)
+                            sink=sink, broken=(OSError, ValueError, http.client.HTTPException))
         raise errors.FetchRefused(f"{redact_url(url)} redirects more than {MAX_REDIRECTS} times")
 
     def _request(self, url: str, headers: Mapping[str, str], watch: download_watch.Watch,
                  clean: secrets.Cleaner) -> http.client.HTTPResponse:
+        import http.client
+        import ssl
+
         try:
             parts = urllib.parse.urlsplit(url)
             port = parts.port  # a ValueError when out of range (a URL given by `tether deploy --url`)
@@ -309,6 +318,8 @@ class Fetcher:
                  on_retry: Callable[[Retry], None] = lambda retry: None) -> T:
         """Run `attempt`, retrying TemporaryError with exponential back-off and jitter, until `cancel` is set;
         `on_retry` hears of each failed attempt that is retried, before the wait."""
+        import tenacity  # a pass that downloads; other commands start without it
+
         jitter = tenacity.wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max)
 
         def wait(state: Any) -> float:

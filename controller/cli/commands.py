@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -65,21 +66,24 @@ def application(args: argparse.Namespace, found: loading.Catalog) -> model.Appli
     return app
 
 
-def reconcile_now(args: argparse.Namespace, found: loading.Catalog, app: model.Application,
-                  headers: dict[str, str] | None = None, engine: reconciling.Engine | None = None,
-                  **changes: Any) -> int:
-    """Record `changes` to the application's overrides and run one pass with them, under one hold of
+Changes = Callable[[records.Observed], dict[str, Any]]  # the tree as read under the lock -> override fields
+
+
+def reconcile_now(args: argparse.Namespace, found: loading.Catalog, app: model.Application, changes: Changes,
+                  headers: dict[str, str] | None = None, engine: reconciling.Engine | None = None) -> int:
+    """Record the `changes` to the application's overrides and run one pass with them, under one hold of
     its lock (so a daemon cannot start a pass in between, e.g. without this deploy's headers), and
-    write the status; return the exit code."""
-    with locking.application_lock(args.state_dir, app.name), progress.shown(sys.stderr, args.json) as on_progress:
-        engine = dataclasses.replace(engine or reconciling.Engine(args.state_dir), on_progress=on_progress,
-                                     on_retry=retry_recorder(args.state_dir))
-        engine.refuse_newer(app)  # before the override changes: a newer tether's files are not acted on
-        override = overrides.update(args.state_dir, app.name, **changes) if changes else \
+    write the status; return the exit code. A newer tether's files refuse the command before any change."""
+    engine = engine or reconciling.Engine(args.state_dir)
+    with engine.holding(app, refuse_newer=True) as observed, progress.shown(sys.stderr, args.json) as on_progress:
+        engine = dataclasses.replace(engine, on_progress=on_progress, on_retry=retry_recorder(args.state_dir))
+        wanted = changes(observed)
+        override = overrides.update(args.state_dir, app.name, **wanted) if wanted else \
             overrides.read(args.state_dir, app.name)
         rolled = rollout_of(app, args)
         effective = overrides.effective(rolled.app, override)
-        result = engine.reconcile(effective, found.kinds.get(app.kind) if app.kind else None, headers, locked=True)
+        result = engine.reconcile(effective, found.kinds.get(app.kind) if app.kind else None, headers, locked=True,
+                                  observed=observed)
         # Still under the lock: a daemon's next pass starts from this status, hook runs included.
         document = status.build(effective, result, status.read(args.state_dir, app.name), time.time())
         status.set_rollout(document, rolled.status())
@@ -88,14 +92,10 @@ def reconcile_now(args: argparse.Namespace, found: loading.Catalog, app: model.A
 
 
 def retry_recorder(state_dir: str) -> Callable[[str, str, fetching.Retry], None]:
-    """The engine's `on_retry` for a command holding the application's lock: the status says that the download
-    is retried, and when (as the daemon's does)."""
-
-    def record(name: str, deployment: str, retry: fetching.Retry) -> None:
-        last = status.read(state_dir, name) or {"name": name, "conditions": []}
-        status.write(state_dir, name, status.set_retrying(last, deployment, retry, time.time()))
-
-    return record
+    """The engine's `on_retry` for a command holding the application's lock: the status file says that the
+    download is retried, and when (status.retry_recorder, as the daemon's does)."""
+    return status.retry_recorder(lambda name: status.read(state_dir, name) or {"name": name, "conditions": []},
+                                 functools.partial(status.write, state_dir), time.time)
 
 
 def report(args: argparse.Namespace, name: str, ok: bool, message: str) -> int:
@@ -141,34 +141,36 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                "pinned": False, "generation": app.generation}
     if args.wait or headers or not locking.daemon_running(args.state_dir):
         engine = reconciling.Engine(args.state_dir, fetcher=fetching.Fetcher(deadline_seconds=args.timeout))
-        return reconcile_now(args, found, app, headers, engine, **desired)
+        return reconcile_now(args, found, app, lambda observed: desired, headers, engine)
     reconciling.Engine(args.state_dir).refuse_newer(app)
     overrides.update(args.state_dir, app.name, **desired)
     return report(args, app.name, True,
                   f"{deployment} is desired now; the running daemon deploys it (`tether status {app.name}`)")
 
 
-def _pin(args: argparse.Namespace, deployment: str | None, what: str) -> int:
+def _pin(args: argparse.Namespace, which: Callable[[records.Observed], str | None], what: str) -> int:
+    """Pin the deployment `which` picks from the tree (read under the lock), if it is complete."""
     found = catalog(args)
     app = application(args, found)
     path_safety.verify(app.path)  # say why, rather than that there is no such deployment
-    reconciling.Engine(args.state_dir).refuse_newer(app)
-    observed = records.observe(app.path)
-    record = observed.deployments.get(deployment or "")
-    if deployment is None or record is None or record.state != records.COMPLETE or not record.has_dir:
-        raise errors.PermanentError(f"{app.name} has no complete deployment {deployment or '(none)'} to {what}; "
-                                    f"`tether list {app.name}` shows what there is")
-    return reconcile_now(args, found, app, deployment=deployment, url=None, sha256=None, pinned=True,
-                         generation=app.generation)
+
+    def pinned(observed: records.Observed) -> dict[str, Any]:
+        deployment = which(observed)
+        record = observed.deployments.get(deployment or "")
+        if deployment is None or record is None or record.state != records.COMPLETE or not record.has_dir:
+            raise errors.PermanentError(f"{app.name} has no complete deployment {deployment or '(none)'} to {what}; "
+                                        f"`tether list {app.name}` shows what there is")
+        return {"deployment": deployment, "url": None, "sha256": None, "pinned": True, "generation": app.generation}
+
+    return reconcile_now(args, found, app, pinned)
 
 
 def cmd_activate(args: argparse.Namespace) -> int:
-    return _pin(args, args.deployment, "activate")
+    return _pin(args, lambda observed: args.deployment, "activate")
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    found = catalog(args)
-    return _pin(args, records.observe(application(args, found).path).previous, "roll back to")
+    return _pin(args, lambda observed: observed.previous, "roll back to")
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
@@ -197,9 +199,8 @@ def cmd_suspend(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     app = application(args, catalog(args))
-    reconciling.Engine(args.state_dir).refuse_newer(app)
     shown = status.read(args.state_dir, app.name) or {}
-    cleared = reconciling.Engine(args.state_dir).retry(app)
+    cleared = reconciling.Engine(args.state_dir).retry(app)  # refuses a newer tether's files before any change
     overrides.update(args.state_dir, app.name, retry_requested_at=time.time())
     return report(args, app.name, True, retried(app.name, cleared, shown, locking.daemon_running(args.state_dir)))
 

@@ -18,7 +18,7 @@ from controller import errors
 from controller.cli import commands
 from controller.engine import reconciling
 from controller.manifests import model, overrides
-from controller.tree import digests, drift, locking, owners, path_safety, records
+from controller.tree import digests, drift, owners, path_safety, records
 
 OK, FAILED, INVALID = 0, 1, 2
 
@@ -88,10 +88,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
     if app is None:
         return INVALID
     owner = owners.resolve(app)
-    with locking.application_lock(args.state_dir, app.name):
-        path_safety.prepare(app.path)
-        reconciling.Engine(args.state_dir).refuse_newer(app)
-        observed = records.observe(app.path)
+    with reconciling.Engine(args.state_dir).holding(app, check=path_safety.prepare, refuse_newer=True) as observed:
         active = desired(app, observed)
         structure = drift.check_structure(app.path, observed, active)
         if active is None or structure.deployment is not None:

@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller import __version__, errors, formats, fsutil
-from controller.artifacts import fetching
 from controller.daemon import drift_watch, metrics, notify, queueing, scanning, watching, web_config, web_server
 from controller.engine import reconciling, status, status_store
 from controller.fleet import gate, rollout_state
@@ -64,7 +63,8 @@ class Daemon:
         self.backoff = queueing.BackOff()
         self.observations = metrics.Observations()
         self.engine = dataclasses.replace(self.engine, on_fetch=self.observations.fetched,
-                                          on_fetch_failure=self.observations.fetch_failed, on_retry=self._retrying)
+                                          on_fetch_failure=self.observations.fetch_failed,
+                                          on_retry=status.retry_recorder(self._last_status, self._publish, clock))
         self.apps: dict[str, model.Application] = {}
         self.kinds: dict[str, model.Kind] = {}
         self.seen: dict[str, tuple[str, overrides.Override]] = {}
@@ -237,12 +237,10 @@ class Daemon:
         for run in result.hook_runs:
             self.observations.hook_ran(run, name)
 
-    def _retrying(self, name: str, deployment: str, retry: fetching.Retry) -> None:
-        """A download attempt failed and is retried: say so, and when, in the status (the engine calls this)."""
+    def _last_status(self, name: str) -> dict[str, Any] | None:
+        """The status the daemon last published for `name` (a retried download says so in it)."""
         with self._guard:
-            last = self.statuses.get(name)
-        if last is not None:
-            self._publish(name, status.set_retrying(last, deployment, retry, self.clock()))
+            return self.statuses.get(name)
 
     def _schedule(self, name: str, rolled: rollout_state.Evaluation, wall: float, mono: float) -> None:
         """Ask for a pass when the node's wave opens, and when the gate is due again while the wave waits on

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import http.client
 import logging
 import os
-import socket
-import ssl
 import threading
 import time
 import urllib.parse
@@ -65,6 +62,10 @@ def http_status(url: str, timeout: float) -> int:
     """GET `url` once, within `timeout` seconds in all, following nothing; the status code.
 
     Raises TimeoutError when the server does not answer in time, OSError when it cannot be reached."""
+    import http.client  # with ssl, only a pass that runs an HTTP check imports them
+    import socket
+    import ssl
+
     parts = urllib.parse.urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     connection: http.client.HTTPConnection

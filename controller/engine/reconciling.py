@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from controller import errors, formats, fsutil, nofollow
-from controller.artifacts import archives, extracting, fetching, git_runner, git_source
+from controller.artifacts import archives, extracting, fetching
 from controller.artifacts import cache as artifact_cache
 from controller.engine import health, hook_processes, hooks, planning
 from controller.manifests import model, overrides, secrets
@@ -98,9 +98,12 @@ class Engine:
                              keep=app.keep, suspended=app.suspend, generation=app.generation,
                              refused=self.refused(app.name))
 
-    def refuse_newer(self, app: model.Application) -> None:
-        """PermanentError when a file of the application is of a newer format: a command must not act on it."""
-        if (why := self.refused(app.name) or records.observe(app.path).refused) is not None:
+    def refuse_newer(self, app: model.Application, observed: records.Observed | None = None) -> None:
+        """PermanentError when a file of the application is of a newer format: a command must not act on it.
+        `observed`: the tree as the caller read it (default: read now). A command that holds the lock gets this
+        check from `holding`; one that does not wait for the lock (it records an override) calls it itself."""
+        tree = records.observe(app.path) if observed is None else observed
+        if (why := self.refused(app.name) or tree.refused) is not None:
             raise errors.PermanentError(f"{app.name}: tether leaves this application alone: {why}")
 
     def refused(self, name: str) -> str | None:
@@ -109,10 +112,18 @@ class Engine:
                 or formats.refusal(status_path(self.state_dir, name)))
 
     @contextlib.contextmanager
-    def holding(self, app: model.Application, locked: bool = False) -> Iterator[records.Observed]:
-        """Hold the lock (unless the caller does) and read the tree: a pass's start."""
+    def holding(self, app: model.Application, locked: bool = False, *, check: Callable[[str], None] | None = None,
+                refuse_newer: bool = False) -> Iterator[records.Observed]:
+        """Hold the lock (unless the caller does), check the path (`check`: path_safety.verify or .prepare) and
+        read the tree once: the start of a pass or of a command. With `refuse_newer` (a command that changes the
+        application), PermanentError when a file of it is of a newer format; a pass records that in its plan."""
         with contextlib.nullcontext() if locked else locking.application_lock(self.state_dir, app.name):
-            yield records.observe(app.path)
+            if check is not None:
+                check(app.path)
+            observed = records.observe(app.path)
+            if refuse_newer:
+                self.refuse_newer(app, observed)
+            yield observed
 
     def reconcile(self, app: model.Application, kind: model.Kind | None = None,
                   headers: Mapping[str, str] | None = None, cancel: threading.Event | None = None,
@@ -192,8 +203,12 @@ class Engine:
         previous = observed.current
         git = app.source.git
         url = model.expand_url(app.source.url, app, deployment) if git is None else ""
-        shown = fetching.redact_url(url) if git is None else \
-            f"{git_runner.shown_url(git.url)} {model.expand_url(git.ref, app, deployment)}"
+        if git is None:
+            shown = fetching.redact_url(url)
+        else:
+            from controller.artifacts import git_runner  # the git modules only for a git source
+
+            shown = f"{git_runner.shown_url(git.url)} {model.expand_url(git.ref, app, deployment)}"
         headers = {**secrets.resolve(app.source.headers, self.environ), **work.headers} if git is None else {}
         records.write_record(app.path, deployment, records.INCOMPLETE, source=shown)
         self.checkpoint("recorded")
@@ -293,6 +308,8 @@ class Engine:
                    made: os.stat_result, cancel: threading.Event | None = None,
                    written: dict[str, extracting.Written] | None = None) -> tuple[str, int, str]:
         """One attempt for a git source: mirror, resolve, verify, extract, move into place; (sha256, bytes, commit)."""
+        from controller.artifacts import git_source  # with git_runner, git_mirror, git_archive and git_verify
+
         if written is not None:
             written.clear()  # a failed attempt's files are gone
         stage = tempfile.mkdtemp(prefix=deployment + "-", dir=records.staging_dir(app.path))
@@ -385,24 +402,17 @@ class Engine:
 
     def relink(self, app: model.Application, deployment: str) -> list[str]:
         """Restore the persistent-data links of a deployment (link drift), holding the lock."""
-        with locking.application_lock(self.state_dir, app.name):
-            path_safety.prepare(app.path)
-            self.refuse_newer(app)
+        with self.holding(app, check=path_safety.prepare, refuse_newer=True):
             return drift.relink(app, deployment, owners.resolve(app))
 
     def prune(self, app: model.Application, keep: int) -> None:
         """Apply retention now with `keep` (tether prune)."""
-        with locking.application_lock(self.state_dir, app.name):
-            path_safety.verify(app.path)
-            self.refuse_newer(app)
-            self._prune(dataclasses.replace(app, keep=keep), records.observe(app.path))
+        with self.holding(app, check=path_safety.verify, refuse_newer=True) as observed:
+            self._prune(dataclasses.replace(app, keep=keep), observed)
 
     def remove(self, app: model.Application, deployment: str) -> None:
         """Remove one deployment (tether remove); never the active or the desired one."""
-        with locking.application_lock(self.state_dir, app.name):
-            path_safety.verify(app.path)
-            self.refuse_newer(app)
-            observed = records.observe(app.path)
+        with self.holding(app, check=path_safety.verify, refuse_newer=True) as observed:
             if deployment in (observed.current, app.deployment):
                 raise errors.PermanentError(f"{deployment} is the active or desired deployment of {app.name}; "
                                             "activate another one first")
@@ -441,10 +451,7 @@ class Engine:
     def retry(self, app: model.Application) -> list[str]:
         """Forget failure marks, so the next pass tries those deployments again."""
         cleared = []
-        with locking.application_lock(self.state_dir, app.name):
-            path_safety.verify(app.path)
-            self.refuse_newer(app)
-            observed = records.observe(app.path)
+        with self.holding(app, check=path_safety.verify, refuse_newer=True) as observed:
             for deployment in observed.deployments.values():
                 if deployment.state != records.FAILED:
                     continue

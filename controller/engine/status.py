@@ -12,10 +12,11 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from controller import formats, fsutil
-from controller.artifacts import fetching, git_runner
+from controller.artifacts import fetching
 from controller.engine import hooks, planning, reconciling
 from controller.manifests import model
 from controller.tree import records
@@ -234,6 +235,8 @@ def working_on(app: model.Application, plan: planning.Plan) -> str:
     parts = []
     for step in plan.steps:
         if step.action == planning.DEPLOY and step.deployment and app.source is not None and app.source.git:
+            from controller.artifacts import git_runner  # the git modules only for a git source
+
             ref = model.expand_url(app.source.git.ref, app, step.deployment)
             parts.append(f"fetching {step.deployment} ({ref}) from {git_runner.shown_url(app.source.git.url)}")
         elif step.action == planning.DEPLOY and step.deployment and app.source is not None:
@@ -279,6 +282,20 @@ def set_retrying(document: dict[str, Any], deployment: str, retry: fetching.Retr
     changed["retrying"] = {"deployment": deployment, "failedAttempt": retry.failed, "attempts": retry.attempts,
                            "nextAttemptAt": at, "error": retry.error}
     return changed
+
+
+def retry_recorder(last: Callable[[str], dict[str, Any] | None], publish: Callable[[str, dict[str, Any]], object],
+                   clock: Callable[[], float]) -> Callable[[str, str, fetching.Retry], None]:
+    """The engine's `on_retry` for whoever holds the application's lock (a command, the daemon): the status says
+    that the download is retried, and when. `last` gives the status as it stands (None: leave it be);
+    `publish` writes the changed one."""
+
+    def record(name: str, deployment: str, retry: fetching.Retry) -> None:
+        document = last(name)
+        if document is not None:
+            publish(name, set_retrying(document, deployment, retry, clock()))
+
+    return record
 
 
 def build_invalid(name: str, error: str, previous: dict[str, Any] | None, now: float) -> dict[str, Any]:

@@ -14,7 +14,6 @@ so the daemon asks Prometheus at most once per interval per application, however
 from __future__ import annotations
 
 import dataclasses
-import http.client
 import json
 import logging
 import re
@@ -54,6 +53,8 @@ def http_get(url: str, timeout: float, max_bytes: int = MAX_BYTES,
              monotonic: Callable[[], float] = time.monotonic) -> tuple[int, bytes]:
     """GET `url` within `timeout` seconds in all; (HTTP status, body). Raises OSError, http.client errors or
     Refused."""
+    import http.client  # only a rollout with a gate asks Prometheus
+
     deadline = monotonic() + timeout
     for _ in range(MAX_REDIRECTS + 1):
         parts = urllib.parse.urlsplit(url)
@@ -99,6 +100,8 @@ def query_url(gate: model.Gate) -> str:
 
 def ask(gate: model.Gate, http_get: HttpGet = http_get, clock: Callable[[], float] = time.monotonic) -> Answer:
     """Ask Prometheus once; never raises: every failure is a closed gate with its reason."""
+    import http.client
+
     started = clock()
     try:
         code, body = http_get(query_url(gate), gate.timeout_seconds, MAX_BYTES)

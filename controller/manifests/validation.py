@@ -9,13 +9,14 @@ import importlib.resources
 import json
 import re
 from collections.abc import Iterator
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from controller import errors as tether_errors  # `errors` below is this module's own function
 
 SCHEMA_FILES = {"application": "application.json", "kind": "kind.json", "node": "node.json"}
+if TYPE_CHECKING:
+    import jsonschema
+
 # The manifests directory holds these kinds; a Node document is read from --node-config alone.
 KIND_TO_SCHEMA = {"Application": "application", "ApplicationKind": "kind"}
 
@@ -32,8 +33,10 @@ def schema(name: str) -> dict[str, Any]:
     return loaded
 
 
-def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[jsonschema.ValidationError]:
     """The `pattern` keyword with `$` as JSON Schema means it: the end, not also before a final newline."""
+    import jsonschema  # loaded by _validator already
+
     if validator.is_type(instance, "string") and (
         not re.search(pattern, instance) or (pattern.endswith("$") and instance.endswith("\n"))
     ):
@@ -42,6 +45,10 @@ def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterat
 
 @functools.cache
 def _validator(name: str) -> Any:
+    # jsonschema (with attrs, referencing and the metaschemas) takes tens of milliseconds to import: only a
+    # command that validates a document pays for it, once.
+    import jsonschema
+
     strict = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
     return strict(schema(name))
 

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 from controller import errors, formats, fsutil, nofollow
-from controller.artifacts import archives, extracting, git_source
+from controller.artifacts import archives, extracting
 from controller.artifacts import cache as artifact_cache
 from controller.manifests import model
 from controller.tree import digests, persistent_data, records
@@ -170,6 +170,8 @@ def _extract_cached(app: model.Application, deployment: str, state_dir: str, own
     `stage`; return the root of the tree."""
     revision = records.observe(app.path).deployments.get(deployment)
     if app.source is not None and app.source.git is not None and revision is not None and revision.revision:
+        from controller.artifacts import git_source  # the git modules only for a git source
+
         os.mkdir(os.path.join(stage, "tree"), 0o700)
         return git_source.restore(state_dir, app, revision.revision, os.path.join(stage, "tree"), owner=owner,
                                   spool_dir=stage)

@@ -1,0 +1,69 @@
+"""The command line starts with what the command uses: an HTTP client, the git modules, jsonschema or tenacity
+only when the command needs them (P1 and P2 count tether's start against `tar xzf`, docs/performance.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests import support
+
+HTTP = {"http.client", "ssl", "email.parser"}
+GIT = {f"controller.artifacts.{name}" for name in ("git_source", "git_runner", "git_mirror", "git_archive",
+                                                    "git_verify")}
+# What a command that validates no document and downloads nothing has no use for.
+DEFERRED = HTTP | GIT | {"jsonschema", "tenacity"}
+
+# Runs the real command line in this interpreter and writes the names of the modules loaded by its end.
+RUN = """
+import atexit, json, sys
+atexit.register(lambda: open(sys.argv[1], "w").write(json.dumps(sorted(sys.modules))))
+from controller.cli import main
+sys.exit(main.main(sys.argv[2:]))
+"""
+
+
+def loaded(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run `tether ARGS` in a subprocess: its outcome and every module it had loaded when it exited."""
+    out = tmp_path / "modules.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    done = subprocess.run([sys.executable, "-c", RUN, str(out), *args], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env=env)
+    return done, set(json.loads(out.read_text()))
+
+
+def file_manifest(node: support.Node, tmp_path: Path) -> None:
+    artifact = tmp_path / "site-v1.tar.gz"
+    artifact.write_bytes(support.tar_bytes(support.site("site v1")))
+    support.write_manifest(node.manifests, support.application(
+        "site", node.apps / "site", deployment="v1", source={"url": artifact.as_uri()}))
+
+
+def test_importing_the_command_line_loads_no_http_client_git_module_jsonschema_or_tenacity(tmp_path: Path) -> None:
+    done, modules = loaded(tmp_path, "schema", "application")
+    assert done.returncode == 0, done.stderr
+    assert "controller.cli.main" in modules
+    assert sorted(modules & DEFERRED) == []
+
+
+def test_a_reconcile_from_a_file_url_loads_no_http_client_or_git_module(node: support.Node, tmp_path: Path) -> None:
+    file_manifest(node, tmp_path)
+    done, modules = loaded(tmp_path, "reconcile", "--manifests", str(node.manifests), "--state-dir", str(node.state))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert os.readlink(node.apps / "site" / "current") == str(node.apps / "site" / "v1")
+    assert sorted(modules & (HTTP | GIT)) == []
+    assert {"jsonschema", "tenacity"} <= modules  # what the pass does use is loaded, on first use
+
+
+def test_a_reconcile_from_an_http_url_loads_the_http_client_when_it_downloads(
+        node: support.Node, http: support.HttpServer, tmp_path: Path) -> None:
+    url = http.serve("/site/v1.tar.gz", support.tar_bytes(support.site("site v1")))
+    support.write_manifest(node.manifests, support.application(
+        "site", node.apps / "site", deployment="v1", source={"url": url}))
+    done, modules = loaded(tmp_path, "reconcile", "--manifests", str(node.manifests), "--state-dir", str(node.state))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert os.readlink(node.apps / "site" / "current") == str(node.apps / "site" / "v1")
+    assert {"http.client", "tenacity"} <= modules and sorted(modules & GIT) == []
