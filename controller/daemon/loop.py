@@ -27,7 +27,7 @@ from controller.daemon import drift_watch, metrics, notify, queueing, scanning, 
 from controller.engine import reconciling, status, status_store
 from controller.fleet import gate, rollout_state
 from controller.fleet import node as node_identity
-from controller.manifests import model, overrides
+from controller.manifests import model, overrides, validated_cache
 from controller.tree import drift, locking, records
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class Daemon:
         self.reported: set[str] = set()  # manifest problems already logged
         self.running: dict[str, threading.Event] = {}  # application -> set when its pass should give up retrying
         self.parsed: dict[Any, Any] = {}  # loading's cache of parsed manifests
+        self.validated = validated_cache.Store(config.state_dir)  # and across starts, in the state dir
         self.node = node_identity.Tracker(config.node_config, secure=not config.insecure_manifests)
         self.gates = gate.Cache(ask_gate, monotonic)  # each application's last gate answer, for intervalSeconds
         self.wakeups: dict[str, float] = {}  # application -> when (monotonic) its rollout wants a pass
@@ -103,7 +104,7 @@ class Daemon:
             with self._guard:
                 self._node_changed = True
         found = scanning.read(self.config.manifests, self.config.state_dir, not self.config.insecure_manifests,
-                              self.parsed)
+                              self.parsed, self.validated)
         if found is None:
             log.info("The manifests directory was replaced while it was read; reading it again.")
             self.request_rescan()

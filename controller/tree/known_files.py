@@ -111,11 +111,5 @@ class Known:
         self._remember(key, read_st, before, listed)
         return listed
 
-    def forget(self, where: str) -> None:
-        """Drop everything remembered below `where` (an application no longer managed)."""
-        with self._guard:
-            for key in [k for k in self._values if k[0] == where]:
-                del self._values[key]
-
 
 KNOWN = Known()
