@@ -241,7 +241,7 @@ def main() -> int:
         # without the cache of validated manifests (the first start after an upgrade of tether).
         for which in ("", " without the manifest cache"):
             if which:
-                (state / "validated-manifests.json").unlink()
+                (state / "validated-manifests.json").unlink(missing_ok=True)  # older tethers keep none
             os.sync()
             since = time.time_ns()
             started = time.monotonic()
