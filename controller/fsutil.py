@@ -54,38 +54,47 @@ def atomic_write_json(path: str, value: Any, mode: int = 0o644, *, durable: bool
 MAX_JSON_BYTES = 64 << 20
 
 
-def read_json(path: str) -> Any:
+def read_json(path: str, dir_fd: int | None = None) -> Any:
     """The JSON in `path`, or None when the file does not exist or is not a regular file of tether's JSON.
 
     Bookkeeping may have been planted or damaged: a symlink is not followed, a FIFO or device never blocks
     (O_NONBLOCK, then only a regular file is read), the size is bounded, and garbage (not UTF-8, not JSON,
     nested too deep) reads as None, like a missing file, instead of failing every later pass."""
+    return read_json_stat(path, dir_fd)[0]
+
+
+def read_json_stat(path: str, dir_fd: int | None = None) -> tuple[Any, os.stat_result | None]:
+    """`read_json` (`path` relative to `dir_fd` when given), and the stat of the file read (None: none was)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
-        return None
+        return None, None
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENOTDIR):
-            return None
+            return None, None
         raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_JSON_BYTES:
-            return None
-        data = read_at_most(fd, MAX_JSON_BYTES)
+            return None, None
+        data = read_at_most(fd, MAX_JSON_BYTES, expected=st.st_size)
     finally:
         os.close(fd)
     try:
-        return None if data is None else json.loads(data.decode("utf-8"))
+        return (None if data is None else json.loads(data.decode("utf-8"))), st
     except (ValueError, RecursionError):
-        return None
+        return None, st
 
 
-def read_at_most(fd: int, limit: int) -> bytes | None:
-    """What is left to read from `fd`, or None when that is more than `limit` bytes (a file that grew, say)."""
+def read_at_most(fd: int, limit: int, expected: int = 1 << 16) -> bytes | None:
+    """What is left to read from `fd`, or None when that is more than `limit` bytes (a file that grew, say).
+    Reads ask for `expected` bytes (the file's size, say) and more only as it turns out there is more: a read of
+    `limit` bytes would allocate that much first."""
     data = b""
-    while len(data) <= limit and (chunk := os.read(fd, limit + 1 - len(data))):
+    size = min(limit, max(expected, 0)) + 1
+    while len(data) <= limit and (chunk := os.read(fd, min(size, limit + 1 - len(data)))):
         data += chunk
+        size = max(size, len(data))  # doubling: a file that grew is read in a few calls
     return data if len(data) <= limit else None
 
 

@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from controller import errors
-from controller.manifests import loading, model
+from controller.manifests import loading, model, validated_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,12 +56,15 @@ def merge(found: loading.Catalog, last_apps: dict[str, model.Application],
     return Scan(apps, kinds, invalid, list(found.problems), frozenset(broken.values()))
 
 
-def read(directory: str, state_dir: str, secure: bool, cache: dict[Any, Any]) -> loading.Catalog | None:
+def read(directory: str, state_dir: str, secure: bool, cache: dict[Any, Any],
+         store: validated_cache.Store | None = None) -> loading.Catalog | None:
     """The manifests in `directory` (files still being written are skipped), or None when the
-    directory was replaced (a symlink swap, a re-clone) while it was read: read it again."""
+    directory was replaced (a symlink swap, a re-clone) while it was read: read it again. `store` keeps what
+    validation made of each manifest across daemon starts."""
     reserved = [os.path.realpath(state_dir), os.path.realpath(directory)]
     before = identity(directory)
-    found = loading.load([directory], secure=secure, reserved_paths=reserved, skip_busy=True, cache=cache)
+    found = loading.load([directory], secure=secure, reserved_paths=reserved, skip_busy=True, cache=cache,
+                         store=store)
     return None if before is not None and identity(directory) != before else found
 
 

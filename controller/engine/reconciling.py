@@ -127,15 +127,17 @@ class Engine:
 
     def reconcile(self, app: model.Application, kind: model.Kind | None = None,
                   headers: Mapping[str, str] | None = None, cancel: threading.Event | None = None,
-                  locked: bool = False, observed: records.Observed | None = None) -> Result:
+                  locked: bool = False, observed: records.Observed | None = None,
+                  plan: planning.Plan | None = None) -> Result:
         """Bring the application's tree to its desired state, holding its lock (unless the caller does).
 
         `headers` are sent with this pass's downloads only (e.g. a CI job's token);
         once `cancel` is set, failed downloads are not retried (the desired state changed); `observed` comes from
-        the caller's `holding`. Each step returns the snapshot of the tree it leaves.
+        the caller's `holding`, and `plan` the caller's plan of that snapshot. Each step returns the snapshot of the
+        tree it leaves.
         """
         with self.holding(app, locked) if observed is None else contextlib.nullcontext(observed) as seen:
-            plan = self.plan(app, seen)
+            plan = self.plan(app, seen) if plan is None or observed is None else plan
             work = _Pass(app, kind, dict(headers or {}), cancel)
             error, permanent = None, False
             if plan.refused is not None:  # written by a newer tether: no step, no hook check, no prune

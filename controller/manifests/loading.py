@@ -6,17 +6,20 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import stat
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import yaml
 
 from controller import errors
-from controller.manifests import crosschecks, documents, model, validation
+from controller.manifests import crosschecks, documents, model, validated_cache, validation
 
 F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
+log = logging.getLogger(__name__)
 IGNORED_SUFFIXES = ("~", ".swp", ".swo", ".tmp", ".bak")
 IGNORED_INFIXES = (".dpkg-", ".rpm")
 
@@ -94,8 +97,17 @@ def parse(file: str, text: str) -> model.Application | model.Kind:
     return _parse(file, text)[0]
 
 
-def _parse(file: str, text: str) -> tuple[model.Application | model.Kind, dict[str, int]]:
-    """The manifest in `text` and the line of each JSON pointer in it."""
+def _parse(file: str, text: str, store: validated_cache.Store | None = None,
+           digest: str | None = None) -> tuple[model.Application | model.Kind, dict[str, int]]:
+    """The manifest in `text` and the line of each JSON pointer in it; from `store` when it knows `digest` (the
+    sha256 of the file's bytes)."""
+    generation = digest or hashlib.sha256(text.encode()).hexdigest()
+    cached = store.get(generation) if store is not None else None
+    if cached is not None:
+        try:
+            return _built(file, generation, *cached)
+        except Exception:  # a damaged entry: read the manifest as if it were not cached
+            log.debug("The cached validation of %s is unusable; reading it again.", file, exc_info=True)
     document, lines = documents.parse(file, text)
     kind = document.get("kind")
     schema_name = validation.KIND_TO_SCHEMA.get(kind) if isinstance(kind, str) else None
@@ -104,7 +116,15 @@ def _parse(file: str, text: str) -> tuple[model.Application | model.Kind, dict[s
             file, f"kind must be Application or ApplicationKind, not {kind!r}", documents.line_for("/kind", lines),
             "/kind")
     complete = documents.validated(file, document, lines, schema_name)
-    generation = hashlib.sha256(text.encode()).hexdigest()
+    built = _built(file, generation, complete, lines, schema_name)
+    if store is not None:
+        store.put(generation, complete, lines, schema_name)
+    return built
+
+
+def _built(file: str, generation: str, complete: dict[str, Any], lines: dict[str, int],
+           schema_name: str) -> tuple[model.Application | model.Kind, dict[str, int]]:
+    """The application or kind of a validated document, checked on its own."""
     if schema_name == "application":
         app = model.application_from_document(complete, file, generation)
         for message, where in crosschecks.application_problems(app):
@@ -141,15 +161,19 @@ def load(
     reserved_paths: Iterable[str] = (),
     skip_busy: bool = False,
     cache: dict[tuple[str, str], tuple[model.Application | model.Kind, dict[str, int]]] | None = None,
+    store: validated_cache.Store | None = None,
 ) -> Catalog:
     """Read manifests from files and directories, validate each and all together.
 
     With `secure`, directories and files not owned by root or by `euid`, or
     writable by group or others, are refused. With `skip_busy`, files that
     another process is still writing are left for a later read (`Catalog.busy`).
-    `cache` keeps parsed manifests by file and content hash between calls.
+    `cache` keeps parsed manifests by file and content hash between calls, `store` what validation made of
+    each manifest's bytes between processes (controller/manifests/validated_cache.py).
     """
     euid = os.geteuid() if euid is None else euid
+    if store is not None:
+        store.begin()
     busy: list[str] = []
     found: list[errors.ManifestError] = []
     files: list[str] = []
@@ -183,9 +207,11 @@ def load(
                     raw = handle.read(documents.MAX_BYTES + 1)
             key = (file, hashlib.sha256(raw).hexdigest())
             if cache is None or key not in cache:
-                parsed_now = _parse(file, documents.decode(file, raw))
+                parsed_now = _parse(file, documents.decode(file, raw), store, key[1])
                 if cache is not None:
                     cache[key] = parsed_now
+            elif store is not None:
+                store.touch(key[1])
             item, lines[file] = parsed_now if cache is None else cache[key]
             parsed.append(item)
         except UnicodeDecodeError as exc:
@@ -196,6 +222,8 @@ def load(
             found.append(exc)
             if name := _name_in(raw.decode("utf-8", "replace")):
                 invalid[name] = exc
+    if store is not None:
+        store.save()
     apps, kinds, problems = crosschecks.check(parsed, list(reserved_paths))
     problems = [_with_line(problem, lines.get(problem.file, {})) for problem in problems]
     for problem in problems:

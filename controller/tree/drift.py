@@ -76,6 +76,14 @@ def wrong_links(path: str, deployment: str, links: Collection[str]) -> list[str]
     return sorted(wrong)
 
 
+def _listed_dir(observed: records.Observed, name: str | None) -> bool:
+    """Whether the snapshot listed `name` as a directory (not a symlink) of the tree: no stat needed to know."""
+    if name is None:
+        return False
+    deployment = observed.deployments.get(name)
+    return deployment.has_dir if deployment is not None else name in observed.foreign
+
+
 def check_structure(path: str, observed: records.Observed, desired: str | None) -> Structural:
     """Structural drift against `desired` (the deployment that should be active); no content is read."""
     link, active = os.path.join(path, "current"), desired if desired is not None else observed.current
@@ -85,14 +93,14 @@ def check_structure(path: str, observed: records.Observed, desired: str | None) 
             current = f"{link} is not a symlink"
         elif active is not None:
             current = f"{link} is missing"
-    elif not os.path.isdir(link):
+    elif not _listed_dir(observed, observed.current) and not os.path.isdir(link):
         current = f"{link} is dangling: {observed.current_target} does not exist"
     elif desired is not None and observed.current != desired:
         current = f"{link} points to {observed.current_target}, not to {os.path.join(path, desired)}"
     if active is None:
         return Structural(current)
     record, directory = observed.deployments.get(active), os.path.join(path, active)
-    if not os.path.isdir(directory) or os.path.islink(directory):
+    if not _listed_dir(observed, active) and (not os.path.isdir(directory) or os.path.islink(directory)):
         return Structural(current, f"the active deployment {directory} is missing or not a directory")
     if record is None:
         return Structural(current, f"the active deployment {active} has no record; tether did not make it")

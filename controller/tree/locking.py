@@ -22,8 +22,13 @@ def lock_path(state_dir: str, name: str) -> str:
 def application_lock(state_dir: str, name: str) -> Iterator[None]:
     """Hold the application's lock (flock on a file that is never deleted)."""
     path = lock_path(state_dir, name)
-    fsutil.makedirs(os.path.dirname(path), 0o700)
-    fd = _open_lock(path)
+    try:
+        fd = _open_lock(path)  # the locks directory exists but for the first lock (one open, not mkdir + stat)
+    except errors.PermanentError:
+        if os.path.isdir(os.path.dirname(path)):
+            raise
+        fsutil.makedirs(os.path.dirname(path), 0o700)
+        fd = _open_lock(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

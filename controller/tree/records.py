@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import math
 import os
 import secrets
-import stat
 import time
 from collections.abc import Callable
 from typing import Any
 
 from controller import formats, fsutil
+from controller.tree import known_files
 
 INCOMPLETE, COMPLETE, FAILED = "incomplete", "complete", "failed"
 NOT_DEPLOYMENTS = frozenset({"current", "persistent-data"})
@@ -171,27 +172,10 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _current(path: str) -> tuple[str | None, str | None]:
-    link = os.path.join(path, "current")
-    try:
-        target = os.readlink(link)
-    except (FileNotFoundError, OSError):
-        return None, None
-    return _pointed(path, target), target
-
-
 def _pointed(path: str, target: str) -> str | None:
     """The deployment a `current` link with `target` points to, if it points to one."""
     parent, name = os.path.split(os.path.normpath(os.path.join(path, target)))
     return name if parent == path and is_deployment_name(name) else None
-
-
-def _real_dir(path: str) -> bool:
-    """True when `path` is a directory and not a symlink to one (tether reads no bookkeeping through a link)."""
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except FileNotFoundError:
-        return False
 
 
 def _deployment(name: str, data: dict[str, Any], has_dir: bool) -> Deployment:
@@ -217,42 +201,78 @@ def _deployment(name: str, data: dict[str, Any], has_dir: bool) -> Deployment:
     )
 
 
-def observe(path: str) -> Observed:
-    """Read the deployment tree at `path`."""
-    if not os.path.isdir(path):
-        return Observed(path, False, None, None, None, {}, None, (), ())
-    records: dict[str, dict[str, Any]] = {}
-    records_dir = os.path.dirname(record_path(path, "x"))
-    trusted = _real_dir(meta_dir(path))
-    refused: list[str] = []
-
-    def read(file: str) -> Any:
+def observe(path: str, known: known_files.Known = known_files.KNOWN) -> Observed:
+    """Read the deployment tree at `path`: through directory descriptors, each file and listing read again only
+    when it changed since `known` read it (controller/tree/known_files.py)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return Observed(path, False, None, None, None, {}, None, (), ())
+        raise
+    try:
+        meta = _open_meta(fd)
         try:
-            return formats.read(file)
-        except formats.NewerFormat as exc:
-            refused.append(str(exc))
-            return None
+            return _observe(path, fd, meta, known)
+        finally:
+            if meta is not None:
+                os.close(meta)
+    finally:
+        os.close(fd)
 
-    if trusted and _real_dir(records_dir):
-        for entry in sorted(os.listdir(records_dir)):
+
+def _open_meta(fd: int) -> int | None:
+    """`.tether` below the application directory `fd`, if it is a real directory (tether reads no bookkeeping
+    through a link)."""
+    try:
+        return os.open(".tether", known_files.DIR_FLAGS, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return None
+        raise
+
+
+def _observe(path: str, fd: int, meta: int | None, known: known_files.Known) -> Observed:
+    refused: list[str] = []
+    where = meta_dir(path)
+
+    def read(name: str) -> Any:
+        assert meta is not None
+        data = known.json(where, name, meta)
+        found = data.get(formats.KEY, formats.CURRENT) if isinstance(data, dict) else formats.CURRENT
+        if type(found) is not int or found != formats.CURRENT:  # the usual case needs no path for a message
+            try:
+                formats.check(data, os.path.join(where, name))
+            except formats.NewerFormat as exc:
+                refused.append(str(exc))
+                return None
+        return data
+
+    records: dict[str, dict[str, Any]] = {}
+    if meta is not None:
+        for entry, _ in known.listing(where, "deployments", meta) or ():
             if entry.endswith(".json") and not entry.startswith("."):
-                data = read(os.path.join(records_dir, entry))
+                data = read("deployments/" + entry)
                 if isinstance(data, dict):
                     records[entry[: -len(".json")]] = data
     dirs, leftovers = set(), []
-    for item in os.scandir(path):
-        if item.name.startswith(".current-"):
-            leftovers.append(item.path)
-        elif is_deployment_name(item.name) and item.is_dir(follow_symlinks=False):
-            dirs.add(item.name)
-    if trusted and _real_dir(staging_dir(path)):
-        leftovers.extend(os.path.join(staging_dir(path), e) for e in os.listdir(staging_dir(path)))
+    for name, is_dir in known.listing(path, ".", fd) or ():
+        if name.startswith(".current-"):
+            leftovers.append(os.path.join(path, name))
+        elif is_dir and is_deployment_name(name):
+            dirs.add(name)
+    if meta is not None:
+        leftovers.extend(os.path.join(where, "staging", e) for e, _ in known.listing(where, "staging", meta) or ())
     deployments = {name: _deployment(name, data, has_dir=name in dirs) for name, data in records.items()}
-    current, target = _current(path)
-    activation = read(activation_path(path)) if trusted else None
+    try:
+        target: str | None = os.readlink("current", dir_fd=fd)
+    except OSError:
+        target = None
+    current = None if target is None else _pointed(path, target)
+    activation = read("activation.json") if meta is not None else None
     activation = {k: _text(v) for k, v in activation.items()} if isinstance(activation, dict) else {}
-    if trusted:
-        read(running_hook_path(path))
+    if meta is not None:
+        read(os.path.basename(running_hook_path(path)))
     return Observed(
         path=path,
         exists=True,
@@ -265,4 +285,3 @@ def observe(path: str) -> Observed:
         leftovers=tuple(sorted(leftovers)),
         refused=refused[0] if refused else None,
     )
-
