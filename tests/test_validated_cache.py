@@ -165,3 +165,20 @@ def test_a_manifest_json_cannot_hold_exactly_is_validated_at_every_start(tmp_pat
     again = validated_cache.Store(str(state))
     _same(first, _load(manifests, again))
     assert again.hits == 0
+
+
+@pytest.mark.parametrize("source", [
+    {"url": "https://example.com/a.tar.gz", "headers": {"Authorization": "Bearer s3cr3t-literal"}},
+    {"git": {"url": "https://example.com/r.git", "headers": {"Authorization": "Bearer s3cr3t-literal"}}},
+], ids=["source.headers", "source.git.headers"])
+def test_a_manifest_with_a_literal_header_value_is_never_copied_into_the_cache(tmp_path: Path,
+                                                                             source: dict[str, object]) -> None:
+    manifests, state = _tree(tmp_path, count=1)
+    support.write_manifest(manifests, support.application("secret", tmp_path / "apps" / "secret", deployment="v1",
+                                                          source=source))
+    first = _load(manifests, validated_cache.Store(str(state)))
+    again = validated_cache.Store(str(state))
+
+    _same(first, _load(manifests, again))
+    assert (again.hits, again.misses) == (1, 1)  # the other manifest came from the cache, this one did not
+    assert b"s3cr3t-literal" not in Path(validated_cache.cache_path(str(state))).read_bytes()

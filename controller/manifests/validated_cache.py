@@ -68,6 +68,16 @@ def validation_key() -> str:
     return digest.hexdigest()
 
 
+def _literal_header(document: dict[str, Any]) -> bool:
+    source = document.get("spec", {}).get("source") if isinstance(document.get("spec"), dict) else None
+    if not isinstance(source, dict):
+        return False
+    git = source.get("git")
+    return any(isinstance(value, str)
+               for headers in (source.get("headers"), git.get("headers") if isinstance(git, dict) else None)
+               if isinstance(headers, dict) for value in headers.values())
+
+
 def _entry(value: Any) -> Entry | None:
     """A cached entry if it has the shape `put` writes."""
     if not (isinstance(value, list) and len(value) == 3):
@@ -144,7 +154,10 @@ class Store:
         self._used.add(digest)
 
     def put(self, digest: str, document: dict[str, Any], lines: dict[str, int], schema_name: str) -> None:
-        """Remember a validated document, unless JSON cannot hold it exactly (YAML dates, integer keys)."""
+        """Remember a validated document, unless JSON cannot hold it exactly (YAML dates, integer keys) or it
+        holds a literal HTTP header value (a secret stays where the operator put it: in the manifest alone)."""
+        if _literal_header(document):
+            return
         value = [document, lines, schema_name]
         try:
             if json.loads(json.dumps(value, allow_nan=False)) != value:
