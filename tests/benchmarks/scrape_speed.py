@@ -10,13 +10,13 @@ daemon that has made a few passes for each, then times, after a warm-up:
 
   library  prometheus-client's own `generate_latest` of the registry, uncached
            (what every scrape cost before the cache), documents unchanged
-  changed  `metrics.exposition` (what the daemon serves) when every status
+  changed  `exposition.exposition` (what the daemon serves) when every status
            document says something new (every application changed since the
            last scrape: the worst case; each hook count is bumped)
-  fresh    `metrics.exposition` when every status document is a new dict that
+  fresh    `exposition.exposition` when every status document is a new dict that
            says the same apart from updatedAt/lastSuccessAt (as right after a
            full no-op resync); the replacement itself is not timed
-  steady   `metrics.exposition` when the documents are the ones of the last scrape
+  steady   `exposition.exposition` when the documents are the ones of the last scrape
   http     a GET of /metrics from `web_server.Server` on 127.0.0.1, text format
   http-om  the same GET as Prometheus makes it (OpenMetrics, gzip)
 
@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import prometheus_client
 
 from controller import errors
-from controller.daemon import metrics, web_server
+from controller.daemon import application_series, exposition, metrics, web_server
 from controller.engine import hooks, status
 from controller.manifests import model
 
@@ -73,7 +73,7 @@ def document(index: int, phases: int = 4) -> dict[str, Any]:
         "lastHookRuns": [], "lastError": None if ready else "the afterActivate hook exited with status 1",
         "hookRunCounts": {f"{phase}/{outcome}": (index + n) % 9
                           for n, phase in enumerate(model.HOOK_PHASES[:phases])
-                          for outcome in metrics.HOOK_OUTCOMES if outcome == hooks.SUCCESS or index % 10 == 0},
+                          for outcome in application_series.HOOK_OUTCOMES if outcome == hooks.SUCCESS or index % 10 == 0},
         "drift": {"current": False, "deployment": False, "links": index % 40 == 0, "content": index % 20 == 0,
                   "driftedFiles": 3 if index % 20 == 0 else 0},
         "nextAttemptAt": None, "updatedAt": status.timestamp(EPOCH), "lastSuccessAt": status.timestamp(EPOCH - 60),
@@ -144,9 +144,9 @@ def main() -> int:
                         for d in documents]
 
     report("library", timed(lambda: prometheus_client.generate_latest(registry), args.scrapes))
-    report("changed", timed(lambda: metrics.exposition(registry), args.scrapes, change))
-    report("fresh", timed(lambda: metrics.exposition(registry), args.scrapes, renew))
-    report("steady", timed(lambda: metrics.exposition(registry), args.scrapes))
+    report("changed", timed(lambda: exposition.exposition(registry), args.scrapes, change))
+    report("fresh", timed(lambda: exposition.exposition(registry), args.scrapes, renew))
+    report("steady", timed(lambda: exposition.exposition(registry), args.scrapes))
     server = web_server.Server("127.0.0.1:0", registry)
     try:
         url = f"http://127.0.0.1:{server.port}/metrics"
