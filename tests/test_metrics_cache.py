@@ -145,7 +145,7 @@ def test_tethers_lines_are_the_librarys_for_any_label_values_and_numbers_in_ever
                                      ["name", "hook", "outcome"]),
                    exposition.Series("tether_application_info", "Always 1.", "gauge", ["revision", "name", "kind"])):
         library = series.metric(rows)
-        uncached = exposition.Family(series, [(rows, "")]).samples  # the samples a Family gives the library
+        uncached = exposition.Family(series, [rows], [""]).samples  # the samples a Family gives the library
         assert uncached == library.samples
         escaped = any(mark in value for values, _ in rows for value in values for mark in '\\"\n')
         wanted = encoder(prometheus_client.CollectorRegistry()).decode()  # the trailer alone
@@ -155,7 +155,7 @@ def test_tethers_lines_are_the_librarys_for_any_label_values_and_numbers_in_ever
             assert header + series.lines(rows) == text
             if not escaped:
                 assert header + series.lines(rows, escape=False) == text
-        family = series.family([(rows[:1], series.lines(rows[:1])), (rows[1:], series.lines(rows[1:]))])
+        family = series.family([rows[:1], rows[1:]], [series.lines(rows[:1]), series.lines(rows[1:])])
         registry = prometheus_client.CollectorRegistry(auto_describe=False)
         registry.register(Only(family))
         assert exposition.exposition(registry, encoder) == encoder(Only(library))

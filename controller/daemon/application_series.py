@@ -56,23 +56,27 @@ SERIES = (
 
 @dataclasses.dataclass(frozen=True)
 class Made:
-    """One application's rows and their lines, one part per family of SERIES, made from `document`."""
+    """One application's rows and their lines per family of SERIES, made from `document`."""
 
     document: Mapping[str, Any]
-    parts: tuple[exposition.Part, ...]
+    rows: tuple[list[Row], ...]
+    lines: tuple[str, ...]
 
 
 def made(name: str, document: Mapping[str, Any], known: Made | None = None) -> Made | None:
     """The series of application `name`, or None (logged) when its status document cannot be read.
-    `known`, made from an earlier document of the same application, lends its parts to each group whose
-    fields are equal in both documents, and its lines to each family whose rows came out the same."""
-    parts: list[exposition.Part] = []
+    `known`, made from an earlier document of the same application, lends its rows and lines to each group
+    whose fields are equal in both documents, and its lines to each family whose rows came out the same."""
+    made_rows: list[list[Row]] = []
+    lines: list[str] = []
     shown = False
     try:
         for fields, rows_of in _GROUPS:
-            start = len(parts)
-            if known is not None and all(document.get(field) == known.document.get(field) for field in fields):
-                parts.extend(known.parts[start:start + len(_WIDTHS[rows_of])])
+            start = len(lines)
+            if known is not None and tuple(map(document.get, fields)) == tuple(map(known.document.get, fields)):
+                end = start + _WIDTHS[rows_of]
+                made_rows.extend(known.rows[start:end])
+                lines.extend(known.lines[start:end])
                 continue
             groups = rows_of(name, document)
             labels = "".join([value for rows in groups for values, _ in rows for value in values])
@@ -81,9 +85,11 @@ def made(name: str, document: Mapping[str, Any], known: Made | None = None) -> M
             else:
                 escape = "\\" in labels or '"' in labels
             for index, rows in enumerate(groups, start):
-                old = known.parts[index] if known is not None else None
-                parts.append(old if old is not None and old[0] == rows else
-                             (rows, SERIES[index].lines(rows, escape) if rows else ""))
+                made_rows.append(rows)
+                if known is not None and known.rows[index] == rows:
+                    lines.append(known.lines[index])
+                else:
+                    lines.append(SERIES[index].lines(rows, escape) if rows else "")
     except Exception:  # one odd document must never break the whole exposition
         log.exception("The metrics of %s are left out of this scrape: its status document could not be read.",
                       errors.printable(name))
@@ -91,7 +97,7 @@ def made(name: str, document: Mapping[str, Any], known: Made | None = None) -> M
     if shown:
         log.warning("Some label values of the metrics of %s hold characters an exposition cannot carry; they are "
                     "shown as escapes.", errors.printable(name))
-    return Made(document, tuple(parts))
+    return Made(document, tuple(made_rows), tuple(lines))
 
 
 def printable(rows: list[Row]) -> list[Row]:
@@ -183,9 +189,9 @@ def _hook_runs(name: str, document: Mapping[str, Any]) -> tuple[list[Row]]:
     runs: list[Row] = []
     for phase in sorted(phases):
         outcomes = phases[phase]
-        extra = sorted(outcome for outcome in outcomes if outcome not in HOOK_OUTCOMES)
-        runs.extend(((name, phase, outcome), outcomes.get(outcome, 0))  # every outcome once a phase ran, 0 too
-                    for outcome in (*HOOK_OUTCOMES, *extra))
+        extra = [outcome for outcome in outcomes if outcome not in HOOK_OUTCOMES]
+        runs += [((name, phase, outcome), outcomes.get(outcome, 0))  # every outcome once a phase ran, 0 too
+                 for outcome in ((*HOOK_OUTCOMES, *sorted(extra)) if extra else HOOK_OUTCOMES)]
     return runs,
 
 
@@ -219,5 +225,5 @@ _GROUPS: tuple[tuple[tuple[str, ...], Rows], ...] = (
     (("healthCheckCounts",), _health_checks),
     (("rollout",), _rollout),
 )
-_WIDTHS = {rows_of: rows_of("", {}) for _, rows_of in _GROUPS}  # how many families each group makes
-assert sum(map(len, _WIDTHS.values())) == len(SERIES)
+_WIDTHS = {rows_of: len(rows_of("", {})) for _, rows_of in _GROUPS}  # how many families each group makes
+assert sum(_WIDTHS.values()) == len(SERIES)

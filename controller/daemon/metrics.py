@@ -155,8 +155,10 @@ class Collector(prometheus_client.registry.Collector):
             made[name] = known  # applications that are gone are dropped
             applications.append(known)
         self._made = made
-        return [series.family([application.parts[index] for application in applications])
-                for index, series in enumerate(application_series.SERIES)]
+        count = len(application_series.SERIES)
+        rows = list(zip(*(application.rows for application in applications), strict=True)) or [()] * count
+        lines = list(zip(*(application.lines for application in applications), strict=True)) or [()] * count
+        return [series.family(rows[index], lines[index]) for index, series in enumerate(application_series.SERIES)]
 
 
 Row = exposition.Row
@@ -190,7 +192,7 @@ def _family(series: Series, rows: list[Row]) -> exposition.Family:
         log.warning("Some label values of %s hold characters an exposition cannot carry; they are shown as "
                     "escapes.", series.name)
         rows, labels = application_series.printable(rows), "\\"
-    return series.family([(rows, series.lines(rows, "\\" in labels or '"' in labels))])
+    return series.family([rows], [series.lines(rows, "\\" in labels or '"' in labels)])
 
 
 def _printable(family: Metric) -> Metric:
