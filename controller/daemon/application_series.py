@@ -59,6 +59,7 @@ class Made:
     """One application's rows and their lines per family of SERIES, made from `document`."""
 
     document: Mapping[str, Any]
+    values: tuple[Any, ...]  # of the fields the groups read, in their order (_FIELDS)
     rows: tuple[list[Row], ...]
     lines: tuple[str, ...]
 
@@ -71,9 +72,10 @@ def made(name: str, document: Mapping[str, Any], known: Made | None = None) -> M
     lines: list[str] = []
     shown = False
     try:
-        for fields, rows_of in _GROUPS:
+        values = tuple(map(document.get, _FIELDS))
+        for (first, last), rows_of in zip(_SPANS, _MAKERS, strict=True):
             start = len(lines)
-            if known is not None and tuple(map(document.get, fields)) == tuple(map(known.document.get, fields)):
+            if known is not None and values[first:last] == known.values[first:last]:
                 end = start + _WIDTHS[rows_of]
                 made_rows.extend(known.rows[start:end])
                 lines.extend(known.lines[start:end])
@@ -97,7 +99,7 @@ def made(name: str, document: Mapping[str, Any], known: Made | None = None) -> M
     if shown:
         log.warning("Some label values of the metrics of %s hold characters an exposition cannot carry; they are "
                     "shown as escapes.", errors.printable(name))
-    return Made(document, tuple(made_rows), tuple(lines))
+    return Made(document, values, tuple(made_rows), tuple(lines))
 
 
 def printable(rows: list[Row]) -> list[Row]:
@@ -225,5 +227,8 @@ _GROUPS: tuple[tuple[tuple[str, ...], Rows], ...] = (
     (("healthCheckCounts",), _health_checks),
     (("rollout",), _rollout),
 )
+_FIELDS = tuple(field for fields, _ in _GROUPS for field in fields)
+_SPANS = [(sum(len(f) for f, _ in _GROUPS[:i]), sum(len(f) for f, _ in _GROUPS[:i + 1])) for i in range(len(_GROUPS))]
+_MAKERS = [rows_of for _, rows_of in _GROUPS]
 _WIDTHS = {rows_of: len(rows_of("", {})) for _, rows_of in _GROUPS}  # how many families each group makes
 assert sum(_WIDTHS.values()) == len(SERIES)
