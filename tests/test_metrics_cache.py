@@ -2,7 +2,8 @@
 
 `exposition.exposition` formats each application's sample lines itself and reuses them while the fields
 they come from say the same; after every step of a sequence of changes (new, changed, removed and odd
-documents, a volatile-only change, each field alone, label values an exposition cannot carry) its output
+documents, a volatile-only change, each field alone, values of another type that Python finds equal, label
+values an exposition cannot carry) its output
 must equal prometheus-client's own encoders, in the text format and in OpenMetrics, on whichever
 prometheus-client version runs the tests (CI runs 0.16 and the current one). Its formatter must write any
 label values and numbers as the library does, and an encoder that writes samples another way must get its
@@ -88,7 +89,18 @@ def changes() -> list[Callable[[list[dict[str, Any]]], None]]:
     def without_fields(docs: list[dict[str, Any]]) -> None:
         docs[:] = [{k: v for k, v in d.items() if k not in FIELDS or k == "name"} for d in docs]
 
+    def retyped(kind: Callable[[int], Any]) -> Callable[[list[dict[str, Any]]], None]:
+        """Values that Python finds equal (1, True, 1.0) but that make other series, in new objects."""
+        def change(docs: list[dict[str, Any]]) -> None:
+            one = kind(1)
+            docs[:] = [{**d, "application": one, "drift": {"links": one, "driftedFiles": one},
+                        "hookRunCounts": {"afterActivate/success": one}, "healthCheckCounts": {"success": one},
+                        "rollout": {"wave": one, "waiting": one}, "deployments": [{"name": "v1", "state": one}]}
+                       for d in docs]
+        return change
+
     return [add_many, volatile_only, copies, change_one, remove_some, odd, ready_flip, reorder, volatile_only,
+            retyped(int), retyped(bool), retyped(float), retyped(int), retyped(float), retyped(bool),
             each_field_alone(0), each_field_alone(1), without_fields, add_many, each_field_alone(0),
             each_field_alone(1), each_field_alone(5), clear, add_many]
 

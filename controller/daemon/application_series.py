@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import marshal
+import operator
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -73,9 +75,9 @@ def made(name: str, document: Mapping[str, Any], known: Made | None = None) -> M
     shown = False
     try:
         values = tuple(map(document.get, _FIELDS))
-        for (first, last), rows_of in zip(_SPANS, _MAKERS, strict=True):
+        for (first, last), (_, rows_of, typed) in zip(_SPANS, _GROUPS, strict=True):
             start = len(lines)
-            if known is not None and values[first:last] == known.values[first:last]:
+            if known is not None and _same(values[first:last], known.values[first:last], typed):
                 end = start + _WIDTHS[rows_of]
                 made_rows.extend(known.rows[start:end])
                 lines.extend(known.lines[start:end])
@@ -100,6 +102,20 @@ def made(name: str, document: Mapping[str, Any], known: Made | None = None) -> M
         log.warning("Some label values of the metrics of %s hold characters an exposition cannot carry; they are "
                     "shown as escapes.", errors.printable(name))
     return Made(document, values, tuple(made_rows), tuple(lines))
+
+
+def _same(new: tuple[Any, ...], old: tuple[Any, ...], typed: bool) -> bool:
+    """Whether the values of some fields in two documents make the same rows. Python finds 1, 1.0 and True
+    equal; a `typed` group makes different rows of them, so its values must also be of the same types
+    (marshal writes the type of each value), unless they are the same objects."""
+    if new != old:
+        return False
+    if not typed or all(map(operator.is_, new, old)):
+        return True
+    try:
+        return marshal.dumps(new) == marshal.dumps(old)
+    except ValueError:  # not a type a status document read from JSON holds: made again
+        return False
 
 
 def printable(rows: list[Row]) -> list[Row]:
@@ -215,20 +231,21 @@ def _rollout(name: str, document: Mapping[str, Any]) -> tuple[list[Row], list[Ro
 
 
 Rows = Callable[[str, Mapping[str, Any]], tuple[list[Row], ...]]
-# Each group: the fields of the document it reads, and what makes its rows, for the next families of SERIES.
-_GROUPS: tuple[tuple[tuple[str, ...], Rows], ...] = (
-    (("application", "environment", "kind", "current", "revision"), _info),
-    (("conditions",), _state),
-    (("drift",), _drift),
-    (("deployments", "desired"), _deployments),
-    (("lastSuccessAt", "updatedAt", "conditions"), _last_success),
-    (("nextAttemptAt",), _next_attempt),
-    (("hookRunCounts",), _hook_runs),
-    (("healthCheckCounts",), _health_checks),
-    (("rollout",), _rollout),
+# Each group: the fields of the document it reads, what makes its rows (for the next families of SERIES),
+# and whether values that Python finds equal but of other types (1, 1.0, True) may make other rows: str()
+# of a value, an isinstance check for int or `is True`. The others compare only with strings.
+_GROUPS: tuple[tuple[tuple[str, ...], Rows, bool], ...] = (
+    (("application", "environment", "kind", "current", "revision"), _info, True),
+    (("conditions",), _state, False),
+    (("drift",), _drift, True),
+    (("deployments", "desired"), _deployments, True),
+    (("lastSuccessAt", "updatedAt", "conditions"), _last_success, False),
+    (("nextAttemptAt",), _next_attempt, False),
+    (("hookRunCounts",), _hook_runs, True),
+    (("healthCheckCounts",), _health_checks, True),
+    (("rollout",), _rollout, True),
 )
-_FIELDS = tuple(field for fields, _ in _GROUPS for field in fields)
-_SPANS = [(sum(len(f) for f, _ in _GROUPS[:i]), sum(len(f) for f, _ in _GROUPS[:i + 1])) for i in range(len(_GROUPS))]
-_MAKERS = [rows_of for _, rows_of in _GROUPS]
-_WIDTHS = {rows_of: len(rows_of("", {})) for _, rows_of in _GROUPS}  # how many families each group makes
+_FIELDS = tuple(field for fields, _, _ in _GROUPS for field in fields)
+_SPANS = [(sum(len(g[0]) for g in _GROUPS[:i]), sum(len(g[0]) for g in _GROUPS[:i + 1])) for i in range(len(_GROUPS))]
+_WIDTHS = {rows_of: len(rows_of("", {})) for _, rows_of, _ in _GROUPS}  # how many families each group makes
 assert sum(_WIDTHS.values()) == len(SERIES)

@@ -12,7 +12,8 @@ daemon that has made a few passes for each, then times, after a warm-up:
            (what every scrape cost before the cache), documents unchanged
   changed  `exposition.exposition` (what the daemon serves) when every status
            document says something new (every application changed since the
-           last scrape: one hook count of each is bumped)
+           last scrape: one hook count of each is bumped; every document
+           is a new object throughout, as the daemon's passes build them)
   rebuilt  the same when every status document is new in every field the
            series read (but nextAttemptAt): the worst case
   fresh    `exposition.exposition` when every status document is a new dict that
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import platform
 import statistics
 import sys
@@ -139,13 +141,15 @@ def main() -> int:
 
     stamp = iter(range(1, 1 << 30))
 
-    def renew() -> None:
+    def renew() -> None:  # every document and everything in it new, as each pass of the daemon builds it
         moment = status.timestamp(EPOCH + next(stamp))
-        documents[:] = [{**d, "updatedAt": moment, "lastSuccessAt": moment} for d in documents]
+        documents[:] = [json.loads(json.dumps({**d, "updatedAt": moment, "lastSuccessAt": moment}))
+                        for d in documents]
 
     def change() -> None:
         bump = next(stamp)
-        documents[:] = [{**d, "hookRunCounts": {**d["hookRunCounts"], "afterActivate/success": bump}}
+        documents[:] = [json.loads(json.dumps({**d, "hookRunCounts": {**d["hookRunCounts"],
+                                                                       "afterActivate/success": bump}}))
                         for d in documents]
 
     def rebuild() -> None:
