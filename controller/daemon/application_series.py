@@ -62,6 +62,7 @@ class Made:
 
     document: Mapping[str, Any]
     values: tuple[Any, ...]  # of the fields the groups read, in their order (_FIELDS)
+    typed: tuple[bytes | None, ...]  # per group whose rows depend on types: its values as marshal writes them
     rows: tuple[list[Row], ...]
     lines: tuple[str, ...]
 
@@ -72,12 +73,22 @@ def made(name: str, document: Mapping[str, Any], known: Made | None = None) -> M
     whose fields are equal in both documents, and its lines to each family whose rows came out the same."""
     made_rows: list[list[Row]] = []
     lines: list[str] = []
+    keys: list[bytes | None] = []
     shown = False
     try:
         values = tuple(map(document.get, _FIELDS))
-        for (first, last), (_, rows_of, typed) in zip(_SPANS, _GROUPS, strict=True):
+        for group, ((first, last), (_, rows_of, typed)) in enumerate(zip(_SPANS, _GROUPS, strict=True)):
             start = len(lines)
-            if known is not None and _same(values[first:last], known.values[first:last], typed):
+            new, old = values[first:last], known.values[first:last] if known is not None else None
+            if not typed:
+                key, same = None, new == old
+            elif old is not None and all(map(operator.is_, new, old)):
+                key, same = known.typed[group] if known is not None else None, True
+            else:
+                key = _typed(new)
+                same = key is not None and known is not None and key == known.typed[group]
+            keys.append(key)
+            if known is not None and same:
                 end = start + _WIDTHS[rows_of]
                 made_rows.extend(known.rows[start:end])
                 lines.extend(known.lines[start:end])
@@ -101,21 +112,16 @@ def made(name: str, document: Mapping[str, Any], known: Made | None = None) -> M
     if shown:
         log.warning("Some label values of the metrics of %s hold characters an exposition cannot carry; they are "
                     "shown as escapes.", errors.printable(name))
-    return Made(document, values, tuple(made_rows), tuple(lines))
+    return Made(document, values, tuple(keys), tuple(made_rows), tuple(lines))
 
 
-def _same(new: tuple[Any, ...], old: tuple[Any, ...], typed: bool) -> bool:
-    """Whether the values of some fields in two documents make the same rows. Python finds 1, 1.0 and True
-    equal; a `typed` group makes different rows of them, so its values must also be of the same types
-    (marshal writes the type of each value), unless they are the same objects."""
-    if new != old:
-        return False
-    if not typed or all(map(operator.is_, new, old)):
-        return True
+def _typed(values: tuple[Any, ...]) -> bytes | None:
+    """`values` as marshal writes them, the type of each value included (Python finds 1, 1.0 and True equal,
+    and a typed group makes other rows of them), or None for a type marshal does not write."""
     try:
-        return marshal.dumps(new) == marshal.dumps(old)
-    except ValueError:  # not a type a status document read from JSON holds: made again
-        return False
+        return marshal.dumps(values)
+    except ValueError:  # not a type a status document read from JSON holds: made again every time
+        return None
 
 
 def printable(rows: list[Row]) -> list[Row]:
