@@ -28,7 +28,7 @@ import pytest
 
 import controller
 from controller import errors
-from controller.daemon import metrics, web_server
+from controller.daemon import application_series, exposition, metrics, web_server
 from controller.engine import hooks, planning, reconciling, status
 from controller.manifests import loading, model
 from controller.tree import records
@@ -144,19 +144,19 @@ def test_a_scrape_of_three_applications_shows_their_state_drift_hooks_and_deploy
         {"shop": 1, "blog": 0, "wiki": 0}
     assert {n: value(found, "tether_application_suspended", name=n) for n in ("shop", "blog", "wiki")} == \
         {"shop": 0, "blog": 1, "wiki": 0}
-    assert {t: value(found, "tether_drift", name="wiki", type=t) for t in metrics.DRIFT_TYPES} == \
+    assert {t: value(found, "tether_drift", name="wiki", type=t) for t in application_series.DRIFT_TYPES} == \
         {"current": 0, "deployment": 0, "links": 0, "content": 1}
     assert value(found, "tether_drifted_files", name="wiki") == 2
     assert value(found, "tether_drifted_files", name="shop") == 0
     assert {o: value(found, "tether_hook_runs_total", name="wiki", hook="afterActivate", outcome=o)
-            for o in metrics.HOOK_OUTCOMES} == {"success": 3, "failure": 2, "timeout": 1}
+            for o in application_series.HOOK_OUTCOMES} == {"success": 3, "failure": 2, "timeout": 1}
     assert value(found, "tether_hook_runs_total", name="shop", hook="beforeActivate", outcome="failure") == 0
     assert value(found, "tether_hook_runs_total", name="shop", hook="beforeDeploy", outcome="success") is None
     assert {o: value(found, "tether_health_checks_total", name="wiki", outcome=o)
             for o in ("success", "failure", "timeout")} == {"success": 7, "failure": 2, "timeout": 0}
     assert value(found, "tether_health_checks_total", name="shop", outcome="success") is None  # no probe ran
     assert {s: value(found, "tether_deployments", name="wiki", state=s)
-            for s in (*metrics.DEPLOYMENT_STATES, "missing")} == {"complete": 1, "incomplete": 0, "failed": 1,
+            for s in (*application_series.DEPLOYMENT_STATES, "missing")} == {"complete": 1, "incomplete": 0, "failed": 1,
                                                                  "missing": None}
     assert value(found, "tether_deployments", name="blog", state="missing") == 1
     assert value(found, "tether_last_success_timestamp_seconds", name="shop") == NOW
@@ -238,8 +238,8 @@ def test_a_document_without_the_optional_fields_shows_no_drift_and_no_last_succe
     bare = {"name": "new", "deployments": [], "conditions": [condition("Ready", False, "InvalidManifest")]}
     found = scrape(metrics.registry(metrics.Collector(lambda: [failing, bare, {"no": "name"}], lambda: ([], 0),
                                                       metrics.Observations())))
-    assert {t: value(found, "tether_drift", name="api", type=t) for t in metrics.DRIFT_TYPES} == \
-        dict.fromkeys(metrics.DRIFT_TYPES, 0)
+    assert {t: value(found, "tether_drift", name="api", type=t) for t in application_series.DRIFT_TYPES} == \
+        dict.fromkeys(application_series.DRIFT_TYPES, 0)
     assert value(found, "tether_last_success_timestamp_seconds", name="api") is None
     assert value(found, "tether_application_info", name="new", application="", environment="", kind="",
                  deployment="", revision="") == 1
@@ -386,12 +386,12 @@ def test_the_textfile_is_replaced_atomically_and_parses(tmp_path: Path,
     documents = three_applications()
     registry = metrics.registry(metrics.Collector(lambda: documents, problems, observations))
     path = tmp_path / "tether.prom"
-    metrics.write_textfile(str(path), registry)
+    exposition.write_textfile(str(path), registry)
     first_inode = path.stat().st_ino
     with open(path, "rb") as reader:  # a reader that opened the old file (node_exporter mid-read)
         documents.pop()
         observations.forget("wiki")
-        metrics.write_textfile(str(path), registry)
+        exposition.write_textfile(str(path), registry)
         old = reader.read().decode()
     new = path.read_text()
     assert "wiki" in old and "wiki" not in new  # the reader saw the whole old file, not a mix

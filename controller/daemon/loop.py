@@ -22,7 +22,17 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller import __version__, errors, formats, fsutil
-from controller.daemon import drift_watch, metrics, notify, queueing, scanning, watching, web_config, web_server
+from controller.daemon import (
+    drift_watch,
+    exposition,
+    metrics,
+    notify,
+    queueing,
+    scanning,
+    watching,
+    web_config,
+    web_server,
+)
 from controller.engine import reconciling, status, status_store
 from controller.fleet import gate, rollout_state
 from controller.fleet import node as node_identity
@@ -412,7 +422,7 @@ class Daemon:
                 unsynced = None
             if self.config.metrics_textfile and self._changed.is_set():
                 self._changed.clear()
-                metrics.write_textfile(self.config.metrics_textfile, registry)
+                exposition.write_textfile(self.config.metrics_textfile, registry)
             waits = [next_resync - now] + [due - now for due in self.backoff.pending().values() if due > now]
             waits += [due - now for due in rollouts.values() if due > now]
             if next_ping is not None:

@@ -23,7 +23,7 @@ import bcrypt
 import prometheus_client
 
 from controller import errors
-from controller.daemon import metrics, web_config
+from controller.daemon import exposition, web_config
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class _App:
 
     def __init__(self, registry: prometheus_client.CollectorRegistry, config: Callable[[], web_config.WebConfig],
                  healthy: Callable[[], bool]) -> None:
-        self.exposition = metrics.wsgi_app(registry)  # with the per-application cache (P5)
+        self.exposition = exposition.wsgi_app(registry)  # with the per-application cache (P5)
         self.config, self.healthy, self.auth = config, healthy, BasicAuth()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

@@ -10,13 +10,16 @@ daemon that has made a few passes for each, then times, after a warm-up:
 
   library  prometheus-client's own `generate_latest` of the registry, uncached
            (what every scrape cost before the cache), documents unchanged
-  changed  `metrics.exposition` (what the daemon serves) when every status
+  changed  `exposition.exposition` (what the daemon serves) when every status
            document says something new (every application changed since the
-           last scrape: the worst case; each hook count is bumped)
-  fresh    `metrics.exposition` when every status document is a new dict that
+           last scrape: one hook count of each is bumped; every document
+           is a new object throughout, as the daemon's passes build them)
+  rebuilt  the same when every status document is new in every field the
+           series read (but nextAttemptAt): the worst case
+  fresh    `exposition.exposition` when every status document is a new dict that
            says the same apart from updatedAt/lastSuccessAt (as right after a
            full no-op resync); the replacement itself is not timed
-  steady   `metrics.exposition` when the documents are the ones of the last scrape
+  steady   `exposition.exposition` when the documents are the ones of the last scrape
   http     a GET of /metrics from `web_server.Server` on 127.0.0.1, text format
   http-om  the same GET as Prometheus makes it (OpenMetrics, gzip)
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import platform
 import statistics
 import sys
@@ -44,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import prometheus_client
 
 from controller import errors
-from controller.daemon import metrics, web_server
+from controller.daemon import application_series, exposition, metrics, web_server
 from controller.engine import hooks, status
 from controller.manifests import model
 
@@ -52,10 +56,11 @@ EPOCH = 1_726_567_200.0  # 2024-09-17T10:00:00Z
 PROMETHEUS_ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 
 
-def document(index: int, phases: int = 4) -> dict[str, Any]:
+def document(index: int, phases: int = 4, generation: int = 0) -> dict[str, Any]:
+    """A status document; a later `generation` differs in every field the metrics read but nextAttemptAt."""
     name = f"app-{index:04d}"
     ready, suspended = index % 10 != 0, index % 50 == 0
-    versions = [f"v1.{index % 7}.{n}" for n in range(3)]
+    versions = [f"v1.{index % 7}.{n + generation}" for n in range(3)]
     reason = "Suspended" if suspended else "Converged" if ready else "Failed"
     conditions = (("Ready", ready and not suspended, reason), ("Reconciling", False, "Idle"),
                   ("Stalled", False, "None"), ("Drifted", index % 20 == 0, "ContentChanged"))
@@ -69,14 +74,16 @@ def document(index: int, phases: int = 4) -> dict[str, Any]:
                          "completedAt": status.timestamp(EPOCH - 3600 * (3 - n) + 30), "sha256": "ab" * 32}
                         for n, v in enumerate(versions)],
         "conditions": [{"type": kind, "status": "True" if ok else "False", "reason": why, "message": "",
-                        "lastTransitionTime": status.timestamp(EPOCH - 600)} for kind, ok, why in conditions],
+                        "lastTransitionTime": status.timestamp(EPOCH - 600 + generation)}
+                       for kind, ok, why in conditions],
         "lastHookRuns": [], "lastError": None if ready else "the afterActivate hook exited with status 1",
-        "hookRunCounts": {f"{phase}/{outcome}": (index + n) % 9
+        "hookRunCounts": {f"{phase}/{outcome}": (index + n + generation) % 9
                           for n, phase in enumerate(model.HOOK_PHASES[:phases])
-                          for outcome in metrics.HOOK_OUTCOMES if outcome == hooks.SUCCESS or index % 10 == 0},
+                          for outcome in application_series.HOOK_OUTCOMES if outcome == hooks.SUCCESS or index % 10 == 0},
         "drift": {"current": False, "deployment": False, "links": index % 40 == 0, "content": index % 20 == 0,
-                  "driftedFiles": 3 if index % 20 == 0 else 0},
-        "nextAttemptAt": None, "updatedAt": status.timestamp(EPOCH), "lastSuccessAt": status.timestamp(EPOCH - 60),
+                  "driftedFiles": (3 if index % 20 == 0 else 0) + generation},
+        "nextAttemptAt": None, "updatedAt": status.timestamp(EPOCH + generation),
+        "lastSuccessAt": status.timestamp(EPOCH - 60 + generation),
     }
 
 
@@ -134,19 +141,26 @@ def main() -> int:
 
     stamp = iter(range(1, 1 << 30))
 
-    def renew() -> None:
+    def renew() -> None:  # every document and everything in it new, as each pass of the daemon builds it
         moment = status.timestamp(EPOCH + next(stamp))
-        documents[:] = [{**d, "updatedAt": moment, "lastSuccessAt": moment} for d in documents]
+        documents[:] = [json.loads(json.dumps({**d, "updatedAt": moment, "lastSuccessAt": moment}))
+                        for d in documents]
 
     def change() -> None:
         bump = next(stamp)
-        documents[:] = [{**d, "hookRunCounts": {**d["hookRunCounts"], "afterActivate/success": bump}}
+        documents[:] = [json.loads(json.dumps({**d, "hookRunCounts": {**d["hookRunCounts"],
+                                                                       "afterActivate/success": bump}}))
                         for d in documents]
 
+    def rebuild() -> None:
+        generation = next(stamp)
+        documents[:] = [document(i, args.hook_phases, generation) for i in range(args.applications)]
+
     report("library", timed(lambda: prometheus_client.generate_latest(registry), args.scrapes))
-    report("changed", timed(lambda: metrics.exposition(registry), args.scrapes, change))
-    report("fresh", timed(lambda: metrics.exposition(registry), args.scrapes, renew))
-    report("steady", timed(lambda: metrics.exposition(registry), args.scrapes))
+    report("changed", timed(lambda: exposition.exposition(registry), args.scrapes, change))
+    report("rebuilt", timed(lambda: exposition.exposition(registry), args.scrapes, rebuild))
+    report("fresh", timed(lambda: exposition.exposition(registry), args.scrapes, renew))
+    report("steady", timed(lambda: exposition.exposition(registry), args.scrapes))
     server = web_server.Server("127.0.0.1:0", registry)
     try:
         url = f"http://127.0.0.1:{server.port}/metrics"
