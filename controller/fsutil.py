@@ -101,6 +101,7 @@ def read_at_most(fd: int, limit: int, expected: int = 1 << 16) -> bytes | None:
 # The C library, from the symbols the interpreter already has loaded (dlopen(NULL)): ctypes.util.find_library
 # runs ldconfig -p, some 0.2 s of every start.
 LIBC = ctypes.CDLL(None, use_errno=True)
+WRITE_BACK_ERRORS = (errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # syncfs: data did not reach the disk
 
 
 def sync_filesystem(path: str) -> None:
@@ -108,8 +109,13 @@ def sync_filesystem(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         syncfs = getattr(LIBC, "syncfs", None)
-        if syncfs is None or syncfs(fd) != 0:
-            os.sync()
+        if syncfs is not None and syncfs(fd) == 0:
+            return
+        code = ctypes.get_errno() if syncfs is not None else 0
+        if code in WRITE_BACK_ERRORS:
+            raise OSError(code, f"writing the files below {path} to disk failed: {os.strerror(code)}; check the "
+                                "disk and the kernel log")
+        os.sync()  # no syncfs, or one this filesystem refuses: flush everything
     finally:
         os.close(fd)
 
@@ -121,13 +127,25 @@ class Flusher:
     recorded complete. Kicked while the files are still being written (and again
     while the tree is checked), the kernel writes most of them out meanwhile, and
     that last sync has little left to wait for. A kick while a flush runs does
-    nothing; errors are ignored here: the last sync_filesystem is the one that
-    counts, and it raises.
+    nothing. A write-back error is reported once per open file, so the one a
+    background flush meets would be lost to the last sync: leaving the `with`
+    block raises it (unless an exception is leaving it already).
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._thread: threading.Thread | None = None
+        self._error: OSError | None = None
+
+    def __enter__(self) -> Flusher:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if kind is None and self._error is not None:
+            raise self._error
 
     def kick(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -136,13 +154,10 @@ class Flusher:
         self._thread.start()
 
     def _flush(self) -> None:
-        with contextlib.suppress(OSError):
+        try:
             sync_filesystem(self.path)
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        except OSError as exc:
+            self._error = self._error or exc
 
 
 def remove_tree(path: str) -> None:

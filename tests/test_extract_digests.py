@@ -178,20 +178,26 @@ def test_extraction_asks_for_a_flush_each_time_enough_has_been_written(tmp_path:
     assert asked == [4, 8, 12]  # asked as the fourth, eighth and twelfth file were complete
 
 
-def test_a_flusher_runs_one_flush_at_a_time_and_ignores_a_path_that_is_gone(tmp_path: Path) -> None:
+def test_a_flusher_runs_one_flush_at_a_time_and_its_thread_is_gone_when_left(tmp_path: Path) -> None:
     from controller import fsutil
 
     before = threading.active_count()
-    flusher = fsutil.Flusher(str(tmp_path))
-    for _ in range(20):
-        flusher.kick()
-        assert threading.active_count() <= before + 1
-    flusher.close()
-    gone = fsutil.Flusher(str(tmp_path / "missing"))
-    gone.kick()
-    gone.close()  # the failed syncfs raised nothing
-
+    with fsutil.Flusher(str(tmp_path)) as flusher:
+        for _ in range(20):
+            flusher.kick()
+            assert threading.active_count() <= before + 1
     assert threading.active_count() == before
+
+
+def test_an_error_a_background_flush_meets_is_raised_when_the_flusher_is_left(tmp_path: Path) -> None:
+    # a write-back error is reported once per open file: the one the background flush sees must not be lost
+    from controller import fsutil
+
+    with pytest.raises(FileNotFoundError), fsutil.Flusher(str(tmp_path / "missing")) as flusher:
+        flusher.kick()
+    with pytest.raises(ValueError), fsutil.Flusher(str(tmp_path / "missing")) as flusher:
+        flusher.kick()
+        raise ValueError("the pass failed first")  # an exception already leaving is not replaced
 
 
 def test_large_files_hashed_on_their_own_thread_get_the_digests_of_their_bytes(tmp_path: Path) -> None:

@@ -123,3 +123,21 @@ def test_a_bookkeeping_fifo_is_never_opened(tmp_path: Path) -> None:
     os.mkfifo(path / ".tether/activation.json")
     observed = records.observe(str(path), _old_enough())  # would block on a FIFO opened for reading
     assert observed.previous is None and observed.last_activated is None
+
+
+def test_what_is_gone_from_the_disk_is_forgotten_so_a_long_running_daemon_keeps_only_what_is_there(
+        tmp_path: Path) -> None:
+    path = _tree(tmp_path)
+    known = _old_enough()
+    records.observe(str(path), known)
+    settled = len(known)
+    for index in range(50):  # deployments come and go, as pruning makes them go
+        records.write_record(str(path), f"w{index}", records.COMPLETE, sequence=10 + index, sha256="b" * 64)
+        assert f"w{index}" in records.observe(str(path), known).deployments
+        os.unlink(path / ".tether" / "deployments" / f"w{index}.json")
+    records.observe(str(path), known)
+    assert len(known) == settled
+
+    fsutil.remove_tree(str(path))  # the application is gone altogether
+    assert not records.observe(str(path), known).exists
+    assert len(known) == 0

@@ -133,3 +133,15 @@ def test_checking_an_archive_s_symlinks_is_bounded_in_total(tmp_path: Path, monk
     with pytest.raises(errors.ArchiveError, match="steps to resolve"):
         extracting.extract(io.BytesIO(data), str(bounded), fmt="tar", strip=None, owner=None,
                            budget=archives.Budget(model.Limits(), lambda: len(data)), spool_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("size", [b"-1536", b"-1", b"+5", b" 5", b"1_0", "\u0663".encode(), b"1.0", b"0x10"])
+def test_a_pax_size_that_is_not_plain_decimal_digits_is_refused(size: bytes) -> None:
+    data = _pax({"size": size}) + _file("site/a.txt", b"x" * 512) + _file("site/b.txt", b"b") + END
+    with pytest.raises(errors.ArchiveError, match="is not a number"):
+        _entries(data)
+
+
+@pytest.mark.parametrize("mtime,expected", [(b"5", 5.0), (b"-5", -5.0), (b"1.25", 1.25), (b"1e-05", 1e-05)])
+def test_a_pax_mtime_is_read_as_tar_writers_write_it(mtime: bytes, expected: float) -> None:
+    assert [e.mtime for e in _entries(_pax({"mtime": mtime}) + _file("site/a", b"a") + END)] == [expected]

@@ -170,8 +170,10 @@ def test_a_manifest_json_cannot_hold_exactly_is_validated_at_every_start(tmp_pat
 @pytest.mark.parametrize("source", [
     {"url": "https://example.com/a.tar.gz", "headers": {"Authorization": "Bearer s3cr3t-literal"}},
     {"git": {"url": "https://example.com/r.git", "headers": {"Authorization": "Bearer s3cr3t-literal"}}},
-], ids=["source.headers", "source.git.headers"])
-def test_a_manifest_with_a_literal_header_value_is_never_copied_into_the_cache(tmp_path: Path,
+    {"url": "https://deploy:s3cr3t-literal@example.com/a.tar.gz"},
+    {"url": "https://example.com/a.tar.gz?X-Amz-Signature=s3cr3t-literal"},
+], ids=["source.headers", "source.git.headers", "credentials in the URL", "a presigned URL"])
+def test_a_manifest_that_carries_a_secret_is_never_copied_into_the_cache(tmp_path: Path,
                                                                              source: dict[str, object]) -> None:
     manifests, state = _tree(tmp_path, count=1)
     support.write_manifest(manifests, support.application("secret", tmp_path / "apps" / "secret", deployment="v1",

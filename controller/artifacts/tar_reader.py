@@ -39,6 +39,8 @@ LONG_NAME, LONG_LINK, PAX, PAX_GLOBAL, SOLARIS_PAX, SPARSE = b"L", b"K", b"x", b
 HEADER_KINDS = {PAX: "pax extended", PAX_GLOBAL: "pax global", SOLARIS_PAX: "Solaris extended",
                 LONG_NAME: "GNU long name", LONG_LINK: "GNU long link"}
 PAX_RECORD = re.compile(rb"(\d{1,18}) ([^=]+)=")  # bounded digits: int() of a long digit run is slow or refused
+PAX_SIZE = re.compile("[0-9]{1,20}", re.ASCII)
+PAX_TIME = re.compile("-?[0-9]{1,20}(?:\\.[0-9]{1,20})?(?:[eE][-+]?[0-9]{1,3})?", re.ASCII)  # as str(float)
 PAX_USED = (b"path", b"linkpath", b"size", b"mtime")  # the pax keys tether reads; the others are skipped
 PAX_FIELDS = {"path": "name", "linkpath": "target", "size": "size", "mtime": "mtime"}
 USTAR = b"ustar\0"  # POSIX ustar magic: only then are bytes 345-500 a name prefix
@@ -224,7 +226,7 @@ class _Reader:
             name = _text(header[345:500]) + "/" + name
         name = str(fields.get("name", name))
         target = str(fields.get("target", _text(header[157:257]) if header[157] else ""))
-        size = int(fields.get("size", size))
+        size = int(fields.get("size", size))  # a pax size is digits only: never negative
         mtime = float(fields.get("mtime", self._globals.get("mtime", _number(header[136:148]))))
         if kind in FILE_TYPES:
             kind_name = "file"
@@ -302,8 +304,10 @@ def _pax_records(body: bytes) -> dict[str, str | int | float]:
 
 
 def _pax_number(key: str, value: str, kind: Callable[[str], Number]) -> Number:
-    try:
-        return kind(value)
-    except ValueError:
+    """A pax size (decimal digits) or mtime (optionally negative, with a fraction or an exponent), as tar
+    writers write them; anything else int() or float() would take (signs, spaces, underscores, other digits,
+    nan, inf) is refused."""
+    if not (PAX_SIZE if key == "size" else PAX_TIME).fullmatch(value):
         raise errors.ArchiveError(f"the archive is not a valid tar file: the pax {key} {value[:40]!r} is not a "
-                                  "number") from None
+                                  "number")
+    return kind(value)

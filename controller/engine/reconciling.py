@@ -223,44 +223,43 @@ class Engine:
             os.chown(target, *owner)
         made = os.lstat(target)  # the directory the artifact goes into, whatever a hook does meanwhile
         self.checkpoint("created")
-        flusher = fsutil.Flusher(target)  # the tree goes out to disk while it is written and checked
-        try:
-            self._hooks(work, "beforeDeploy", deployment, previous)
-            started = time.monotonic()
-            revision: list[str] = []  # the commit a git source's ref resolved to
-            written: dict[str, extracting.Written] = {}  # the files with their digests, for record_digests
-
-            def attempt() -> tuple[str, int]:
-                if git is None:
-                    return self._fetch(app, deployment, owner, url, headers, made, work.cancel, written, flusher.kick)
-                digest, size, commit = self._fetch_git(app, deployment, owner, work.headers, made, work.cancel,
-                                                       written)
-                revision[:] = [commit]
-                return digest, size
-
+        with fsutil.Flusher(target) as flusher:  # the tree goes out to disk while it is written and checked
             try:
-                digest, size = self.fetcher.retrying(attempt, work.cancel,
-                                                     lambda retry: self.on_retry(app.name, deployment, retry))
-            except errors.TetherError as exc:
-                self.on_fetch_failure(app.name, type(exc).__name__)
+                self._hooks(work, "beforeDeploy", deployment, previous)
+                started = time.monotonic()
+                revision: list[str] = []  # the commit a git source's ref resolved to
+                written: dict[str, extracting.Written] = {}  # the files with their digests, for record_digests
+
+                def attempt() -> tuple[str, int]:
+                    if git is None:
+                        return self._fetch(app, deployment, owner, url, headers, made, work.cancel, written, flusher.kick)
+                    digest, size, commit = self._fetch_git(app, deployment, owner, work.headers, made, work.cancel,
+                                                           written)
+                    revision[:] = [commit]
+                    return digest, size
+
+                try:
+                    digest, size = self.fetcher.retrying(attempt, work.cancel,
+                                                         lambda retry: self.on_retry(app.name, deployment, retry))
+                except errors.TetherError as exc:
+                    self.on_fetch_failure(app.name, type(exc).__name__)
+                    raise
+                self.on_fetch(app.name, size, time.monotonic() - started)
+                flusher.kick()
+                self.checkpoint("extracted")
+                links = self.persistent_data(app, target, owner, checkpoint=self.checkpoint)
+                self.checkpoint("linked-data")
+            except BaseException:
+                fsutil.remove_tree(target)
+                records.remove_record(app.path, deployment)
                 raise
-            self.on_fetch(app.name, size, time.monotonic() - started)
-            flusher.kick()
-            self.checkpoint("extracted")
-            links = self.persistent_data(app, target, owner, checkpoint=self.checkpoint)
-            self.checkpoint("linked-data")
-        except BaseException:
-            fsutil.remove_tree(target)
-            records.remove_record(app.path, deployment)
-            raise
-        try:
-            self._hooks(work, "afterDeploy", deployment, previous)
-        except hooks.HookFailed as exc:
-            records.write_record(app.path, deployment, records.INCOMPLETE, error=str(exc))
-            raise
-        drift.record_digests(app.path, deployment, links, written)
-        fsutil.sync_filesystem(target)  # what the flusher's last flush left
-        flusher.close()
+            try:
+                self._hooks(work, "afterDeploy", deployment, previous)
+            except hooks.HookFailed as exc:
+                records.write_record(app.path, deployment, records.INCOMPLETE, error=str(exc))
+                raise
+            drift.record_digests(app.path, deployment, links, written)
+            fsutil.sync_filesystem(target)  # what the flusher's last flush left
         observed = work.fresh(observed)
         record = records.write_record(app.path, deployment, records.COMPLETE, completedAt=self.clock(), sha256=digest,
                                       links=links, sequence=observed.next_sequence(),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -26,6 +27,7 @@ from typing import Any
 from controller import formats, fsutil
 from controller.engine import status
 
+log = logging.getLogger(__name__)
 VOLATILE = frozenset({"updatedAt", "lastSuccessAt", formats.KEY})  # the format key: stamped when written
 Identity = tuple[int, int, int, int]
 
@@ -105,4 +107,8 @@ class Store:
             if self.unsynced_since is None:
                 return
             self.unsynced_since = None
-        self._sync(self.state_dir)
+        try:
+            self._sync(self.state_dir)
+        except OSError as exc:  # statuses are derived data: the next pass writes them again
+            log.warning("Flushing the status files in %s to disk failed (%s); the next passes write them again.",
+                        self.state_dir, exc.strerror or exc)

@@ -31,6 +31,7 @@ import logging
 import os
 import stat
 import sys
+import urllib.parse
 from typing import Any
 
 import yaml
@@ -68,13 +69,17 @@ def validation_key() -> str:
     return digest.hexdigest()
 
 
-def _literal_header(document: dict[str, Any]) -> bool:
+def _holds_secret(document: dict[str, Any]) -> bool:
+    """Whether the manifest carries a secret in itself: a literal HTTP header value, or credentials or a query
+    (a presigned URL's signature, say) in an artifact or repository URL."""
     source = document.get("spec", {}).get("source") if isinstance(document.get("spec"), dict) else None
     if not isinstance(source, dict):
         return False
-    git = source.get("git")
-    return any(isinstance(value, str)
-               for headers in (source.get("headers"), git.get("headers") if isinstance(git, dict) else None)
+    git: dict[str, Any] = source["git"] if isinstance(source.get("git"), dict) else {}
+    for url in (source.get("url"), git.get("url")):
+        if isinstance(url, str) and ("@" in urllib.parse.urlsplit(url).netloc or "?" in url or "#" in url):
+            return True
+    return any(isinstance(value, str) for headers in (source.get("headers"), git.get("headers"))
                if isinstance(headers, dict) for value in headers.values())
 
 
@@ -155,8 +160,8 @@ class Store:
 
     def put(self, digest: str, document: dict[str, Any], lines: dict[str, int], schema_name: str) -> None:
         """Remember a validated document, unless JSON cannot hold it exactly (YAML dates, integer keys) or it
-        holds a literal HTTP header value (a secret stays where the operator put it: in the manifest alone)."""
-        if _literal_header(document):
+        carries a secret (_holds_secret): a secret stays where the operator put it, in the manifest alone."""
+        if _holds_secret(document):
             return
         value = [document, lines, schema_name]
         try:

@@ -44,13 +44,13 @@ class Known:
 
     def __init__(self, clock_ns: Callable[[], int] = time.time_ns) -> None:
         self._clock_ns = clock_ns
-        self._values: dict[tuple[str, str], tuple[Identity, Any]] = {}
+        self._values: dict[str, dict[str, tuple[Identity, Any]]] = {}  # where -> name -> (identity, value)
         self._guard = threading.Lock()
         self.reads = 0  # files and directories read from disk so far (for tests and benchmarks)
 
     def _recall(self, key: tuple[str, str], st: os.stat_result) -> tuple[bool, Any]:
         with self._guard:
-            known = self._values.get(key)
+            known = self._values.get(key[0], {}).get(key[1])
         if known is not None and known[0] == identity(st):
             return True, known[1]
         return False, None
@@ -59,9 +59,25 @@ class Known:
         with self._guard:
             self.reads += 1
             if st.st_ctime_ns < before_ns - RACY_NS:
-                self._values[key] = (identity(st), value)
+                self._values.setdefault(key[0], {})[key[1]] = (identity(st), value)
             else:  # changed too recently for its identity to tell a later change apart
-                self._values.pop(key, None)
+                self._values.get(key[0], {}).pop(key[1], None)
+
+    def retain(self, where: str, names: set[str]) -> None:
+        """Forget what was read below `where` other than `names` (what is gone from the disk: a pruned
+        deployment's record, say), so that a long-running daemon keeps only what is there."""
+        with self._guard:
+            inner = self._values.get(where)
+            if inner is None:
+                return
+            for name in [name for name in inner if name not in names]:
+                del inner[name]
+            if not inner:
+                del self._values[where]
+
+    def __len__(self) -> int:
+        with self._guard:
+            return sum(len(inner) for inner in self._values.values())
 
     def json(self, where: str, name: str, dir_fd: int) -> Any:
         """The JSON in `name` below the directory `dir_fd` (`where` names that directory in the cache), or None

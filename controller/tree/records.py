@@ -208,6 +208,8 @@ def observe(path: str, known: known_files.Known = known_files.KNOWN) -> Observed
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            known.retain(path, set())
+            known.retain(meta_dir(path), set())
             return Observed(path, False, None, None, None, {}, None, (), ())
         raise
     try:
@@ -249,12 +251,16 @@ def _observe(path: str, fd: int, meta: int | None, known: known_files.Known) -> 
         return data
 
     records: dict[str, dict[str, Any]] = {}
+    running = os.path.basename(running_hook_path(path))
+    kept = {"deployments", "staging", "activation.json", running}  # what stays remembered below `where`
     if meta is not None:
         for entry, _ in known.listing(where, "deployments", meta) or ():
             if entry.endswith(".json") and not entry.startswith("."):
+                kept.add("deployments/" + entry)
                 data = read("deployments/" + entry)
                 if isinstance(data, dict):
                     records[entry[: -len(".json")]] = data
+    known.retain(where, kept if meta is not None else set())
     dirs, leftovers = set(), []
     for name, is_dir in known.listing(path, ".", fd) or ():
         if name.startswith(".current-"):
@@ -272,7 +278,7 @@ def _observe(path: str, fd: int, meta: int | None, known: known_files.Known) -> 
     activation = read("activation.json") if meta is not None else None
     activation = {k: _text(v) for k, v in activation.items()} if isinstance(activation, dict) else {}
     if meta is not None:
-        read(os.path.basename(running_hook_path(path)))
+        read(running)
     return Observed(
         path=path,
         exists=True,
