@@ -208,10 +208,11 @@ def main() -> int:
                            "written)")
 
         # One rescan that finds nothing changed.
-        before_cpu = cpu_seconds(pid)
+        before_cpu, passes_before = cpu_seconds(pid), reconcile_passes(port)
         (manifests / "README.txt").write_text("not a manifest\n")
         wait_idle(pid)
-        results.append(f"  rescan with nothing changed: {cpu_seconds(pid) - before_cpu:.2f} CPU s")
+        results.append(f"  rescan with nothing changed: {cpu_seconds(pid) - before_cpu:.2f} CPU s, "
+                       f"{reconcile_passes(port) - passes_before} passes")
 
         # Idle.
         before_cpu = cpu_seconds(pid)
