@@ -399,7 +399,7 @@ def test_a_symlink_swap_of_the_manifests_directory_brings_two_hundred_applicatio
     many(node, http, node.root / "rev1", [*names[:10], "retired"], "v1")
     os.symlink("rev1", node.manifests)
     daemon = start()
-    wait_until(lambda: all_converged(node, [*names[:10], "retired"], "v1"), interval=0.1)
+    wait_until(lambda: all_converged(node, [*names[:10], "retired"], "v1"), timeout=90, interval=0.1)
     first_ten = {n: (node.state / "status" / f"{n}.json").read_bytes() for n in names[:10]}
 
     many(node, http, node.root / "rev2", names, "v1")
@@ -408,7 +408,7 @@ def test_a_symlink_swap_of_the_manifests_directory_brings_two_hundred_applicatio
 
     wait_until(lambda: all_converged(node, names, "v1"), timeout=90, interval=0.1,
                message=lambda: f"{sum(current(node.apps / n) == 'v1' for n in names)} of 200 converged")
-    wait_until(lambda: read_status(node, "retired") is None)
+    wait_until(lambda: read_status(node, "retired") is None, timeout=90)
     assert current(node.apps / "retired") == "v1"  # unmanaged, not removed
     assert {n: (node.state / "status" / f"{n}.json").read_bytes() for n in names[:10]} == first_ten
     assert len(requested(http, "/many/v1.tar.gz")) == 201
