@@ -24,9 +24,10 @@ def application_lock(state_dir: str, name: str) -> Iterator[None]:
     path = lock_path(state_dir, name)
     try:
         fd = _open_lock(path)  # the locks directory exists but for the first lock (one open, not mkdir + stat)
-    except errors.PermanentError:
-        if os.path.isdir(os.path.dirname(path)):
+    except errors.PermanentError as exc:
+        if not isinstance(exc.__cause__, FileNotFoundError):
             raise
+        # no locks directory yet, or another pass has just made it: whichever, it exists after this
         fsutil.makedirs(os.path.dirname(path), 0o700)
         fd = _open_lock(path)
     try:
