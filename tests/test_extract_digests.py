@@ -80,15 +80,32 @@ def test_files_an_after_deploy_hook_rewrites_replaces_or_adds_are_recorded_as_th
     assert recorded["same.txt"]["sha256"] == support.sha256(b"shipped")
 
 
+def test_what_a_before_deploy_hook_puts_in_the_new_deployment_is_recorded_with_the_extracted_tree(
+        node: support.Node, http: support.HttpServer) -> None:
+    # the hook runs in the empty deployment directory before the artifact is moved in: the list is walked then
+    app = node.apps / "site"
+    http.serve("/site.tar.gz", support.tar_bytes(_files(3)))
+    support.write_manifest(node.manifests, support.application(
+        "site", app, deployment="v1", source={"url": http.url("/site.tar.gz")},
+        hooks={"beforeDeploy": "mkdir made-early && printf early > made-early/by-hook.txt"}))
+    run = node.tether("reconcile")
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    recorded = _recorded(app, "v1")
+    assert recorded == digests.scan(str(app / "v1"), lambda rel: False, {})
+    assert recorded["made-early/by-hook.txt"]["sha256"] == support.sha256(b"early")
+    assert recorded["index.html"]["sha256"] == support.sha256(b"<h1>the shipped index page</h1>\n")
+
+
 def _extract(tmp_path: Path, data: bytes) -> tuple[Path, dict[str, extracting.Written]]:
     dest = tmp_path / "tree"
     dest.mkdir()
-    written: dict[str, extracting.Written] = {}
+    made = extracting.Made()
     source = io.BytesIO(data)
     root = extracting.extract(source, str(dest), fmt="auto", strip=None,
                               budget=archives.Budget(model.Limits(), lambda: source.tell()), owner=None,
-                              spool_dir=str(tmp_path), written=written)
-    return Path(root), written
+                              spool_dir=str(tmp_path), made=made)
+    return Path(root), made.files
 
 
 @pytest.mark.parametrize("change", ["same size, mtime put back", "appended", "replaced by a new file",
@@ -96,8 +113,7 @@ def _extract(tmp_path: Path, data: bytes) -> tuple[Path, dict[str, extracting.Wr
 def test_a_digest_from_the_writer_is_used_only_while_the_file_is_untouched(tmp_path: Path, change: str) -> None:
     root, written = _extract(tmp_path, support.tar_bytes(_files(2)))
     assert written["index.html"].sha256 == support.sha256(b"<h1>the shipped index page</h1>\n")
-    fake = {rel: extracting.Written("planted", file.ino, file.size, file.mtime_ns, file.ctime_ns)
-            for rel, file in written.items()}
+    fake = {rel: file._replace(sha256="planted") for rel, file in written.items()}
     assert digests.scan(str(root), lambda rel: False, {}, fake)["same.txt"]["sha256"] == "planted"  # not read
 
     target = root / "same.txt"

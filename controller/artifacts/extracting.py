@@ -42,6 +42,7 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 Owner = tuple[int, int] | None
 SET_ID = stat.S_ISUID | stat.S_ISGID
+T = typing.TypeVar("T")
 CONTROL = re.compile("[\x00-\x1f\x7f]")
 # A name of ASCII components other than "." and "..", one slash between them, at most one at the end: it is
 # its own clean form. Anything else takes the long way through clean_name's checks.
@@ -80,7 +81,8 @@ def checked_name(raw: str, strip: int) -> str | None:
 
 
 class Written(typing.NamedTuple):
-    """A regular file as the writer left it: its content digest, and the stat fields that change with its content.
+    """A regular file as the writer left it: its content digest and mode, and the stat fields that change with its
+    content.
 
     tree.digests takes the digest instead of reading the file back when the file
     still has the same inode, size, mtime and ctime (any write changes ctime).
@@ -91,6 +93,33 @@ class Written(typing.NamedTuple):
     size: int
     mtime_ns: int
     ctime_ns: int
+    mode: int  # permission bits, as fstat saw them last
+
+
+@dataclasses.dataclass
+class Made:
+    """Everything one extraction made, by path below the root it returned: regular files (a hardlink with its
+    target's digest), directories with the modes they were left with, symlinks with their targets. tree.digests
+    records it as the deployment's digest list when nothing but tether has touched the tree since."""
+
+    files: dict[str, Written] = dataclasses.field(default_factory=dict)
+    dirs: dict[str, int] = dataclasses.field(default_factory=dict)
+    symlinks: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def clear(self) -> None:  # a failed attempt's tree is gone
+        for made in (self.files, self.dirs, self.symlinks):
+            made.clear()
+
+    def add(self, writer: Writer, prefix: str) -> None:
+        """What `writer` made below `prefix` (the returned root, relative to the writer's destination, "" or with a
+        trailing slash), named relative to it."""
+        self.files.update(_relative(writer.written, prefix))
+        self.dirs.update(_relative(writer.dirs, prefix))
+        self.symlinks.update(_relative(writer.symlinks, prefix))
+
+
+def _relative(made: dict[str, T], prefix: str) -> Iterator[tuple[str, T]]:
+    return ((name[len(prefix):], value) for name, value in made.items() if name.startswith(prefix))
 
 
 class Writer:
@@ -113,7 +142,8 @@ class Writer:
         self.checkpoint = checkpoint
         self.dirs: dict[str, int] = {}  # directory -> mode to apply at the end
         self.files: set[str] = set()
-        self.symlinks: set[str] = set()
+        self.symlinks: dict[str, str] = {}  # symlink -> target
+        self.hardlinks: dict[str, str] = {}  # hardlink -> the file it links to
         self.written: dict[str, Written] = {}  # regular file -> its digest as written
         self._hasher = digest_thread.Hasher()  # large files' digests: complete in `written` after close()
         self._hashing: list[tuple[str, typing.Any, os.stat_result]] = []
@@ -127,8 +157,11 @@ class Writer:
         os.close(self._root)
         self._hasher.close()
         for name, digest, st in self._hashing:
-            self.written[name] = Written(digest.hexdigest(), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            self.written[name] = _written(digest.hexdigest(), st)
         self._hashing.clear()
+        for name, target in self.hardlinks.items():  # the same inode: the same digest and mode
+            if target in self.written:  # (not when writing it failed)
+                self.written[name] = self.written[target]
 
     def _dir_fd(self, name: str) -> int:
         """A descriptor of the directory `name` (relative to dest, "" for dest), which the writer created."""
@@ -217,6 +250,7 @@ class Writer:
             os.link(target_base, base, src_dir_fd=self._dir_fd(above), dst_dir_fd=self._dir_fd(parent),
                     follow_symlinks=False)
             self.files.add(name)
+            self.hardlinks[name] = target
 
     @staticmethod
     def _hardlink_target(entry: members.Entry, strip: int) -> str:
@@ -259,7 +293,7 @@ class Writer:
         if threaded:
             self._hashing.append((name, digest, st))
         else:
-            self.written[name] = Written(digest.hexdigest(), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            self.written[name] = _written(digest.hexdigest(), st)
         self._unflushed += st.st_size + FILE_COST
         if self._unflushed > FLUSH_BYTES:
             self._unflushed = 0
@@ -280,7 +314,7 @@ class Writer:
             raise errors.ArchiveError(f"member {entry.name!r} is a symlink to {target!r}, outside the deployment")
         os.symlink(target, base, dir_fd=dir_fd)
         self._chown(base, dir_fd)
-        self.symlinks.add(name)
+        self.symlinks[name] = target
 
     def finish(self, auto_strip: bool) -> str:
         """Check symlinks, apply directory modes; return the root of the extracted tree."""
@@ -296,6 +330,10 @@ class Writer:
         for name in sorted(self.dirs, key=lambda d: -d.count("/")):
             os.chmod(os.path.join(self.dest, name), self.dirs[name])
         return root
+
+
+def _written(digest: str, st: os.stat_result) -> Written:
+    return Written(digest, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, stat.S_IMODE(st.st_mode))
 
 
 def _utf8(text: str) -> bool:
@@ -390,16 +428,16 @@ def _below(entries: Iterator[members.Entry], root: str, budget: archives.Budget)
 
 def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None, budget: archives.Budget,
             owner: Owner, spool_dir: str, checkpoint: Callable[[str], None] = lambda step: None,
-            deb_root: str | None = None, written: dict[str, Written] | None = None,
+            deb_root: str | None = None, made: Made | None = None,
             flush: Callable[[], None] = lambda: None) -> str:
     """Extract the archive read from `source` into the empty directory `dest`.
 
     Returns the root of the extracted tree (below `dest` when `strip` is None,
     meaning auto, and the archive has a single top-level directory). A Debian
     package's data member is extracted (below `deb_root` only, if given) with
-    auto meaning no strip: its tree starts at the file system's root. `written`,
-    when given, receives every regular file written, by its path below that root,
-    with its content digest (for tree.digests, which then need not read it back). `flush` is called every
+    auto meaning no strip: its tree starts at the file system's root. `made`,
+    when given, receives everything written below that root, files with their
+    content digests (for tree.digests, which then need not read them back). `flush` is called every
     FLUSH_BYTES written (to start writing them out while extraction goes on).
     """
     head = archives.read_head(source)
@@ -420,9 +458,8 @@ def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None
                         deb_root=deb_root)
     finally:
         writer.close()
-    if written is not None:
-        prefix = "" if root == dest else os.path.relpath(root, dest) + "/"
-        written.update((name[len(prefix):], file) for name, file in writer.written.items() if name.startswith(prefix))
+    if made is not None:
+        made.add(writer, "" if root == dest else os.path.relpath(root, dest) + "/")
     return root
 
 

@@ -48,7 +48,7 @@ def runner(state_dir: str, name: str, source: model.GitSource, reach: git_runner
 def deploy(state_dir: str, app: model.Application, deployment: str, dest: str, *, owner: extracting.Owner,
            spool_dir: str, headers: Mapping[str, str] | None = None, environ: Mapping[str, str],
            cancel: threading.Event | None = None, checkpoint: Callable[[str], None] = lambda step: None,
-           written: dict[str, extracting.Written] | None = None) -> Deployed:
+           extracted: extracting.Made | None = None) -> Deployed:
     """One attempt: fetch into the mirror, resolve the ref, verify it, extract its tree into the empty `dest`."""
     assert app.source is not None and app.source.git is not None
     source = app.source.git
@@ -61,7 +61,7 @@ def deploy(state_dir: str, app: model.Application, deployment: str, dest: str, *
         git_verify.verify(git, source, resolved)
         root, digest, size = git_archive.materialise(git, source, resolved, dest, limits=app.source.limits,
                                                      owner=owner, spool_dir=spool_dir, checkpoint=checkpoint,
-                                                     written=written)
+                                                     extracted=extracted)
     return Deployed(root, digest, size, resolved.commit, ref, resolved.kind)
 
 

@@ -223,18 +223,20 @@ class Engine:
             os.chown(target, *owner)
         made = os.lstat(target)  # the directory the artifact goes into, whatever a hook does meanwhile
         self.checkpoint("created")
+        hooks_before = len(work.runs)
         with fsutil.Flusher(target) as flusher:  # the tree goes out to disk while it is written and checked
             try:
                 self._hooks(work, "beforeDeploy", deployment, previous)
                 started = time.monotonic()
                 revision: list[str] = []  # the commit a git source's ref resolved to
-                written: dict[str, extracting.Written] = {}  # the files with their digests, for record_digests
+                extracted = extracting.Made()  # the tree with its digests, for record_digests
 
                 def attempt() -> tuple[str, int]:
                     if git is None:
-                        return self._fetch(app, deployment, owner, url, headers, made, work.cancel, written, flusher.kick)
+                        return self._fetch(app, deployment, owner, url, headers, made, work.cancel, extracted,
+                                           flusher.kick)
                     digest, size, commit = self._fetch_git(app, deployment, owner, work.headers, made, work.cancel,
-                                                           written)
+                                                           extracted)
                     revision[:] = [commit]
                     return digest, size
 
@@ -258,7 +260,9 @@ class Engine:
             except hooks.HookFailed as exc:
                 records.write_record(app.path, deployment, records.INCOMPLETE, error=str(exc))
                 raise
-            drift.record_digests(app.path, deployment, links, written)
+            # No hook ran and no data was linked: the tree is what extraction made, and the list is taken from it
+            drift.record_digests(app.path, deployment, links, extracted,
+                                 as_made=not links and len(work.runs) == hooks_before)
             fsutil.sync_filesystem(target)  # what the flusher's last flush left
         observed = work.fresh(observed)
         record = records.write_record(app.path, deployment, records.COMPLETE, completedAt=self.clock(), sha256=digest,
@@ -270,13 +274,13 @@ class Engine:
 
     def _fetch(self, app: model.Application, deployment: str, owner: owners.Owner, url: str,
                headers: Mapping[str, str], made: os.stat_result,
-               cancel: threading.Event | None = None, written: dict[str, extracting.Written] | None = None,
+               cancel: threading.Event | None = None, extracted: extracting.Made | None = None,
                flush: Callable[[], None] = lambda: None) -> tuple[str, int]:
-        """One attempt: download and extract into staging, verify, move into place; (sha256, bytes). `written`
-        receives the files extracted, with their digests."""
+        """One attempt: download and extract into staging, verify, move into place; (sha256, bytes). `extracted`
+        receives what extraction made, with the files' digests."""
         assert app.source is not None
-        if written is not None:
-            written.clear()  # a failed attempt's files are gone
+        if extracted is not None:
+            extracted.clear()  # a failed attempt's tree is gone
         source = app.source
         stage = tempfile.mkdtemp(prefix=deployment + "-", dir=records.staging_dir(app.path))
         cache = artifact_cache.Entry(self.state_dir, app.name, deployment)
@@ -290,7 +294,7 @@ class Engine:
                 body: archives.Readable = download if progress is None else _Ticking(download, budget)
                 root = extracting.extract(body, stage, fmt=source.format, strip=source.strip_components,
                                           budget=budget, owner=owner, spool_dir=records.staging_dir(app.path),
-                                          checkpoint=self.checkpoint, deb_root=source.deb_root, written=written,
+                                          checkpoint=self.checkpoint, deb_root=source.deb_root, made=extracted,
                                           flush=flush)
                 download.drain()
                 digest, size = download.hexdigest(), download.received
@@ -307,17 +311,17 @@ class Engine:
 
     def _fetch_git(self, app: model.Application, deployment: str, owner: owners.Owner, headers: Mapping[str, str],
                    made: os.stat_result, cancel: threading.Event | None = None,
-                   written: dict[str, extracting.Written] | None = None) -> tuple[str, int, str]:
+                   extracted: extracting.Made | None = None) -> tuple[str, int, str]:
         """One attempt for a git source: mirror, resolve, verify, extract, move into place; (sha256, bytes, commit)."""
         from controller.artifacts import git_source  # with git_runner, git_mirror, git_archive and git_verify
 
-        if written is not None:
-            written.clear()  # a failed attempt's files are gone
+        if extracted is not None:
+            extracted.clear()  # a failed attempt's tree is gone
         stage = tempfile.mkdtemp(prefix=deployment + "-", dir=records.staging_dir(app.path))
         try:
             done = git_source.deploy(self.state_dir, app, deployment, stage, owner=owner,
                                      spool_dir=records.staging_dir(app.path), headers=headers, environ=self.environ,
-                                     cancel=cancel, checkpoint=self.checkpoint, written=written)
+                                     cancel=cancel, checkpoint=self.checkpoint, extracted=extracted)
             _move_entries(done.root, os.path.join(app.path, deployment), made)
         finally:
             fsutil.remove_tree(stage)

@@ -113,12 +113,28 @@ def scan(root: str, skip: Callable[[str], bool], links: Mapping[str, str],
     return found
 
 
-def record(path: str, deployment: str, links: Collection[str],
-           written: Mapping[str, extracting.Written] | None = None) -> None:
-    """Walk `<path>/<deployment>` and write its digest list atomically; `links` are persistent-data leaves;
-    `written`: the files as extraction wrote them (by path below the deployment), not read again if unchanged."""
+def made_entries(extracted: extracting.Made) -> dict[str, Entry]:
+    """The entries `scan` finds in a tree that is exactly what an extraction made."""
+    entries: dict[str, Entry] = {name: {"type": "dir", "mode": f"{mode:04o}"} for name, mode in extracted.dirs.items()}
+    entries.update((name, {"type": "link", "mode": "0777", "target": target})
+                   for name, target in extracted.symlinks.items())
+    entries.update((name, {"type": "file", "mode": f"{file.mode:04o}", "sha256": file.sha256})
+                   for name, file in extracted.files.items())
+    return entries
+
+
+def record(path: str, deployment: str, links: Collection[str], extracted: extracting.Made | None = None,
+           as_made: bool = False) -> None:
+    """Write the digest list of `<path>/<deployment>` atomically; `links` are persistent-data leaves; `extracted`:
+    what extraction made (named below the deployment). With `as_made` (nothing but the extraction wrote to the
+    tree: no hook ran, no data was linked), the list is `extracted` itself; otherwise the tree is walked, and a
+    file the extraction left untouched is not read again."""
     targets = {leaf: os.path.join(persistent_data.root(path), leaf) for leaf in links}
-    entries = scan(os.path.join(path, deployment), lambda rel: False, targets, written)
+    if as_made and extracted is not None and not targets:
+        entries = made_entries(extracted)
+    else:
+        entries = scan(os.path.join(path, deployment), lambda rel: False, targets,
+                       extracted.files if extracted is not None else None)
     for leaf, target in targets.items():  # a link tether made is recorded even if it is gone already
         entries.setdefault(leaf, {"type": "link", "mode": "0777", "target": target})
     fsutil.makedirs(os.path.dirname(digests_path(path, deployment)))

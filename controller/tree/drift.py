@@ -19,7 +19,7 @@ import re
 import secrets
 import stat
 import tempfile
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from controller import errors, formats, fsutil, nofollow
 from controller.artifacts import archives, extracting
@@ -56,11 +56,11 @@ class Content:
         return sorted([*self.changed, *self.added, *self.removed])
 
 
-def record_digests(path: str, deployment: str, links: Collection[str],
-                   written: Mapping[str, extracting.Written] | None = None) -> None:
+def record_digests(path: str, deployment: str, links: Collection[str], extracted: extracting.Made | None = None,
+                   as_made: bool = False) -> None:
     """Record the deployment's tree for content drift; call it just before marking the deployment complete.
-    `written`: the files as extraction wrote them, with their digests (read again only if changed since)."""
-    digests.record(path, deployment, links, written)
+    `extracted`: what extraction made, files with their digests (see digests.record for `as_made`)."""
+    digests.record(path, deployment, links, extracted, as_made)
 
 
 def wrong_links(path: str, deployment: str, links: Collection[str]) -> list[str]:
