@@ -5,6 +5,7 @@ workers go on. The faults go in through the engine's side-effect parameters (tes
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -147,3 +148,10 @@ def test_an_application_whose_pass_raises_fails_alone_in_tether_reconcile(
     assert any(line.startswith("locking: failed: ") and "lock file" in line for line in lines), run.stdout
     assert daemons.converged(node, "good", "v1")
     assert daemons.current(node.apps / "writing") == "v1", "the pass did its work; only the status write failed"
+
+    again = node.tether("reconcile", "--json")
+    assert again.returncode == 1, again.stderr
+    outcomes = {entry["name"]: entry for entry in json.loads(again.stdout)}
+    assert outcomes["good"] == {"name": "good", "converged": True, "error": None}
+    assert not outcomes["writing"]["converged"] and "Is a directory" in outcomes["writing"]["error"]
+    assert not outcomes["locking"]["converged"] and "lock file" in outcomes["locking"]["error"]

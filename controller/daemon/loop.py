@@ -210,8 +210,9 @@ class Daemon:
             document["nextAttemptAt"] = status.timestamp(queueing.wall_time(next_attempt, self.monotonic, self.clock))
             log.info("%s: the next attempt is at %s.", name, document["nextAttemptAt"])
             self._publish(name, document)
-        except Exception:  # served from memory all the same (see _publish); retried with the pass
-            log.exception("The status of %s cannot be written to say that its pass failed.", name)
+        except Exception:  # served from memory all the same when only the write failed (see _publish)
+            log.exception("The status file of %s cannot say that its pass failed; the next attempt writes it "
+                          "again.", name)
         finally:
             self.observations.reconciled(name, "failure", took)
 
