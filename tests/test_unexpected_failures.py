@@ -155,3 +155,9 @@ def test_an_application_whose_pass_raises_fails_alone_in_tether_reconcile(
     assert outcomes["good"] == {"name": "good", "converged": True, "error": None}
     assert not outcomes["writing"]["converged"] and "Is a directory" in outcomes["writing"]["error"]
     assert not outcomes["locking"]["converged"] and "lock file" in outcomes["locking"]["error"]
+
+    (node.state / "status" / "writing.json").rmdir()
+    refused = node.tether("reconcile")
+    assert refused.returncode == 2, "tether's own refusal alone is invalid input, as it was"
+    assert {"good: converged", "writing: converged"} <= set(refused.stdout.splitlines()), refused.stdout
+    assert daemons.converged(node, "writing", "v1")

@@ -161,8 +161,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     engine = reconciling.Engine(args.state_dir, checkpoint=_checkpoint(),
                                 on_retry=imperative.retry_recorder(args.state_dir))
 
-    def one(name: str) -> tuple[str, str | None, bool]:
-        """(name, error, suspended): one application's pass; what it raises fails it alone, not the others."""
+    def one(name: str) -> tuple[str, str | None, bool, bool]:
+        """(name, error, suspended, refused) of one application's pass; what it raises fails it alone, not the
+        others. `refused`: a PermanentError before or after the engine's pass (an invalid node file, a lock file
+        that is not one), invalid input as before."""
         try:
             with locking.application_lock(args.state_dir, name):  # the status too: a daemon's pass starts from it
                 rolled = imperative.rollout_of(catalog.applications[name], args)
@@ -172,12 +174,12 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                 status.set_rollout(document, rolled.status())
                 status.write(args.state_dir, name, document)
         except (errors.TetherError, OSError) as exc:
-            return name, errors.printable(str(exc)), False
+            return name, errors.printable(str(exc)), False, isinstance(exc, errors.PermanentError)
         except Exception as exc:
             log.exception("The pass of %s failed unexpectedly (a bug in tether: please report it with this "
                           "traceback).", name)
-            return name, errors.unexpected(exc), False
-        return name, result.error, result.plan.suspended
+            return name, errors.unexpected(exc), False, False
+        return name, result.error, result.plan.suspended, False
 
     with progress.shown(sys.stderr, args.json) as on_progress:  # a line on a terminal while the passes run
         engine = dataclasses.replace(engine, on_progress=on_progress)
@@ -185,12 +187,13 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             results = list(pool.map(one, names))
     if args.json:
         print(json.dumps([{"name": name, "converged": error is None and not suspended, "error": error}
-                          for name, error, suspended in results], indent=2))
-    for name, error, _ in [] if args.json else results:
+                          for name, error, suspended, _ in results], indent=2))
+    for name, error, _, _ in [] if args.json else results:
         print(f"{name}: " + ("converged" if error is None else f"failed: {error}"))
-    if any(error is not None for _, error, _ in results):
+    if any(error is not None and not refused for _, error, _, refused in results):
         return FAILED
-    return INVALID if missing or (catalog.problems and not args.names) else OK
+    refused = any(refused for *_, refused in results)
+    return INVALID if refused or missing or (catalog.problems and not args.names) else OK
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
