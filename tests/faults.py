@@ -4,8 +4,9 @@
 
 While the file `FAULTS/<application>.<point>` exists, a pass of that application raises, at that point, the
 built-in exception its content names (RuntimeError, KeyError, OSError...), and appends the monotonic time to
-`FAULTS/<application>.<point>.raised`. Points: `fetch` (the fetcher opens the artifact) and any hook phase
-(`afterActivate`: the hooks of that phase are about to run, whether the application has any or not).
+`FAULTS/<application>.<point>.raised`. Points: `fetch` (the fetcher opens the artifact), any hook phase
+(`afterActivate`: the hooks of that phase are about to run, whether the application has any or not), both in
+the engine, and `gate` (the daemon asks the rollout gate whose query is the application's name).
 Removing the file ends the fault. Failed passes are retried on a back-off whose base is BACKOFF_SECONDS.
 """
 
@@ -27,6 +28,7 @@ from controller.cli import logs
 from controller.cli import main as cli
 from controller.daemon import loop, queueing
 from controller.engine import hooks, reconciling
+from controller.fleet import gate
 from controller.manifests import model
 
 
@@ -69,13 +71,23 @@ class Runner(hooks.Runner):
         super().run_phase(phase, app, kind, deployment, previous, on_run)
 
 
+def ask_gate(faults: str) -> Callable[[model.Gate], gate.Answer]:
+    """The daemon's gate, but asking a gate whose query is `name` raises while `<faults>/<name>.gate` exists."""
+
+    def ask(asked: model.Gate) -> gate.Answer:
+        fault(faults, asked.query, "gate")
+        return gate.ask(asked)
+
+    return ask
+
+
 def main(argv: Sequence[str]) -> int:
     faults, base, *options = argv
     args = cli.parser().parse_args(options)
     logs.configure(args.log_format, logs.level(args.verbose, args.quiet, logging.INFO))
     engine = reconciling.Engine(args.state_dir, fetcher=Fetcher(faults=faults), hooks=Runner(faults=faults))
     backoff = queueing.BackOff(base_seconds=float(base), cap_seconds=4 * float(base))
-    return loop.Daemon(cli.daemon_config(args), engine, backoff=backoff).run()
+    return loop.Daemon(cli.daemon_config(args), engine, ask_gate=ask_gate(faults), backoff=backoff).run()
 
 
 if __name__ == "__main__":

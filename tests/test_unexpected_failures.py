@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,13 @@ from tests import test_daemon as daemons
 
 BACKOFF = 0.3  # seconds: the back-off's base in these daemons (its cap is four times that)
 WORKERS = 2
+
+
+def gated(http: support.HttpServer) -> dict[str, Any]:
+    """spec of "gating": v2 through a rollout whose second wave (this node's) is due and waits on the gate."""
+    return {"deployment": "v2", "rollout": {
+        "from": "v1", "startedAt": "2020-01-01T00:00:00Z", "gate": {"prometheus": http.url(""), "query": "gating"},
+        "waves": [{"selector": {"canary": "true"}}, {"percent": 100}]}}
 
 
 class FaultyDaemon(daemons.Daemon):
@@ -74,10 +82,14 @@ def says_unexpected(node: support.Node, name: str, error: str) -> dict[str, obje
 
 def test_unexpected_exceptions_in_a_pass_fail_it_with_back_off_while_the_others_and_the_workers_go_on(
         node: support.Node, http: support.HttpServer, faults: Path) -> None:
-    names = ("good", "fetching", "activating", "writing")
+    names = ("good", "fetching", "activating", "writing", "gating")
     for name in names:
         daemons.serve(http, name, "v1", "v2")
-        daemons.put(node.manifests, daemons.app_manifest(node, http, name))
+        spec = gated(http) if name == "gating" else {"deployment": "v1"}
+        daemons.put(node.manifests, daemons.app_manifest(node, http, name, **spec))
+    http.serve("/api/v1/query", json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}})
+               .encode())  # an open gate, once asking it no longer raises
+    (faults / "gating.gate").write_text("TypeError")  # in the daemon: asking the gate, before the engine
     (faults / "fetching.fetch").write_text("RuntimeError")  # in the engine: downloading and extracting
     (faults / "activating.afterActivate").write_text("KeyError")  # in the engine: after current switched
     (node.state / "status" / "writing.json").mkdir(parents=True)  # in the daemon: IsADirectoryError, an OSError
@@ -86,7 +98,8 @@ def test_unexpected_exceptions_in_a_pass_fail_it_with_back_off_while_the_others_
         daemon.wait_for_log(r"tether is running")
         daemons.wait_converged(node, "good", "v1")
 
-        for name, point, error in (("fetching", "fetch", "RuntimeError"), ("activating", "afterActivate", "KeyError")):
+        for name, point, error in (("fetching", "fetch", "RuntimeError"), ("activating", "afterActivate", "KeyError"),
+                                   ("gating", "gate", "TypeError")):
             times = raised(faults, name, point, at_least=3)
             gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
             assert min(gaps) >= BACKOFF / 2, f"{name} was retried in a tight loop: {gaps}"
@@ -95,7 +108,8 @@ def test_unexpected_exceptions_in_a_pass_fail_it_with_back_off_while_the_others_
         assert daemons.current(node.apps / "activating") == "v1", "the switch before the fault stays"
         daemons.wait_until(lambda: daemon.samples("tether_reconcile_total", name="writing", result="failure") >= 3,
                            message="the pass of writing is not retried")
-        for name in ("fetching", "activating", "writing"):
+        assert daemons.current(node.apps / "gating") is None
+        for name in ("fetching", "activating", "writing", "gating"):
             assert daemon.samples("tether_reconcile_total", name=name, result="failure") >= 2
             assert daemon.samples("tether_application_ready", name=name) == 0
             assert f'tether_next_attempt_timestamp_seconds{{name="{name}"}}' in daemon.scrape()
@@ -104,13 +118,14 @@ def test_unexpected_exceptions_in_a_pass_fail_it_with_back_off_while_the_others_
         text = daemon.log()
         assert "The pass of writing failed unexpectedly" in text and "IsADirectoryError" in text
         assert "Traceback" in text and "KeyError: 'injected at afterActivate of activating'" in text
+        assert "The pass of gating failed unexpectedly" in text and "TypeError: injected at gate of gating" in text
 
-        for fault in ("fetching.fetch", "activating.afterActivate"):
+        for fault in ("fetching.fetch", "activating.afterActivate", "gating.gate"):
             (faults / fault).unlink()
         (node.state / "status" / "writing.json").rmdir()
         for name in names:
-            daemons.wait_converged(node, name, "v1")
-        for name in ("fetching", "activating", "writing"):
+            daemons.wait_converged(node, name, "v2" if name == "gating" else "v1")
+        for name in ("fetching", "activating", "writing", "gating"):
             assert daemons.condition(daemons.status_of(node, name), "Stalled")["reason"] == "NoError"
 
         # Every worker is still there: WORKERS passes run at once, each waiting in a hook for the others.
