@@ -86,5 +86,13 @@ def shown_path(path: str) -> str:
     except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
         return printable(path)
 
+
+def unexpected(exc: BaseException) -> str:
+    """What a status or a command says of an exception tether did not raise on purpose: a bug (the log has its
+    traceback). The daemon retries the pass with back-off, as after a TemporaryError."""
+    return (f"unexpected {type(exc).__name__}: {printable(str(exc))}; this is a bug in tether: please report it "
+            "with the traceback from tether's log")
+
+
 class Cancelled(TemporaryError):
     """A pass gave up because its desired state changed; the next pass applies the new one."""

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller import __version__, errors
 from controller.cli import commands as imperative
@@ -22,6 +22,10 @@ from controller.fleet import node as node_identity
 from controller.manifests import loading, overrides, reference, validation
 from controller.tree import locking, records
 
+if TYPE_CHECKING:
+    from controller.daemon import loop
+
+log = logging.getLogger(__name__)
 OK, FAILED, INVALID = 0, 1, 2
 CRASH_VARIABLE = "TETHER_TEST_CRASH_AT"  # test-only: SIGKILL ourselves at this named step
 
@@ -157,28 +161,39 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     engine = reconciling.Engine(args.state_dir, checkpoint=_checkpoint(),
                                 on_retry=imperative.retry_recorder(args.state_dir))
 
-    def one(name: str) -> reconciling.Result:
-        with locking.application_lock(args.state_dir, name):  # the status too, so a daemon's pass starts from it
-            rolled = imperative.rollout_of(catalog.applications[name], args)
-            app = overrides.applied(args.state_dir, rolled.app)
-            result = engine.reconcile(app, catalog.kinds.get(app.kind) if app.kind else None, locked=True)
-            document = status.build(app, result, status.read(args.state_dir, name), time.time())
-            status.set_rollout(document, rolled.status())
-            status.write(args.state_dir, name, document)
-        return result
+    def one(name: str) -> tuple[str, str | None, bool, bool]:
+        """(name, error, suspended, refused) of one application's pass; what it raises fails it alone, not the
+        others. `refused`: a PermanentError before or after the engine's pass (an invalid node file, a lock file
+        that is not one), invalid input as before."""
+        try:
+            with locking.application_lock(args.state_dir, name):  # the status too: a daemon's pass starts from it
+                rolled = imperative.rollout_of(catalog.applications[name], args)
+                app = overrides.applied(args.state_dir, rolled.app)
+                result = engine.reconcile(app, catalog.kinds.get(app.kind) if app.kind else None, locked=True)
+                document = status.build(app, result, status.read(args.state_dir, name), time.time())
+                status.set_rollout(document, rolled.status())
+                status.write(args.state_dir, name, document)
+        except (errors.TetherError, OSError) as exc:
+            return name, errors.printable(str(exc)), False, isinstance(exc, errors.PermanentError)
+        except Exception as exc:
+            log.exception("The pass of %s failed unexpectedly (a bug in tether: please report it with this "
+                          "traceback).", name)
+            return name, errors.unexpected(exc), False, False
+        return name, result.error, result.plan.suspended, False
 
     with progress.shown(sys.stderr, args.json) as on_progress:  # a line on a terminal while the passes run
         engine = dataclasses.replace(engine, on_progress=on_progress)
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(4, len(names)))) as pool:
             results = list(pool.map(one, names))
     if args.json:
-        print(json.dumps([{"name": r.name, "converged": r.ok and not r.plan.suspended, "error": r.error}
-                          for r in results], indent=2))
-    for result in [] if args.json else results:
-        print(f"{result.name}: " + ("converged" if result.ok else f"failed: {result.error}"))
-    if any(not r.ok for r in results):
+        print(json.dumps([{"name": name, "converged": error is None and not suspended, "error": error}
+                          for name, error, suspended, _ in results], indent=2))
+    for name, error, _, _ in [] if args.json else results:
+        print(f"{name}: " + ("converged" if error is None else f"failed: {error}"))
+    if any(error is not None and not refused for _, error, _, refused in results):
         return FAILED
-    return INVALID if missing or (catalog.problems and not args.names) else OK
+    refused = any(refused for *_, refused in results)
+    return INVALID if refused or missing or (catalog.problems and not args.names) else OK
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -253,15 +268,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from controller.daemon import loop  # the daemon's imports (watchdog, the metrics server) only when needed
 
-    loading.check_directory(args.manifests)
+    return loop.Daemon(daemon_config(args), reconciling.Engine(args.state_dir, checkpoint=_checkpoint())).run()
 
-    config = loop.Config(manifests=args.manifests, state_dir=args.state_dir,
-                           insecure_manifests=args.insecure_manifests, workers=max(1, args.workers),
-                           resync_seconds=args.resync_interval, metrics_address=args.metrics_address,
-                           metrics_textfile=args.metrics_textfile, web_config_file=args.web_config_file,
-                           shutdown_grace_seconds=args.shutdown_grace,
-                           content_check_seconds=args.content_check_interval, node_config=args.node_config)
-    return loop.Daemon(config, reconciling.Engine(args.state_dir, checkpoint=_checkpoint())).run()
+
+def daemon_config(args: argparse.Namespace) -> loop.Config:
+    """The daemon's configuration from `tether run`'s options, once the manifests directory is checked."""
+    from controller.daemon import loop
+
+    loading.check_directory(args.manifests)
+    return loop.Config(manifests=args.manifests, state_dir=args.state_dir,
+                       insecure_manifests=args.insecure_manifests, workers=max(1, args.workers),
+                       resync_seconds=args.resync_interval, metrics_address=args.metrics_address,
+                       metrics_textfile=args.metrics_textfile, web_config_file=args.web_config_file,
+                       shutdown_grace_seconds=args.shutdown_grace,
+                       content_check_seconds=args.content_check_interval, node_config=args.node_config)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from controller import __version__, errors, formats, fsutil
@@ -63,14 +63,15 @@ class Daemon:
     def __init__(self, config: Config, engine: reconciling.Engine | None = None,
                  clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
                  environ: Mapping[str, str] | None = None,
-                 ask_gate: Callable[[model.Gate], gate.Answer] = gate.ask) -> None:
+                 ask_gate: Callable[[model.Gate], gate.Answer] = gate.ask,
+                 backoff: queueing.BackOff | None = None) -> None:
         self.config = config
         self.engine = engine or reconciling.Engine(config.state_dir)
         self.clock = clock
         self.monotonic = monotonic
         self.notifier = notify.Notifier(os.environ if environ is None else environ)
         self.queue = queueing.WorkQueue()
-        self.backoff = queueing.BackOff()
+        self.backoff = backoff or queueing.BackOff()  # of failed passes
         self.observations = metrics.Observations()
         self.engine = dataclasses.replace(self.engine, on_fetch=self.observations.fetched,
                                           on_fetch_failure=self.observations.fetch_failed,
@@ -172,17 +173,52 @@ class Daemon:
     # ------------------------------------------------------------ working
 
     def process(self, name: str) -> None:
-        """One pass for one application, respecting its back-off."""
+        """One pass for one application, respecting its back-off. A pass that raises (the engine's failures are
+        in its result: here the daemon's own work, or a bug) fails like any other: back-off, status, metrics."""
         with self._guard:
             app = self.apps.get(name)
             kind = self.kinds.get(app.kind) if app is not None and app.kind else None
         if app is None:
             return
-        override = overrides.read(self.config.state_dir, name)
-        key = (app.generation, override)
-        due = self.backoff.due(name, key)
-        if due is not None and due > self.monotonic():
-            return  # the main loop queues it again when the back-off ends
+        started = self.monotonic()
+        key: Hashable = (app.generation, None)  # the key a failure is recorded under, if reading overrides fails
+        try:
+            override = overrides.read(self.config.state_dir, name)
+            key = (app.generation, override)
+            due = self.backoff.due(name, key)
+            if due is not None and due > self.monotonic():
+                return  # the main loop queues it again when the back-off ends
+            self._pass(app, kind, override, key)
+        except Exception as exc:
+            self._failed(app, key, exc, self.monotonic() - started)
+
+    def _failed(self, app: model.Application, key: Hashable, exc: Exception, took: float) -> None:
+        """A pass of `app` raised `exc`: retried with back-off, said in its status, counted as a failed pass."""
+        name, permanent = app.name, isinstance(exc, errors.PermanentError)
+        if isinstance(exc, errors.TetherError):
+            error, unexpected = str(exc), False
+            log.error("The pass of %s failed: %s", name, exc)
+        else:
+            error, unexpected = errors.unexpected(exc), True
+            log.exception("The pass of %s failed unexpectedly (a bug in tether: please report it with this "
+                          "traceback); it is retried with back-off.", name)
+        next_attempt = self.backoff.failed(name, key, self.monotonic())
+        self._wanted.set()  # the loop queues it again when the back-off ends
+        try:
+            previous = self.statuses.get(name) or self.store.read(name)[0] or status.initial(app)
+            document = status.set_failed(previous, error, self.clock(), permanent, unexpected)
+            document["nextAttemptAt"] = status.timestamp(queueing.wall_time(next_attempt, self.monotonic, self.clock))
+            log.info("%s: the next attempt is at %s.", name, document["nextAttemptAt"])
+            self._publish(name, document)
+        except Exception:  # served from memory all the same when only the write failed (see _publish)
+            log.exception("The status file of %s cannot say that its pass failed; the next attempt writes it "
+                          "again.", name)
+        finally:
+            self.observations.reconciled(name, "failure", took)
+
+    def _pass(self, app: model.Application, kind: model.Kind | None, override: overrides.Override,
+              key: Hashable) -> None:
+        name = app.name
         checked: dict[tuple[int, str | None], drift.Structural] = {}
 
         def structure(path: str, seen: records.Observed, desired: str | None) -> drift.Structural:
@@ -278,11 +314,11 @@ class Daemon:
         with self._guard:
             if name not in self.apps:
                 return
+            self.statuses[name] = document  # served even when the write below fails
+            (self.ready.add if status.is_ready(document) else self.ready.discard)(name)
+            self._changed.set()
             if self.store.write(name, document) or self.config.metrics_textfile:  # a no-op pass writes nothing
                 self._wanted.set()  # the loop flushes the status files and rewrites the textfile
-            self.statuses[name] = document
-            (self.ready.add if status.is_ready(document) else self.ready.discard)(name)
-        self._changed.set()
 
     # ------------------------------------------------------------ metrics and systemd
 

@@ -49,6 +49,7 @@ class Result:
     hook_runs: tuple[hooks.HookRun, ...] = ()
     health: health.Report | None = None  # the verdict of a health check this pass reached
     probes: tuple[str, ...] = ()  # outcomes of the health check probes this pass ran
+    unexpected: bool = False  # the error is not one tether raises on purpose (a bug; the log has its traceback)
 
     @property
     def ok(self) -> bool:
@@ -139,7 +140,7 @@ class Engine:
         with self.holding(app, locked) if observed is None else contextlib.nullcontext(observed) as seen:
             plan = self.plan(app, seen) if plan is None or observed is None else plan
             work = _Pass(app, kind, dict(headers or {}), cancel)
-            error, permanent = None, False
+            error, permanent, unexpected = None, False, False
             if plan.refused is not None:  # written by a newer tether: no step, no hook check, no prune
                 log.error("%s: tether leaves this application alone: %s.", app.name, plan.refused)
                 return Result(app.name, plan, seen, plan.refused, True)
@@ -162,12 +163,12 @@ class Engine:
             except OSError as exc:  # the filesystem said no (a full disk, a planted file): retried, one line
                 log.error("Reconciling %s failed: %s; the next pass tries again.", app.name, exc)
                 error = str(exc)
-            except Exception as exc:  # one application's failure must not stop the others
+            except Exception as exc:  # a bug: one application's failure must not stop the others
                 log.exception("Reconciling %s failed unexpectedly; the next pass tries again.", app.name)
-                error = f"{type(exc).__name__}: {exc}"
+                error, unexpected = errors.unexpected(exc), True
             seen = seen if error is None else records.observe(app.path)  # a failed step left what it left
             return Result(app.name, plan, seen, error, permanent, tuple(work.runs), work.health,
-                          tuple(p.outcome for p in work.probes))
+                          tuple(p.outcome for p in work.probes), unexpected)
 
     def _apply(self, step: planning.Step, work: _Pass, observed: records.Observed) -> records.Observed:
         log.info("%s: %s %s (%s).", work.app.name, step.action, step.deployment or "", step.reason)
@@ -243,7 +244,7 @@ class Engine:
                 try:
                     digest, size = self.fetcher.retrying(attempt, work.cancel,
                                                          lambda retry: self.on_retry(app.name, deployment, retry))
-                except errors.TetherError as exc:
+                except Exception as exc:  # counted by class, tether's own or not (a bug: RuntimeError, KeyError)
                     self.on_fetch_failure(app.name, type(exc).__name__)
                     raise
                 self.on_fetch(app.name, size, time.monotonic() - started)

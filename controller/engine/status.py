@@ -157,12 +157,32 @@ def healthy(app: model.Application, result: reconciling.Result) -> dict[str, Any
 
 def stalled(result: reconciling.Result) -> dict[str, Any]:
     """The Stalled condition: True when the pass failed in a way that only a change of the input mends."""
-    if result.permanent:
-        return _condition("Stalled", True, "PermanentError", f"{result.error}; nothing is retried until the manifest "
-                          "changes or `tether retry`")
     if not result.ok:
-        return _condition("Stalled", False, "TemporaryError", f"the pass failed and the next one tries again: {result.error}")
+        return failure(result.error or "the pass failed", result.permanent, result.unexpected)
     return _condition("Stalled", False, "NoError", "the last pass ended without an error")
+
+
+def failure(error: str, permanent: bool = False, unexpected: bool = False) -> dict[str, Any]:
+    """The Stalled condition of a failed pass: permanent (True) or retried; an UnexpectedError is a bug."""
+    if permanent:
+        return _condition("Stalled", True, "PermanentError", f"{error}; nothing is retried until the manifest "
+                          "changes or `tether retry`")
+    return _condition("Stalled", False, "UnexpectedError" if unexpected else "TemporaryError",
+                      f"the pass failed and the next one tries again: {error}")
+
+
+def set_failed(document: dict[str, Any], error: str, now: float, permanent: bool = False,
+               unexpected: bool = False) -> dict[str, Any]:
+    """A copy of `document` saying that a pass failed with `error` before it could say more (the daemon's own
+    work failed): not Ready, no pass running, Stalled as `failure` says; deployments, current and the rest as
+    they were."""
+    failed = [_condition("Ready", False, "Failed", error), _condition("Reconciling", False, "Idle", "no pass is running"),
+              failure(error, permanent, unexpected)]
+    replaced = {c["type"] for c in failed}
+    others = [c for c in document.get("conditions", []) if c.get("type") not in replaced]
+    stamp = timestamp(now)
+    return {**document, "conditions": _with_transitions(failed, document.get("conditions", []), stamp) + others,
+            "lastError": error, "updatedAt": stamp}
 
 
 def build(app: model.Application, result: reconciling.Result, previous: dict[str, Any] | None,
