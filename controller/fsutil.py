@@ -64,7 +64,18 @@ def read_json(path: str, dir_fd: int | None = None) -> Any:
 
 
 def read_json_stat(path: str, dir_fd: int | None = None) -> tuple[Any, os.stat_result | None]:
-    """`read_json` (`path` relative to `dir_fd` when given), and the stat of the file read (None: none was)."""
+    """`read_json` (`path` relative to `dir_fd` when given), and the stat of what was opened (None: nothing was)."""
+    data, st = read_bytes_stat(path, dir_fd)
+    try:
+        return (None if data is None else json.loads(data.decode("utf-8"))), st
+    except (ValueError, RecursionError):
+        return None, st
+
+
+def read_bytes_stat(path: str, dir_fd: int | None = None) -> tuple[bytes | None, os.stat_result | None]:
+    """The bytes of `path` (relative to `dir_fd` when given), as `read_json` reads them: None when it is missing,
+    a symlink, not a regular file or larger than MAX_JSON_BYTES; and the stat of what was opened (None:
+    nothing was), for the caller to check who may write it, say."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
@@ -76,14 +87,10 @@ def read_json_stat(path: str, dir_fd: int | None = None) -> tuple[Any, os.stat_r
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_JSON_BYTES:
-            return None, None
-        data = read_at_most(fd, MAX_JSON_BYTES, expected=st.st_size)
+            return None, st
+        return read_at_most(fd, MAX_JSON_BYTES, expected=st.st_size), st
     finally:
         os.close(fd)
-    try:
-        return (None if data is None else json.loads(data.decode("utf-8"))), st
-    except (ValueError, RecursionError):
-        return None, st
 
 
 def read_at_most(fd: int, limit: int, expected: int = 1 << 16) -> bytes | None:

@@ -1,10 +1,16 @@
-"""The first passes of a daemon take their locks at once, in a state dir without a locks directory yet."""
+"""The first passes of a daemon take their locks at once, in a state dir without a locks directory yet;
+anything else standing where the locks go is a permanent error, and nothing is made through it."""
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from controller import errors
 from controller.tree import locking
 
 
@@ -30,3 +36,28 @@ def test_many_passes_taking_their_first_locks_at_once_all_get_them(tmp_path: Pat
             thread.join()
         assert not failures, failures
         assert sorted(p.name for p in (state / "locks").iterdir()) == sorted(f"app-{i}.lock" for i in range(8))
+
+
+PLANTED: dict[str, Callable[[Path], None]] = {
+    "the locks directory is a file": lambda state: (state / "locks").write_text(""),
+    "the lock file is a directory": lambda state: (state / "locks" / "site.lock").mkdir(parents=True),
+    "the lock file is a FIFO": lambda state: ((state / "locks").mkdir(), os.mkfifo(state / "locks" / "site.lock")),
+    "the lock file is a symlink": lambda state: ((state / "locks").mkdir(),
+                                                 (state / "locks" / "site.lock").symlink_to(state / "target")),
+    "the lock file is a dangling symlink": lambda state: ((state / "locks").mkdir(),
+                                                          (state / "locks" / "site.lock").symlink_to(state / "no")),
+}
+
+
+@pytest.mark.parametrize("planted", sorted(PLANTED))
+def test_anything_but_a_missing_locks_directory_is_a_permanent_error_and_nothing_is_made_through_it(
+        tmp_path: Path, planted: str) -> None:
+    (tmp_path / "target").write_text("kept")
+    PLANTED[planted](tmp_path)
+    before = sorted((str(p), p.is_symlink()) for p in tmp_path.rglob("*"))
+
+    with pytest.raises(errors.PermanentError, match="remove"), locking.application_lock(str(tmp_path), "site"):
+        pass
+
+    assert sorted((str(p), p.is_symlink()) for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "target").read_text() == "kept"

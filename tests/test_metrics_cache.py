@@ -13,6 +13,7 @@ own output. The HTTP endpoint must answer as prometheus-client's own WSGI app do
 from __future__ import annotations
 
 import gzip
+import logging
 import math
 import urllib.request
 from collections.abc import Callable
@@ -23,7 +24,9 @@ import prometheus_client
 import prometheus_client.exposition
 import prometheus_client.openmetrics.exposition
 import prometheus_client.registry
+import pytest
 
+from controller import errors
 from controller.daemon import exposition, metrics, web_server
 from tests.test_metrics import deployment, document, problems, three_applications
 
@@ -213,3 +216,23 @@ def test_the_metrics_endpoint_answers_as_prometheus_clients_own_app_with_and_wit
                 assert body == wanted, accept
     finally:
         server.close()
+
+
+def test_observed_label_values_an_exposition_cannot_carry_are_written_as_escapes_as_the_library_writes_them(
+        caplog: pytest.LogCaptureFixture) -> None:
+    seen = metrics.Observations()
+    for name in ["odd\udcff", "bell\x07", "new\nline", "para\u2028graph", "del\x7f", 'quo"te\\back']:
+        seen.reconciled(name, "failure", 1.0)  # values it cannot carry, and ones its lines escape, in one family
+    seen.fetch_failed("shop", 'Quoted"Reason')  # only ones its lines escape: shown as they are
+    seen.fetch_failed("blog", "Back\\slash")
+    registry = metrics.registry(metrics.Collector(lambda: [], problems, seen))
+    with caplog.at_level(logging.WARNING):
+        for accept in ACCEPTS:
+            encoder, _ = prometheus_client.exposition.choose_encoder(accept)
+            body = exposition.exposition(registry, encoder)
+            assert body == encoder(registry), accept
+            assert not errors.CONTROL.search(body.decode("utf-8").replace("\n", "")), accept
+    assert b'name="odd\\\\udcff"' in body and b'reason="Quoted\\"Reason"' in body
+    warned = [record.getMessage() for record in caplog.records]
+    assert any("of tether_reconcile hold" in message for message in warned)
+    assert not any("tether_artifact_fetch_failures" in message for message in warned)

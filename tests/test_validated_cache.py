@@ -101,6 +101,7 @@ DAMAGE: dict[str, Callable[[Path], None]] = {
     "writable by others": lambda p: p.chmod(0o666),
     "a symlink": lambda p: (p.rename(p.with_suffix(".real")), p.symlink_to(p.with_suffix(".real"))),
     "a directory": lambda p: (p.unlink(), p.mkdir()),
+    "a FIFO": lambda p: (p.unlink(), os.mkfifo(p)),  # never opened for a blocking read
 }
 
 

@@ -93,12 +93,8 @@ def made(name: str, document: Mapping[str, Any], known: Made | None = None) -> M
                 made_rows.extend(known.rows[start:end])
                 lines.extend(known.lines[start:end])
                 continue
-            groups = rows_of(name, document)
-            labels = "".join([value for rows in groups for values, _ in rows for value in values])
-            if errors.CONTROL.search(labels):  # shown as escapes, with backslashes that the lines escape in turn
-                groups, escape, shown = tuple(printable(rows) for rows in groups), True, True
-            else:
-                escape = "\\" in labels or '"' in labels
+            groups, escape, escaped = exposition.carried(rows_of(name, document))
+            shown = shown or escaped
             for index, rows in enumerate(groups, start):
                 made_rows.append(rows)
                 if known is not None and known.rows[index] == rows:
@@ -122,12 +118,6 @@ def _typed(values: tuple[Any, ...]) -> bytes | None:
         return marshal.dumps(values)
     except ValueError:  # not a type a status document read from JSON holds: made again every time
         return None
-
-
-def printable(rows: list[Row]) -> list[Row]:
-    """`rows` with every label value that an exposition cannot carry as it is (a lone surrogate, which
-    is not UTF-8; a control character) shown as escapes instead, such as \\udcff."""
-    return [(tuple(map(errors.printable, values)), value) for values, value in rows]
 
 
 def _mapping(value: object) -> Mapping[str, Any]:

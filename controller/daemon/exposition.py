@@ -41,6 +41,18 @@ def _number(value: float) -> str:
     return text if text is not None else _float_text(value)
 
 
+def carried(groups: Sequence[list[Row]]) -> tuple[tuple[list[Row], ...], bool, bool]:
+    """`groups` of rows as an exposition can carry them: every label value that it cannot carry as it is (a
+    lone surrogate, which is not UTF-8; a control character) shown as escapes instead, such as \\udcff; then
+    whether their lines must escape (`Series.lines`), and whether any value was shown as escapes (to be
+    logged)."""
+    labels = "".join([value for rows in groups for values, _ in rows for value in values])
+    if not errors.CONTROL.search(labels):
+        return tuple(groups), "\\" in labels or '"' in labels, False
+    shown = tuple([(tuple(map(errors.printable, values)), value) for values, value in rows] for rows in groups)
+    return shown, True, True  # escapes hold backslashes, which the lines escape in turn
+
+
 class Series:
     """A gauge or counter family of labelled series: what prometheus-client's GaugeMetricFamily or
     CounterMetricFamily would be, with `lines` formatting rows as the library's encoders do."""

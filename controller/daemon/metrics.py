@@ -187,12 +187,11 @@ def _observed(seen: Observations) -> Iterator[Metric]:
 
 
 def _family(series: Series, rows: list[Row]) -> exposition.Family:
-    labels = "".join([value for values, _ in rows for value in values])
-    if errors.CONTROL.search(labels):
+    (rows,), escape, shown = exposition.carried([rows])
+    if shown:
         log.warning("Some label values of %s hold characters an exposition cannot carry; they are shown as "
                     "escapes.", series.name)
-        rows, labels = application_series.printable(rows), "\\"
-    return series.family([rows], [series.lines(rows, "\\" in labels or '"' in labels)])
+    return series.family([rows], [series.lines(rows, escape)])
 
 
 def _printable(family: Metric) -> Metric:

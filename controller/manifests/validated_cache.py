@@ -115,20 +115,13 @@ class Store:
 
     def _read(self) -> dict[str, Any]:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            data, st = fsutil.read_bytes_stat(self.path)
         except OSError:
             return {}
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or documents.insecure_reason(self.path, st, self.euid):
-                log.warning("Ignoring the manifest cache %s: it is not a regular file that only root may write; "
-                            "tether validates every manifest and writes it again.", self.path)
-                return {}
-            data = fsutil.read_at_most(fd, fsutil.MAX_JSON_BYTES, expected=st.st_size)
-        except OSError:
+        if st is not None and (not stat.S_ISREG(st.st_mode) or documents.insecure_reason(self.path, st, self.euid)):
+            log.warning("Ignoring the manifest cache %s: it is not a regular file that only root may write; "
+                        "tether validates every manifest and writes it again.", self.path)
             return {}
-        finally:
-            os.close(fd)
         header, _, body = (data or b"").partition(b"\n")
         try:
             head = json.loads(header)

@@ -25,7 +25,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from controller import fsutil
 
@@ -33,6 +33,7 @@ RACY_NS = 2_000_000_000  # more than the coarsest timestamp granularity of a Lin
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 Identity = tuple[int, int, int, int, int]
 Entry = tuple[str, bool]  # (name, is a directory and not a symlink)
+T = TypeVar("T")
 
 
 def identity(st: os.stat_result) -> Identity:
@@ -82,50 +83,50 @@ class Known:
     def json(self, where: str, name: str, dir_fd: int) -> Any:
         """The JSON in `name` below the directory `dir_fd` (`where` names that directory in the cache), or None
         when it is missing or not a regular file of JSON (as fsutil.read_json: a symlink is not followed)."""
-        key = (where, name)
-        try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        found, value = self._recall(key, st)
-        if found:
-            return value
-        before = self._clock_ns()
-        value, read_st = fsutil.read_json_stat(name, dir_fd=dir_fd)
-        if read_st is not None:
-            self._remember(key, read_st, before, value)
-        return value
+        return self._read(where, name, dir_fd, stat.S_ISREG, fsutil.read_json_stat)
 
     def listing(self, where: str, name: str, dir_fd: int) -> tuple[Entry, ...] | None:
         """The entries of the directory `name` below `dir_fd`, sorted by name; None when it is missing or not a
         real directory (a symlink to one is not followed)."""
+        return self._read(where, name, dir_fd, stat.S_ISDIR, _listing)
+
+    def _read(self, where: str, name: str, dir_fd: int, is_kind: Callable[[int], bool],
+              read: Callable[[str, int], tuple[T | None, os.stat_result | None]]) -> T | None:
+        """What `read` gives for `name` below `dir_fd` (with the stat of what it read, None: nothing was), or
+        what it gave last while the identity is the same; None when `name` is missing or not of the kind
+        `is_kind` accepts (a mode of stat: a symlink is not followed)."""
         key = (where, name)
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        if not stat.S_ISDIR(st.st_mode):
+        if not is_kind(st.st_mode):
             return None
         found, value = self._recall(key, st)
         if found:
             return value  # type: ignore[no-any-return]
         before = self._clock_ns()
-        try:
-            fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                return None  # replaced meanwhile
-            raise
-        try:
-            read_st = os.fstat(fd)
-            with os.scandir(fd) as entries:
-                listed = tuple(sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries))
-        finally:
-            os.close(fd)
-        self._remember(key, read_st, before, listed)
-        return listed
+        value, read_st = read(name, dir_fd)
+        if read_st is not None:
+            self._remember(key, read_st, before, value)
+        return value
+
+
+def _listing(name: str, dir_fd: int) -> tuple[tuple[Entry, ...] | None, os.stat_result | None]:
+    """The entries of the directory `name` below `dir_fd`, sorted by name, and its stat; (None, None) when it is
+    no longer a real directory."""
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return None, None  # replaced meanwhile
+        raise
+    try:
+        read_st = os.fstat(fd)
+        with os.scandir(fd) as entries:
+            return tuple(sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries)), read_st
+    finally:
+        os.close(fd)
 
 
 KNOWN = Known()

@@ -24,10 +24,7 @@ def application_lock(state_dir: str, name: str) -> Iterator[None]:
     path = lock_path(state_dir, name)
     try:
         fd = _open_lock(path)  # the locks directory exists but for the first lock (one open, not mkdir + stat)
-    except errors.PermanentError as exc:
-        if not isinstance(exc.__cause__, FileNotFoundError):
-            raise
-        # no locks directory yet, or another pass has just made it: whichever, it exists after this
+    except FileNotFoundError:  # no locks directory yet, or another pass has just made it: it exists after this
         fsutil.makedirs(os.path.dirname(path), 0o700)
         fd = _open_lock(path)
     try:
@@ -42,9 +39,12 @@ def application_lock(state_dir: str, name: str) -> Iterator[None]:
 
 
 def _open_lock(path: str) -> int:
-    """Open (create) a lock file: a regular file, never through a symlink, never blocking on a FIFO."""
+    """Open (create) a lock file: a regular file, never through a symlink, never blocking on a FIFO.
+    FileNotFoundError when its directory is missing."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    except FileNotFoundError:
+        raise
     except OSError as exc:
         raise errors.PermanentError(f"tether cannot open its lock file {path} ({exc.strerror}); it must be a "
                                     "regular file: remove whatever is there and tether creates it") from exc
