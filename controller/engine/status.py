@@ -165,8 +165,9 @@ def stalled(result: reconciling.Result) -> dict[str, Any]:
 def failure(error: str, permanent: bool = False, unexpected: bool = False) -> dict[str, Any]:
     """The Stalled condition of a failed pass: permanent (True) or retried; an UnexpectedError is a bug."""
     if permanent:
-        return _condition("Stalled", True, "PermanentError", f"{error}; nothing is retried until the manifest "
-                          "changes or `tether retry`")
+        return _condition("Stalled", True, "PermanentError", f"{error}; trying again will not help until that is "
+                          "fixed: the daemon tries again after its back-off, and at once when the manifest changes or "
+                          "after `tether retry`")
     return _condition("Stalled", False, "UnexpectedError" if unexpected else "TemporaryError",
                       f"the pass failed and the next one tries again: {error}")
 
