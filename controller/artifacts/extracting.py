@@ -188,12 +188,9 @@ class Writer:
         os.mkdir(base, 0o700, dir_fd=dir_fd)
         self._chown(base, dir_fd)
 
-    def _parents(self, name: str, raw: str) -> str:
-        """Create the missing parents of `name`; return its parent ("" for dest)."""
-        parent = name.rpartition("/")[0]
-        if not parent or parent in self.dirs:  # a directory the writer made: so were all above it
-            return parent
-        parts = parent.split("/")
+    def _parents(self, name: str, raw: str) -> None:
+        """Create the missing parents of `name`."""
+        parts = name.split("/")[:-1]
         for index in range(len(parts)):
             above = "/".join(parts[: index + 1])
             if above in self.symlinks:
@@ -203,7 +200,6 @@ class Writer:
             if above not in self.dirs:
                 self._mkdir(above)
                 self.dirs[above] = 0o755
-        return parent
 
     def add(self, entry: members.Entry) -> None:
         try:
@@ -226,7 +222,9 @@ class Writer:
             return
         if name in self.files or name in self.symlinks or (kind != "dir" and name in self.dirs):
             raise errors.ArchiveError(f"member {entry.name!r} appears twice in the archive")
-        parent = self._parents(name, entry.name)
+        parent = name.rpartition("/")[0]
+        if parent and parent not in self.dirs:  # not a directory the writer made (which has all its parents)
+            self._parents(name, entry.name)
         base = name[len(parent) + 1:] if parent else name
         if kind == "file":
             self._write_file(name, self._dir_fd(parent), base, entry, _file_mode(entry.mode & 0o7777))
@@ -293,7 +291,8 @@ class Writer:
         if threaded:
             self._hashing.append((name, digest, st))
         else:
-            self.written[name] = _written(digest.hexdigest(), st)
+            self.written[name] = Written(digest.hexdigest(), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                         st.st_mode & 0o7777)
         self._unflushed += st.st_size + FILE_COST
         if self._unflushed > FLUSH_BYTES:
             self._unflushed = 0

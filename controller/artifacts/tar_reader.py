@@ -101,6 +101,8 @@ class _Reader:
         self._padding = 0  # bytes of padding after them
         self._globals: dict[str, str | int | float] = {}  # of pax global headers: only mtime is allowed
         self._global_bytes = 0
+        data: IO[bytes] = _Data(self)  # type: ignore[assignment]  # the part of IO that the writer uses
+        self._data = lambda: data  # every file member's data: the current member's
 
     def _fill(self, count: int) -> bool:
         """Make `count` bytes available from the position; False at the end of the stream before that."""
@@ -158,8 +160,12 @@ class _Reader:
     def entries(self) -> Iterator[members.Entry]:
         first = True
         while True:
-            if self._left or self._padding:  # what the caller did not read of the last member
-                self._skip(self._left + self._padding)
+            left = self._left + self._padding  # what the caller did not read of the last member, and padding
+            if left:
+                if len(self._buf) - self._pos >= left:
+                    self._pos += left
+                else:
+                    self._skip(left)
                 self._left = self._padding = 0
             entry = self._member(first)
             if entry is None:
@@ -171,12 +177,14 @@ class _Reader:
         fields: dict[str, str | int | float] = {}  # what the headers before the member set: name, target, size, mtime
         held = count = 0
         while True:
-            if not self._fill(BLOCK):
+            if len(self._buf) - self._pos < BLOCK and not self._fill(BLOCK):
                 if first and not count and len(self._buf) == self._pos:
                     raise errors.ArchiveError("the archive is empty: it holds no tar data")
                 raise errors.ArchiveError("the archive is truncated or not a valid tar file: it ends where a member "
                                           "header or tar's end-of-archive blocks should be")
-            header = self._take(BLOCK)
+            start = self._pos
+            self._pos = start + BLOCK
+            header = self._buf[start:self._pos]
             if header == ZERO:
                 if count:
                     raise errors.ArchiveError("the archive is not a valid tar file: it ends after a pax or GNU "
@@ -224,10 +232,14 @@ class _Reader:
             raise errors.ArchiveError(f"member {name[:80]!r} {SPARSE_MESSAGE}")
         if header[345] and header[257:263] == USTAR:  # the name's prefix (old GNU headers keep times there)
             name = _text(header[345:500]) + "/" + name
-        name = str(fields.get("name", name))
-        target = str(fields.get("target", _text(header[157:257]) if header[157] else ""))
-        size = int(fields.get("size", size))  # a pax size is digits only: never negative
-        mtime = float(fields.get("mtime", self._globals.get("mtime", _number(header[136:148]))))
+        target = _text(header[157:257]) if header[157] else ""
+        if fields or self._globals:
+            name = str(fields.get("name", name))
+            target = str(fields.get("target", target))
+            size = int(fields.get("size", size))  # a pax size is digits only: never negative
+            mtime = float(fields.get("mtime", self._globals.get("mtime", _number(header[136:148]))))
+        else:
+            mtime = float(_number(header[136:148]))
         if kind in FILE_TYPES:
             kind_name = "file"
         else:
@@ -248,8 +260,7 @@ class _Reader:
         if kind_name != "file":
             return members.Entry(name, kind_name, mode, mtime, target)
         self._left, self._padding = size, -size % BLOCK
-        data: IO[bytes] = _Data(self)  # type: ignore[assignment]  # the part of IO that the writer uses
-        return members.Entry(name, kind_name, mode, mtime, target, lambda: data, size)
+        return members.Entry(name, kind_name, mode, mtime, target, self._data, size)
 
 
 def _set(fields: dict[str, str | int | float], key: str, value: str | int | float) -> None:
