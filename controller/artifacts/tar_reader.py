@@ -77,7 +77,8 @@ def _text(field: bytes) -> str:
 
 
 class _Data:
-    """One member's data, read from the reader's buffer (and straight from the stream for large members)."""
+    """One member's data, read from the reader's buffer (and straight from the stream for large members): each
+    read is a view of the buffer, not a copy (bytes-like, which is all os.write and hashlib need)."""
 
     def __init__(self, reader: _Reader) -> None:
         self._reader = reader
@@ -88,7 +89,7 @@ class _Data:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int = -1) -> bytes | memoryview:
         return self._reader.data(size)
 
 
@@ -139,8 +140,9 @@ class _Reader:
             if not self._fill(min(count, CHUNK)):
                 raise _truncated()
 
-    def data(self, size: int) -> bytes:
-        """Up to `size` bytes (all if negative) of the current member's data; b"" once it is all read."""
+    def data(self, size: int) -> bytes | memoryview:
+        """Up to `size` bytes (all if negative) of the current member's data, a view of the buffer; b"" once it is
+        all read."""
         count = self._left if size < 0 else min(size, self._left)
         if count <= 0:
             return b""
@@ -155,7 +157,7 @@ class _Reader:
         self._left -= count
         if start == 0 and count == len(self._buf):
             return self._buf
-        return self._buf[start:self._pos]
+        return memoryview(self._buf)[start:self._pos]
 
     def entries(self) -> Iterator[members.Entry]:
         first = True
