@@ -18,8 +18,9 @@ import pytest
 
 from controller import errors
 from controller.artifacts import archives, extracting, readahead
-from controller.manifests import model
-from controller.tree import digests
+from controller.engine import reconciling
+from controller.manifests import loading, model
+from controller.tree import digests, drift
 from tests import support
 
 HOOK = """\
@@ -95,6 +96,36 @@ def test_what_a_before_deploy_hook_puts_in_the_new_deployment_is_recorded_with_t
     assert recorded == digests.scan(str(app / "v1"), lambda rel: False, {})
     assert recorded["made-early/by-hook.txt"]["sha256"] == support.sha256(b"early")
     assert recorded["index.html"]["sha256"] == support.sha256(b"<h1>the shipped index page</h1>\n")
+
+
+@pytest.mark.parametrize("hooked", [False, True])
+def test_what_another_process_writes_into_a_deployment_while_it_is_made_is_drift_unless_a_hook_ran(
+        node: support.Node, http: support.HttpServer, hooked: bool) -> None:
+    # The deployment belongs to spec.user from its creation: a write of theirs before completion is not what
+    # tether made. With no hook the list is what the extraction made, so it is drift from the start; after a
+    # hook the tree is walked (what the hooks made belongs to the deployment), and it is in the list.
+    app = node.apps / "site"
+    http.serve("/site.tar.gz", support.tar_bytes(_files(3)))
+    support.write_manifest(node.manifests, support.application(
+        "site", app, deployment="v1", source={"url": http.url("/site.tar.gz")},
+        **({"hooks": {"afterDeploy": "true"}} if hooked else {})))
+    application = loading.load([str(node.manifests)]).applications["site"]
+
+    def meanwhile(step: str) -> None:
+        if step == "extracted":  # the artifact is in place, the record not written yet
+            (app / "v1" / "cache.db").write_bytes(b"written by the application")
+            with (app / "v1" / "index.html").open("ab") as page:
+                page.write(b"<!-- edited -->")
+
+    result = reconciling.Engine(str(node.state), checkpoint=meanwhile).reconcile(application)
+    assert result.ok, result.error
+
+    content = drift.check_content(str(app), "v1", [])
+    if hooked:
+        assert content.paths == []
+        assert _recorded(app, "v1")["cache.db"]["sha256"] == support.sha256(b"written by the application")
+    else:
+        assert content.changed == ["index.html"] and content.added == ["cache.db"]
 
 
 def _extract(tmp_path: Path, data: bytes) -> tuple[Path, dict[str, extracting.Written]]:
