@@ -13,6 +13,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,16 +49,20 @@ def _recorded(path: Path, deployment: str) -> dict[str, digests.Entry]:
     return dict(document["entries"])
 
 
-def test_the_digest_list_after_a_deploy_equals_a_full_read_back_of_the_tree(
-        node: support.Node, http: support.HttpServer) -> None:
+def _deployed(node: support.Node, http: support.HttpServer, count: int, **spec: Any) -> tuple[Path, dict[str, digests.Entry]]:
+    """`tether reconcile` of v1 (the `_files(count)` artifact, `spec` in the manifest): the path and the list."""
     app = node.apps / "site"
-    http.serve("/site.tar.gz", support.tar_bytes(_files(50)))
-    support.write_manifest(node.manifests, support.application("site", app, deployment="v1",
-                                                               source={"url": http.url("/site.tar.gz")}))
+    http.serve("/site.tar.gz", support.tar_bytes(_files(count)))
+    support.write_manifest(node.manifests, support.application(
+        "site", app, deployment="v1", source={"url": http.url("/site.tar.gz")}, **spec))
     run = node.tether("reconcile")
     assert run.returncode == 0, run.stdout + run.stderr
+    return app, _recorded(app, "v1")
 
-    recorded = _recorded(app, "v1")
+
+def test_the_digest_list_after_a_deploy_equals_a_full_read_back_of_the_tree(
+        node: support.Node, http: support.HttpServer) -> None:
+    app, recorded = _deployed(node, http, 50)
     assert recorded == digests.scan(str(app / "v1"), lambda rel: False, {})
     assert recorded["index.html"]["sha256"] == support.sha256(b"<h1>the shipped index page</h1>\n")
     assert len([e for e in recorded.values() if e["type"] == "file"]) == 54
@@ -65,14 +70,7 @@ def test_the_digest_list_after_a_deploy_equals_a_full_read_back_of_the_tree(
 
 def test_files_an_after_deploy_hook_rewrites_replaces_or_adds_are_recorded_as_the_hook_left_them(
         node: support.Node, http: support.HttpServer) -> None:
-    app = node.apps / "site"
-    http.serve("/site.tar.gz", support.tar_bytes(_files(3)))
-    support.write_manifest(node.manifests, support.application(
-        "site", app, deployment="v1", source={"url": http.url("/site.tar.gz")}, hooks={"afterDeploy": HOOK}))
-    run = node.tether("reconcile")
-    assert run.returncode == 0, run.stdout + run.stderr
-
-    recorded = _recorded(app, "v1")
+    app, recorded = _deployed(node, http, 3, hooks={"afterDeploy": HOOK})
     assert recorded == digests.scan(str(app / "v1"), lambda rel: False, {})
     assert recorded["index.html"]["sha256"] == support.sha256(b"rewritten by the hook, same size!")
     assert recorded["css/site.css"]["sha256"] == support.sha256(b"body { color: black }\nx")
@@ -84,15 +82,8 @@ def test_files_an_after_deploy_hook_rewrites_replaces_or_adds_are_recorded_as_th
 def test_what_a_before_deploy_hook_puts_in_the_new_deployment_is_recorded_with_the_extracted_tree(
         node: support.Node, http: support.HttpServer) -> None:
     # the hook runs in the empty deployment directory before the artifact is moved in: the list is walked then
-    app = node.apps / "site"
-    http.serve("/site.tar.gz", support.tar_bytes(_files(3)))
-    support.write_manifest(node.manifests, support.application(
-        "site", app, deployment="v1", source={"url": http.url("/site.tar.gz")},
-        hooks={"beforeDeploy": "mkdir made-early && printf early > made-early/by-hook.txt"}))
-    run = node.tether("reconcile")
-    assert run.returncode == 0, run.stdout + run.stderr
-
-    recorded = _recorded(app, "v1")
+    app, recorded = _deployed(node, http, 3,
+                              hooks={"beforeDeploy": "mkdir made-early && printf early > made-early/by-hook.txt"})
     assert recorded == digests.scan(str(app / "v1"), lambda rel: False, {})
     assert recorded["made-early/by-hook.txt"]["sha256"] == support.sha256(b"early")
     assert recorded["index.html"]["sha256"] == support.sha256(b"<h1>the shipped index page</h1>\n")

@@ -177,15 +177,25 @@ def untrusted(what: str) -> Iterator[None]:
         raise errors.ArchiveError(f"the archive is truncated or not a valid {what}: {describe(exc)}") from exc
 
 
-class Metered(io.RawIOBase):
+class Chunks(io.RawIOBase):
+    """A raw stream whose `read` hands out chunks as they come (no copy through a buffer); `readinto` copies them,
+    for io.BufferedReader."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class Metered(Chunks):
     """Reads `source`, charging every byte to `budget` and naming truncation plainly."""
 
     def __init__(self, source: Readable, budget: Budget) -> None:
         self._source = source
         self._budget = budget
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, size: int = -1, /) -> bytes:  # the source's own bytes, not copied through readinto
         try:
@@ -198,11 +208,6 @@ class Metered(io.RawIOBase):
             raise errors.ArchiveError(f"the archive is corrupt: {describe(exc)}") from exc
         self._budget.add_bytes(len(data))
         return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
 
 def decompressed(source: IO[bytes], fmt: str, isal: bool | None = None) -> Readable:

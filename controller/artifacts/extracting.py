@@ -291,8 +291,7 @@ class Writer:
         if threaded:
             self._hashing.append((name, digest, st))
         else:
-            self.written[name] = Written(digest.hexdigest(), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                                         st.st_mode & 0o7777)
+            self.written[name] = _written(digest.hexdigest(), st)
         self._unflushed += st.st_size + FILE_COST
         if self._unflushed > FLUSH_BYTES:
             self._unflushed = 0

@@ -12,7 +12,6 @@ stream where it happened.
 
 from __future__ import annotations
 
-import io
 import queue
 import threading
 from collections.abc import Callable
@@ -24,7 +23,7 @@ DEPTH = 8
 POLL = 0.1  # seconds between the thread's checks that the consumer is still there
 
 
-class Reader(io.RawIOBase):
+class Reader(archives.Chunks):
     """`source` (made by `open_source` on the thread) read ahead by a thread; close() stops and joins it."""
 
     def __init__(self, open_source: Callable[[], archives.Readable], chunk: int = CHUNK, depth: int = DEPTH) -> None:
@@ -55,9 +54,6 @@ class Reader(io.RawIOBase):
         except BaseException as exc:  # handed to the consumer, which raises it
             self._put(exc)
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, size: int = -1, /) -> bytes:  # a whole chunk as the thread read it, when it fits: no copy
         if not self._pending:
             if self._done:
@@ -76,11 +72,6 @@ class Reader(io.RawIOBase):
         data = self._pending[:count].tobytes()
         self._pending = self._pending[count:]
         return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
     def close(self) -> None:
         if not self._stop.is_set():

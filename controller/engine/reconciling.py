@@ -261,9 +261,7 @@ class Engine:
             except hooks.HookFailed as exc:
                 records.write_record(app.path, deployment, records.INCOMPLETE, error=str(exc))
                 raise
-            # No hook ran and no data was linked: the tree is what extraction made, and the list is taken from it
-            drift.record_digests(app.path, deployment, links, extracted,
-                                 as_made=not links and len(work.runs) == hooks_before)
+            drift.record_digests(app.path, deployment, links, extracted, hooks_ran=len(work.runs) > hooks_before)
             fsutil.sync_filesystem(target)  # what the flusher's last flush left
         observed = work.fresh(observed)
         record = records.write_record(app.path, deployment, records.COMPLETE, completedAt=self.clock(), sha256=digest,

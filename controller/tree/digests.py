@@ -124,13 +124,13 @@ def made_entries(extracted: extracting.Made) -> dict[str, Entry]:
 
 
 def record(path: str, deployment: str, links: Collection[str], extracted: extracting.Made | None = None,
-           as_made: bool = False) -> None:
+           hooks_ran: bool = True) -> None:
     """Write the digest list of `<path>/<deployment>` atomically; `links` are persistent-data leaves; `extracted`:
-    what extraction made (named below the deployment). With `as_made` (nothing but the extraction wrote to the
-    tree: no hook ran, no data was linked), the list is `extracted` itself; otherwise the tree is walked, and a
-    file the extraction left untouched is not read again."""
+    what extraction made (named below the deployment). When no hook ran and no data was linked, the list is
+    `extracted` itself (it is what tether made); otherwise the tree is walked, and a file the extraction left
+    untouched is not read again."""
     targets = {leaf: os.path.join(persistent_data.root(path), leaf) for leaf in links}
-    if as_made and extracted is not None and not targets:
+    if extracted is not None and not hooks_ran and not targets:
         entries = made_entries(extracted)
     else:
         entries = scan(os.path.join(path, deployment), lambda rel: False, targets,

@@ -57,10 +57,10 @@ class Content:
 
 
 def record_digests(path: str, deployment: str, links: Collection[str], extracted: extracting.Made | None = None,
-                   as_made: bool = False) -> None:
+                   hooks_ran: bool = True) -> None:
     """Record the deployment's tree for content drift; call it just before marking the deployment complete.
-    `extracted`: what extraction made, files with their digests (see digests.record for `as_made`)."""
-    digests.record(path, deployment, links, extracted, as_made)
+    `extracted`: what extraction made, files with their digests (see digests.record for `hooks_ran`)."""
+    digests.record(path, deployment, links, extracted, hooks_ran)
 
 
 def wrong_links(path: str, deployment: str, links: Collection[str]) -> list[str]:
