@@ -74,7 +74,8 @@ def trees(draw: Any) -> list[support.Member]:
     return members
 
 
-def _made_and_walked(data: bytes, strip: int | None) -> tuple[dict[str, digests.Entry], dict[str, digests.Entry]]:
+def _made_and_walked(data: bytes, strip: int | None, offload_after: int | None = extracting.OFFLOAD_AFTER,
+                     ) -> tuple[dict[str, digests.Entry], dict[str, digests.Entry]]:
     with tempfile.TemporaryDirectory() as scratch:
         dest = Path(scratch) / "tree"
         dest.mkdir()
@@ -82,14 +83,15 @@ def _made_and_walked(data: bytes, strip: int | None) -> tuple[dict[str, digests.
         source = io.BytesIO(data)
         root = extracting.extract(source, str(dest), fmt="auto", strip=strip, owner=None,
                                   budget=archives.Budget(model.Limits(max_ratio=1e9), lambda: source.tell()),
-                                  spool_dir=scratch, made=made)
+                                  spool_dir=scratch, made=made, offload_after=offload_after)
         return digests.made_entries(made), digests.scan(root, lambda rel: False, {})
 
 
 @hypothesis.settings(**SETTINGS)
-@hypothesis.given(trees(), st.sampled_from([None, 0, 1]), st.booleans())
+@hypothesis.given(trees(), st.sampled_from([None, 0, 1]), st.booleans(), st.sampled_from([None, 0, 2]))
 def test_the_entries_from_what_extraction_made_equal_a_walk_of_the_tree(
-        members: list[support.Member], strip: int | None, top: bool) -> None:
+        members: list[support.Member], strip: int | None, top: bool, offload_after: int | None) -> None:
+    """offload_after: small files written by the second process from the first, from the third, or never."""
     if top:  # one top-level directory: what stripComponents (and its automatic form) removes
         members = [support.Member("release/", type="dir"),
                    *[support.Member("release/" + m.name, m.data, m.type,
@@ -97,7 +99,7 @@ def test_the_entries_from_what_extraction_made_equal_a_walk_of_the_tree(
                      for m in members]]
     elif strip == 1:
         strip = 0  # stripping a level the tree does not have refuses the archive: another test's business
-    made, walked = _made_and_walked(support.tar_bytes(members), strip)
+    made, walked = _made_and_walked(support.tar_bytes(members), strip, offload_after)
     assert made == walked
 
 
@@ -110,15 +112,16 @@ def test_the_entries_from_what_a_zip_extraction_made_equal_a_walk_of_the_tree(me
     assert made == walked
 
 
+@pytest.mark.parametrize("offload_after", [None, 0])
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o027])
-def test_the_entries_from_what_extraction_made_hold_whatever_the_umask(umask: int) -> None:
+def test_the_entries_from_what_extraction_made_hold_whatever_the_umask(umask: int, offload_after: int | None) -> None:
     members = [support.Member("site/", type="dir", mode=0o775),
                support.Member("site/run", b"#!/bin/sh\n", mode=0o775),
                support.Member("site/deep/er/file", b"data", mode=0o664),
                support.Member("site/open", b"", mode=0o777)]
     old = os.umask(umask)
     try:
-        made, walked = _made_and_walked(support.tar_bytes(members), None)
+        made, walked = _made_and_walked(support.tar_bytes(members), None, offload_after)
     finally:
         os.umask(old)
     assert made == walked

@@ -16,6 +16,7 @@ import errno
 import functools
 import hashlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -27,19 +28,29 @@ from collections.abc import Callable, Iterator
 from typing import IO
 
 from controller import errors
-from controller.artifacts import archives, deb_package, digest_thread, members, modes, readahead, tar_reader
+from controller.artifacts import (
+    archives,
+    deb_package,
+    digest_thread,
+    file_offload,
+    file_process,
+    members,
+    modes,
+    readahead,
+    tar_reader,
+)
 
+log = logging.getLogger(__name__)
 MAX_NAME = 4096
 MAX_COMPONENT = 255
 MAX_SYMLINK_HOPS = 40  # as Linux: a path that needs more does not resolve at all (ELOOP)
 MAX_LINK_STEPS = 1_000_000  # path components walked to check all of an archive's symlinks (some seconds of lstat)
-MAX_DIR_FDS = 64  # descriptors of recently used directories the writer keeps open
 CHUNK = 1024 * 1024
 FLUSH_BYTES = 32 * 1024 * 1024  # written between two asks to flush
 THREAD_HASH_SIZE = 128 * 1024  # a file this large is hashed on its own thread (digest_thread.py)
+OFFLOAD_AFTER = 256  # smaller files written here before the rest go to a second process (file_offload.py)
 FILE_COST = 4096  # what a file counts for that, besides its bytes: its inode and directory entry
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS, FILE_FLAGS = file_process.DIR_FLAGS, file_process.FILE_FLAGS
 Owner = tuple[int, int] | None
 SET_ID = stat.S_ISUID | stat.S_ISGID
 T = typing.TypeVar("T")
@@ -132,8 +143,10 @@ class Writer:
     """
 
     def __init__(self, dest: str, strip: int | None, owner: Owner, budget: archives.Budget,
-                 checkpoint: Callable[[str], None], flush: Callable[[], None] = lambda: None) -> None:
+                 checkpoint: Callable[[str], None], flush: Callable[[], None] = lambda: None,
+                 offload_after: int | None = OFFLOAD_AFTER) -> None:
         self.dest = dest
+        self.offload_after = offload_after  # None: never
         self.flush = flush  # asked every FLUSH_BYTES written: start writing them out (fsutil.Flusher.kick)
         self._unflushed = 0
         self.strip = strip
@@ -148,12 +161,15 @@ class Writer:
         self._hasher = digest_thread.Hasher()  # large files' digests: complete in `written` after close()
         self._hashing: list[tuple[str, typing.Any, os.stat_result]] = []
         self._root = os.open(dest, DIR_FLAGS)
-        self._fds: collections.OrderedDict[str, int] = collections.OrderedDict()  # directory -> descriptor, LRU
+        self._dirs = file_process.Directories(self._root)
+        self._dir_fd = self._dirs.fd
+        self._offload: file_offload.Offload | None = None
+        self._small = 0  # small files written here
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        if self._offload is not None:
+            self._offload.close()
+        self._dirs.close()
         os.close(self._root)
         self._hasher.close()
         for name, digest, st in self._hashing:
@@ -162,21 +178,6 @@ class Writer:
         for name, target in self.hardlinks.items():  # the same inode: the same digest and mode
             if target in self.written:  # (not when writing it failed)
                 self.written[name] = self.written[target]
-
-    def _dir_fd(self, name: str) -> int:
-        """A descriptor of the directory `name` (relative to dest, "" for dest), which the writer created."""
-        if not name:
-            return self._root
-        fd = self._fds.get(name)
-        if fd is not None:
-            self._fds.move_to_end(name)
-            return fd
-        parent, _, base = name.rpartition("/")
-        fd = os.open(base, DIR_FLAGS, dir_fd=self._dir_fd(parent))
-        self._fds[name] = fd
-        if len(self._fds) > MAX_DIR_FDS:
-            os.close(self._fds.popitem(last=False)[1])
-        return fd
 
     def _chown(self, base: str, dir_fd: int) -> None:
         if self.owner is not None:
@@ -227,7 +228,16 @@ class Writer:
             self._parents(name, entry.name)
         base = name[len(parent) + 1:] if parent else name
         if kind == "file":
-            self._write_file(name, self._dir_fd(parent), base, entry, _file_mode(entry.mode & 0o7777))
+            mode = _file_mode(entry.mode & 0o7777)
+            if 0 <= entry.size < THREAD_HASH_SIZE and self._offloading():
+                assert self._offload is not None and entry.data is not None
+                data = _all_data(entry.data, entry.size)
+                self._offload.file(name, entry.name, mode, entry.mtime, data, hashlib.sha256(data).hexdigest())
+                self._written_bytes(entry.size)
+            else:
+                self._write_file(name, self._dir_fd(parent), base, entry, mode)
+            if not self.files:
+                self.checkpoint("extracting")
             self.files.add(name)
             return
         link = self._hardlink_target(entry, strip) if kind == "hardlink" else entry.target
@@ -244,11 +254,36 @@ class Writer:
                 raise errors.ArchiveError(
                     f"member {entry.name!r} is a hardlink to {entry.target!r}, which is not an earlier file of the archive"
                 )
-            above, _, target_base = target.rpartition("/")
-            os.link(target_base, base, src_dir_fd=self._dir_fd(above), dst_dir_fd=self._dir_fd(parent),
-                    follow_symlinks=False)
+            if self._offload is not None:  # the target may still be on its way there
+                self._offload.link(name, entry.name, target)
+            else:
+                above, _, target_base = target.rpartition("/")
+                os.link(target_base, base, src_dir_fd=self._dir_fd(above), dst_dir_fd=self._dir_fd(parent),
+                        follow_symlinks=False)
             self.files.add(name)
             self.hardlinks[name] = target
+
+    def _offloading(self) -> bool:
+        """Whether a small file goes to the second process, which is started after `offload_after` of them."""
+        if self._offload is not None:
+            return True
+        if self.offload_after is None or self._small < self.offload_after:
+            self._small += 1
+            return False
+        try:
+            self._offload = file_offload.Offload(self._root, self.owner)
+        except OSError as exc:
+            log.warning("Could not start tether's file-writing process (%s); this extraction writes every file "
+                        "itself, which is slower.", exc)
+            self.offload_after = None
+            return False
+        return True
+
+    def _written_bytes(self, size: int) -> None:
+        self._unflushed += size + FILE_COST
+        if self._unflushed > FLUSH_BYTES:
+            self._unflushed = 0
+            self.flush()
 
     @staticmethod
     def _hardlink_target(entry: members.Entry, strip: int) -> str:
@@ -274,30 +309,15 @@ class Writer:
                         self._hasher.update(digest, chunk)
                     else:
                         digest.update(chunk)
-                    written = os.write(fd, chunk)
-                    if written < len(chunk):
-                        view = memoryview(chunk)[written:]
-                        while view:
-                            view = view[os.write(fd, view):]
-            if self.owner is not None:
-                os.fchown(fd, *self.owner)
-            os.utime(fd, (entry.mtime, entry.mtime))
-            st = os.fstat(fd)
-            if st.st_mode & 0o7777 != mode:  # the umask (or a default ACL) took bits away
-                os.fchmod(fd, mode)
-                st = os.fstat(fd)
+                    file_process.write_all(fd, chunk)
+            st = file_process.settle(fd, self.owner, entry.mtime, mode)
         finally:
             os.close(fd)
         if threaded:
             self._hashing.append((name, digest, st))
         else:
             self.written[name] = _written(digest.hexdigest(), st)
-        self._unflushed += st.st_size + FILE_COST
-        if self._unflushed > FLUSH_BYTES:
-            self._unflushed = 0
-            self.flush()
-        if not self.files:
-            self.checkpoint("extracting")
+        self._written_bytes(st.st_size)
 
     def _symlink(self, dir_fd: int, base: str, name: str, entry: members.Entry) -> None:
         target = entry.target
@@ -315,7 +335,10 @@ class Writer:
         self.symlinks[name] = target
 
     def finish(self, auto_strip: bool) -> str:
-        """Check symlinks, apply directory modes; return the root of the extracted tree."""
+        """Wait for the files sent to the second process, check symlinks, apply directory modes; return the root
+        of the extracted tree."""
+        if self._offload is not None:
+            self._offloaded(self._offload)
         root = self.dest
         if auto_strip:
             top = os.listdir(self.dest)
@@ -328,6 +351,30 @@ class Writer:
         for name in sorted(self.dirs, key=lambda d: -d.count("/")):
             os.chmod(os.path.join(self.dest, name), self.dirs[name])
         return root
+
+
+    def _offloaded(self, offload: file_offload.Offload) -> None:
+        try:
+            for name, fields in offload.finish():
+                self.written[name] = Written(*fields)
+        except OSError as exc:
+            if exc.errno not in NAME_ERRORS:
+                raise
+            raise errors.ArchiveError(f"member {str(exc.filename)[:200]!r} cannot be written: {exc.strerror}") from exc
+
+
+def _all_data(data: Callable[[], IO[bytes]], size: int) -> bytes | memoryview:
+    """All `size` bytes of a member's data (one read, unless the reader's buffer ends inside them)."""
+    with data() as source:
+        chunk: bytes | memoryview = source.read(size)
+        if len(chunk) == size:
+            return chunk
+        pieces = [chunk]
+        left = size - len(chunk)
+        while left and (chunk := source.read(left)):
+            pieces.append(chunk)
+            left -= len(chunk)
+        return b"".join(pieces)
 
 
 def _written(digest: str, st: os.stat_result) -> Written:
@@ -427,7 +474,7 @@ def _below(entries: Iterator[members.Entry], root: str, budget: archives.Budget)
 def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None, budget: archives.Budget,
             owner: Owner, spool_dir: str, checkpoint: Callable[[str], None] = lambda step: None,
             deb_root: str | None = None, made: Made | None = None,
-            flush: Callable[[], None] = lambda: None) -> str:
+            flush: Callable[[], None] = lambda: None, offload_after: int | None = OFFLOAD_AFTER) -> str:
     """Extract the archive read from `source` into the empty directory `dest`.
 
     Returns the root of the extracted tree (below `dest` when `strip` is None,
@@ -436,7 +483,8 @@ def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None
     auto meaning no strip: its tree starts at the file system's root. `made`,
     when given, receives everything written below that root, files with their
     content digests (for tree.digests, which then need not read them back). `flush` is called every
-    FLUSH_BYTES written (to start writing them out while extraction goes on).
+    FLUSH_BYTES written (to start writing them out while extraction goes on). After `offload_after` small
+    files (None: never), the rest are written by a second process (file_offload.py).
     """
     head = archives.read_head(source)
     detected = archives.detect(head)
@@ -450,7 +498,7 @@ def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None
     elif deb_root is not None:
         raise errors.ArchiveError(f"source.debRoot is set but the artifact is {detected}, not a Debian package; "
                                   "remove source.debRoot or fix the URL")
-    writer = Writer(dest, strip, owner, budget, checkpoint, flush)
+    writer = Writer(dest, strip, owner, budget, checkpoint, flush, offload_after)
     try:
         root = _extract(stream, detected, writer, budget, spool_dir, auto_strip=strip is None, package=package,
                         deb_root=deb_root)
