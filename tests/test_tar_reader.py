@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import tarfile
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from controller import errors
 from controller.artifacts import archives, extracting, members, tar_reader
 from controller.manifests import model
+from tests import support
 from tests.test_hostile_archives import _block, _file, _header, _pax
 
 END = b"\0" * 1024
@@ -145,3 +147,18 @@ def test_a_pax_size_that_is_not_plain_decimal_digits_is_refused(size: bytes) -> 
 @pytest.mark.parametrize("mtime,expected", [(b"5", 5.0), (b"-5", -5.0), (b"1.25", 1.25), (b"1e-05", 1e-05)])
 def test_a_pax_mtime_is_read_as_tar_writers_write_it(mtime: bytes, expected: float) -> None:
     assert [e.mtime for e in _entries(_pax({"mtime": mtime}) + _file("site/a", b"a") + END)] == [expected]
+
+
+@pytest.mark.parametrize("block", [bytes(512), b"\xff" * 512, b"\x80" * 512, bytes(range(256)) * 2,
+                                   *(random.Random(seed).randbytes(512) for seed in range(200))])
+def test_the_header_checksum_sum_is_the_plain_sum_of_the_bytes(block: bytes) -> None:
+    assert tar_reader.byte_sum(block) == sum(block)
+
+
+@pytest.mark.parametrize("where", [0, 100, 147, 156, 157, 300, 511])
+def test_a_header_with_one_byte_changed_fails_its_checksum(where: int) -> None:
+    data = bytearray(support.tar_bytes([support.Member("site/index.html", b"x")], compression=""))
+    data[where] ^= 0x01
+
+    with pytest.raises(errors.ArchiveError, match="checksum"):
+        _entries(bytes(data))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from collections.abc import Callable, Iterator
 from typing import IO, TypeVar
 
@@ -273,9 +274,15 @@ def _set(fields: dict[str, str | int | float], key: str, value: str | int | floa
     fields[key] = value
 
 
+def byte_sum(block: bytes) -> int:
+    """sum(block) for a 512-byte block, in C: Adler-32's first half is 1 + the sum of the bytes modulo 65521, and
+    the sum of 256 bytes is at most 65280."""
+    return (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
+
+
 def _check_sum(header: bytes) -> None:
     stored = _number(header[148:156])
-    unsigned = sum(header) - sum(header[148:156]) + 256
+    unsigned = byte_sum(header) - sum(header[148:156]) + 256
     if stored == unsigned:
         return
     signed = unsigned - sum(256 for byte in header[:148] + header[156:] if byte > 127)  # as some old tars sum
