@@ -201,3 +201,30 @@ def test_a_deploy_of_many_small_files_records_the_digests_the_second_process_wro
         assert (node.apps / "site/current" / name.removeprefix("site/")).read_bytes() == data
     (node.apps / "site/current/d4/f4").write_bytes(b"changed")
     assert node.tether("verify", "site", timeout=120).returncode != 0
+
+
+@pytest.mark.parametrize("offload_after", [None, 0])
+def test_members_between_directory_chains_deeper_than_the_descriptor_cache_land_where_they_are_named(
+        tmp_path: Path, offload_after: int | None) -> None:
+    """Two chains 100 levels deep (the writers keep 64 directory descriptors): a hardlink from the end of one to
+    the end of the other needs both looked up, and the second lookup closes descriptors the first returned. Every
+    directory on the way holds a file of the same name with other content, so a link or file made relative to
+    the wrong directory shows."""
+    def chain(letter: str, depth: int) -> str:
+        return "/".join(f"{letter}{i}" for i in range(depth))
+
+    members = [M("s/", type="dir"), M(f"s/{chain('a', 100)}/file", b"right")]
+    members += [M(f"s/{chain('b', depth)}/file", f"b{depth}".encode()) for depth in range(1, 101)]
+    members += [M(f"s/{chain('b', 100)}/link", type="hardlink", target=f"s/{chain('a', 100)}/file"),
+                M(f"s/{chain('a', 100)}/back", type="hardlink", target=f"s/{chain('b', 100)}/file"),
+                M(f"s/{chain('b', 100)}/after", b"after"), M(f"s/{chain('a', 50)}/symlink", type="symlink",
+                                                              target="file")]
+    root = Path(_extract(support.tar_bytes(members), tmp_path / "tree", offload_after))
+
+    a, b = root / chain("a", 100), root / chain("b", 100)
+    assert (b / "link").read_bytes() == b"right" and (b / "link").stat().st_ino == (a / "file").stat().st_ino
+    assert (a / "back").read_bytes() == b"b100" and (a / "back").stat().st_ino == (b / "file").stat().st_ino
+    assert (b / "after").read_bytes() == b"after"
+    assert os.readlink(root / chain("a", 50) / "symlink") == "file"
+    found = sorted(str(path.relative_to(root)) for path in support.walk_files(root))
+    assert found == sorted(str(Path(m.name).relative_to("s")) for m in members if m.type != "dir")

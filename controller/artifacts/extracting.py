@@ -258,8 +258,12 @@ class Writer:
                 self._offload.link(name, entry.name, target)
             else:
                 above, _, target_base = target.rpartition("/")
-                os.link(target_base, base, src_dir_fd=self._dir_fd(above), dst_dir_fd=self._dir_fd(parent),
-                        follow_symlinks=False)
+                source = os.dup(self._dir_fd(above))  # looking up `parent` may close the cached descriptor
+                try:
+                    os.link(target_base, base, src_dir_fd=source, dst_dir_fd=self._dir_fd(parent),
+                            follow_symlinks=False)
+                finally:
+                    os.close(source)
             self.files.add(name)
             self.hardlinks[name] = target
 

@@ -57,7 +57,8 @@ class Failed(Exception):
 
 class Directories:
     """Descriptors of directories below `root` (a descriptor), each opened relative to its parent with O_NOFOLLOW;
-    the MAX_DIR_FDS used last are kept open (extracting.Writer uses this class too)."""
+    the MAX_DIR_FDS used last are kept open (extracting.Writer uses this class too). A lookup may close the
+    descriptor an earlier one returned: use one at a time, or dup it."""
 
     def __init__(self, root: int) -> None:
         self.root = root
@@ -91,9 +92,15 @@ class Files:
         self.dirs = Directories(root)
         self.owner = owner
         self.results: list[bytes] = []
+        self._last: tuple[bytes, int] = (b"", root)  # the directory of the last file, and its descriptor
 
-    def file(self, directory: str, name: bytes, mode: int, mtime: float, data: memoryview) -> None:
-        fd = os.open(name, FILE_FLAGS, mode, dir_fd=self.dirs.fd(directory))
+    def _dir_fd(self, directory: bytes) -> int:
+        if directory != self._last[0]:  # files come directory by directory
+            self._last = directory, self.dirs.fd(os.fsdecode(directory))
+        return self._last[1]
+
+    def file(self, directory: bytes, name: bytes, mode: int, mtime: float, data: memoryview) -> None:
+        fd = os.open(name, FILE_FLAGS, mode, dir_fd=self._dir_fd(directory))
         try:
             write_all(fd, data)
             st = settle(fd, self.owner, mtime, mode)
@@ -101,10 +108,14 @@ class Files:
             os.close(fd)
         self.results.append(RESULT.pack(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, stat.S_IMODE(st.st_mode)))
 
-    def link(self, directory: str, name: bytes, target: bytes) -> None:
+    def link(self, directory: bytes, name: bytes, target: bytes) -> None:
         above, _, base = target.partition(b"\0")
-        os.link(base, name, src_dir_fd=self.dirs.fd(os.fsdecode(above)), dst_dir_fd=self.dirs.fd(directory),
-                follow_symlinks=False)
+        source = os.dup(self.dirs.fd(os.fsdecode(above)))  # the next lookup may close the cached descriptor
+        self._last = b"", self.dirs.root  # and this one may have closed the last directory's
+        try:
+            os.link(base, name, src_dir_fd=source, dst_dir_fd=self._dir_fd(directory), follow_symlinks=False)
+        finally:
+            os.close(source)
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -130,36 +141,33 @@ def settle(fd: int, owner: tuple[int, int] | None, mtime: float, mode: int) -> o
 def serve(requests: int, files: Files) -> bool:
     """Carry out the requests read from `requests` until END (True) or the end of the stream (False)."""
     buf, pos, index = b"", 0, 0
+    view = memoryview(buf)
     while True:
-        if len(buf) - pos < REQUEST.size or len(buf) - pos < _length(buf, pos):
+        end = pos + REQUEST.size
+        if end <= len(buf):
+            kind, dir_size, name_size, mode, mtime, size = REQUEST.unpack_from(buf, pos)
+            name_at = end + dir_size
+            data_at = name_at + name_size
+            end = data_at + size
+        if end > len(buf):  # the request is not all there yet
             chunk = os.read(requests, READ)
             if not chunk:
                 return False
             buf, pos = buf[pos:] + chunk, 0
+            view = memoryview(buf)
             continue
-        kind, dir_size, name_size, mode, mtime, size = REQUEST.unpack_from(buf, pos)
-        start = pos + REQUEST.size
-        view = memoryview(buf)
-        directory = os.fsdecode(bytes(view[start:start + dir_size]))
-        name = bytes(view[start + dir_size:start + dir_size + name_size])
-        data = view[start + dir_size + name_size:start + dir_size + name_size + size]
-        pos = start + dir_size + name_size + size
+        directory, name = buf[pos + REQUEST.size:name_at], buf[name_at:data_at]
+        pos = end
         if kind == END:
             return True
         try:
             if kind == FILE:
-                files.file(directory, name, mode, mtime, data)
+                files.file(directory, name, mode, mtime, view[data_at:end])
             else:
-                files.link(directory, name, bytes(data))
+                files.link(directory, name, buf[data_at:end])
         except OSError as exc:
             raise Failed(index, exc) from exc
         index += 1
-
-
-def _length(buf: bytes, pos: int) -> int:
-    """The length of the request at `pos` (whose fixed part is there)."""
-    _, dir_size, name_size, _, _, size = REQUEST.unpack_from(buf, pos)
-    return int(REQUEST.size + dir_size + name_size + size)
 
 
 def main(argv: list[str]) -> int:
