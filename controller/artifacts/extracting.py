@@ -129,7 +129,9 @@ class Made:
         self.symlinks.update(_relative(writer.symlinks, prefix))
 
 
-def _relative(made: dict[str, T], prefix: str) -> Iterator[tuple[str, T]]:
+def _relative(made: dict[str, T], prefix: str) -> Iterator[tuple[str, T]] | dict[str, T]:
+    if not prefix:
+        return made
     return ((name[len(prefix):], value) for name, value in made.items() if name.startswith(prefix))
 
 

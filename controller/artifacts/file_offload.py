@@ -18,6 +18,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import typing
 from collections.abc import Iterator
 
 from controller import errors
@@ -46,6 +47,7 @@ class Offload:
         self._sent: list[tuple[str, str, str | None]] = []  # (name, the member's name in the archive, a file's digest)
         self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
+        self._parent = "", b""  # the last file's directory, encoded
 
     def file(self, name: str, raw: str, mode: int, mtime: float, data: bytes | memoryview, sha256: str) -> None:
         """Create the file `name` (relative to the root; its directory exists) with `data`, whose digest is
@@ -60,7 +62,9 @@ class Offload:
     def _request(self, kind: int, name: str, raw: str, mode: int, mtime: float, data: bytes | memoryview,
                  sha256: str | None) -> None:
         parent, _, base = name.rpartition("/")
-        directory, encoded = os.fsencode(parent), os.fsencode(base)
+        if parent != self._parent[0]:  # files come directory by directory
+            self._parent = parent, os.fsencode(parent)
+        directory, encoded = self._parent[1], os.fsencode(base)
         self._pending += (file_process.REQUEST.pack(kind, len(directory), len(encoded), mode, mtime, len(data)),
                           directory, encoded, data)
         self._pending_bytes += len(data) + len(directory) + len(encoded)
@@ -89,12 +93,11 @@ class Offload:
         self._pending.append(file_process.REQUEST.pack(file_process.END, 0, 0, 0, 0.0, 0))
         self._send()
         reply = self._reply()
-        if reply[:1] != file_process.OK:
+        files = [(name, digest) for name, _, digest in self._sent if digest is not None]
+        if reply[:1] != file_process.OK or len(reply) != 1 + len(files) * file_process.RESULT.size:
             self._failed(reply)
-        size = file_process.RESULT.size
-        files = ((name, digest) for name, _, digest in self._sent if digest is not None)
-        for offset, (name, digest) in zip(range(1, len(reply), size), files, strict=True):
-            yield name, (digest, *file_process.RESULT.unpack_from(reply, offset))
+        for (name, digest), fields in zip(files, file_process.RESULT.iter_unpack(reply[1:]), strict=True):
+            yield name, (digest, *fields)
 
     def _reply(self) -> bytes:
         self._process.stdin.close()  # type: ignore[union-attr]
@@ -102,7 +105,7 @@ class Offload:
         self._process.wait()
         return reply
 
-    def _failed(self, reply: bytes | None = None) -> None:
+    def _failed(self, reply: bytes | None = None) -> typing.NoReturn:
         if reply is None:
             reply = self._reply()
         if reply[:1] == file_process.FAILED and len(reply) >= 1 + file_process.FAILURE.size:
