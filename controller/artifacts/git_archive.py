@@ -143,16 +143,17 @@ def _lfs_pointers(git: git_runner.Git, blobs: list[tuple[str, str]]) -> list[str
 def materialise(git: git_runner.Git, source: model.GitSource, resolved: git_mirror.Resolved, dest: str, *,
                 limits: model.Limits, owner: extracting.Owner, spool_dir: str,
                 checkpoint: Callable[[str], None] = lambda step: None,
-                extracted: extracting.Made | None = None) -> tuple[str, str, int]:
+                extracted: extracting.Made | None = None, flush: Callable[[], None] = lambda: None,
+                ) -> tuple[str, str, int]:
     """Extract the resolved commit (or its subdirectory) into the empty `dest`; (root, sha256, bytes). `extracted`
-    receives what was made (see extracting.extract)."""
+    receives what was made, and `flush` is asked to start writing out (see extracting.extract)."""
     tree = treeish(source, resolved.commit, git)
     inspect(git, tree, source, limits, resolved.ref)
     with git.stream("archive", "--format=tar", tree, what=f"git archive of {resolved.ref}") as out:
         reader = _Hashing(out)
         budget = archives.Budget(limits, lambda: reader.count)
         root = extracting.extract(reader, dest, fmt="tar", strip=0, budget=budget, owner=owner,
-                                  spool_dir=spool_dir, checkpoint=checkpoint, made=extracted)
+                                  spool_dir=spool_dir, checkpoint=checkpoint, made=extracted, flush=flush)
         while reader.read(extracting.CHUNK):
             pass
     return root, reader.digest.hexdigest(), reader.count

@@ -48,8 +48,9 @@ def runner(state_dir: str, name: str, source: model.GitSource, reach: git_runner
 def deploy(state_dir: str, app: model.Application, deployment: str, dest: str, *, owner: extracting.Owner,
            spool_dir: str, headers: Mapping[str, str] | None = None, environ: Mapping[str, str],
            cancel: threading.Event | None = None, checkpoint: Callable[[str], None] = lambda step: None,
-           extracted: extracting.Made | None = None) -> Deployed:
-    """One attempt: fetch into the mirror, resolve the ref, verify it, extract its tree into the empty `dest`."""
+           extracted: extracting.Made | None = None, flush: Callable[[], None] = lambda: None) -> Deployed:
+    """One attempt: fetch into the mirror, resolve the ref, verify it, extract its tree into the empty `dest`
+    (`extracted` and `flush` as extracting.extract's `made` and `flush`)."""
     assert app.source is not None and app.source.git is not None
     source = app.source.git
     ref = model.expand_url(source.ref, app, deployment)
@@ -61,7 +62,7 @@ def deploy(state_dir: str, app: model.Application, deployment: str, dest: str, *
         git_verify.verify(git, source, resolved)
         root, digest, size = git_archive.materialise(git, source, resolved, dest, limits=app.source.limits,
                                                      owner=owner, spool_dir=spool_dir, checkpoint=checkpoint,
-                                                     extracted=extracted)
+                                                     extracted=extracted, flush=flush)
     return Deployed(root, digest, size, resolved.commit, ref, resolved.kind)
 
 

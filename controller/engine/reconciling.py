@@ -237,7 +237,7 @@ class Engine:
                         return self._fetch(app, deployment, owner, url, headers, made, work.cancel, extracted,
                                            flusher.kick)
                     digest, size, commit = self._fetch_git(app, deployment, owner, work.headers, made, work.cancel,
-                                                           extracted)
+                                                           extracted, flusher.kick)
                     revision[:] = [commit]
                     return digest, size
 
@@ -310,7 +310,8 @@ class Engine:
 
     def _fetch_git(self, app: model.Application, deployment: str, owner: owners.Owner, headers: Mapping[str, str],
                    made: os.stat_result, cancel: threading.Event | None = None,
-                   extracted: extracting.Made | None = None) -> tuple[str, int, str]:
+                   extracted: extracting.Made | None = None,
+                   flush: Callable[[], None] = lambda: None) -> tuple[str, int, str]:
         """One attempt for a git source: mirror, resolve, verify, extract, move into place; (sha256, bytes, commit)."""
         from controller.artifacts import git_source  # with git_runner, git_mirror, git_archive and git_verify
 
@@ -320,7 +321,7 @@ class Engine:
         try:
             done = git_source.deploy(self.state_dir, app, deployment, stage, owner=owner,
                                      spool_dir=records.staging_dir(app.path), headers=headers, environ=self.environ,
-                                     cancel=cancel, checkpoint=self.checkpoint, extracted=extracted)
+                                     cancel=cancel, checkpoint=self.checkpoint, extracted=extracted, flush=flush)
             _move_entries(done.root, os.path.join(app.path, deployment), made)
         finally:
             fsutil.remove_tree(stage)
