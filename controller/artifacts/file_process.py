@@ -30,7 +30,6 @@ reply: the extracting process is gone.
 from __future__ import annotations
 
 import collections
-import ctypes
 import os
 import signal
 import stat
@@ -172,6 +171,8 @@ def serve(requests: int, files: Files) -> bool:
 
 def main(argv: list[str]) -> int:
     root, uid, gid, parent = (int(arg) for arg in argv[1:5])
+    import ctypes  # here: the extracting process imports this module for its constants only
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C is the extracting process's to handle: it stops this one
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # it died before that took effect
