@@ -14,6 +14,8 @@ import io
 import os
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -340,3 +342,37 @@ def test_a_daemon_stopped_mid_extraction_leaves_no_file_writing_process_and_the_
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert node.tether("verify", "site", timeout=300).returncode == 0
     assert (node.apps / "site/current/d7/f7").read_bytes() == files["site/d7/f7"]
+
+
+@pytest.mark.xfail(strict=True, reason="REVIEW FINDING 3: when the extracting process has descriptor 0, 1 or 2 "
+                   "closed (`tether reconcile <&-`, a supervisor that closes stdio), the staging root's descriptor "
+                   "can be that number; Popen's stdio set-up replaces it in the second process, whose writes then "
+                   "fail (ENOTDIR below a pipe, or a Python that cannot start): the extraction fails every time")
+@pytest.mark.parametrize("closed", [0, 1, 2])
+def test_an_extraction_whose_process_has_a_standard_descriptor_closed_writes_its_files(tmp_path: Path,
+                                                                                       closed: int) -> None:
+    archive, result = tmp_path / "a.tar", tmp_path / "result"
+    archive.write_bytes(support.tar_bytes([M("s/", type="dir"), *(M(f"s/f{i}", b"x") for i in range(20))]))
+    (tmp_path / "tree").mkdir()
+    script = textwrap.dedent(f"""
+        import io, os
+        from controller.artifacts import archives, extracting
+        from controller.manifests import model
+        source = io.BytesIO(open({str(archive)!r}, "rb").read())
+        os.close({closed})  # the lowest free descriptor: the next os.open, the writer's root, gets it
+        try:
+            extracting.extract(source, {str(tmp_path / "tree")!r}, fmt="auto", strip=None, owner=None,
+                               budget=archives.Budget(model.Limits(), lambda: source.tell()),
+                               spool_dir={str(tmp_path)!r}, offload_after=0)
+            outcome = "ok"
+        except Exception as exc:
+            outcome = repr(exc)
+        with open({str(result)!r}, "w") as out:
+            out.write(outcome)
+    """)
+
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).parent.parent)
+
+    assert result.read_text() == "ok", run.stderr
+    assert sorted(p.name for p in (tmp_path / "tree/s").iterdir()) == sorted(f"f{i}" for i in range(20))
