@@ -29,6 +29,7 @@ from controller.artifacts import archives, extracting
 from controller.manifests import model
 from tests import support
 from tests import test_file_offload as offload_tests
+from tests import test_hostile_review as hostile
 
 M = support.Member
 SMALL = extracting.THREAD_HASH_SIZE  # below this, a file goes to the second process
@@ -376,3 +377,59 @@ def test_an_extraction_whose_process_has_a_standard_descriptor_closed_writes_its
 
     assert result.read_text() == "ok", run.stderr
     assert sorted(p.name for p in (tmp_path / "tree/s").iterdir()) == sorted(f"f{i}" for i in range(20))
+
+
+# -- names and zip archives ------------------------------------------------------------------------------------
+
+NAMED = {
+    "a non-UTF-8 byte in a file name": [M("s/ok", b"1"), M("s/bad\udcff", b"2")],
+    "a non-UTF-8 byte in a directory name": [M("s/d\udce9/", type="dir"), M("s/d\udce9/f", b"x")],
+    "a hardlink to a name with a non-UTF-8 byte": [M("s/f", b"x"), M("s/h", type="hardlink", target="s/f\udcff")],
+    "UTF-8 names": [M("s/é/ü", b"x"), M("s/é/日本", b"y"), M("s/h", type="hardlink", target="s/é/日本")],
+    "a 255-byte component": [M("s/" + "n" * 255, b"x"), M("s/h", type="hardlink", target="s/" + "n" * 255)],
+    "a 256-byte component": [M("s/" + "n" * 256, b"x")],
+    "a 255-byte UTF-8 component": [M("s/" + "é" * 127 + "n", b"x")],
+    "a name of 3900 bytes (a longer one makes the test's own paths too long)": [
+        M("s/" + "/".join(["d" * 254] * 16)[:3898], b"x")],
+    "a name of 4097 bytes": [M("s/" + "/".join(["d" * 254] * 17)[:4095], b"x")],
+    "dots and doubled slashes naming one file twice": [M("s/a/b", b"1"), M("s/a/./b", b"2")],
+    "doubled slashes naming one file twice": [M("s/a/b", b"1"), M("s//a//b", b"2")],
+    "a newline in a name": [M("s/a\nb", b"x")],
+    "a file then a directory of its name with a slash": [M("s/a", b"x"), M("s/a/", type="dir")],
+    "a directory then a file of its name": [M("s/a/", type="dir"), M("s/a", b"x")],
+    "a hardlink before its target": [M("s/h", type="hardlink", target="s/f"), M("s/f", b"x")],
+    "a hardlink to a hardlink": [M("s/f", b"x"), M("s/h1", type="hardlink", target="s/f"),
+                                 M("s/h2", type="hardlink", target="s/h1")],
+    "a hardlink through a symlinked directory": [M("s/d/f", b"x"), M("s/l", type="symlink", target="d"),
+                                                 M("s/h", type="hardlink", target="s/l/f")],
+    "a file through a symlinked directory": [M("s/d/", type="dir"), M("s/l", type="symlink", target="d"),
+                                             M("s/l/f", b"x")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(NAMED))
+def test_an_archive_of_odd_names_ends_alike_whether_the_second_process_writes(tmp_path: Path, case: str) -> None:
+    data = support.tar_bytes([*offload_tests.PADDING, M("s/", type="dir"), *NAMED[case]])
+
+    alone = _outcome(data, tmp_path / "alone", None)
+
+    assert _outcome(data, tmp_path / "offloaded", 0) == alone
+    assert _children() == []
+
+
+ZIPPED = {
+    **hostile.ZIPS,
+    "a zip of many files": [M(f"s/d{i % 3}/f{i}", os.urandom(i * 31)) for i in range(40)],
+    "a zip with an empty file and a file of the threshold less one": [M("s/e", b""), M("s/t", b"t" * (SMALL - 1)),
+                                                                      M("s/u", b"u" * SMALL)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(ZIPPED))
+def test_a_zip_archive_ends_alike_whether_the_second_process_writes(tmp_path: Path, case: str) -> None:
+    data = support.zip_bytes([*(m for m in offload_tests.PADDING if m.type == "file"), *ZIPPED[case]])
+
+    alone = _outcome(data, tmp_path / "alone", None)
+
+    assert _outcome(data, tmp_path / "offloaded", 0) == alone
+    assert _children() == []
