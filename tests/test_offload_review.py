@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import io
 import os
 import signal
@@ -433,3 +434,37 @@ def test_a_zip_archive_ends_alike_whether_the_second_process_writes(tmp_path: Pa
 
     assert _outcome(data, tmp_path / "offloaded", 0) == alone
     assert _children() == []
+
+
+@pytest.mark.xfail(strict=True, reason="REVIEW FINDING 4: an error the second process meets is only read at the end "
+                   "(or when a send fails), so an archive error in a later member is reported instead: the first "
+                   "error (here EFBIG, to retry) becomes a permanent ArchiveError about another member")
+def test_the_first_error_of_an_extraction_is_the_one_reported_whether_the_second_process_writes(
+        tmp_path: Path) -> None:
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(support.tar_bytes([M("s/", type="dir"), *(M(f"s/f{i}", b"x" * 100) for i in range(50)),
+                                           M("s/too-big", b"y" * 70_000), *(M(f"s/g{i}", b"z") for i in range(50)),
+                                           M("s/out", type="symlink", target="/etc/passwd")]))
+    outcomes = []
+    for offload_after in (None, 0):
+        tree = tmp_path / f"tree-{offload_after}"
+        tree.mkdir()
+        script = textwrap.dedent(f"""
+            import io, resource
+            from controller.artifacts import archives, extracting
+            from controller.manifests import model
+            resource.setrlimit(resource.RLIMIT_FSIZE, (65536, resource.RLIM_INFINITY))
+            source = io.BytesIO(open({str(archive)!r}, "rb").read())
+            try:
+                extracting.extract(source, {str(tree)!r}, fmt="auto", strip=None, owner=None,
+                                   budget=archives.Budget(model.Limits(), lambda: source.tell()),
+                                   spool_dir={str(tmp_path)!r}, offload_after={offload_after})
+            except Exception as exc:
+                print(type(exc).__name__, getattr(exc, "errno", None))
+        """)
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                             cwd=Path(__file__).parent.parent)
+        outcomes.append(run.stdout.strip() or run.stderr)
+
+    assert outcomes[0] == f"OSError {errno.EFBIG}", outcomes  # alone
+    assert outcomes[1] == outcomes[0]
