@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller import errors
+from controller import errors, fsutil
 from controller.artifacts import archives, extracting
 from controller.manifests import model
 from tests import support
@@ -86,8 +86,8 @@ def _reading_stdin(pid: int) -> bool:
 
 
 def _remove(path: Path) -> None:
-    """rm -rf: shutil.rmtree recurses once per level and cannot remove a tree deeper than the recursion limit."""
-    subprocess.run(["rm", "-rf", str(path)], check=True, timeout=60)
+    """shutil.rmtree (pytest's clean-up) recurses once per level: fsutil's removal is iterative."""
+    fsutil.remove_tree(str(path))
 
 
 # -- the two processes must agree on every archive -------------------------------------------------------------
