@@ -9,6 +9,7 @@ as something to retry, and it ends with the process that started it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -34,12 +35,14 @@ PADDING = [M("pad/", type="dir"), *(M(f"pad/f{i}", os.urandom(i * 37)) for i in 
 
 
 def _extract(data: bytes, dest: Path, offload_after: int | None, owner: extracting.Owner = None,
-             checkpoint: Callable[[str], None] = lambda step: None, made: extracting.Made | None = None) -> str:
+             checkpoint: Callable[[str], None] = lambda step: None, made: extracting.Made | None = None,
+             flush: Callable[[], None] = lambda: None) -> str:
     dest.mkdir()
     source = io.BytesIO(data)
     return extracting.extract(source, str(dest), fmt="auto", strip=None, owner=owner, made=made,
                               budget=archives.Budget(model.Limits(max_ratio=1e9), lambda: source.tell()),
-                              spool_dir=str(dest.parent), checkpoint=checkpoint, offload_after=offload_after)
+                              spool_dir=str(dest.parent), checkpoint=checkpoint, offload_after=offload_after,
+                              flush=flush)
 
 
 def _outcome(data: bytes, dest: Path, offload_after: int | None) -> str | dict[str, tuple[str, str]]:
@@ -55,8 +58,8 @@ def _children() -> list[int]:
     """This process's children that are still running."""
     found = []
     for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/children") as listing:
-            found += [int(pid) for pid in listing.read().split()]
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/self/task/{task}/children") as listing:
+            found += [int(pid) for pid in listing.read().split()]  # (a thread may end meanwhile)
     return [pid for pid in found if _running(pid)]
 
 
@@ -228,3 +231,38 @@ def test_members_between_directory_chains_deeper_than_the_descriptor_cache_land_
     assert os.readlink(root / chain("a", 50) / "symlink") == "file"
     found = sorted(str(path.relative_to(root)) for path in support.walk_files(root))
     assert found == sorted(str(Path(m.name).relative_to("s")) for m in members if m.type != "dir")
+
+
+def test_while_the_second_process_lags_the_extracting_process_writes_files_itself_and_the_tree_is_the_same(
+        tmp_path: Path) -> None:
+    """The second process is stopped from the first file until 32 MiB have been written (the first flush): its
+    pipe fills, and the extracting process writes the next files itself; then both write. Hardlinks to files
+    of either side go through the pipe in order."""
+    stopped: list[int] = []
+
+    def stop(step: str) -> None:
+        stopped.extend(_children())
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume() -> None:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):  # after the extraction: it has ended
+                os.kill(pid, signal.SIGCONT)
+
+    members = [M("site/", type="dir"), *(M(f"site/d{i % 5}/f{i}", os.urandom(100_000 + i)) for i in range(420)),
+               *(M(f"site/h{i}", type="hardlink", target=f"site/d{i % 5}/f{i}") for i in range(0, 420, 7)),
+               *(M(f"site/late/f{i}", os.urandom(i)) for i in range(300))]
+    data = support.tar_bytes(members)
+    made = {}
+    for offload_after in (None, 0):
+        extracted = extracting.Made()
+        _extract(data, tmp_path / f"after-{offload_after}", offload_after, checkpoint=stop, made=extracted,
+                 flush=resume)
+        made[offload_after] = {name: written.sha256 for name, written in extracted.files.items()}
+        resume()
+
+    assert stopped, "the second process never ran"
+    assert support.snapshot(tmp_path / "after-0") == support.snapshot(tmp_path / "after-None")
+    assert made[0] == made[None]
+    assert (tmp_path / "after-0/site/h7").stat().st_ino == (tmp_path / "after-0/site/d2/f7").stat().st_ino

@@ -1,9 +1,10 @@
 """Review of the second file-writing process of an extraction (controller/artifacts/file_offload.py): hostile
 archives, faults and the pipe protocol.
 
-Tests marked `REVIEW FINDING` fail on the code as reviewed (they are marked xfail strict, so they keep failing
-the suite once the problem is fixed, until the mark is removed); the others pin down what was checked and
-found fine.
+It found four problems, fixed since, whose tests are here with the rest: directory lookups that recursed once per
+level (a tree deeper than Python's recursion limit), a dead second process noticed only at the end, the staging
+descriptor taking a closed standard descriptor's number, and an error of the second process reported after a
+later archive error.
 """
 
 from __future__ import annotations
@@ -67,19 +68,6 @@ def _fds(pid: int | str = "self") -> dict[int, str]:
     return found
 
 
-def _children() -> list[int]:
-    """This process's running children (test_file_offload._children, but a thread that ends while it looks, as
-    the read-ahead thread does, is no error)."""
-    found = []
-    for task in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{task}/children") as listing:
-                found += [int(pid) for pid in listing.read().split()]
-        except FileNotFoundError:
-            pass
-    return [pid for pid in found if offload_tests._running(pid)]
-
-
 def _reading_stdin(pid: int) -> bool:
     with open(f"/proc/{pid}/syscall") as syscall:
         return syscall.read().split()[:2] == ["0", "0x0"]  # x86-64's read(2), on descriptor 0
@@ -119,7 +107,7 @@ def test_any_archive_of_files_directories_and_links_over_few_names_ends_alike_wh
     alone = _outcome(data, base / "alone", None)
     for offload_after in (0, 1):
         assert _outcome(data, base / f"after-{offload_after}", offload_after) == alone
-    assert _children() == []
+    assert offload_tests._children() == []
 
 
 def test_files_whose_data_spans_every_read_buffer_boundary_are_written_byte_for_byte(tmp_path: Path) -> None:
@@ -137,9 +125,6 @@ def test_files_whose_data_spans_every_read_buffer_boundary_are_written_byte_for_
 
 # -- deep trees ------------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="REVIEW FINDING 1: file_process.Directories.fd recurses once per level; "
-                   "below ~990 levels the second process dies of RecursionError and the extraction fails as "
-                   "a TemporaryError (retried forever), where the extracting process alone writes the file")
 def test_a_file_deeper_than_pythons_recursion_limit_is_written_alike_whether_the_second_process_writes(
         tmp_path: Path) -> None:
     deep = "/".join(["d"] * 1100)
@@ -155,9 +140,6 @@ def test_a_file_deeper_than_pythons_recursion_limit_is_written_alike_whether_the
         _remove(tmp_path / "offloaded")
 
 
-@pytest.mark.xfail(strict=True, reason="REVIEW FINDING 1b: the same recursion in the extracting process: a hardlink "
-                   "to a file deeper than ~990 levels whose directories left the 64-descriptor cache raises "
-                   "RecursionError (no ArchiveError, no TemporaryError) with or without the second process")
 @pytest.mark.parametrize("offload_after", [None, 0])
 def test_a_hardlink_to_a_file_deeper_than_pythons_recursion_limit_is_made(tmp_path: Path,
                                                                           offload_after: int | None) -> None:
@@ -173,9 +155,6 @@ def test_a_hardlink_to_a_file_deeper_than_pythons_recursion_limit_is_made(tmp_pa
 
 # -- faults ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="REVIEW FINDING 2: the extracting process learns of the second process's "
-                   "death only when it next sends a batch or at the end: an archive whose remaining files are "
-                   "large is read and written to the end (here some 48 MiB) after the failure")
 def test_an_extraction_stops_soon_after_its_second_process_dies(tmp_path: Path) -> None:
     """The second process is killed at the first flush (32 MiB written); what the extracting process writes
     after that is bounded by one batch, not by the rest of the archive."""
@@ -190,9 +169,12 @@ def test_an_extraction_stops_soon_after_its_second_process_dies(tmp_path: Path) 
     def kill_it() -> None:
         if not killed:
             written_before.append(written())
-            for pid in _children():
+            for pid in offload_tests._children():
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
+            deadline = time.monotonic() + 10
+            while any(offload_tests._running(pid) for pid in killed) and time.monotonic() < deadline:
+                time.sleep(0.001)  # until it has exited (its pipes closed): the next check must see it
 
     with pytest.raises(errors.TemporaryError, match="file-writing process"):
         _extract(data, tmp_path / "tree", 0, flush=kill_it)
@@ -216,7 +198,7 @@ def test_an_archive_error_mid_way_leaves_no_process_and_no_descriptor_and_fails_
 
     assert isinstance(alone, str) and alone.startswith("ArchiveError")
     assert offloaded == alone
-    assert _children() == []
+    assert offload_tests._children() == []
     assert _fds() == before
     assert not list((tmp_path / "offloaded").glob("s/g*"))  # nothing after the bad member
 
@@ -226,7 +208,7 @@ def test_the_second_process_holds_no_descriptor_but_its_pipes_stderr_and_the_roo
     parent_before = _fds()
 
     def look(step: str) -> None:  # at the first file; the second process runs from the start (offload_after=0)
-        children = _children()
+        children = offload_tests._children()
         assert len(children) == 1
         deadline = time.monotonic() + 30  # until it has started and waits for its first request: read(0, ...)
         while not _reading_stdin(children[0]) and time.monotonic() < deadline:
@@ -266,7 +248,7 @@ def test_signals_arriving_during_every_write_to_the_pipe_change_nothing(tmp_path
     assert hits[0] > 10
     for name, content in files.items():
         assert (root / name.removeprefix("s/")).read_bytes() == content, name
-    assert _children() == []
+    assert offload_tests._children() == []
 
 
 def test_several_extractions_at_once_on_threads_each_make_their_own_tree(tmp_path: Path) -> None:
@@ -282,7 +264,7 @@ def test_several_extractions_at_once_on_threads_each_make_their_own_tree(tmp_pat
     for n, root in roots.items():
         assert sorted(p.name for p in Path(root).iterdir()) == [f"t{n}"]
         assert (Path(root) / f"t{n}/f7").read_bytes() == f"{n}:7".encode() * 7
-    assert _children() == []
+    assert offload_tests._children() == []
     assert _fds() == before
 
 
@@ -346,10 +328,6 @@ def test_a_daemon_stopped_mid_extraction_leaves_no_file_writing_process_and_the_
     assert (node.apps / "site/current/d7/f7").read_bytes() == files["site/d7/f7"]
 
 
-@pytest.mark.xfail(strict=True, reason="REVIEW FINDING 3: when the extracting process has descriptor 0, 1 or 2 "
-                   "closed (`tether reconcile <&-`, a supervisor that closes stdio), the staging root's descriptor "
-                   "can be that number; Popen's stdio set-up replaces it in the second process, whose writes then "
-                   "fail (ENOTDIR below a pipe, or a Python that cannot start): the extraction fails every time")
 @pytest.mark.parametrize("closed", [0, 1, 2])
 def test_an_extraction_whose_process_has_a_standard_descriptor_closed_writes_its_files(tmp_path: Path,
                                                                                        closed: int) -> None:
@@ -415,7 +393,7 @@ def test_an_archive_of_odd_names_ends_alike_whether_the_second_process_writes(tm
     alone = _outcome(data, tmp_path / "alone", None)
 
     assert _outcome(data, tmp_path / "offloaded", 0) == alone
-    assert _children() == []
+    assert offload_tests._children() == []
 
 
 ZIPPED = {
@@ -433,12 +411,9 @@ def test_a_zip_archive_ends_alike_whether_the_second_process_writes(tmp_path: Pa
     alone = _outcome(data, tmp_path / "alone", None)
 
     assert _outcome(data, tmp_path / "offloaded", 0) == alone
-    assert _children() == []
+    assert offload_tests._children() == []
 
 
-@pytest.mark.xfail(strict=True, reason="REVIEW FINDING 4: an error the second process meets is only read at the end "
-                   "(or when a send fails), so an archive error in a later member is reported instead: the first "
-                   "error (here EFBIG, to retry) becomes a permanent ArchiveError about another member")
 def test_the_first_error_of_an_extraction_is_the_one_reported_whether_the_second_process_writes(
         tmp_path: Path) -> None:
     archive = tmp_path / "a.tar"

@@ -231,12 +231,15 @@ class Writer:
         base = name[len(parent) + 1:] if parent else name
         if kind == "file":
             mode = _file_mode(entry.mode & 0o7777)
-            if 0 <= entry.size < THREAD_HASH_SIZE and self._offloading():
-                assert self._offload is not None and entry.data is not None
+            offload = self._offloading() if 0 <= entry.size < THREAD_HASH_SIZE else None
+            if offload is not None and offload.accepting():
+                assert entry.data is not None
                 data = _all_data(entry.data, entry.size)
-                self._offload.file(name, entry.name, mode, entry.mtime, data, hashlib.sha256(data).hexdigest())
+                offload.file(name, entry.name, mode, entry.mtime, data, hashlib.sha256(data).hexdigest())
                 self._written_bytes(entry.size)
             else:
+                if self._offload is not None and entry.size >= THREAD_HASH_SIZE:
+                    self._offload.check()  # before a large file, which can take a while
                 self._write_file(name, self._dir_fd(parent), base, entry, mode)
             if not self.files:
                 self.checkpoint("extracting")
@@ -269,27 +272,28 @@ class Writer:
             self.files.add(name)
             self.hardlinks[name] = target
 
-    def _offloading(self) -> bool:
-        """Whether a small file goes to the second process, which is started after `offload_after` of them."""
+    def _offloading(self) -> file_offload.Offload | None:
+        """The second process for a small file, started after `offload_after` of them; None: written here."""
         if self._offload is not None:
-            return True
+            return self._offload
         if self.offload_after is None or self._small < self.offload_after:
             self._small += 1
-            return False
+            return None
         try:
             self._offload = file_offload.Offload(self._root, self.owner)
         except OSError as exc:
             log.warning("Could not start tether's file-writing process (%s); this extraction writes every file "
                         "itself, which is slower.", exc)
             self.offload_after = None
-            return False
-        return True
+        return self._offload
 
     def _written_bytes(self, size: int) -> None:
         self._unflushed += size + FILE_COST
         if self._unflushed > FLUSH_BYTES:
             self._unflushed = 0
             self.flush()
+            if self._offload is not None:  # every 32 MiB: has it failed meanwhile?
+                self._offload.check()
 
     @staticmethod
     def _hardlink_target(entry: members.Entry, strip: int) -> str:
@@ -358,6 +362,15 @@ class Writer:
             os.chmod(os.path.join(self.dest, name), self.dirs[name])
         return root
 
+
+    def earlier_error(self, exc: errors.ArchiveError) -> None:
+        """Raise the error the second process met, if it met one: it was at an earlier member than `exc` (its
+        files are behind the archive). Otherwise return, and the caller raises `exc`."""
+        if self._offload is not None and self._offload.running:
+            try:
+                self._offloaded(self._offload)
+            except (OSError, errors.TetherError) as first:
+                raise first from exc
 
     def _offloaded(self, offload: file_offload.Offload) -> None:
         try:
@@ -508,6 +521,9 @@ def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None
     try:
         root = _extract(stream, detected, writer, budget, spool_dir, auto_strip=strip is None, package=package,
                         deb_root=deb_root)
+    except errors.ArchiveError as exc:
+        writer.earlier_error(exc)
+        raise
     finally:
         writer.close()
     if made is not None:

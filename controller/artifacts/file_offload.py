@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
 import subprocess
 import sys
 import typing
@@ -36,18 +37,42 @@ class Offload:
 
     def __init__(self, root: int, owner: tuple[int, int] | None) -> None:
         uid, gid = owner if owner is not None else (-1, -1)
-        self._process = subprocess.Popen(
-            [sys.executable, "-I", "-S", SCRIPT, str(root), str(uid), str(gid), str(os.getpid())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(root,),
-        )
+        root = fcntl.fcntl(root, fcntl.F_DUPFD_CLOEXEC, 3)  # not 0-2, which the child's pipes take (closed stdio)
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", "-S", SCRIPT, str(root), str(uid), str(gid), str(os.getpid())],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(root,),
+            )
+        finally:
+            os.close(root)
         assert self._process.stdin is not None and self._process.stdout is not None
         self._requests, self._replies = self._process.stdin.fileno(), self._process.stdout
+        self._watch = select.poll()  # the reply pipe: readable (a failure, or the end) only if the process stopped
+        self._watch.register(self._replies.fileno(), select.POLLIN)
         with contextlib.suppress(OSError):  # above pipe-max-size for an unprivileged user: the default works too
             fcntl.fcntl(self._requests, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        os.set_blocking(self._requests, False)  # a full pipe: the extracting process writes the next file itself
         self._sent: list[tuple[str, str, str | None]] = []  # (name, the member's name in the archive, a file's digest)
         self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
         self._parent = "", b""  # the last file's directory, encoded
+
+    def accepting(self) -> bool:
+        """Whether the process takes another file now. Not while SEND_BYTES wait here for its full pipe: the
+        extracting process then writes the file itself instead of waiting, so both stay busy."""
+        if self._pending_bytes < SEND_BYTES and len(self._pending) < SEND_PIECES:
+            return True
+        self._send(block=False)
+        return self._pending_bytes < SEND_BYTES and len(self._pending) < SEND_PIECES
+
+    @property
+    def running(self) -> bool:
+        return self._process.returncode is None
+
+    def check(self) -> None:
+        """Raise now if the process has failed or ended (instead of at the next send, or at finish)."""
+        if self._watch.poll(0):
+            self._failed()
 
     def file(self, name: str, raw: str, mode: int, mtime: float, data: bytes | memoryview, sha256: str) -> None:
         """Create the file `name` (relative to the root; its directory exists) with `data`, whose digest is
@@ -55,7 +80,8 @@ class Offload:
         self._request(file_process.FILE, name, raw, mode, mtime, data, sha256)
 
     def link(self, name: str, raw: str, target: str) -> None:
-        """Make `name` a hardlink to the file `target` (made earlier, by either process)."""
+        """Make `name` a hardlink to the file `target` (made earlier, by either process; sent whether accepting or
+        not: the target may still be on its way)."""
         above, _, base = target.rpartition("/")
         self._request(file_process.LINK, name, raw, 0, 0.0, os.fsencode(above) + b"\0" + os.fsencode(base), None)
 
@@ -67,31 +93,39 @@ class Offload:
         directory, encoded = self._parent[1], os.fsencode(base)
         self._pending += (file_process.REQUEST.pack(kind, len(directory), len(encoded), mode, mtime, len(data)),
                           directory, encoded, data)
-        self._pending_bytes += len(data) + len(directory) + len(encoded)
+        self._pending_bytes += file_process.REQUEST.size + len(directory) + len(encoded) + len(data)
         self._sent.append((name, raw, sha256))
-        if self._pending_bytes >= SEND_BYTES or len(self._pending) >= SEND_PIECES:
-            self._send()
 
-    def _send(self) -> None:
-        pieces, self._pending, self._pending_bytes = self._pending, [], 0
+    def _send(self, block: bool) -> None:
+        """Write what is pending into the pipe: all of it (block), or what the pipe takes now."""
+        pieces = self._pending
+        if block:
+            os.set_blocking(self._requests, True)
         try:
             while pieces:
-                done = os.writev(self._requests, pieces)
-                if done == sum(map(len, pieces)):
-                    return
-                index = 0  # a signal cut the write short: send the rest
-                while done >= len(pieces[index]):
+                done = os.writev(self._requests, pieces[:SEND_PIECES])
+                self._pending_bytes -= done
+                index = 0
+                while index < len(pieces) and done >= len(pieces[index]):
                     done -= len(pieces[index])
                     index += 1
-                pieces = [memoryview(pieces[index])[done:], *pieces[index + 1:]]
+                pieces = pieces[index:]
+                if done:  # the pipe (or a signal) cut the write short
+                    pieces[0] = memoryview(pieces[0])[done:]
+        except BlockingIOError:
+            pass
         except BrokenPipeError:
             self._failed()
+        finally:
+            self._pending = pieces
+            if block:
+                os.set_blocking(self._requests, False)
 
     def finish(self) -> Iterator[tuple[str, Fields]]:
         """Wait until every file is written; their digests and stat fields, by name. Raises the first error the
         process met: OSError with the member's archive name (errno as the process saw it)."""
         self._pending.append(file_process.REQUEST.pack(file_process.END, 0, 0, 0, 0.0, 0))
-        self._send()
+        self._send(block=True)
         reply = self._reply()
         files = [(name, digest) for name, _, digest in self._sent if digest is not None]
         if reply[:1] != file_process.OK or len(reply) != 1 + len(files) * file_process.RESULT.size:

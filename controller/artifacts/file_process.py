@@ -71,11 +71,14 @@ class Directories:
         if fd is not None:
             self._fds.move_to_end(name)
             return fd
-        parent, _, base = name.rpartition("/")
-        fd = os.open(base, DIR_FLAGS, dir_fd=self.fd(parent))
-        self._fds[name] = fd
-        if len(self._fds) > MAX_DIR_FDS:
-            os.close(self._fds.popitem(last=False)[1])
+        missing = [name]  # up to the nearest directory with a descriptor (a loop: trees can be thousands deep)
+        while (parent := missing[-1].rpartition("/")[0]) and parent not in self._fds:
+            missing.append(parent)
+        fd = self._fds[parent] if parent else self.root
+        for below in reversed(missing):
+            fd = self._fds[below] = os.open(below.rpartition("/")[2], DIR_FLAGS, dir_fd=fd)
+            if len(self._fds) > MAX_DIR_FDS:
+                os.close(self._fds.popitem(last=False)[1])
         return fd
 
     def close(self) -> None:
