@@ -39,7 +39,7 @@ import pytest
 from hypothesis import strategies as st
 
 from controller import errors
-from controller.artifacts import archives, extracting, members, modes, tar_reader
+from controller.artifacts import archives, extracting, member_names, members, modes, tar_reader
 from controller.manifests import model
 
 Draw = Callable[..., Any]  # hypothesis's draw function (st.DrawFn is newer than Debian 12's hypothesis 6.36)
@@ -423,7 +423,7 @@ def test_a_damaged_archive_is_read_to_the_end_or_refused_as_an_archive_error_nev
     kept = []
     for entry in yielded:
         try:
-            name = extracting.clean_name(entry.name, 0)
+            name = member_names.clean_name(entry.name, 0)
         except errors.ArchiveError:
             continue
         kept.append(name)

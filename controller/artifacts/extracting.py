@@ -1,16 +1,17 @@
 """Safe extraction of tar and zip archives into a fresh directory.
 
-Every member goes through tether's own filter first (names, types, links,
-limits), gets the data filter's mode (modes.py; links also go through
-`tarfile.data_filter` itself where Python has it), and is written with
-O_EXCL|O_NOFOLLOW relative to a descriptor of a directory that tether just
-created and that no archive member can redirect. Decompression runs ahead on
-a second thread (readahead.py); file digests are taken as the bytes pass.
+Every member goes through tether's own filter first (names and link targets
+in member_names.py, types, limits), gets the data filter's mode (modes.py;
+links also go through `tarfile.data_filter` itself where Python has it), and
+is written with O_EXCL|O_NOFOLLOW relative to a descriptor of a directory
+that tether just created and that no archive member can redirect.
+Decompression runs ahead on a second thread (readahead.py); file digests are
+taken as the bytes pass; past OFFLOAD_AFTER small files, a second process
+writes the small ones (file_offload.py).
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import errno
 import functools
@@ -18,7 +19,6 @@ import hashlib
 import io
 import logging
 import os
-import re
 import shutil
 import stat
 import tarfile
@@ -34,6 +34,7 @@ from controller.artifacts import (
     digest_thread,
     file_offload,
     file_process,
+    member_names,
     members,
     modes,
     readahead,
@@ -41,10 +42,6 @@ from controller.artifacts import (
 )
 
 log = logging.getLogger(__name__)
-MAX_NAME = 4096
-MAX_COMPONENT = 255
-MAX_SYMLINK_HOPS = 40  # as Linux: a path that needs more does not resolve at all (ELOOP)
-MAX_LINK_STEPS = 1_000_000  # path components walked to check all of an archive's symlinks (some seconds of lstat)
 CHUNK = 1024 * 1024
 FLUSH_BYTES = 32 * 1024 * 1024  # written between two asks to flush
 THREAD_HASH_SIZE = 128 * 1024  # a file this large is hashed on its own thread (digest_thread.py)
@@ -54,41 +51,7 @@ DIR_FLAGS, FILE_FLAGS = file_process.DIR_FLAGS, file_process.FILE_FLAGS
 Owner = tuple[int, int] | None
 SET_ID = stat.S_ISUID | stat.S_ISGID
 T = typing.TypeVar("T")
-CONTROL = re.compile("[\x00-\x1f\x7f]")
-# A name of ASCII components other than "." and "..", one slash between them, at most one at the end: it is
-# its own clean form. Anything else takes the long way through clean_name's checks.
-PLAIN = re.compile(r"(?:(?!\.\.?(?:/|$))[\x20-\x2e\x30-\x7e]+/)*(?!\.\.?(?:/|$))[\x20-\x2e\x30-\x7e]+/?")
 NAME_ERRORS = (errno.ENAMETOOLONG, errno.EILSEQ, errno.ELOOP, errno.EEXIST)  # the archive's names cause these
-
-
-def clean_name(raw: str, strip: int) -> str | None:
-    """The relative path a member may be written to, or None for the archive root."""
-    if PLAIN.fullmatch(raw) and len(raw) <= MAX_COMPONENT:  # the usual name: nothing below can refuse it
-        if not strip:
-            return raw.rstrip("/") or None
-        parts = raw.rstrip("/").split("/")[strip:]
-        return "/".join(parts) if parts else None
-    return checked_name(raw, strip)
-
-
-def checked_name(raw: str, strip: int) -> str | None:
-    """clean_name the long way: every check made (tests/test_member_names.py holds clean_name's shortcut to it)."""
-    if CONTROL.search(raw):
-        raise errors.ArchiveError(f"member {raw!r} has a control character in its name")
-    if not _utf8(raw):
-        raise errors.ArchiveError(f"member {raw!r} has a name that is not valid UTF-8")
-    if raw.startswith("/"):
-        raise errors.ArchiveError(f"member {raw!r} has an absolute name; archives must be relative")
-    parts = [p for p in raw.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise errors.ArchiveError(f"member {raw!r} has '..' in its name; it would escape the deployment")
-    size = len(raw.encode("utf-8", "surrogateescape"))
-    if size > MAX_NAME or (size > MAX_COMPONENT and any(
-        len(p.encode("utf-8", "surrogateescape")) > MAX_COMPONENT for p in parts
-    )):
-        raise errors.ArchiveError(f"member {raw[:80]!r}... has a name longer than the filesystem allows")
-    parts = parts[strip:]
-    return "/".join(parts) if parts else None
 
 
 class Written(typing.NamedTuple):
@@ -218,7 +181,7 @@ class Writer:
         if entry.mode & SET_ID and kind != "dir":  # on directories: cleared
             raise errors.ArchiveError(f"member {entry.name!r} is setuid or setgid; tether does not install such files")
         strip = self.strip or 0
-        name = clean_name(entry.name, strip)
+        name = member_names.clean_name(entry.name, strip)
         if name is None:
             if kind != "dir":
                 raise errors.ArchiveError(f"member {entry.name!r} is not below {strip} leading directories (stripComponents)")
@@ -298,7 +261,7 @@ class Writer:
     @staticmethod
     def _hardlink_target(entry: members.Entry, strip: int) -> str:
         try:
-            return clean_name(entry.target, strip) or ""
+            return member_names.clean_name(entry.target, strip) or ""
         except errors.ArchiveError as exc:
             raise errors.ArchiveError(
                 f"member {entry.name!r} is a hardlink to {entry.target!r}, which is outside the deployment or not a "
@@ -335,7 +298,7 @@ class Writer:
             raise errors.ArchiveError(
                 f"member {entry.name!r} is a symlink to the absolute path {target!r}; only relative symlinks are allowed"
             )
-        if not target or "\0" in target or not _utf8(target):
+        if not target or "\0" in target or not member_names.utf8(target):
             raise errors.ArchiveError(f"member {entry.name!r} is a symlink to {target!r}; only relative symlinks are allowed")
         resolved = os.path.normpath(os.path.join(os.path.dirname(name), target))
         if resolved == ".." or resolved.startswith("../"):
@@ -354,14 +317,13 @@ class Writer:
             top = os.listdir(self.dest)
             if len(top) == 1 and top[0] in self.dirs:
                 root = os.path.join(self.dest, top[0])
-        steps = [MAX_LINK_STEPS]  # shared by all symlinks: each can be made to cost tens of thousands of lstats
+        steps = [member_names.MAX_LINK_STEPS]  # shared by all symlinks: each can be made to cost tens of thousands of lstats
         for name in self.symlinks:
-            if _resolves_outside(root, os.path.relpath(os.path.join(self.dest, name), root), steps):
+            if member_names.resolves_outside(root, os.path.relpath(os.path.join(self.dest, name), root), steps):
                 raise errors.ArchiveError(f"member {name!r} is a symlink that resolves outside the deployment")
         for name in sorted(self.dirs, key=lambda d: -d.count("/")):
             os.chmod(os.path.join(self.dest, name), self.dirs[name])
         return root
-
 
     def earlier_error(self, exc: errors.ArchiveError) -> None:
         """Raise the error the second process met, if it met one: it was at an earlier member than `exc` (its
@@ -369,7 +331,7 @@ class Writer:
         if self._offload is not None and self._offload.running:
             try:
                 self._offloaded(self._offload)
-            except (OSError, errors.TetherError) as first:
+            except (OSError, errors.ArchiveError) as first:  # (not its having ended: then `exc` is the error)
                 raise first from exc
 
     def _offloaded(self, offload: file_offload.Offload) -> None:
@@ -400,47 +362,6 @@ def _written(digest: str, st: os.stat_result) -> Written:
     return Written(digest, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, stat.S_IMODE(st.st_mode))
 
 
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # undecodable bytes, kept by tarfile and zipfile as lone surrogates
-        return False
-    return True
-
-
-def _resolves_outside(root: str, name: str, steps: list[int]) -> bool:
-    """Whether `name` below `root`, every symlink in it followed, leads out of `root`.
-
-    Resolved component by component with `root` as the boundary, as it will be
-    once it is the deployment: realpath(3) could leave `root` and come back in
-    through the name of the top directory that stripComponents removes.
-    """
-    pending, inside, hops = collections.deque(name.split("/")), list[str](), 0
-    while pending:
-        steps[0] -= 1
-        if steps[0] < 0:
-            raise errors.ArchiveError(f"the archive's symlinks take more than {MAX_LINK_STEPS} steps to resolve "
-                                      f"(at {name[:80]!r}): refusing a likely resolution bomb")
-        part = pending.popleft()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not inside:
-                return True
-            inside.pop()
-        elif os.path.islink(path := os.path.join(root, *inside, part)):
-            hops += 1
-            if hops > MAX_SYMLINK_HOPS:
-                return False  # a loop, or too long a chain: the kernel does not follow it anywhere
-            target = os.readlink(path)
-            if target.startswith("/"):
-                return True
-            pending.extendleft(reversed(target.split("/")))
-        else:
-            inside.append(part)
-    return False
-
-
 @functools.cache
 def _file_mode(mode: int) -> int:  # a regular file's mode on disk, remembered: one of 4096
     return modes.on_disk("file", mode)
@@ -469,7 +390,7 @@ def _below(entries: Iterator[members.Entry], root: str, budget: archives.Budget)
     """The members below `root` (source.debRoot), renamed relative to it; every name is checked, all are counted."""
     prefix, found = root + "/", False
     for entry in entries:
-        name = clean_name(entry.name, 0) or ""
+        name = member_names.clean_name(entry.name, 0) or ""
         if name == root and entry.type != "dir":
             raise errors.ArchiveError(f"source.debRoot {root!r} is a {entry.type} in the package, not a directory")
         if not name.startswith(prefix):
@@ -478,7 +399,7 @@ def _below(entries: Iterator[members.Entry], root: str, budget: archives.Budget)
             continue
         target = entry.target
         if entry.type == "hardlink":
-            target = clean_name(target, 0) or ""
+            target = member_names.clean_name(target, 0) or ""
             if not target.startswith(prefix):
                 raise errors.ArchiveError(f"member {entry.name!r} is a hardlink to {entry.target!r}, outside "
                                           f"source.debRoot {root!r}")

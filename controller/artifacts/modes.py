@@ -3,7 +3,7 @@
 `tarfile.data_filter` does two things: it resolves every member's path with
 realpath (two walks over the whole absolute staging path, some 20 lstat calls a
 member) to keep it inside the destination, and it limits the mode. tether keeps
-members inside by its own lexical checks (extracting.clean_name, the writer's
+members inside by its own lexical checks (member_names.clean_name, the writer's
 sets of what it created, descriptor-relative O_EXCL|O_NOFOLLOW writes), so only
 the mode rule is needed, and it is this arithmetic. tests/test_modes.py keeps it
 equal to `tarfile.data_filter` over every mode and member type.
