@@ -304,7 +304,7 @@ def test_a_daemon_stopped_mid_extraction_leaves_no_file_writing_process_and_the_
         node: support.Node, http: support.HttpServer, signum: int) -> None:
     from tests import test_daemon
 
-    files = {f"site/d{i % 50}/f{i}": os.urandom(64) for i in range(40_000)}
+    files = {f"site/d{i % 50}/f{i}": os.urandom(64) for i in range(12_000)}
     http.serve("/v1.tar.gz", support.tar_bytes([M("site/", type="dir"), *(M(n, d) for n, d in files.items())]))
     support.write_manifest(node.manifests, support.application(
         "site", node.apps / "site", deployment="v1", source={"url": http.url("/{deployment}.tar.gz")}))
