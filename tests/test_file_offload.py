@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from controller import errors
-from controller.artifacts import archives, extracting
+from controller.artifacts import archives, extracting, file_offload
 from controller.manifests import model
 from tests import support
 from tests import test_hostile_review as hostile
@@ -266,3 +266,26 @@ def test_while_the_second_process_lags_the_extracting_process_writes_files_itsel
     assert support.snapshot(tmp_path / "after-0") == support.snapshot(tmp_path / "after-None")
     assert made[0] == made[None]
     assert (tmp_path / "after-0/site/h7").stat().st_ino == (tmp_path / "after-0/site/d2/f7").stat().st_ino
+
+
+@pytest.mark.parametrize("sent", [0, 1, 300])
+def test_a_second_process_that_died_before_the_end_fails_the_finish_as_one_to_retry(tmp_path: Path, sent: int) -> None:
+    """Killed with 0, 1 or 300 files sent (all still waiting to be written to its pipe, or some written): the
+    last, blocking send or the reply says so, as a TemporaryError, and the process is waited for."""
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    offload = file_offload.Offload(root, None)
+    try:
+        for i in range(sent):
+            offload.file(f"f{i}", f"f{i}", 0o644, 0.0, b"x" * 1000, support.sha256(b"x" * 1000))
+        for pid in _children():
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _children() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+        with pytest.raises(errors.TemporaryError, match="file-writing process"):
+            list(offload.finish())
+        assert not offload.running
+    finally:
+        offload.close()
+        os.close(root)

@@ -98,7 +98,7 @@ class Offload:
 
     def _send(self, block: bool) -> None:
         """Write what is pending into the pipe: all of it (block), or what the pipe takes now."""
-        pieces = self._pending
+        pieces, ended = self._pending, False
         if block:
             os.set_blocking(self._requests, True)
         try:
@@ -115,11 +115,13 @@ class Offload:
         except BlockingIOError:
             pass
         except BrokenPipeError:
-            self._failed()
+            ended = True
         finally:
             self._pending = pieces
             if block:
                 os.set_blocking(self._requests, False)
+        if ended:
+            self._failed()
 
     def finish(self) -> Iterator[tuple[str, Fields]]:
         """Wait until every file is written; their digests and stat fields, by name. Raises the first error the
