@@ -16,8 +16,8 @@ ext4 in /dev/shm:
            the sha256 of each file: the floor of any pure-Python writer
   tether   extracting.extract of the same bytes (tether's reader, checks, writer and digests)
 
-Figures are wall seconds and the extracting thread's CPU seconds (time.thread_time): tether's main thread
-minus `bare` is the Python per member that remains.
+Figures are wall seconds and CPU seconds: the extracting thread's (time.thread_time) plus its child
+processes' (tar itself; tether's second process, which writes the small files: file_offload.py).
 """
 
 from __future__ import annotations
