@@ -23,6 +23,7 @@ from typing import Any
 
 from controller import __version__, errors, formats, fsutil
 from controller.daemon import (
+    converged,
     drift_watch,
     exposition,
     metrics,
@@ -85,6 +86,7 @@ class Daemon:
         self.problems: list[errors.ManifestError] = []
         self.files: dict[str, str] = {}  # manifest file -> application name, for invalid files
         self.drift = drift_watch.DriftWatch(config.content_check_seconds, clock)
+        self.converged = converged.Converged()  # applications whose last pass was a no-op, and what it read
         self.invalid: dict[str, str] = {}  # application -> why its manifest is invalid now (last good kept)
         self.reported: set[str] = set()  # manifest problems already logged
         self.running: dict[str, threading.Event] = {}  # application -> set when its pass should give up retrying
@@ -158,6 +160,7 @@ class Daemon:
             self.running[name].set()  # its pass stops downloading and retrying
         self.seen.pop(name, None)
         self.drift.forget(name)
+        self.converged.forget(name)
         self.gates.forget(name)
         with self._guard:
             self.wakeups.pop(name, None)
@@ -204,6 +207,7 @@ class Daemon:
                           "traceback); it is retried with back-off.", name)
         next_attempt = self.backoff.failed(name, key, self.monotonic())
         self._wanted.set()  # the loop queues it again when the back-off ends
+        self.converged.forget(name)
         try:
             previous = self.statuses.get(name) or self.store.read(name)[0] or status.initial(app)
             document = status.set_failed(previous, error, self.clock(), permanent, unexpected)
@@ -219,6 +223,11 @@ class Daemon:
     def _pass(self, app: model.Application, kind: model.Kind | None, override: overrides.Override,
               key: Hashable) -> None:
         name = app.name
+        error = self.node.error
+        inputs = (app, kind, override, self.node.identity, None if error is None else str(error))
+        if self._still_converged(name, inputs):
+            return
+        before_ns = self.converged.started()  # what this pass reads must have changed last before this
         checked: dict[tuple[int, str | None], drift.Structural] = {}
 
         def structure(path: str, seen: records.Observed, desired: str | None) -> drift.Structural:
@@ -286,6 +295,34 @@ class Daemon:
         self.observations.reconciled(name, "success" if result.ok else "failure", took)  # after the status
         for run in result.hook_runs:
             self.observations.hook_ran(run, name)
+        if (result.ok and not result.plan.steps and not result.hook_runs and not result.probes
+                and rolled.decision is None and name not in self.invalid and status.is_ready(document)
+                and not any(document["drift"].values())):
+            self.converged.remember(name, inputs, result.observed, status.status_path(self.config.state_dir, name),
+                                    before_ns)
+        else:
+            self.converged.forget(name)
+
+    def _still_converged(self, name: str, inputs: tuple[object, ...]) -> bool:
+        """A pass of `name` that finds nothing it depends on changed since its last no-op pass (daemon/converged.py):
+        it publishes the status it published last, with fresh times, and counts as a successful pass."""
+        started = self.monotonic()
+        with self._guard:
+            last = self.statuses.get(name)
+        if last is None or name in self.invalid or self.drift.content_due(name):
+            return False
+        with locking.application_lock(self.config.state_dir, name):  # as a full pass: not while a command works
+            if not self.converged.still(name, inputs):
+                return False
+        stamp = status.timestamp(self.clock())
+        with self._guard:  # as _publish, without comparing with the status file: its identity is the same
+            if name in self.apps:
+                self.statuses[name] = {**last, "updatedAt": stamp, "lastSuccessAt": stamp}
+                self._changed.set()
+                if self.config.metrics_textfile:
+                    self._wanted.set()
+        self.observations.reconciled(name, "success", self.monotonic() - started)
+        return True
 
     def _last_status(self, name: str) -> dict[str, Any] | None:
         """The status the daemon last published for `name` (a retried download says so in it)."""
