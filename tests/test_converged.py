@@ -23,7 +23,7 @@ import pytest
 from controller import formats
 from controller.daemon import converged, loop
 from controller.engine import reconciling
-from controller.tree import fingerprint, known_files, records
+from controller.tree import fingerprint, known_files, locking, records
 from tests import support
 from tests import test_drift as drifts
 
@@ -43,7 +43,7 @@ class Site:
         for version in ("v1", "v2"):
             self.want(version)
             self.runner.scan()
-            self.runner.process("site")
+            self.work()
         assert self.document()["current"] == "v2"
 
     def want(self, deployment: str) -> None:
@@ -72,8 +72,15 @@ class Site:
         """One pass (after a rescan); whether it concluded "still converged"."""
         skipped = self.runner.converged.skipped
         self.runner.scan()
-        self.runner.process("site")
+        self.work()
         return self.runner.converged.skipped == skipped + 1
+
+    def work(self) -> None:
+        """One pass of `site`: the one the scan queued, as a worker takes it, or else one now."""
+        name = self.runner.queue.get() if not self.runner.queue.idle() else "site"
+        self.runner.process(str(name))
+        self.runner.queue.done(str(name))
+        assert self.runner.queue.idle()
 
     def tether(self, *args: str) -> None:
         run = self.node.tether(*args)
@@ -264,3 +271,24 @@ def test_a_fingerprint_is_settled_only_when_all_it_saw_is_old_and_nothing_vanish
     gone = (*up, str(tmp_path / "nothing"))
     assert not fingerprint.settled(gone, below, fingerprint.take(gone, below), later), "an ancestor is missing"
     assert fingerprint.ancestors("/srv/www/site") == ["/", "/srv", "/srv/www"]
+
+
+def test_a_full_resync_concludes_still_converged_in_the_scan_and_queues_only_what_it_cannot(site: Site) -> None:
+    skipped = site.runner.converged.skipped
+    site.runner.scan(everything=True)
+    assert site.runner.queue.idle(), "a converged application was handed to a worker"
+    assert site.runner.converged.skipped == skipped + 1
+
+    (site.path / "current").unlink()
+    site.runner.scan(everything=True)
+    assert not site.runner.queue.idle(), "a changed application was not queued"
+    site.work()
+    assert current(site) == str(site.path / "v2")
+
+
+def test_a_full_resync_queues_an_application_whose_lock_another_holds_instead_of_waiting(site: Site) -> None:
+    assert site.still_converged()
+    with locking.application_lock(str(site.node.state), "site"):  # a command working on it
+        site.runner.scan(everything=True)
+        assert not site.runner.queue.idle(), "the scan waited for the lock or skipped the application"
+    assert site.runner.queue.get() == "site"

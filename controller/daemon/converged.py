@@ -65,6 +65,11 @@ class Converged:
         self.forget(name)
         return False
 
+    def known(self, name: str) -> bool:
+        """Whether the last pass of `name` was remembered."""
+        with self._lock:
+            return name in self._known
+
     def still(self, name: str, inputs: tuple[object, ...]) -> bool:
         """Whether nothing `name`'s remembered pass depended on has changed (one lstat per path)."""
         with self._lock:

@@ -91,6 +91,7 @@ class Daemon:
         self.reported: set[str] = set()  # manifest problems already logged
         self.running: dict[str, threading.Event] = {}  # application -> set when its pass should give up retrying
         self.parsed: dict[Any, Any] = {}  # loading's cache of parsed manifests
+        self.identities: dict[str, Any] = {}  # and of which manifest files are as they were when read
         self.validated = validated_cache.Store(config.state_dir)  # and across starts, in the state dir
         self.node = node_identity.Tracker(config.node_config, secure=not config.insecure_manifests)
         self.gates = gate.Cache(ask_gate, monotonic)  # each application's last gate answer, for intervalSeconds
@@ -118,7 +119,7 @@ class Daemon:
             with self._guard:
                 self._node_changed = True
         found = scanning.read(self.config.manifests, self.config.state_dir, not self.config.insecure_manifests,
-                              self.parsed, self.validated)
+                              self.parsed, self.validated, self.identities)
         if found is None:
             log.info("The manifests directory was replaced while it was read; reading it again.")
             self.request_rescan()
@@ -150,6 +151,8 @@ class Daemon:
             key = (app.generation, overrides.read(self.config.state_dir, name))
             if self.seen.get(name) != key and name in self.running:
                 self.running[name].set()  # a pass of the old desired state stops retrying downloads
+            if self.seen.get(name) == key and name not in healed and everything and self._converged_now(app, key[1]):
+                continue  # a full resync's pass of an application that finds nothing changed: no worker needed
             if everything or self.seen.get(name) != key or name in healed:
                 self.seen[name] = key
                 self.queue.put(name)
@@ -220,11 +223,30 @@ class Daemon:
         finally:
             self.observations.reconciled(name, "failure", took)
 
+    def _converged_now(self, app: model.Application, override: overrides.Override) -> bool:
+        """The pass of `app` made here, in the scanning thread, when it finds nothing changed since its last no-op
+        pass and nobody holds the application (a worker, a command); False: queue it for a worker. Handing 1000
+        such passes to the workers cost more CPU than the passes themselves (P4)."""
+        if not self.converged.known(app.name) or not self.queue.claim(app.name):
+            return False
+        try:
+            with self._guard:
+                kind = self.kinds.get(app.kind) if app.kind else None
+            return self.backoff.due(app.name, (app.generation, override)) is None and \
+                self._still_converged(app.name, self._inputs(app, kind, override), wait=False)
+        finally:
+            self.queue.done(app.name)
+
+    def _inputs(self, app: model.Application, kind: model.Kind | None,
+                override: overrides.Override) -> tuple[object, ...]:
+        """What a pass depends on besides the disk: for daemon/converged.py."""
+        error = self.node.error
+        return app, kind, override, self.node.identity, None if error is None else str(error)
+
     def _pass(self, app: model.Application, kind: model.Kind | None, override: overrides.Override,
               key: Hashable) -> None:
         name = app.name
-        error = self.node.error
-        inputs = (app, kind, override, self.node.identity, None if error is None else str(error))
+        inputs = self._inputs(app, kind, override)
         if self._still_converged(name, inputs):
             return
         before_ns = self.converged.started()  # what this pass reads must have changed last before this
@@ -303,16 +325,17 @@ class Daemon:
         else:
             self.converged.forget(name)
 
-    def _still_converged(self, name: str, inputs: tuple[object, ...]) -> bool:
+    def _still_converged(self, name: str, inputs: tuple[object, ...], wait: bool = True) -> bool:
         """A pass of `name` that finds nothing it depends on changed since its last no-op pass (daemon/converged.py):
-        it publishes the status it published last, with fresh times, and counts as a successful pass."""
+        it publishes the status it published last, with fresh times, and counts as a successful pass. With `wait`
+        False, False when another holds the application's lock."""
         started = self.monotonic()
         with self._guard:
             last = self.statuses.get(name)
         if last is None or name in self.invalid or self.drift.content_due(name):
             return False
-        with locking.application_lock(self.config.state_dir, name):  # as a full pass: not while a command works
-            if not self.converged.still(name, inputs):
+        with locking.application_lock(self.config.state_dir, name, wait) as held:  # not while a command works
+            if not held or not self.converged.still(name, inputs):
                 return False
         stamp = status.timestamp(self.clock())
         with self._guard:  # as _publish, without comparing with the status file: its identity is the same
