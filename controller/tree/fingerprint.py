@@ -86,10 +86,11 @@ def settled(up: tuple[str, ...], below: tuple[str, ...], identities: tuple[Ident
     `before_ns` read: every one below the ancestors changed last at least RACY_NS before that, so that a later
     change cannot look the same, and only what sits in a directory of `below` may be missing (a file created
     later changes that directory; one that vanished during the pass would otherwise look the same as before)."""
-    tracked = set(below)
+    limit = before_ns - known_files.RACY_NS
     for where, found in zip(below, identities[len(up):], strict=True):
-        if found is None and os.path.dirname(where) not in tracked:
-            return False
-        if found is not None and found[4] >= before_ns - known_files.RACY_NS:
+        if found is None:
+            if os.path.dirname(where) not in below:  # a handful of paths: no set needed
+                return False
+        elif found[4] >= limit:
             return False
     return all(found is not None and not stat.S_ISLNK(found[2]) for found in identities[: len(up)])
