@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,11 @@ from controller.daemon import converged, loop
 from controller.engine import reconciling
 from controller.tree import fingerprint, known_files, locking, records
 from tests import support
+from tests import test_daemon as daemons
 from tests import test_drift as drifts
+from tests.test_daemon import start
+
+__all__ = ["start"]  # the fixture, used by name
 
 AHEAD_NS = 10_000_000_000
 
@@ -292,3 +297,31 @@ def test_a_full_resync_queues_an_application_whose_lock_another_holds_instead_of
         site.runner.scan(everything=True)
         assert not site.runner.queue.idle(), "the scan waited for the lock or skipped the application"
     assert site.runner.queue.get() == "site"
+
+
+def test_a_real_daemon_acts_on_changes_made_after_its_resyncs_found_nothing_changed(
+        node: support.Node, http: support.HttpServer, start: daemons.Start) -> None:
+    daemon, app = daemons.running_site(node, http, start, "v2")
+    daemons.put(node.manifests, daemons.app_manifest(node, http, deployment="v2"))
+    daemons.wait_converged(node, "site", "v2")
+    time.sleep(known_files.RACY_NS / 1e9 + 0.2)  # not a synchronisation: the tree must be older than the margin
+
+    def resync() -> None:
+        passes = daemon.passes("site")
+        daemon.signal(signal.SIGHUP)
+        daemons.wait_until(lambda: daemon.passes("site") > passes)
+
+    for _ in range(2):  # the first remembers the tree, the second finds it unchanged
+        resync()
+    status = daemons.status_of(node, "site")
+    assert daemons.condition(status)["status"] == "True" and status["current"] == "v2"
+
+    link = app / "current.new"
+    link.symlink_to(app / "v1")
+    os.replace(link, app / "current")
+    resync()
+    daemons.wait_until(lambda: os.readlink(app / "current") == str(app / "v2"), message="current was not restored")
+    (app / ".tether" / "deployments" / "v0.json").write_text(json.dumps({"name": "v0", "state": "incomplete"}))
+    daemon.signal(signal.SIGHUP)
+    daemons.wait_until(lambda: not (app / ".tether" / "deployments" / "v0.json").exists(),
+                       message="the added record was not cleaned")
