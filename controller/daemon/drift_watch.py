@@ -33,7 +33,7 @@ class DriftWatch:
         made = observed.last_activated
         types = structure(app.path, observed, made).types if made is not None else []
         note = ""
-        if observed.current is not None and self.clock() >= self.due.get(app.name, 0.0):
+        if observed.current is not None and self.content_due(app.name):
             self.due[app.name] = self.clock() + self.content_check_seconds
             try:
                 self.content[app.name] = drift.check_content(app.path, observed.current, app.drift_ignore).paths
@@ -44,6 +44,10 @@ class DriftWatch:
                             len(self.content[app.name]), observed.current, ", ".join(self.content[app.name][:10]))
         files = self.content.get(app.name, [])
         status.set_drift(document, [*types, *(["content"] if files else [])], files, self.clock(), note)
+
+    def content_due(self, name: str) -> bool:
+        """Whether the next pass of `name` checks its content."""
+        return self.clock() >= self.due.get(name, 0.0)
 
     def forget(self, name: str) -> None:
         self.content.pop(name, None)

@@ -23,6 +23,7 @@ from typing import Any
 
 from controller import __version__, errors, formats, fsutil
 from controller.daemon import (
+    converged,
     drift_watch,
     exposition,
     metrics,
@@ -85,10 +86,12 @@ class Daemon:
         self.problems: list[errors.ManifestError] = []
         self.files: dict[str, str] = {}  # manifest file -> application name, for invalid files
         self.drift = drift_watch.DriftWatch(config.content_check_seconds, clock)
+        self.converged = converged.Converged()  # applications whose last pass was a no-op, and what it read
         self.invalid: dict[str, str] = {}  # application -> why its manifest is invalid now (last good kept)
         self.reported: set[str] = set()  # manifest problems already logged
         self.running: dict[str, threading.Event] = {}  # application -> set when its pass should give up retrying
         self.parsed: dict[Any, Any] = {}  # loading's cache of parsed manifests
+        self.identities: dict[str, Any] = {}  # and of which manifest files are as they were when read
         self.validated = validated_cache.Store(config.state_dir)  # and across starts, in the state dir
         self.node = node_identity.Tracker(config.node_config, secure=not config.insecure_manifests)
         self.gates = gate.Cache(ask_gate, monotonic)  # each application's last gate answer, for intervalSeconds
@@ -116,7 +119,7 @@ class Daemon:
             with self._guard:
                 self._node_changed = True
         found = scanning.read(self.config.manifests, self.config.state_dir, not self.config.insecure_manifests,
-                              self.parsed, self.validated)
+                              self.parsed, self.validated, self.identities)
         if found is None:
             log.info("The manifests directory was replaced while it was read; reading it again.")
             self.request_rescan()
@@ -148,6 +151,8 @@ class Daemon:
             key = (app.generation, overrides.read(self.config.state_dir, name))
             if self.seen.get(name) != key and name in self.running:
                 self.running[name].set()  # a pass of the old desired state stops retrying downloads
+            if self.seen.get(name) == key and name not in healed and everything and self._converged_now(app, key[1]):
+                continue  # a full resync's pass of an application that finds nothing changed: no worker needed
             if everything or self.seen.get(name) != key or name in healed:
                 self.seen[name] = key
                 self.queue.put(name)
@@ -158,6 +163,7 @@ class Daemon:
             self.running[name].set()  # its pass stops downloading and retrying
         self.seen.pop(name, None)
         self.drift.forget(name)
+        self.converged.forget(name)
         self.gates.forget(name)
         with self._guard:
             self.wakeups.pop(name, None)
@@ -204,6 +210,7 @@ class Daemon:
                           "traceback); it is retried with back-off.", name)
         next_attempt = self.backoff.failed(name, key, self.monotonic())
         self._wanted.set()  # the loop queues it again when the back-off ends
+        self.converged.forget(name)
         try:
             previous = self.statuses.get(name) or self.store.read(name)[0] or status.initial(app)
             document = status.set_failed(previous, error, self.clock(), permanent, unexpected)
@@ -216,9 +223,33 @@ class Daemon:
         finally:
             self.observations.reconciled(name, "failure", took)
 
+    def _converged_now(self, app: model.Application, override: overrides.Override) -> bool:
+        """The pass of `app` made here, in the scanning thread, when it finds nothing changed since its last no-op
+        pass and nobody holds the application (a worker, a command); False: queue it for a worker. Handing 1000
+        such passes to the workers cost more CPU than the passes themselves (P4)."""
+        if not self.converged.known(app.name) or not self.queue.claim(app.name):
+            return False
+        try:
+            with self._guard:
+                kind = self.kinds.get(app.kind) if app.kind else None
+            return self.backoff.due(app.name, (app.generation, override)) is None and \
+                self._still_converged(app.name, self._inputs(app, kind, override), wait=False)
+        finally:
+            self.queue.done(app.name)
+
+    def _inputs(self, app: model.Application, kind: model.Kind | None,
+                override: overrides.Override) -> tuple[object, ...]:
+        """What a pass depends on besides the disk: for daemon/converged.py."""
+        error = self.node.error
+        return app, kind, override, self.node.identity, None if error is None else str(error)
+
     def _pass(self, app: model.Application, kind: model.Kind | None, override: overrides.Override,
               key: Hashable) -> None:
         name = app.name
+        inputs = self._inputs(app, kind, override)
+        if self._still_converged(name, inputs):
+            return
+        before_ns = self.converged.started()  # what this pass reads must have changed last before this
         checked: dict[tuple[int, str | None], drift.Structural] = {}
 
         def structure(path: str, seen: records.Observed, desired: str | None) -> drift.Structural:
@@ -286,6 +317,35 @@ class Daemon:
         self.observations.reconciled(name, "success" if result.ok else "failure", took)  # after the status
         for run in result.hook_runs:
             self.observations.hook_ran(run, name)
+        if (result.ok and not result.plan.steps and not result.hook_runs and not result.probes
+                and rolled.decision is None and name not in self.invalid and status.is_ready(document)
+                and not any(document["drift"].values())):
+            self.converged.remember(name, inputs, result.observed, status.status_path(self.config.state_dir, name),
+                                    before_ns)
+        else:
+            self.converged.forget(name)
+
+    def _still_converged(self, name: str, inputs: tuple[object, ...], wait: bool = True) -> bool:
+        """A pass of `name` that finds nothing it depends on changed since its last no-op pass (daemon/converged.py):
+        it publishes the status it published last, with fresh times, and counts as a successful pass. With `wait`
+        False, False when another holds the application's lock."""
+        started = self.monotonic()
+        with self._guard:
+            last = self.statuses.get(name)
+        if last is None or name in self.invalid or self.drift.content_due(name):
+            return False
+        with locking.application_lock(self.config.state_dir, name, wait) as held:  # not while a command works
+            if not held or not self.converged.still(name, inputs):
+                return False
+        stamp = status.timestamp(self.clock())
+        with self._guard:  # as _publish, without comparing with the status file: its identity is the same
+            if name in self.apps:
+                self.statuses[name] = {**last, "updatedAt": stamp, "lastSuccessAt": stamp}
+                self._changed.set()
+                if self.config.metrics_textfile:
+                    self._wanted.set()
+        self.observations.reconciled(name, "success", self.monotonic() - started)
+        return True
 
     def _last_status(self, name: str) -> dict[str, Any] | None:
         """The status the daemon last published for `name` (a retried download says so in it)."""

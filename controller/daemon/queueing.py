@@ -42,6 +42,14 @@ class WorkQueue:
             self._running.add(name)
             return name
 
+    def claim(self, name: str) -> bool:
+        """Take `name` as a worker would, unless it is queued or running; True when taken (call `done`)."""
+        with self._changed:
+            if name in self._running or name in self._ready:
+                return False
+            self._running.add(name)
+            return True
+
     def done(self, name: str) -> None:
         with self._changed:
             self._running.discard(name)

@@ -57,14 +57,16 @@ def merge(found: loading.Catalog, last_apps: dict[str, model.Application],
 
 
 def read(directory: str, state_dir: str, secure: bool, cache: dict[Any, Any],
-         store: validated_cache.Store | None = None) -> loading.Catalog | None:
+         store: validated_cache.Store | None = None,
+         identities: dict[str, tuple[loading.Identity, str]] | None = None) -> loading.Catalog | None:
     """The manifests in `directory` (files still being written are skipped), or None when the
     directory was replaced (a symlink swap, a re-clone) while it was read: read it again. `store` keeps what
-    validation made of each manifest across daemon starts."""
+    validation made of each manifest across daemon starts, `identities` which files need not be opened again
+    (see loading.load)."""
     reserved = [os.path.realpath(state_dir), os.path.realpath(directory)]
     before = identity(directory)
     found = loading.load([directory], secure=secure, reserved_paths=reserved, skip_busy=True, cache=cache,
-                         store=store)
+                         store=store, identities=identities)
     return None if before is not None and identity(directory) != before else found
 
 

@@ -19,8 +19,9 @@ def lock_path(state_dir: str, name: str) -> str:
 
 
 @contextlib.contextmanager
-def application_lock(state_dir: str, name: str) -> Iterator[None]:
-    """Hold the application's lock (flock on a file that is never deleted)."""
+def application_lock(state_dir: str, name: str, wait: bool = True) -> Iterator[bool]:
+    """Hold the application's lock (flock on a file that is never deleted); yields True. With `wait` False,
+    yields False at once, holding nothing, when another process or thread holds it."""
     path = lock_path(state_dir, name)
     try:
         fd = _open_lock(path)  # the locks directory exists but for the first lock (one open, not mkdir + stat)
@@ -31,9 +32,12 @@ def application_lock(state_dir: str, name: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                yield False
+                return
             log.info("Another tether process is working on %s; waiting for it to finish.", name)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield True
     finally:
         os.close(fd)
 
