@@ -50,15 +50,22 @@ class Converged:
         """The moment before a full pass reads anything, for `remember`."""
         return self._clock_ns()
 
+    def ancestors(self, path: str) -> tuple[fingerprint.Identity, ...]:
+        """The identities of the ancestors of `path` before a full pass checks them, for `remember`: an ancestor's
+        identity holds no time, so the racy margin cannot tell that it changed after the check."""
+        return fingerprint.take(tuple(fingerprint.ancestors(path)), ())
+
     def remember(self, name: str, inputs: tuple[object, ...], observed: records.Observed, status_file: str,
-                 before_ns: int) -> bool:
-        """Remember the pass of `name` that read `observed` and started reading at `before_ns` (`started`);
-        False (and forgotten) when its fingerprint cannot stand for what it read (see fingerprint.settled)."""
+                 before_ns: int, ancestors: tuple[fingerprint.Identity, ...] | None = None) -> bool:
+        """Remember the pass of `name` that read `observed` and started reading at `before_ns` (`started`), its
+        ancestors being `ancestors` before it checked them (`ancestors`); False (and forgotten) when its fingerprint
+        cannot stand for what it read (see fingerprint.settled) or an ancestor changed during the pass."""
         found = fingerprint.paths(observed, status_file)
         if found is not None:
             up, below = found
             identities = fingerprint.take(up, below)
-            if fingerprint.settled(up, below, identities, before_ns):
+            if (ancestors is None or identities[: len(up)] == ancestors) and \
+                    fingerprint.settled(up, below, identities, before_ns):
                 with self._lock:
                     self._known[name] = _Remembered(inputs, up, below, identities)
                 return True

@@ -250,6 +250,7 @@ class Daemon:
         if self._still_converged(name, inputs):
             return
         before_ns = self.converged.started()  # what this pass reads must have changed last before this
+        ancestors = self.converged.ancestors(app.path)  # and its ancestors be as they were before it checked them
         checked: dict[tuple[int, str | None], drift.Structural] = {}
 
         def structure(path: str, seen: records.Observed, desired: str | None) -> drift.Structural:
@@ -321,7 +322,7 @@ class Daemon:
                 and rolled.decision is None and name not in self.invalid and status.is_ready(document)
                 and not any(document["drift"].values())):
             self.converged.remember(name, inputs, result.observed, status.status_path(self.config.state_dir, name),
-                                    before_ns)
+                                    before_ns, ancestors)
         else:
             self.converged.forget(name)
 
