@@ -241,7 +241,8 @@ def test_what_changed_within_the_racy_margin_before_a_pass_is_not_remembered(sit
     assert not site.still_converged()
     assert not site.still_converged(), "a pass remembered a tree whose ctimes are within the racy margin"
     site.runner = site.daemon(clock_ns=lambda: time.time_ns() + known_files.RACY_NS + 1_000_000_000)
-    assert not site.still_converged()
+    assert not site.still_converged()  # a new daemon: this pass lstats what it read, for the next
+    assert not site.still_converged()  # which remembers
     assert site.still_converged()
 
 

@@ -7,8 +7,8 @@ window is in the fingerprint as if the pass had seen it, unless the racy margin 
 margin covers what has a ctime below the ancestors, and only when the filesystem's clock is the daemon's.
 The tests make the change at the end of that window: from the pass's own `observations.reconciled` call, the
 last thing a pass does before it remembers (an operator's command landing at that moment, not a mock of the
-thing under test). Tests marked xfail(strict) show a finding of the review; the others what was checked and
-holds.
+thing under test). Two findings of the review were fixed: an ancestor's change, and any change on a filesystem whose clock is
+behind the daemon's, made while a remembering pass finished; the other tests pin down what was checked and holds.
 """
 
 from __future__ import annotations
@@ -52,14 +52,15 @@ def with_one_clock(site: Site) -> None:
     """Give `site` the filesystem's own clock (a local filesystem), once its tree is older than the margin."""
     time.sleep(known_files.RACY_NS / 1e9 + 0.2)  # not a synchronisation: the tree must be older than the margin
     site.runner.converged = converged.Converged(time.time_ns)
-    assert not site.still_converged()
+    assert not site.still_converged()  # a new Converged: this pass lstats what it read, for the next
+    assert not site.still_converged()  # which remembers
     assert site.still_converged(), "an aged tree must be remembered with the real clock"
 
 
 # REVIEW FINDING 1 (fixed on this branch): an ancestor's identity holds no time, so the racy margin cannot tell
 # that it changed after the pass's path check; a chmod between that check and the fingerprint (taken after the
-# lock is released) was remembered as safe, with one clock, until the next content check. The pass now compares
-# the ancestors with their identities from before it checked them (Converged.ancestors).
+# lock is released) was remembered as safe, with one clock, until the next content check. A pass is now remembered
+# only when what it read, ancestors included, had the same lstats before it read them (Converged.started).
 @pytest.mark.parametrize("mode", [0o775, 0o777])
 def test_an_ancestor_made_writable_by_others_while_a_pass_finishes_fails_the_next_pass(site: Site, mode: int) -> None:
     with_one_clock(site)
@@ -69,9 +70,6 @@ def test_an_ancestor_made_writable_by_others_while_a_pass_finishes_fails_the_nex
     assert converging.reason(site) == "Failed", site.document()
 
 
-@pytest.mark.xfail(strict=True, reason="REVIEW FINDING 2: the racy margin compares ctimes with the daemon's clock; "
-                   "on a filesystem whose clock is behind it (NFS, CIFS, FUSE) a change made while a pass finishes "
-                   "is remembered as what the pass saw")
 @pytest.mark.parametrize("change", ["`current` retargeted", "`current` removed", "a persistent-data link repointed",
                                     "a staging leftover", "the application path made group-writable"])
 def test_a_change_while_a_pass_finishes_on_a_filesystem_whose_clock_is_behind_is_acted_on(site: Site,

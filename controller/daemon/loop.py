@@ -163,7 +163,7 @@ class Daemon:
             self.running[name].set()  # its pass stops downloading and retrying
         self.seen.pop(name, None)
         self.drift.forget(name)
-        self.converged.forget(name)
+        self.converged.forget(name, unmanaged=True)
         self.gates.forget(name)
         with self._guard:
             self.wakeups.pop(name, None)
@@ -249,8 +249,7 @@ class Daemon:
         inputs = self._inputs(app, kind, override)
         if self._still_converged(name, inputs):
             return
-        before_ns = self.converged.started()  # what this pass reads must have changed last before this
-        ancestors = self.converged.ancestors(app.path)  # and its ancestors be as they were before it checked them
+        started_reading = self.converged.started(name)  # what this pass reads, as it was before it read it
         checked: dict[tuple[int, str | None], drift.Structural] = {}
 
         def structure(path: str, seen: records.Observed, desired: str | None) -> drift.Structural:
@@ -318,13 +317,11 @@ class Daemon:
         self.observations.reconciled(name, "success" if result.ok else "failure", took)  # after the status
         for run in result.hook_runs:
             self.observations.hook_ran(run, name)
-        if (result.ok and not result.plan.steps and not result.hook_runs and not result.probes
-                and rolled.decision is None and name not in self.invalid and status.is_ready(document)
-                and not any(document["drift"].values())):
-            self.converged.remember(name, inputs, result.observed, status.status_path(self.config.state_dir, name),
-                                    before_ns, ancestors)
-        else:
-            self.converged.forget(name)
+        no_op = (result.ok and not result.plan.steps and not result.hook_runs and not result.probes
+                 and rolled.decision is None and name not in self.invalid and status.is_ready(document)
+                 and not any(document["drift"].values()))
+        self.converged.passed(name, inputs, result.observed, status.status_path(self.config.state_dir, name),
+                              started_reading, no_op)
 
     def _still_converged(self, name: str, inputs: tuple[object, ...], wait: bool = True) -> bool:
         """A pass of `name` that finds nothing it depends on changed since its last no-op pass (daemon/converged.py):
