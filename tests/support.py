@@ -318,3 +318,17 @@ def sandbox(prefix: str, parent: str | None = None) -> tuple[Path, Path, Path, P
     for directory in directories:
         directory.mkdir(mode=0o755)
     return root, *directories
+
+
+# A process forked from this test run starts out with the run's memory, and its ru_maxrss counts the image it had
+# before exec (pytest's, over 100 MiB late in the suite). So a small launcher, freshly executed, forks the
+# controller and reports the controller's own peak.
+PEAK_LAUNCHER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""

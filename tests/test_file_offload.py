@@ -234,10 +234,11 @@ def test_members_between_directory_chains_deeper_than_the_descriptor_cache_land_
 
 
 def test_while_the_second_process_lags_the_extracting_process_writes_files_itself_and_the_tree_is_the_same(
-        tmp_path: Path) -> None:
-    """The second process is stopped from the first file until 32 MiB have been written (the first flush): its
-    pipe fills, and the extracting process writes the next files itself; then both write. Hardlinks to files
-    of either side go through the pipe in order."""
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second process is stopped from the first file until 4 MiB have been written (the first flush, made
+    that early here): its 1 MiB pipe fills, and the extracting process writes the next files itself; then both
+    write. Hardlinks to files of either side go through the pipe in order."""
+    monkeypatch.setattr(extracting, "FLUSH_BYTES", 4 * 1024 * 1024)
     stopped: list[int] = []
 
     def stop(step: str) -> None:
@@ -250,8 +251,8 @@ def test_while_the_second_process_lags_the_extracting_process_writes_files_itsel
             with contextlib.suppress(ProcessLookupError):  # after the extraction: it has ended
                 os.kill(pid, signal.SIGCONT)
 
-    members = [M("site/", type="dir"), *(M(f"site/d{i % 5}/f{i}", os.urandom(100_000 + i)) for i in range(420)),
-               *(M(f"site/h{i}", type="hardlink", target=f"site/d{i % 5}/f{i}") for i in range(0, 420, 7)),
+    members = [M("site/", type="dir"), *(M(f"site/d{i % 5}/f{i}", os.urandom(100_000 + i)) for i in range(70)),
+               *(M(f"site/h{i}", type="hardlink", target=f"site/d{i % 5}/f{i}") for i in range(0, 70, 7)),
                *(M(f"site/late/f{i}", os.urandom(i)) for i in range(300))]
     data = support.tar_bytes(members)
     made = {}

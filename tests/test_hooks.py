@@ -404,24 +404,10 @@ def test_a_timeout_through_the_command_line_fails_the_pass_and_is_counted(
 # ---------------------------------------------------------------- output
 
 
-# A process forked from this test run starts out with the run's memory, and its ru_maxrss counts the image it had
-# before exec (pytest's, over 100 MiB late in the suite). So a small launcher, freshly executed, forks the
-# controller and reports the controller's own peak.
-PEAK_LAUNCHER = """import os, sys
-pid = os.fork()
-if pid == 0:
-    os.execv(sys.argv[2], sys.argv[2:])
-_, status, usage = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as out:
-    out.write(str(usage.ru_maxrss))
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
-
 def _reconcile_with_peak_rss(node: support.Node) -> tuple[int, int, str]:
     """Run `tether reconcile` as a subprocess: (exit code, its peak RSS in bytes, its output)."""
     peak = node.root / "controller-peak-rss"
-    command = [sys.executable, "-c", PEAK_LAUNCHER, str(peak), sys.executable, "-m", "controller", "reconcile",
+    command = [sys.executable, "-c", support.PEAK_LAUNCHER, str(peak), sys.executable, "-m", "controller", "reconcile",
                "--manifests", str(node.manifests), "--state-dir", str(node.state)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
     with tempfile.TemporaryFile() as output:

@@ -81,16 +81,17 @@ class Measured:
 
 
 def _measured(node: support.Node, *args: str) -> Measured:
-    """Run the real `tether` like Node.tether, and also report the child's peak resident memory (wait4)."""
-    command = [sys.executable, "-m", "controller", *args, "--manifests", str(node.manifests),
-               "--state-dir", str(node.state)]
+    """Run the real `tether` like Node.tether, and also report its peak resident memory (support.PEAK_LAUNCHER: not
+    the test run's, which a process forked from it starts with)."""
+    peak = node.root / "measured.peak"
+    command = [sys.executable, "-c", support.PEAK_LAUNCHER, str(peak), sys.executable, "-m", "controller", *args,
+               "--manifests", str(node.manifests), "--state-dir", str(node.state)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
     out, err = node.root / "measured.out", node.root / "measured.err"
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=node.root)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(process.returncode, out.read_text(), err.read_text(), usage.ru_maxrss / 1024)
+        process.wait()
+    return Measured(process.returncode, out.read_text(), err.read_text(), int(peak.read_text()) / 1024)
 
 
 def _want(node: support.Node, app: Path, deployment: str, url: str, **spec: Any) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from controller import errors
-from controller.artifacts import archives, extracting, members, tar_reader
+from controller.artifacts import archives, extracting, member_names, members, tar_reader
 from controller.manifests import model
 from tests import support
 from tests.test_hostile_archives import _block, _file, _header, _pax
@@ -130,7 +130,7 @@ def test_checking_an_archive_s_symlinks_is_bounded_in_total(tmp_path: Path, monk
     budget = archives.Budget(model.Limits(), lambda: len(data))
     extracting.extract(io.BytesIO(data), str(fine), fmt="tar", strip=None, owner=None, budget=budget,
                        spool_dir=str(tmp_path))
-    monkeypatch.setattr(extracting, "MAX_LINK_STEPS", 500)
+    monkeypatch.setattr(member_names, "MAX_LINK_STEPS", 500)
 
     with pytest.raises(errors.ArchiveError, match="steps to resolve"):
         extracting.extract(io.BytesIO(data), str(bounded), fmt="tar", strip=None, owner=None,
