@@ -52,6 +52,15 @@ def atomic_write_json(path: str, value: Any, mode: int = 0o644, *, durable: bool
 
 
 MAX_JSON_BYTES = 64 << 20
+# A file's identity: what changes with its content, by any writer (tree/known_files.py, manifests/loading.py).
+# It stands for the content only when its ctime is RACY_NS older than the moment before the content was read.
+RACY_NS = 2_000_000_000  # more than the coarsest timestamp granularity of a Linux filesystem (FAT: 2 s)
+Identity = tuple[int, int, int, int, int]
+
+
+def identity(st: os.stat_result) -> Identity:
+    """(device, inode, size, mtime, ctime) of `st`."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def read_json(path: str, dir_fd: int | None = None) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from controller import formats
+from controller import formats, fsutil
 from controller.daemon import converged, loop
 from controller.engine import reconciling
 from controller.tree import fingerprint, known_files, locking, records
@@ -116,7 +116,7 @@ def test_a_pass_with_nothing_changed_reads_no_bookkeeping_writes_nothing_and_ser
     assert after["updatedAt"] > before["updatedAt"] and after["lastSuccessAt"] == after["updatedAt"]
     assert {k: v for k, v in after.items() if k not in ("updatedAt", "lastSuccessAt")} == \
         {k: v for k, v in before.items() if k not in ("updatedAt", "lastSuccessAt")}
-    assert known_files.identity(site.status_file().stat()) == known_files.identity(on_disk), "the status was written"
+    assert fsutil.identity(site.status_file().stat()) == fsutil.identity(on_disk), "the status was written"
     assert site.runner.observations.reconciles[("site", "success")] >= 4
 
 
@@ -240,7 +240,7 @@ def test_what_changed_within_the_racy_margin_before_a_pass_is_not_remembered(sit
     site.runner = site.daemon(clock_ns=time.time_ns)  # the real clock: the tree was written just now
     assert not site.still_converged()
     assert not site.still_converged(), "a pass remembered a tree whose ctimes are within the racy margin"
-    site.runner = site.daemon(clock_ns=lambda: time.time_ns() + known_files.RACY_NS + 1_000_000_000)
+    site.runner = site.daemon(clock_ns=lambda: time.time_ns() + fsutil.RACY_NS + 1_000_000_000)
     assert not site.still_converged()  # a new daemon: this pass lstats what it read, for the next
     assert not site.still_converged()  # which remembers
     assert site.still_converged()
@@ -268,8 +268,8 @@ def test_a_fingerprint_is_settled_only_when_all_it_saw_is_old_and_nothing_vanish
     taken = fingerprint.take(up, below)
     now = time.time_ns()
     assert not fingerprint.settled(up, below, taken, now), "just written: within the racy margin"
-    assert fingerprint.settled(up, below, taken, now + known_files.RACY_NS + 1_000_000_000)
-    later = now + known_files.RACY_NS + 1_000_000_000
+    assert fingerprint.settled(up, below, taken, now + fsutil.RACY_NS + 1_000_000_000)
+    later = now + fsutil.RACY_NS + 1_000_000_000
     missing = (str(tmp_path / "dir"), str(tmp_path / "dir" / "gone"))
     assert fingerprint.settled(up, missing, fingerprint.take(up, missing), later), "its directory is tracked"
     untracked = (str(tmp_path / "elsewhere" / "gone"),)
@@ -305,7 +305,7 @@ def test_a_real_daemon_acts_on_changes_made_after_its_resyncs_found_nothing_chan
     daemon, app = daemons.running_site(node, http, start, "v2")
     daemons.put(node.manifests, daemons.app_manifest(node, http, deployment="v2"))
     daemons.wait_converged(node, "site", "v2")
-    time.sleep(known_files.RACY_NS / 1e9 + 0.2)  # not a synchronisation: the tree must be older than the margin
+    time.sleep(fsutil.RACY_NS / 1e9 + 0.2)  # not a synchronisation: the tree must be older than the margin
 
     def resync() -> None:
         passes = daemon.passes("site")

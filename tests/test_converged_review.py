@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 import pytest
 
+from controller import fsutil
 from controller.daemon import converged, metrics
-from controller.tree import known_files
 from tests import test_converged as converging
 from tests.test_converged import Site, site, start
 
@@ -50,7 +50,7 @@ def change_while_remembering(site: Site, change: Callable[[], object]) -> None:
 
 def with_one_clock(site: Site) -> None:
     """Give `site` the filesystem's own clock (a local filesystem), once its tree is older than the margin."""
-    time.sleep(known_files.RACY_NS / 1e9 + 0.2)  # not a synchronisation: the tree must be older than the margin
+    time.sleep(fsutil.RACY_NS / 1e9 + 0.2)  # not a synchronisation: the tree must be older than the margin
     site.runner.converged = converged.Converged(time.time_ns)
     assert not site.still_converged()  # a new Converged: this pass lstats what it read, for the next
     assert not site.still_converged()  # which remembers

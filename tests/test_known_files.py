@@ -31,7 +31,7 @@ def _tree(tmp_path: Path) -> Path:
 def _old_enough() -> known_files.Known:
     """A cache whose clock says every file was changed long ago: it remembers what it reads at once (the tests
     change files within one clock tick of reading them, which the real clock's margin would never remember)."""
-    return known_files.Known(clock_ns=lambda: time.time_ns() + 10 * known_files.RACY_NS)
+    return known_files.Known(clock_ns=lambda: time.time_ns() + 10 * fsutil.RACY_NS)
 
 
 def _write_json(file: Path, document: object) -> None:

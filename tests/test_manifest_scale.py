@@ -11,6 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controller import fsutil
 from controller.manifests import crosschecks, documents, loading
 
 SEGMENTS = st.sampled_from(["srv", "a", "ab", "a b", "b", "x.y", "a-"])
@@ -73,7 +74,7 @@ def test_a_manifest_read_again_only_when_its_identity_changed_still_shows_every_
     identities: dict[str, Any] = {}
     loading.load([str(directory)], cache=cache, identities=identities)
     assert identities == {}, "files written just now are not remembered"
-    time.sleep(loading.RACY_NS / 1e9 + 0.2)  # not a synchronisation: the files must be older than the margin
+    time.sleep(fsutil.RACY_NS / 1e9 + 0.2)  # not a synchronisation: the files must be older than the margin
     first = loading.load([str(directory)], cache=cache, identities=identities)
     assert set(identities) == {str(f) for f in directory.iterdir()}
     for index, change in enumerate(CHANGES.values()):

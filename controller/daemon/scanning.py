@@ -11,7 +11,7 @@ import dataclasses
 import os
 from typing import Any
 
-from controller import errors
+from controller import errors, fsutil
 from controller.manifests import loading, model, validated_cache
 
 
@@ -58,7 +58,7 @@ def merge(found: loading.Catalog, last_apps: dict[str, model.Application],
 
 def read(directory: str, state_dir: str, secure: bool, cache: dict[Any, Any],
          store: validated_cache.Store | None = None,
-         identities: dict[str, tuple[loading.Identity, str]] | None = None) -> loading.Catalog | None:
+         identities: dict[str, tuple[fsutil.Identity, str]] | None = None) -> loading.Catalog | None:
     """The manifests in `directory` (files still being written are skipped), or None when the
     directory was replaced (a symlink swap, a re-clone) while it was read: read it again. `store` keeps what
     validation made of each manifest across daemon starts, `identities` which files need not be opened again

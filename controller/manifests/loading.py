@@ -16,13 +16,11 @@ from typing import Any
 
 import yaml
 
-from controller import errors
+from controller import errors, fsutil
 from controller.manifests import crosschecks, documents, model, validated_cache, validation
 
 F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
 log = logging.getLogger(__name__)
-RACY_NS = 2_000_000_000  # as controller/tree/known_files.py: more than the coarsest timestamp granularity
-Identity = tuple[int, int, int, int, int]
 IGNORED_SUFFIXES = ("~", ".swp", ".swo", ".tmp", ".bak")
 IGNORED_INFIXES = (".dpkg-", ".rpm")
 
@@ -156,11 +154,7 @@ def _name_in(text: str) -> str | None:
     return name if re.fullmatch(validation.schema("application")["$defs"]["name"]["pattern"], name) else None
 
 
-def _identity(st: os.stat_result) -> Identity:
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
-def _unchanged(file: str, identities: dict[str, tuple[Identity, str]],
+def _unchanged(file: str, identities: dict[str, tuple[fsutil.Identity, str]],
                cache: dict[tuple[str, str], Any], secure: bool, euid: int) -> tuple[str, str] | None:
     """The cache key of `file` when it is a regular file with the identity it had when last read, and still
     passes the ownership check; None: read it."""
@@ -171,7 +165,7 @@ def _unchanged(file: str, identities: dict[str, tuple[Identity, str]],
         st = os.stat(file)
     except OSError:
         return None
-    if _identity(st) != known[0] or not stat.S_ISREG(st.st_mode) or (secure and documents.insecure_reason(
+    if fsutil.identity(st) != known[0] or not stat.S_ISREG(st.st_mode) or (secure and documents.insecure_reason(
             file, st, euid)):
         return None
     return file, known[1]
@@ -186,7 +180,7 @@ def load(
     skip_busy: bool = False,
     cache: dict[tuple[str, str], tuple[model.Application | model.Kind, dict[str, int]]] | None = None,
     store: validated_cache.Store | None = None,
-    identities: dict[str, tuple[Identity, str]] | None = None,
+    identities: dict[str, tuple[fsutil.Identity, str]] | None = None,
     clock_ns: Callable[[], int] = time.time_ns,
 ) -> Catalog:
     """Read manifests from files and directories, validate each and all together.
@@ -197,7 +191,7 @@ def load(
     `cache` keeps parsed manifests by file and content hash between calls, `store` what validation made of
     each manifest's bytes between processes (controller/manifests/validated_cache.py). With `identities` (and
     `cache`), a file whose identity (device, inode, size, mtime, ctime) is the one it had when it was last
-    read, and that had changed last RACY_NS before that read, is not opened again: its content hash is the
+    read, and that had changed last fsutil.RACY_NS before that read, is not opened again: its content hash is the
     one read then (a rescan of 1000 unchanged manifests opens none; see controller/tree/known_files.py on
     why the margin makes an identity stand for the content).
     """
@@ -246,8 +240,8 @@ def load(
             key = (file, hashlib.sha256(raw).hexdigest())
             if identities is not None:
                 identities.pop(file, None)
-                if st.st_ctime_ns < before - RACY_NS:
-                    identities[file] = (_identity(st), key[1])
+                if st.st_ctime_ns < before - fsutil.RACY_NS:
+                    identities[file] = (fsutil.identity(st), key[1])
             if cache is None or key not in cache:
                 parsed_now = _parse(file, documents.decode(file, raw), store, key[1])
                 if cache is not None:

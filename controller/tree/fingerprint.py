@@ -18,7 +18,7 @@ What counts as the same:
 
 The racy case is known_files.py's: a change within one tick of the filesystem's clock can leave the same
 identity. So an identity taken after a pass counts only when every ctime in it is at least
-`known_files.RACY_NS` older than the moment before that pass read the tree (`settled`): any change made
+`fsutil.RACY_NS` older than the moment before that pass read the tree (`settled`): any change made
 after that moment, even during the pass, has a later ctime. An ancestor that is a symlink makes the path
 check follow it: such a fingerprint is never settled, and each pass of its application is a full one.
 """
@@ -28,7 +28,8 @@ from __future__ import annotations
 import os
 import stat
 
-from controller.tree import known_files, path_safety, records
+from controller import fsutil
+from controller.tree import path_safety, records
 
 Identity = tuple[int, ...] | None  # None: nothing is there
 
@@ -65,7 +66,7 @@ def paths(observed: records.Observed, status_file: str) -> tuple[tuple[str, ...]
 def take(up: tuple[str, ...], below: tuple[str, ...]) -> tuple[Identity, ...]:
     """The identities of the ancestors `up` and the paths `below` now (see the module's docstring)."""
     found: list[Identity] = []
-    lstat, identity = os.lstat, known_files.identity
+    lstat, identity = os.lstat, fsutil.identity
     for where in up:
         try:
             st = lstat(where)
@@ -86,7 +87,7 @@ def settled(up: tuple[str, ...], below: tuple[str, ...], identities: tuple[Ident
     `before_ns` read: every one below the ancestors changed last at least RACY_NS before that, so that a later
     change cannot look the same, and only what sits in a directory of `below` may be missing (a file created
     later changes that directory; one that vanished during the pass would otherwise look the same as before)."""
-    limit = before_ns - known_files.RACY_NS
+    limit = before_ns - fsutil.RACY_NS
     for where, found in zip(below, identities[len(up):], strict=True):
         if found is None:
             if os.path.dirname(where) not in below:  # a handful of paths: no set needed

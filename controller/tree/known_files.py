@@ -10,7 +10,7 @@ directory entry added or removed) reads the disk again.
 
 An identity alone proves nothing about a file changed within one tick of the filesystem's clock: two
 writes in the same tick can leave the same identity, and an atomic replace can reuse a freed inode
-number. So a value is remembered only when the file's ctime is at least `RACY_NS` older than the moment
+number. So a value is remembered only when the file's ctime is at least `fsutil.RACY_NS` older than the moment
 before it was read (as git treats "racily clean" index entries). Any later change, in place or by
 rename, gets a ctime after that moment, which no remembered identity has; a process cannot set ctime
 (utime sets mtime). Only a step of the system clock backwards by more than the margin could make a
@@ -29,15 +29,9 @@ from typing import Any, TypeVar
 
 from controller import fsutil
 
-RACY_NS = 2_000_000_000  # more than the coarsest timestamp granularity of a Linux filesystem (FAT: 2 s)
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-Identity = tuple[int, int, int, int, int]
 Entry = tuple[str, bool]  # (name, is a directory and not a symlink)
 T = TypeVar("T")
-
-
-def identity(st: os.stat_result) -> Identity:
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 class Known:
@@ -45,22 +39,22 @@ class Known:
 
     def __init__(self, clock_ns: Callable[[], int] = time.time_ns) -> None:
         self._clock_ns = clock_ns
-        self._values: dict[str, dict[str, tuple[Identity, Any]]] = {}  # where -> name -> (identity, value)
+        self._values: dict[str, dict[str, tuple[fsutil.Identity, Any]]] = {}  # where -> name -> (identity, value)
         self._guard = threading.Lock()
         self.reads = 0  # files and directories read from disk so far (for tests and benchmarks)
 
     def _recall(self, key: tuple[str, str], st: os.stat_result) -> tuple[bool, Any]:
         with self._guard:
             known = self._values.get(key[0], {}).get(key[1])
-        if known is not None and known[0] == identity(st):
+        if known is not None and known[0] == fsutil.identity(st):
             return True, known[1]
         return False, None
 
     def _remember(self, key: tuple[str, str], st: os.stat_result, before_ns: int, value: Any) -> None:
         with self._guard:
             self.reads += 1
-            if st.st_ctime_ns < before_ns - RACY_NS:
-                self._values.setdefault(key[0], {})[key[1]] = (identity(st), value)
+            if st.st_ctime_ns < before_ns - fsutil.RACY_NS:
+                self._values.setdefault(key[0], {})[key[1]] = (fsutil.identity(st), value)
             else:  # changed too recently for its identity to tell a later change apart
                 self._values.get(key[0], {}).pop(key[1], None)
 
