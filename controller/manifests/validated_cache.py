@@ -25,7 +25,6 @@ validates again. It is written without fsync: after a crash it may be old or tor
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -58,6 +57,8 @@ def _source(module: Any) -> bytes:
 
 def validation_key() -> str:
     """A digest of everything that decides what validation makes of a manifest's bytes."""
+    import importlib.metadata  # here, not above: 5 ms (email, zipfile...) that a command which never reads the
+                               # cache, such as `tether reconcile`, would spend at every start
     digest = hashlib.sha256(f"{FORMAT} {__version__} {sys.version} {yaml.__version__}".encode())
     try:
         digest.update(importlib.metadata.version("jsonschema").encode())
