@@ -148,8 +148,8 @@ def materialise(git: git_runner.Git, source: model.GitSource, resolved: git_mirr
     """Extract the resolved commit (or its subdirectory) into the empty `dest`; (root, sha256, bytes). `extracted`
     receives what was made, and `flush` is asked to start writing out (see extracting.extract)."""
     tree = treeish(source, resolved.commit, git)
-    inspect(git, tree, source, limits, resolved.ref)
     with git.stream("archive", "--format=tar", tree, what=f"git archive of {resolved.ref}") as out:
+        inspect(git, tree, source, limits, resolved.ref)  # meanwhile git archive fills its pipe (killed if refused)
         reader = _Hashing(out)
         budget = archives.Budget(limits, lambda: reader.count)
         root = extracting.extract(reader, dest, fmt="tar", strip=0, budget=budget, owner=owner,

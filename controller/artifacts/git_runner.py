@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import os
 import shlex
 import shutil
@@ -36,6 +37,7 @@ from controller import errors
 from controller.manifests import secrets
 
 STDERR_KEPT = 64 * 1024
+STREAM_PIPE_SIZE = 1024 * 1024  # a streamed command (git archive) writes this far ahead of its reader
 TICK = 0.1
 # What git says when retrying cannot help; anything else (a refused connection, a timeout, a 5xx) is retried.
 PERMANENT = ("authentication failed", "could not read username", "returned error: 401", "returned error: 403",
@@ -226,6 +228,8 @@ class Git:
             why: list[str] = []
             watcher, done = self._watch(process, why)
             assert process.stdout is not None
+            with contextlib.suppress(OSError):  # the default 64 KiB: git stops at every pause of its reader
+                fcntl.fcntl(process.stdout.fileno(), fcntl.F_SETPIPE_SZ, STREAM_PIPE_SIZE)
             try:
                 yield process.stdout
             except BaseException:
