@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from controller import errors
-from controller.artifacts import archives, extracting, readahead
+from controller.artifacts import archives, extracting, member_writer, readahead
 from controller.engine import reconciling
 from controller.manifests import loading, model
 from controller.tree import digests, drift
@@ -119,7 +119,7 @@ def test_what_another_process_writes_into_a_deployment_while_it_is_made_is_drift
         assert content.changed == ["index.html"] and content.added == ["cache.db"]
 
 
-def _extract(tmp_path: Path, data: bytes) -> tuple[Path, dict[str, extracting.Written]]:
+def _extract(tmp_path: Path, data: bytes) -> tuple[Path, dict[str, member_writer.Written]]:
     dest = tmp_path / "tree"
     dest.mkdir()
     made = extracting.Made()
@@ -201,8 +201,8 @@ def test_a_truncated_member_read_straight_from_the_stream_is_refused(tmp_path: P
 
 def test_extraction_asks_for_a_flush_each_time_enough_has_been_written(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(extracting, "FLUSH_BYTES", 1024 * 1024)
-    size = extracting.FLUSH_BYTES // 4  # with FILE_COST, four files are just over FLUSH_BYTES
+    monkeypatch.setattr(member_writer, "FLUSH_BYTES", 1024 * 1024)
+    size = member_writer.FLUSH_BYTES // 4  # with FILE_COST, four files are just over FLUSH_BYTES
     data = support.tar_bytes([support.Member(f"f{index}.bin", bytes([index]) * size) for index in range(13)],
                              compression="")
     dest = tmp_path / "tree"
@@ -239,7 +239,7 @@ def test_an_error_a_background_flush_meets_is_raised_when_the_flusher_is_left(tm
 
 
 def test_large_files_hashed_on_their_own_thread_get_the_digests_of_their_bytes(tmp_path: Path) -> None:
-    sizes = [0, 1, extracting.THREAD_HASH_SIZE - 1, extracting.THREAD_HASH_SIZE, 3 * extracting.CHUNK + 7, 100]
+    sizes = [0, 1, member_writer.THREAD_HASH_SIZE - 1, member_writer.THREAD_HASH_SIZE, 3 * member_writer.CHUNK + 7, 100]
     files = [support.Member(f"site/f{index}.bin", os.urandom(size)) for index, size in enumerate(sizes)]
     before = threading.active_count()
 

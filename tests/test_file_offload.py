@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from controller import errors
-from controller.artifacts import archives, extracting, file_offload
+from controller.artifacts import archives, extracting, file_offload, member_writer
 from controller.manifests import model
 from tests import support
 from tests import test_hostile_review as hostile
@@ -34,7 +34,7 @@ M = support.Member
 PADDING = [M("pad/", type="dir"), *(M(f"pad/f{i}", os.urandom(i * 37)) for i in range(6))]
 
 
-def _extract(data: bytes, dest: Path, offload_after: int | None, owner: extracting.Owner = None,
+def _extract(data: bytes, dest: Path, offload_after: int | None, owner: member_writer.Owner = None,
              checkpoint: Callable[[str], None] = lambda step: None, made: extracting.Made | None = None,
              flush: Callable[[], None] = lambda: None) -> str:
     dest.mkdir()
@@ -87,7 +87,7 @@ def test_a_hostile_archive_is_refused_alike_whether_the_second_process_writes_an
 def test_a_tree_of_every_member_kind_is_made_alike_whether_the_second_process_writes(tmp_path: Path) -> None:
     members = [M("site/", type="dir", mode=0o750), *(M(f"site/d{i % 7}/f{i}", os.urandom(i * 13 % 5000),
                                                        mode=(0o644, 0o755, 0o600, 0o444)[i % 4]) for i in range(400)),
-               M("site/big", os.urandom(extracting.THREAD_HASH_SIZE + 1)), M("site/empty", b""),
+               M("site/big", os.urandom(member_writer.THREAD_HASH_SIZE + 1)), M("site/empty", b""),
                *(M(f"site/h{i}", type="hardlink", target=f"site/d{i % 7}/f{i}") for i in range(0, 400, 50)),
                M("site/hbig", type="hardlink", target="site/big"), M("site/l", type="symlink", target="d1/f1"),
                M("site/d3/", type="dir", mode=0o700)]
@@ -190,7 +190,7 @@ def test_the_second_process_ends_when_the_extracting_process_is_killed(tmp_path:
 
 def test_a_deploy_of_many_small_files_records_the_digests_the_second_process_wrote(
         node: support.Node, http: support.HttpServer) -> None:
-    files = {f"site/d{i % 9}/f{i}": os.urandom(i % 3000) for i in range(extracting.OFFLOAD_AFTER * 3)}
+    files = {f"site/d{i % 9}/f{i}": os.urandom(i % 3000) for i in range(member_writer.OFFLOAD_AFTER * 3)}
     http.serve("/v1.tar.gz", support.tar_bytes([M("site/", type="dir"), *(M(n, d) for n, d in files.items())]))
     support.write_manifest(node.manifests, support.application(
         "site", node.apps / "site", deployment="v1", source={"url": http.url("/{deployment}.tar.gz")}))
@@ -238,7 +238,7 @@ def test_while_the_second_process_lags_the_extracting_process_writes_files_itsel
     """The second process is stopped from the first file until 4 MiB have been written (the first flush, made
     that early here): its 1 MiB pipe fills, and the extracting process writes the next files itself; then both
     write. Hardlinks to files of either side go through the pipe in order."""
-    monkeypatch.setattr(extracting, "FLUSH_BYTES", 4 * 1024 * 1024)
+    monkeypatch.setattr(member_writer, "FLUSH_BYTES", 4 * 1024 * 1024)
     stopped: list[int] = []
 
     def stop(step: str) -> None:

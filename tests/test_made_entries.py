@@ -22,7 +22,7 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from controller.artifacts import archives, extracting
+from controller.artifacts import archives, extracting, member_writer
 from controller.manifests import model
 from controller.tree import digests
 from tests import support
@@ -37,7 +37,7 @@ SETTINGS: dict[str, Any] = {
 FILE_MODES = [0o644, 0o600, 0o755, 0o700, 0o444, 0o000, 0o777, 0o1755, 0o640]
 DIR_MODES = [0o755, 0o700, 0o777, 0o1777, 0o2755, 0o555, 0o750]
 NAMES = ["a", "b", "lib", "é", "x y", ".hidden", "n" * 40]
-SIZES = [0, 1, 511, 4096, extracting.THREAD_HASH_SIZE - 1, extracting.THREAD_HASH_SIZE, 300_000]
+SIZES = [0, 1, 511, 4096, member_writer.THREAD_HASH_SIZE - 1, member_writer.THREAD_HASH_SIZE, 300_000]
 
 
 @st.composite
@@ -74,7 +74,7 @@ def trees(draw: Any) -> list[support.Member]:
     return members
 
 
-def _made_and_walked(data: bytes, strip: int | None, offload_after: int | None = extracting.OFFLOAD_AFTER,
+def _made_and_walked(data: bytes, strip: int | None, offload_after: int | None = member_writer.OFFLOAD_AFTER,
                      ) -> tuple[dict[str, digests.Entry], dict[str, digests.Entry]]:
     with tempfile.TemporaryDirectory() as scratch:
         dest = Path(scratch) / "tree"

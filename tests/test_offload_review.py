@@ -27,14 +27,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller import errors, fsutil
-from controller.artifacts import archives, extracting
+from controller.artifacts import archives, extracting, member_writer
 from controller.manifests import model
 from tests import support
 from tests import test_file_offload as offload_tests
 from tests import test_hostile_review as hostile
 
 M = support.Member
-SMALL = extracting.THREAD_HASH_SIZE  # below this, a file goes to the second process
+SMALL = member_writer.THREAD_HASH_SIZE  # below this, a file goes to the second process
 SIZES = [0, 1, 511, 512, 513, 4096, SMALL - 1, SMALL, SMALL + 1]
 
 

@@ -3,7 +3,7 @@ core while this one reads and checks the rest of the archive.
 
 The extracting process checks each member, makes its directories and decides
 its mode, then sends the file's bytes through a pipe. The second process is
-started only for an archive with many small files (extracting.OFFLOAD_AFTER),
+started only for an archive with many small files (member_writer.OFFLOAD_AFTER),
 where the Python per member is what costs; it writes nothing the extracting
 process has not decided, below a descriptor of the staging directory, and is
 killed and waited for when the extraction fails, so the caller's clean-up never
@@ -29,7 +29,7 @@ SCRIPT = file_process.__file__
 PIPE_SIZE = 1024 * 1024
 SEND_BYTES = 256 * 1024  # requests gathered before one writev
 SEND_PIECES = 512  # (below IOV_MAX, 1024)
-Fields = tuple[str, int, int, int, int, int]  # sha256, ino, size, mtime_ns, ctime_ns, mode (extracting.Written)
+Fields = tuple[str, int, int, int, int, int]  # sha256, ino, size, mtime_ns, ctime_ns, mode (member_writer.Written)
 
 
 class Offload:

@@ -56,7 +56,7 @@ class Failed(Exception):
 
 class Directories:
     """Descriptors of directories below `root` (a descriptor), each opened relative to its parent with O_NOFOLLOW;
-    the MAX_DIR_FDS used last are kept open (extracting.Writer uses this class too). A lookup may close the
+    the MAX_DIR_FDS used last are kept open (member_writer.Writer uses this class too). A lookup may close the
     descriptor an earlier one returned: use one at a time, or dup it."""
 
     def __init__(self, root: int) -> None:

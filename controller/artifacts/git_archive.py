@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, NoReturn
 
 from controller import errors
-from controller.artifacts import archives, extracting, git_mirror, git_runner
+from controller.artifacts import archives, extracting, git_mirror, git_runner, member_writer
 from controller.manifests import model
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def _shown(paths: list[str]) -> str:
 def _entries(out: IO[bytes]) -> Iterator[bytes]:
     """The NUL-terminated records of `git ls-tree -z` as they arrive (a listing may be far too large to hold)."""
     pending = b""
-    while chunk := out.read(extracting.CHUNK):
+    while chunk := out.read(member_writer.CHUNK):
         records = (pending + chunk).split(b"\0")
         pending = records.pop()
         yield from records
@@ -141,7 +141,7 @@ def _lfs_pointers(git: git_runner.Git, blobs: list[tuple[str, str]]) -> list[str
 
 
 def materialise(git: git_runner.Git, source: model.GitSource, resolved: git_mirror.Resolved, dest: str, *,
-                limits: model.Limits, owner: extracting.Owner, spool_dir: str,
+                limits: model.Limits, owner: member_writer.Owner, spool_dir: str,
                 checkpoint: Callable[[str], None] = lambda step: None,
                 extracted: extracting.Made | None = None, flush: Callable[[], None] = lambda: None,
                 ) -> tuple[str, str, int]:
@@ -154,6 +154,6 @@ def materialise(git: git_runner.Git, source: model.GitSource, resolved: git_mirr
         budget = archives.Budget(limits, lambda: reader.count)
         root = extracting.extract(reader, dest, fmt="tar", strip=0, budget=budget, owner=owner,
                                   spool_dir=spool_dir, checkpoint=checkpoint, made=extracted, flush=flush)
-        while reader.read(extracting.CHUNK):
+        while reader.read(member_writer.CHUNK):
             pass
     return root, reader.digest.hexdigest(), reader.count

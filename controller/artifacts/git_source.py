@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 
 from controller import errors
-from controller.artifacts import extracting, git_archive, git_mirror, git_runner, git_verify
+from controller.artifacts import extracting, git_archive, git_mirror, git_runner, git_verify, member_writer
 from controller.manifests import model, secrets
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def runner(state_dir: str, name: str, source: model.GitSource, reach: git_runner
                           timeout_seconds=source.timeout_seconds)
 
 
-def deploy(state_dir: str, app: model.Application, deployment: str, dest: str, *, owner: extracting.Owner,
+def deploy(state_dir: str, app: model.Application, deployment: str, dest: str, *, owner: member_writer.Owner,
            spool_dir: str, headers: Mapping[str, str] | None = None, environ: Mapping[str, str],
            cancel: threading.Event | None = None, checkpoint: Callable[[str], None] = lambda step: None,
            extracted: extracting.Made | None = None, flush: Callable[[], None] = lambda: None) -> Deployed:
@@ -66,7 +66,7 @@ def deploy(state_dir: str, app: model.Application, deployment: str, dest: str, *
     return Deployed(root, digest, size, resolved.commit, ref, resolved.kind)
 
 
-def restore(state_dir: str, app: model.Application, commit: str, dest: str, *, owner: extracting.Owner,
+def restore(state_dir: str, app: model.Application, commit: str, dest: str, *, owner: member_writer.Owner,
             spool_dir: str) -> str:
     """Extract the tree of `commit` (recorded at deploy time) from the mirror into `dest`, with no network."""
     assert app.source is not None and app.source.git is not None

@@ -1,5 +1,5 @@
 """What an archive member's name may be, and where a symlink leads: tether's own checks, made before anything
-is written (extracting.py applies them).
+is written (member_writer.py applies them).
 
 `clean_name` turns a member's name into the relative path it is written to,
 or refuses it: control characters, bytes that are not UTF-8, absolute names,

@@ -14,7 +14,7 @@ import stat
 from collections.abc import Callable, Collection, Mapping
 
 from controller import errors, formats, fsutil, nofollow
-from controller.artifacts import extracting
+from controller.artifacts import extracting, member_writer
 from controller.tree import persistent_data, records
 
 VERSION = 1
@@ -54,13 +54,13 @@ def _mode(st: os.stat_result) -> str:
     return f"{stat.S_IMODE(st.st_mode):04o}"
 
 
-def _unchanged(st: os.stat_result, file: extracting.Written | None) -> bool:
+def _unchanged(st: os.stat_result, file: member_writer.Written | None) -> bool:
     return (file is not None and st.st_ino == file.ino and st.st_size == file.size
             and st.st_mtime_ns == file.mtime_ns and st.st_ctime_ns == file.ctime_ns)
 
 
 def scan(root: str, skip: Callable[[str], bool], links: Mapping[str, str],
-         written: Mapping[str, extracting.Written] | None = None) -> dict[str, Entry]:
+         written: Mapping[str, member_writer.Written] | None = None) -> dict[str, Entry]:
     """Every entry below `root` by relative path, except `skip`ped subtrees; `links` (path -> target) are
     taken as links and not descended. Iterative at any depth (nofollow.walk_tree). A file in `written` whose
     inode, size, mtime and ctime are still as the extraction left them is not read again: any write since
