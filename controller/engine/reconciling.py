@@ -16,16 +16,14 @@ import dataclasses
 import logging
 import os
 import secrets as token
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
-from controller import errors, formats, fsutil, nofollow
+from controller import errors, formats, fsutil
 from controller.artifacts import archives, extracting, fetching
 from controller.artifacts import cache as artifact_cache
-from controller.engine import health, hook_processes, hooks, planning
+from controller.engine import activating, fetch_attempt, health, hook_processes, hooks, planning
 from controller.manifests import model, overrides, secrets
 from controller.tree import digests, drift, locking, owners, path_safety, persistent_data, records
 
@@ -54,26 +52,6 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-@dataclasses.dataclass
-class _Pass:
-    """What one pass works on, and the hook runs it has made so far."""
-
-    app: model.Application
-    kind: model.Kind | None
-    headers: dict[str, str]
-    cancel: threading.Event | None = None
-    runs: list[hooks.HookRun] = dataclasses.field(default_factory=list)
-    probes: list[health.Probe] = dataclasses.field(default_factory=list)
-    health: health.Report | None = None
-    seen: int = 0  # how many hooks and probes had run when the pass last read the tree
-
-    def fresh(self, observed: records.Observed) -> records.Observed:
-        """`observed`, or the tree read again if a hook or probe ran since it was read: they can change the tree."""
-        ran = len(self.runs) + len(self.probes)
-        stale, self.seen = self.seen != ran, ran
-        return records.observe(self.app.path) if stale else observed
 
 
 @dataclasses.dataclass
@@ -139,7 +117,7 @@ class Engine:
         """
         with self.holding(app, locked) if observed is None else contextlib.nullcontext(observed) as seen:
             plan = self.plan(app, seen) if plan is None or observed is None else plan
-            work = _Pass(app, kind, dict(headers or {}), cancel)
+            work = activating.Pass(app, kind, dict(headers or {}), cancel)
             error, permanent, unexpected = None, False, False
             if plan.refused is not None:  # written by a newer tether: no step, no hook check, no prune
                 log.error("%s: tether leaves this application alone: %s.", app.name, plan.refused)
@@ -170,7 +148,7 @@ class Engine:
             return Result(app.name, plan, seen, error, permanent, tuple(work.runs), work.health,
                           tuple(p.outcome for p in work.probes), unexpected)
 
-    def _apply(self, step: planning.Step, work: _Pass, observed: records.Observed) -> records.Observed:
+    def _apply(self, step: planning.Step, work: activating.Pass, observed: records.Observed) -> records.Observed:
         log.info("%s: %s %s (%s).", work.app.name, step.action, step.deployment or "", step.reason)
         if step.action == planning.CLEAN:
             return self._clean(observed, step.deployment)
@@ -179,9 +157,9 @@ class Engine:
         if step.deployment is not None and step.action == planning.DEPLOY:
             return self._deploy(work, step.deployment, observed)
         if step.deployment is not None and step.action == planning.ACTIVATE:
-            return self._activate(work, step.deployment, observed)
+            return activating.activate(self, work, step.deployment, observed)
         if step.deployment is not None and step.action == planning.FINISH:
-            return self._after_activate(work, step.deployment, observed.previous, observed)
+            return activating.after_activate(self, work, step.deployment, observed.previous, observed)
         return observed
 
     def _clean(self, observed: records.Observed, deployment: str | None) -> records.Observed:
@@ -194,10 +172,10 @@ class Engine:
         self.checkpoint("cleaned")
         return dataclasses.replace(observed, leftovers=()) if deployment is None else observed.recorded(deployment, None)
 
-    def _hooks(self, work: _Pass, phase: str, deployment: str, previous: str | None) -> None:
-        self.hooks.run_phase(phase, work.app, work.kind, deployment, previous, work.runs.append)
+    def _hooks(self, work: activating.Pass, phase: str, deployment: str, previous: str | None) -> None:
+        activating.run_hooks(self.hooks, work, phase, deployment, previous)
 
-    def _deploy(self, work: _Pass, deployment: str, observed: records.Observed) -> records.Observed:
+    def _deploy(self, work: activating.Pass, deployment: str, observed: records.Observed) -> records.Observed:
         app = work.app
         if app.source is None:
             raise errors.PermanentError(f"{app.name}: spec.source is missing; tether cannot fetch {deployment}")
@@ -234,10 +212,12 @@ class Engine:
 
                 def attempt() -> tuple[str, int]:
                     if git is None:
-                        return self._fetch(app, deployment, owner, url, headers, made, work.cancel, extracted,
-                                           flusher.kick)
-                    digest, size, commit = self._fetch_git(app, deployment, owner, work.headers, made, work.cancel,
-                                                           extracted, flusher.kick)
+                        return fetch_attempt.fetch(self.fetcher, self.state_dir, self.checkpoint, self.on_progress,
+                                                   app, deployment, owner, url, headers, made, work.cancel, extracted,
+                                                   flusher.kick)
+                    digest, size, commit = fetch_attempt.fetch_git(self.state_dir, self.environ, self.checkpoint,
+                                                                   app, deployment, owner, work.headers, made,
+                                                                   work.cancel, extracted, flusher.kick)
                     revision[:] = [commit]
                     return digest, size
 
@@ -270,140 +250,6 @@ class Engine:
         log.info("%s: deployment %s is complete.", app.name, deployment)
         self.checkpoint("completed")
         return observed.recorded(deployment, record)
-
-    def _fetch(self, app: model.Application, deployment: str, owner: owners.Owner, url: str,
-               headers: Mapping[str, str], made: os.stat_result,
-               cancel: threading.Event | None = None, extracted: extracting.Made | None = None,
-               flush: Callable[[], None] = lambda: None) -> tuple[str, int]:
-        """One attempt: download and extract into staging, verify, move into place; (sha256, bytes). `extracted`
-        receives what extraction made, with the files' digests."""
-        assert app.source is not None
-        if extracted is not None:
-            extracted.clear()  # a failed attempt's tree is gone
-        source = app.source
-        stage = tempfile.mkdtemp(prefix=deployment + "-", dir=records.staging_dir(app.path))
-        cache = artifact_cache.Entry(self.state_dir, app.name, deployment)
-        try:
-            with cache.writer() as sink, self.fetcher.open(url, headers, max_bytes=source.limits.max_bytes, sink=sink,
-                                                           cancel=cancel, stall_seconds=source.stall_seconds) as download:
-                progress = self.on_progress
-                budget = archives.Budget(source.limits, lambda: download.received,
-                                         None if progress is None else lambda counted: progress(app.name, deployment,
-                                                                                                counted))
-                body: archives.Readable = download if progress is None else _Ticking(download, budget)
-                root = extracting.extract(body, stage, fmt=source.format, strip=source.strip_components,
-                                          budget=budget, owner=owner, spool_dir=records.staging_dir(app.path),
-                                          checkpoint=self.checkpoint, deb_root=source.deb_root, made=extracted,
-                                          flush=flush)
-                download.drain()
-                digest, size = download.hexdigest(), download.received
-                if source.sha256 is not None and digest != source.sha256:
-                    raise errors.ChecksumMismatch(
-                        f"the artifact from {fetching.redact_url(url)} has sha256 {digest}, not {source.sha256} as "
-                        "source.sha256 says; check the artifact and the manifest"
-                    )
-                cache.keep()
-            _move_entries(root, os.path.join(app.path, deployment), made)
-        finally:
-            fsutil.remove_tree(stage)
-        return digest, size
-
-    def _fetch_git(self, app: model.Application, deployment: str, owner: owners.Owner, headers: Mapping[str, str],
-                   made: os.stat_result, cancel: threading.Event | None = None,
-                   extracted: extracting.Made | None = None,
-                   flush: Callable[[], None] = lambda: None) -> tuple[str, int, str]:
-        """One attempt for a git source: mirror, resolve, verify, extract, move into place; (sha256, bytes, commit)."""
-        from controller.artifacts import git_source  # with git_runner, git_mirror, git_archive and git_verify
-
-        if extracted is not None:
-            extracted.clear()  # a failed attempt's tree is gone
-        stage = tempfile.mkdtemp(prefix=deployment + "-", dir=records.staging_dir(app.path))
-        try:
-            done = git_source.deploy(self.state_dir, app, deployment, stage, owner=owner,
-                                     spool_dir=records.staging_dir(app.path), headers=headers, environ=self.environ,
-                                     cancel=cancel, checkpoint=self.checkpoint, extracted=extracted, flush=flush)
-            _move_entries(done.root, os.path.join(app.path, deployment), made)
-        finally:
-            fsutil.remove_tree(stage)
-        return done.sha256, done.size, done.commit
-
-    def _activate(self, work: _Pass, deployment: str, observed: records.Observed) -> records.Observed:
-        app = work.app
-        record = observed.deployments.get(deployment)
-        if record is None or record.state != records.COMPLETE or not record.has_dir:
-            raise errors.PermanentError(f"{app.name}: {deployment} is not a complete deployment; it cannot be activated")
-        current = os.path.join(app.path, "current")
-        if os.path.lexists(current) and not os.path.islink(current):
-            raise errors.PermanentError(f"{current} is not a symlink; move it away so tether can manage it")
-        previous = observed.current
-        self._hooks(work, "beforeActivate", deployment, previous)
-        pending = records.write_record(app.path, deployment, records.COMPLETE, activationPending=True,
-                                       probingSince=None, healthyAt=None, healthMessage=None)
-        kept = previous if previous != deployment else observed.previous
-        records.write_activation(app.path, deployment, kept)
-        self.checkpoint("recorded-previous")
-        records.switch_current(app.path, deployment, self.checkpoint)
-        log.info("%s: current now points to %s.", app.name, deployment)
-        self.checkpoint("switched")
-        switched = observed.activated(deployment, kept).recorded(deployment, pending)
-        return self._after_activate(work, deployment, previous, switched, observed.previous)
-
-    def _after_activate(self, work: _Pass, deployment: str, previous: str | None, observed: records.Observed,
-                        restore_previous: str | None = None) -> records.Observed:
-        """Run afterActivate (unless it succeeded before and probing started), then the health check; on failure
-        roll back to `previous` when the manifest asks for it."""
-        app = work.app
-        record = observed.deployments.get(deployment)
-        since = record.probing_since if record is not None and record.activation_pending else None
-        try:
-            if since is None:
-                self._hooks(work, "afterActivate", deployment, previous)
-            healthy = self._prove(work, deployment, previous, since)
-        except (hooks.HookFailed, health.Unhealthy) as exc:
-            unhealthy = isinstance(exc, health.Unhealthy)
-            if unhealthy:
-                work.health = health.Report(deployment, False, str(exc))
-            verdict = {"probingSince": None, "healthyAt": None, "healthMessage": str(exc) if unhealthy else None}
-            back = records.observe(app.path).deployments.get(previous or "")
-            if not app.rollback_on_failure or back is None or back.state != records.COMPLETE or not back.has_dir:
-                records.write_record(app.path, deployment, records.COMPLETE, activationPending=None, error=str(exc),
-                                     **verdict)
-                raise
-            assert previous is not None
-            records.switch_current(app.path, previous, self.checkpoint)  # first: a kill now retries, never strands
-            records.write_activation(app.path, previous, restore_previous)
-            records.write_record(app.path, deployment, records.FAILED, activationPending=None, error=str(exc),
-                                 failedGeneration=app.generation, **verdict)
-            log.warning("%s: rolled back to %s because %s", app.name, previous, exc)
-            self.checkpoint("rolled-back")
-            try:
-                self._hooks(work, "afterActivate", previous, deployment)
-            except hooks.HookFailed as again:
-                raise hooks.HookFailed(again.run) from exc
-            raise errors.TemporaryError(f"{exc}; rolled back to {previous}; {deployment} is marked failed until "
-                                        "the desired state changes or `tether retry`") from exc
-        done = records.write_record(app.path, deployment, records.COMPLETE, activationPending=None, error=None,
-                                    **healthy)
-        return work.fresh(observed).recorded(deployment, done)
-
-    def _prove(self, work: _Pass, deployment: str, previous: str | None, since: float | None) -> dict[str, Any]:
-        """Probe the health check (none: nothing to prove) from `since`, when probing started (None: now);
-        the record fields of a deployment that proved healthy."""
-        if work.app.health_check is None:
-            return {}
-        resumed = since is not None
-        if since is None:
-            since = self.clock()
-            records.write_record(work.app.path, deployment, records.COMPLETE, probingSince=since)
-        self.checkpoint("probing")
-
-        def probed(probe: health.Probe) -> None:
-            work.probes.append(probe)
-            self.checkpoint("probed")
-
-        work.health = self.prober.prove(work.app, self.hooks, deployment, previous, since, probed, work.cancel,
-                                        resumed=resumed)
-        return {"probingSince": None, "healthyAt": self.clock(), "healthMessage": work.health.message}
 
     def relink(self, app: model.Application, deployment: str) -> list[str]:
         """Restore the persistent-data links of a deployment (link drift), holding the lock."""
@@ -468,32 +314,3 @@ class Engine:
                 cleared.append(deployment.name)
         return cleared
 
-
-@dataclasses.dataclass(frozen=True)
-class _Ticking:
-    """The download as the extractor reads it, telling the budget's progress listener of each read: the bytes
-    received count even while the decompressor waits for a whole buffer."""
-
-    download: fetching.Download
-    budget: archives.Budget
-
-    def read(self, size: int = -1, /) -> bytes:
-        data = self.download.read(size)
-        if self.budget.progress is not None:
-            self.budget.progress(self.budget)
-        return data or b""
-
-
-def _move_entries(root: str, target: str, made: os.stat_result) -> None:
-    """Move the extracted entries into the deployment directory tether made (`made`), through descriptors:
-    its user's hooks may have changed what is inside it, but never where the entries go."""
-    with nofollow.walk(root, [], None, make=False) as source, nofollow.walk(target, [], None, make=False) as into:
-        st = os.fstat(into)
-        if (st.st_dev, st.st_ino) != (made.st_dev, made.st_ino):
-            raise errors.PermanentError(f"{target} is no longer the directory tether made for this deployment; "
-                                        "something replaced it during the pass")
-        for name in sorted(os.listdir(source)):
-            if nofollow.exists(name, into) is not None:
-                raise errors.PermanentError(f"{os.path.join(target, name)} already exists (made by a beforeDeploy "
-                                            "hook?) and the artifact ships it too")
-            os.rename(name, name, src_dir_fd=source, dst_dir_fd=into)
