@@ -138,6 +138,31 @@ def test_a_tree_over_the_limits_is_refused_before_it_is_extracted(node: support.
     refused_and_untouched(node, node.tether("reconcile"), "v1", words)
 
 
+@pytest.mark.parametrize(("limits", "words"), [({"maxMembers": 500}, "limits.maxMembers"),
+                                               ({"maxBytes": 100_000}, "limits.maxBytes")])
+def test_git_archive_never_starts_on_a_tree_over_the_limits(node: support.Node, tmp_path: Path,
+                                                            limits: dict[str, int], words: str) -> None:
+    # git archive reads the whole tree into memory before its first byte: on a tree bomb, gigabytes. A `git`
+    # first on PATH notes each command tether runs and hands it to the real git.
+    bin_dir, commands = tmp_path / "bin", tmp_path / "commands"
+    bin_dir.mkdir()
+    real = subprocess.run(["sh", "-c", "command -v git"], capture_output=True, text=True, check=True).stdout.strip()
+    (bin_dir / "git").write_text(f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> {commands}\nexec {real} \"$@\"\n")
+    (bin_dir / "git").chmod(0o755)
+    repo = git_repos.Repo(tmp_path / "src")
+    repo.commit({f"d{i // 100}/f{i}.txt": f"{i}\n" * 30 for i in range(1000)})
+    repo.tag("v1")
+
+    support.write_manifest(node.manifests, support.application(
+        "site", node.apps / "site", deployment="v1", source={"git": {"url": repo.url}, "limits": limits}))
+    refused_and_untouched(node, node.tether("reconcile", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"}), "v1",
+                          words)
+
+    ran = commands.read_text().splitlines()
+    assert any(" ls-tree " in f" {line} " for line in ran), ran  # the wrapper saw tether's commands
+    assert not any(" archive " in f" {line} " for line in ran), ran
+
+
 def test_an_https_secret_never_reaches_a_file_tether_wrote_or_its_output(node: support.Node, tmp_path: Path) -> None:
     token = "Bearer t0ken-that-must-never-leak-8d1f"
     secret_file = tmp_path / "secrets" / "git-token"

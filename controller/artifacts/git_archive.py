@@ -1,16 +1,17 @@
 """A git commit's tree onto disk: `git archive` streamed through the safe extractor.
 
-Before a byte is extracted, `git ls-tree -r -l` of the tree shows what it
-holds, read as git writes it: more files or bytes than the source's limits
-allow is refused at the first entry over them (a tree bomb of a few kB can name
-10**9 files);
-Git LFS pointer files (small blobs starting with the LFS spec line) are refused
-naming the path unless `lfs: ignore`; gitlinks (submodules) are skipped with a
-warning and never fetched (`git archive` leaves an empty directory for them).
-Then `git archive --format=tar <commit>[:<subdirectory>]` is read straight from
-git's stdout by `extracting.extract`, with the same member filter, limits,
-ownership and checkpoints as a tar artifact; the stream's sha256 is returned
-as the artifact digest.
+Before `git archive` starts (it reads the whole tree into memory first),
+`git ls-tree -r -l` of the tree shows what it holds, read as git writes it:
+more files or bytes than the source's limits allow is refused at the first
+entry over them (a tree bomb of a few kB can name 10**9 files); gitlinks
+(submodules) are skipped with a warning and never fetched (`git archive` leaves
+an empty directory for them). While `git archive` fills its pipe, Git LFS
+pointer files (small blobs starting with the LFS spec line) are looked for and
+refused naming the path unless `lfs: ignore`. Only then is
+`git archive --format=tar <commit>[:<subdirectory>]` read from git's stdout by
+`extracting.extract`, with the same member filter, limits, ownership and
+checkpoints as a tar artifact; the stream's sha256 is returned as the artifact
+digest.
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ def _entries(out: IO[bytes]) -> Iterator[bytes]:
         yield pending
 
 
-def inspect(git: git_runner.Git, tree: str, source: model.GitSource, limits: model.Limits, ref: str) -> None:
-    """Refuse a tree over the limits or with LFS pointers (unless lfs: ignore); warn about gitlinks. The listing
-    is read as git writes it and stopped at the first limit passed: a few kB of trees can name 10**9 files."""
+def inspect(git: git_runner.Git, tree: str, limits: model.Limits, ref: str) -> list[tuple[str, str]]:
+    """Refuse a tree over the limits; warn about gitlinks; return the blobs that could be LFS pointers (object,
+    path) for `check_lfs`. The listing is read as git writes it and stopped at the first limit passed: a few kB
+    of trees can name 10**9 files."""
     gitlinks, small, files, size = [], [], 0, 0
     with git.stream("ls-tree", "-r", "-l", "-z", "--full-tree", tree, what="git ls-tree") as out:
         for line in _entries(out):
@@ -105,6 +107,11 @@ def inspect(git: git_runner.Git, tree: str, source: model.GitSource, limits: mod
     if gitlinks:
         log.warning("The tree of %s has submodules, which tether never fetches; their directories stay empty: %s.",
                     ref, _shown(gitlinks))
+    return small
+
+
+def check_lfs(git: git_runner.Git, small: list[tuple[str, str]], source: model.GitSource, ref: str) -> None:
+    """Refuse Git LFS pointer files among the `small` blobs (unless lfs: ignore, which warns)."""
     if small:
         pointers = _lfs_pointers(git, small)
         if pointers and source.lfs == "refuse":
@@ -148,8 +155,11 @@ def materialise(git: git_runner.Git, source: model.GitSource, resolved: git_mirr
     """Extract the resolved commit (or its subdirectory) into the empty `dest`; (root, sha256, bytes). `extracted`
     receives what was made, and `flush` is asked to start writing out (see extracting.extract)."""
     tree = treeish(source, resolved.commit, git)
+    # The limits first, alone: git archive reads a whole tree into memory before it writes a byte, so it must
+    # never start on a tree that they refuse (a few kB of trees can name 10**9 files).
+    small = inspect(git, tree, limits, resolved.ref)
     with git.stream("archive", "--format=tar", tree, what=f"git archive of {resolved.ref}") as out:
-        inspect(git, tree, source, limits, resolved.ref)  # meanwhile git archive fills its pipe (killed if refused)
+        check_lfs(git, small, source, resolved.ref)  # meanwhile git archive fills its pipe (killed if refused)
         reader = _Hashing(out)
         budget = archives.Budget(limits, lambda: reader.count)
         root = extracting.extract(reader, dest, fmt="tar", strip=0, budget=budget, owner=owner,
