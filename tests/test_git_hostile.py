@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -146,7 +147,7 @@ def test_git_archive_never_starts_on_a_tree_over_the_limits(node: support.Node, 
     # first on PATH notes each command tether runs and hands it to the real git.
     bin_dir, commands = tmp_path / "bin", tmp_path / "commands"
     bin_dir.mkdir()
-    real = subprocess.run(["sh", "-c", "command -v git"], capture_output=True, text=True, check=True).stdout.strip()
+    real = shutil.which("git")
     (bin_dir / "git").write_text(f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> {commands}\nexec {real} \"$@\"\n")
     (bin_dir / "git").chmod(0o755)
     repo = git_repos.Repo(tmp_path / "src")

@@ -42,6 +42,10 @@ class Pass:
         stale, self.seen = self.seen != ran, ran
         return records.observe(self.app.path) if stale else observed
 
+    def run_hooks(self, runner: hooks.Runner, phase: str, deployment: str, previous: str | None) -> None:
+        """Run the hooks of `phase`, adding their runs to the pass's."""
+        runner.run_phase(phase, self.app, self.kind, deployment, previous, self.runs.append)
+
 
 class Engine(Protocol):
     """What the activation steps use of controller/engine/reconciling.py's Engine, which passes itself."""
@@ -56,11 +60,6 @@ class Engine(Protocol):
     def clock(self) -> Callable[[], float]: ...
 
 
-def run_hooks(runner: hooks.Runner, work: Pass, phase: str, deployment: str, previous: str | None) -> None:
-    """Run the hooks of `phase`, adding their runs to the pass's."""
-    runner.run_phase(phase, work.app, work.kind, deployment, previous, work.runs.append)
-
-
 def activate(engine: Engine, work: Pass, deployment: str, observed: records.Observed) -> records.Observed:
     app = work.app
     record = observed.deployments.get(deployment)
@@ -70,7 +69,7 @@ def activate(engine: Engine, work: Pass, deployment: str, observed: records.Obse
     if os.path.lexists(current) and not os.path.islink(current):
         raise errors.PermanentError(f"{current} is not a symlink; move it away so tether can manage it")
     previous = observed.current
-    run_hooks(engine.hooks, work, "beforeActivate", deployment, previous)
+    work.run_hooks(engine.hooks, "beforeActivate", deployment, previous)
     pending = records.write_record(app.path, deployment, records.COMPLETE, activationPending=True,
                                    probingSince=None, healthyAt=None, healthMessage=None)
     kept = previous if previous != deployment else observed.previous
@@ -92,7 +91,7 @@ def after_activate(engine: Engine, work: Pass, deployment: str, previous: str | 
     since = record.probing_since if record is not None and record.activation_pending else None
     try:
         if since is None:
-            run_hooks(engine.hooks, work, "afterActivate", deployment, previous)
+            work.run_hooks(engine.hooks, "afterActivate", deployment, previous)
         healthy = _prove(engine, work, deployment, previous, since)
     except (hooks.HookFailed, health.Unhealthy) as exc:
         unhealthy = isinstance(exc, health.Unhealthy)
@@ -112,7 +111,7 @@ def after_activate(engine: Engine, work: Pass, deployment: str, previous: str | 
         log.warning("%s: rolled back to %s because %s", app.name, previous, exc)
         engine.checkpoint("rolled-back")
         try:
-            run_hooks(engine.hooks, work, "afterActivate", previous, deployment)
+            work.run_hooks(engine.hooks, "afterActivate", previous, deployment)
         except hooks.HookFailed as again:
             raise hooks.HookFailed(again.run) from exc
         raise errors.TemporaryError(f"{exc}; rolled back to {previous}; {deployment} is marked failed until "

@@ -172,9 +172,6 @@ class Engine:
         self.checkpoint("cleaned")
         return dataclasses.replace(observed, leftovers=()) if deployment is None else observed.recorded(deployment, None)
 
-    def _hooks(self, work: activating.Pass, phase: str, deployment: str, previous: str | None) -> None:
-        activating.run_hooks(self.hooks, work, phase, deployment, previous)
-
     def _deploy(self, work: activating.Pass, deployment: str, observed: records.Observed) -> records.Observed:
         app = work.app
         if app.source is None:
@@ -205,7 +202,7 @@ class Engine:
         hooks_before = len(work.runs)
         with fsutil.Flusher(target) as flusher:  # the tree goes out to disk while it is written and checked
             try:
-                self._hooks(work, "beforeDeploy", deployment, previous)
+                work.run_hooks(self.hooks, "beforeDeploy", deployment, previous)
                 started = time.monotonic()
                 revision: list[str] = []  # the commit a git source's ref resolved to
                 extracted = extracting.Made()  # the tree with its digests, for record_digests
@@ -237,7 +234,7 @@ class Engine:
                 records.remove_record(app.path, deployment)
                 raise
             try:
-                self._hooks(work, "afterDeploy", deployment, previous)
+                work.run_hooks(self.hooks, "afterDeploy", deployment, previous)
             except hooks.HookFailed as exc:
                 records.write_record(app.path, deployment, records.INCOMPLETE, error=str(exc))
                 raise

@@ -57,8 +57,9 @@ def _source(module: Any) -> bytes:
 
 def validation_key() -> str:
     """A digest of everything that decides what validation makes of a manifest's bytes."""
-    import importlib.metadata  # here, not above: 5 ms (email, zipfile...) that a command which never reads the
-                               # cache, such as `tether reconcile`, would spend at every start
+    # Imported here, not above: 5 ms (email, zipfile...) that a command which never reads the cache, such as
+    # `tether reconcile`, would spend at every start.
+    import importlib.metadata
     digest = hashlib.sha256(f"{FORMAT} {__version__} {sys.version} {yaml.__version__}".encode())
     try:
         digest.update(importlib.metadata.version("jsonschema").encode())
