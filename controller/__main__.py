@@ -1,5 +1,3 @@
-import sys
-
 from controller.cli import main
 
-sys.exit(main.main())
+main.run()

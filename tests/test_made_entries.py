@@ -126,3 +126,36 @@ def test_the_entries_from_what_extraction_made_hold_whatever_the_umask(umask: in
         os.umask(old)
     assert made == walked
     assert made["run"]["mode"] == "0755"  # the data filter takes group write away, the umask nothing more
+
+
+NAME_TEXT = st.text(st.characters(codec=None, exclude_categories=()), min_size=1, max_size=12)  # surrogates too
+
+
+@hypothesis.settings(**{**SETTINGS, "max_examples": 300})
+@hypothesis.given(st.dictionaries(NAME_TEXT, st.integers(0, 0o7777), max_size=8),
+                  st.dictionaries(NAME_TEXT, NAME_TEXT, max_size=8),
+                  st.dictionaries(NAME_TEXT, st.tuples(st.integers(0, 0o7777), st.binary(max_size=4)), max_size=8))
+def test_the_digest_lists_text_is_what_json_makes_of_the_entries(
+        dirs: dict[str, int], symlinks: dict[str, str], files: dict[str, tuple[int, bytes]]) -> None:
+    """made_json writes the entries as text itself (for speed); json.dumps of made_entries is the oracle, for any
+    names (quotes, backslashes, control characters, non-ASCII, the surrogates of undecodable bytes) and any name
+    that is two kinds at once (the later kind wins in both)."""
+    import hashlib
+    import json
+
+    made = extracting.Made(dirs=dirs, symlinks=symlinks, files={
+        name: member_writer.Written(hashlib.sha256(data).hexdigest(), 1, len(data), 0, 0, mode)
+        for name, (mode, data) in files.items()})
+    assert digests.made_json(made) == json.dumps(digests.made_entries(made), sort_keys=True)
+
+
+def test_a_recorded_digest_list_is_the_stamped_document_of_the_entries(tmp_path: Path) -> None:
+    import json
+
+    made = extracting.Made(dirs={"d": 0o755, "d\\\"q\u0000": 0o1777}, symlinks={"d/l": "../x\udcff"}, files={
+        "d/f": member_writer.Written("ab" * 32, 1, 2, 3, 4, 0o644)})
+    digests.record(str(tmp_path), "v1", [], made, hooks_ran=False)
+    text = Path(digests.digests_path(str(tmp_path), "v1")).read_text()
+    assert text == json.dumps({"deployment": "v1", "entries": digests.made_entries(made), "format": 1, "version": 1},
+                              sort_keys=True) + "\n"
+    assert digests.read(str(tmp_path), "v1") == digests.made_entries(made)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from controller.manifests import validation
 from tests import support
 
 HTTP = {"http.client", "ssl", "email.parser"}
@@ -67,3 +68,37 @@ def test_a_reconcile_from_an_http_url_loads_the_http_client_when_it_downloads(
     assert done.returncode == 0, done.stdout + done.stderr
     assert os.readlink(node.apps / "site" / "current") == str(node.apps / "site" / "v1")
     assert {"http.client", "tenacity"} <= modules and sorted(modules & GIT) == []
+
+
+# The console command as installed (controller.cli.main:run), with a handler that the usual exit would run.
+EXITS = """
+import atexit, sys
+atexit.register(lambda: print("interpreter teardown"))
+from controller.cli import main
+sys.argv[1:] = sys.argv[2:]
+main.run()
+"""
+
+
+def test_the_command_exits_without_the_interpreters_teardown_and_loses_no_output(
+        node: support.Node, tmp_path: Path) -> None:
+    def tether(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_") and k != "PYTHONUNBUFFERED"}
+        return subprocess.run([sys.executable, "-c", EXITS, "tether", *args], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path, env=env)
+
+    schema = tether("schema", "application")  # block-buffered into the pipe: lost if not flushed before the exit
+    assert schema.returncode == 0, schema.stderr
+    assert schema.stdout == validation.schema_text("application")
+    assert "interpreter teardown" not in schema.stdout
+
+    (node.manifests / "bad.yaml").write_text("apiVersion: tether/v1\nkind: Application\nmetadata: {name: bad}\n")
+    bad = tether("validate", "--manifests", str(node.manifests), "--state-dir", str(node.state))
+    assert bad.returncode == 2 and "spec" in bad.stdout + bad.stderr
+
+    file_manifest(node, tmp_path)
+    (node.manifests / "bad.yaml").unlink()
+    done = tether("reconcile", "--manifests", str(node.manifests), "--state-dir", str(node.state))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "interpreter teardown" not in done.stdout
+    assert os.readlink(node.apps / "site" / "current") == str(node.apps / "site" / "v1")

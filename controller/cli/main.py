@@ -10,7 +10,9 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
+import typing
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -325,5 +327,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return FAILED
 
 
+def run() -> typing.NoReturn:
+    """The `tether` command: main(), then, when nothing else is left running, an exit that skips the
+    interpreter's teardown (freeing every module and object one by one: 50 ms of a deploy on a slow machine).
+    Output and logs are flushed first; files were closed where they were written."""
+    code = main()
+    logging.shutdown()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # a closed pipe (`tether list | head`): the usual exit reports it
+        sys.exit(code)
+    if threading.active_count() > 1:  # a thread still at work: the usual exit waits for it
+        sys.exit(code)
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -21,6 +21,7 @@ VERSION = 1
 CHUNK = 1024 * 1024
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 Entry = dict[str, str]  # type (file|dir|link|other), mode, and sha256 (files) or target (links)
+PLACE = "\0"  # where record() puts made_json's text: no other string of the document is a NUL alone
 
 
 class NoDigests(errors.PermanentError):
@@ -123,6 +124,18 @@ def made_entries(extracted: extracting.Made) -> dict[str, Entry]:
     return entries
 
 
+def made_json(extracted: extracting.Made) -> str:
+    """`json.dumps(made_entries(extracted), sort_keys=True)`, the same text, made as text: no dict per entry for
+    the encoder to walk and sort (a fifth of the time at 20k entries)."""
+    name = json.encoder.encode_basestring_ascii  # what json.dumps does to a key and a string value
+    rendered = {path: f'{{"mode": "{mode:04o}", "type": "dir"}}' for path, mode in extracted.dirs.items()}
+    rendered.update((path, f'{{"mode": "0777", "target": {name(target)}, "type": "link"}}')
+                    for path, target in extracted.symlinks.items())
+    rendered.update((path, f'{{"mode": "{file.mode:04o}", "sha256": "{file.sha256}", "type": "file"}}')
+                    for path, file in extracted.files.items())
+    return "{" + ", ".join([f"{name(path)}: {rendered[path]}" for path in sorted(rendered)]) + "}"
+
+
 def record(path: str, deployment: str, links: Collection[str], extracted: extracting.Made | None = None,
            hooks_ran: bool = True) -> None:
     """Write the digest list of `<path>/<deployment>` atomically; `links` are persistent-data leaves; `extracted`:
@@ -130,17 +143,21 @@ def record(path: str, deployment: str, links: Collection[str], extracted: extrac
     `extracted` itself (it is what tether made); otherwise the tree is walked, and a file the extraction left
     untouched is not read again."""
     targets = {leaf: os.path.join(persistent_data.root(path), leaf) for leaf in links}
-    if extracted is not None and not hooks_ran and not targets:
-        entries = made_entries(extracted)
-    else:
+    made = extracted is not None and not hooks_ran and not targets
+    entries: dict[str, Entry] | str = PLACE
+    if not made:
         entries = scan(os.path.join(path, deployment), lambda rel: False, targets,
                        extracted.files if extracted is not None else None)
-    for leaf, target in targets.items():  # a link tether made is recorded even if it is gone already
-        entries.setdefault(leaf, {"type": "link", "mode": "0777", "target": target})
+        for leaf, target in targets.items():  # a link tether made is recorded even if it is gone already
+            entries.setdefault(leaf, {"type": "link", "mode": "0777", "target": target})
     fsutil.makedirs(os.path.dirname(digests_path(path, deployment)))
     document = formats.stamped({"version": VERSION, "deployment": deployment, "entries": entries})
     # the same JSON as fsutil.atomic_write_json, without its indent: json's C encoder (5x faster at 20k entries)
-    fsutil.atomic_write(digests_path(path, deployment), (json.dumps(document, sort_keys=True) + "\n").encode(), 0o644)
+    text = json.dumps(document, sort_keys=True)
+    if made:
+        assert extracted is not None
+        text = text.replace(json.dumps(PLACE), made_json(extracted), 1)
+    fsutil.atomic_write(digests_path(path, deployment), (text + "\n").encode(), 0o644)
 
 
 def read(path: str, deployment: str) -> dict[str, Entry]:
