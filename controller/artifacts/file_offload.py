@@ -123,17 +123,19 @@ class Offload:
         if ended:
             self._failed()
 
-    def finish(self) -> Iterator[tuple[str, Fields]]:
-        """Wait until every file is written; their digests and stat fields, by name. Raises the first error the
-        process met: OSError with the member's archive name (errno as the process saw it)."""
+    def finish(self) -> tuple[list[str], Iterator[Fields]]:
+        """Wait until every file is written; their names, and their digests and stat fields in the same order.
+        Raises the first error the process met: OSError with the member's archive name (errno as the process
+        saw it)."""
         self._pending.append(file_process.REQUEST.pack(file_process.END, 0, 0, 0, 0.0, 0))
         self._send(block=True)
         reply = self._reply()
-        files = [(name, digest) for name, _, digest in self._sent if digest is not None]
-        if reply[:1] != file_process.OK or len(reply) != 1 + len(files) * file_process.RESULT.size:
+        names = [name for name, _, digest in self._sent if digest is not None]
+        if reply[:1] != file_process.OK or len(reply) != 1 + len(names) * file_process.RESULT.size:
             self._failed(reply)
-        for (name, digest), fields in zip(files, file_process.RESULT.iter_unpack(reply[1:]), strict=True):
-            yield name, (digest, *fields)
+        digests = [digest for _, _, digest in self._sent if digest is not None]
+        columns = zip(*file_process.RESULT.iter_unpack(memoryview(reply)[1:]))
+        return names, zip(digests, *columns)  # into columns and back into rows: no Python code per file
 
     def _reply(self) -> bytes:
         self._process.stdin.close()  # type: ignore[union-attr]

@@ -295,8 +295,8 @@ class Writer:
 
     def _offloaded(self, offload: file_offload.Offload) -> None:
         try:
-            for name, fields in offload.finish():
-                self.written[name] = Written(*fields)
+            names, fields = offload.finish()
+            self.written.update(zip(names, map(Written._make, fields)))
         except OSError as exc:
             if exc.errno not in NAME_ERRORS:
                 raise
