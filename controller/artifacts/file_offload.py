@@ -134,8 +134,8 @@ class Offload:
         if reply[:1] != file_process.OK or len(reply) != 1 + len(names) * file_process.RESULT.size:
             self._failed(reply)
         digests = [digest for _, _, digest in self._sent if digest is not None]
-        columns = zip(*file_process.RESULT.iter_unpack(memoryview(reply)[1:]))
-        return names, zip(digests, *columns)  # into columns and back into rows: no Python code per file
+        columns = zip(*file_process.RESULT.iter_unpack(memoryview(reply)[1:]), strict=True)
+        return names, zip(digests, *columns, strict=True)  # into columns and back into rows: no Python per file
 
     def _reply(self) -> bytes:
         self._process.stdin.close()  # type: ignore[union-attr]

@@ -296,7 +296,7 @@ class Writer:
     def _offloaded(self, offload: file_offload.Offload) -> None:
         try:
             names, fields = offload.finish()
-            self.written.update(zip(names, map(Written._make, fields)))
+            self.written.update(zip(names, map(Written._make, fields), strict=True))
         except OSError as exc:
             if exc.errno not in NAME_ERRORS:
                 raise

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from controller import errors as tether_errors  # `errors` below is this module's own function
+from controller.manifests import quick_check
 
 SCHEMA_FILES = {"application": "application.json", "kind": "kind.json", "node": "node.json"}
 if TYPE_CHECKING:
@@ -37,9 +38,7 @@ def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterat
     """The `pattern` keyword with `$` as JSON Schema means it: the end, not also before a final newline."""
     import jsonschema  # loaded by _validator already
 
-    if validator.is_type(instance, "string") and (
-        not re.search(pattern, instance) or (pattern.endswith("$") and instance.endswith("\n"))
-    ):
+    if validator.is_type(instance, "string") and not quick_check.pattern_matches(pattern, instance):
         yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
@@ -109,6 +108,8 @@ def _extra_fields(error: Any) -> list[str]:
 
 def errors(document: Any, schema_name: str) -> Iterator[tuple[str, str]]:
     """Yield (JSON pointer, message) for every schema violation, most specific first."""
+    if quick_check.accepts(schema(schema_name), document):  # jsonschema would find nothing: not even imported
+        return
     found = sorted(_validator(schema_name).iter_errors(document), key=lambda e: list(e.path))
     for error in found:
         best = error
