@@ -10,6 +10,7 @@ import os
 import stat
 import tempfile
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from controller import nofollow
@@ -24,8 +25,8 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
-    """Write `data` to `path` so that readers see the old or the new content, never a mix.
+def atomic_write(path: str, data: bytes | Iterable[bytes], mode: int = 0o644, *, durable: bool = True) -> None:
+    """Write `data` (bytes, or chunks of it) to `path` so that readers see the old or the new content, never a mix.
 
     `durable=False` leaves out the fsync of the file and of its directory, for derived data whose writer
     flushes many files with one `sync_filesystem` instead (the rename stays atomic for readers)."""
@@ -33,7 +34,7 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = T
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            handle.writelines((data,) if isinstance(data, bytes) else data)
             handle.flush()
             os.fchmod(handle.fileno(), mode)
             if durable:

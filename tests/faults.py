@@ -21,7 +21,6 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO
 
 from controller.artifacts import fetching
 from controller.cli import logs
@@ -53,7 +52,7 @@ class Fetcher(fetching.Fetcher):
 
     faults: str = ""
 
-    def open(self, url: str, headers: Mapping[str, str], *, max_bytes: int, sink: IO[bytes] | None = None,
+    def open(self, url: str, headers: Mapping[str, str], *, max_bytes: int, sink: fetching.Sink | None = None,
              cancel: threading.Event | None = None, stall_seconds: float = fetching.STALL_SECONDS) -> fetching.Download:
         fault(self.faults, urllib.parse.urlsplit(url).path.split("/")[1], "fetch")
         return super().open(url, headers, max_bytes=max_bytes, sink=sink, cancel=cancel, stall_seconds=stall_seconds)

@@ -306,6 +306,21 @@ def test_repair_without_the_cached_artifact_says_to_redeploy(site: Site) -> None
         site.repair(site.content())
 
 
+@pytest.mark.parametrize("damage", ["empty", "torn", "other bytes"])
+def test_repair_from_a_damaged_cached_artifact_says_to_redeploy_and_changes_nothing(site: Site, damage: str) -> None:
+    # The copy is written without an fsync of its own (artifacts/cache.py): a power cut can leave it like this.
+    site.deploy("v1")
+    cached = site.node.state / "cache" / "site" / "v1.artifact"
+    data = cached.read_bytes()
+    cached.write_bytes({"empty": b"", "torn": data[: len(data) // 2],
+                        "other bytes": support.tar_bytes(support.site("2"))}[damage])
+    (site.path / "v1" / "index.html").write_text("edited")
+
+    with pytest.raises(errors.PermanentError, match=r"the cached artifact .*v1\.artifact.*redeploy it"):
+        site.repair(site.content())
+    assert (site.path / "v1" / "index.html").read_text() == "edited"
+
+
 def test_a_deployment_without_digests_is_a_clear_error_and_tether_repair_records_them(
         site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     site.deploy("v1")

@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from controller import errors
 from controller.artifacts import download_watch
@@ -57,11 +57,17 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}{query}"
 
 
+class Sink(Protocol):
+    """Where a download's bytes are copied as they pass (the artifact cache)."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
 class Download(io.RawIOBase):
     """A readable body that hashes, counts, copies and bounds what passes through it."""
 
     def __init__(self, raw: IO[bytes], url: str, *, max_bytes: int, deadline: float = math.inf,
-                 clock: Callable[[], float] = time.monotonic, sink: IO[bytes] | None = None,
+                 clock: Callable[[], float] = time.monotonic, sink: Sink | None = None,
                  watch: download_watch.Watch | None = None, clean: secrets.Cleaner | None = None,
                  length: int | None = None, broken: tuple[type[Exception], ...] = (OSError, ValueError)) -> None:
         self._raw = raw
@@ -182,7 +188,7 @@ class Fetcher:
     clock: Callable[[], float] = time.monotonic
     ssl_context: ssl.SSLContext | None = None
 
-    def open(self, url: str, headers: Mapping[str, str], *, max_bytes: int, sink: IO[bytes] | None = None,
+    def open(self, url: str, headers: Mapping[str, str], *, max_bytes: int, sink: Sink | None = None,
              cancel: threading.Event | None = None, stall_seconds: float = STALL_SECONDS) -> Download:
         """Start one download; raise FetchError (retry) or FetchRefused (do not), each cleaned of secrets."""
         clean = secrets.Cleaner.of([*headers.values(), *secrets.url_secrets(url)])
@@ -195,7 +201,7 @@ class Fetcher:
             watch.close()
             raise
 
-    def _open(self, url: str, headers: dict[str, str], max_bytes: int, sink: IO[bytes] | None,
+    def _open(self, url: str, headers: dict[str, str], max_bytes: int, sink: Sink | None,
               watch: download_watch.Watch, clean: secrets.Cleaner) -> Download:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme != "file":
@@ -214,7 +220,7 @@ class Fetcher:
             raise errors.FetchRefused(f"the artifact file {path} is not a regular file; check source.url")
         return Download(raw, url, max_bytes=max_bytes, watch=watch, clean=clean, length=st.st_size, sink=sink)
 
-    def _open_http(self, url: str, headers: dict[str, str], max_bytes: int, sink: IO[bytes] | None,
+    def _open_http(self, url: str, headers: dict[str, str], max_bytes: int, sink: Sink | None,
                    watch: download_watch.Watch, clean: secrets.Cleaner) -> Download:
         import http.client  # with ssl and email's header parser, tens of milliseconds a file:// deploy does not pay
 

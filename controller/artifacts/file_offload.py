@@ -52,7 +52,7 @@ class Offload:
         with contextlib.suppress(OSError):  # above pipe-max-size for an unprivileged user: the default works too
             fcntl.fcntl(self._requests, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         os.set_blocking(self._requests, False)  # a full pipe: the extracting process writes the next file itself
-        self._sent: list[tuple[str, str, str | None]] = []  # (name, the member's name in the archive, a file's digest)
+        self._sent: list[tuple[str, str, bool]] = []  # (name, the member's name in the archive, whether a file)
         self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
         self._parent = "", b""  # the last file's directory, encoded
@@ -74,19 +74,18 @@ class Offload:
         if self._watch.poll(0):
             self._failed()
 
-    def file(self, name: str, raw: str, mode: int, mtime: float, data: bytes | memoryview, sha256: str) -> None:
-        """Create the file `name` (relative to the root; its directory exists) with `data`, whose digest is
-        `sha256`."""
-        self._request(file_process.FILE, name, raw, mode, mtime, data, sha256)
+    def file(self, name: str, raw: str, mode: int, mtime: float, data: bytes | memoryview) -> None:
+        """Create the file `name` (relative to the root; its directory exists) with `data` (the process takes its
+        digest)."""
+        self._request(file_process.FILE, name, raw, mode, mtime, data)
 
     def link(self, name: str, raw: str, target: str) -> None:
         """Make `name` a hardlink to the file `target` (made earlier, by either process; sent whether accepting or
         not: the target may still be on its way)."""
         above, _, base = target.rpartition("/")
-        self._request(file_process.LINK, name, raw, 0, 0.0, os.fsencode(above) + b"\0" + os.fsencode(base), None)
+        self._request(file_process.LINK, name, raw, 0, 0.0, os.fsencode(above) + b"\0" + os.fsencode(base))
 
-    def _request(self, kind: int, name: str, raw: str, mode: int, mtime: float, data: bytes | memoryview,
-                 sha256: str | None) -> None:
+    def _request(self, kind: int, name: str, raw: str, mode: int, mtime: float, data: bytes | memoryview) -> None:
         parent, _, base = name.rpartition("/")
         if parent != self._parent[0]:  # files come directory by directory
             self._parent = parent, os.fsencode(parent)
@@ -94,7 +93,7 @@ class Offload:
         self._pending += (file_process.REQUEST.pack(kind, len(directory), len(encoded), mode, mtime, len(data)),
                           directory, encoded, data)
         self._pending_bytes += file_process.REQUEST.size + len(directory) + len(encoded) + len(data)
-        self._sent.append((name, raw, sha256))
+        self._sent.append((name, raw, kind == file_process.FILE))
 
     def _send(self, block: bool) -> None:
         """Write what is pending into the pipe: all of it (block), or what the pipe takes now."""
@@ -130,12 +129,13 @@ class Offload:
         self._pending.append(file_process.REQUEST.pack(file_process.END, 0, 0, 0, 0.0, 0))
         self._send(block=True)
         reply = self._reply()
-        names = [name for name, _, digest in self._sent if digest is not None]
+        names = [name for name, _, is_file in self._sent if is_file]
         if reply[:1] != file_process.OK or len(reply) != 1 + len(names) * file_process.RESULT.size:
             self._failed(reply)
-        digests = [digest for _, _, digest in self._sent if digest is not None]
-        columns = zip(*file_process.RESULT.iter_unpack(memoryview(reply)[1:]), strict=True)
-        return names, zip(digests, *columns, strict=True)  # into columns and back into rows: no Python per file
+        if not names:
+            return names, iter(())
+        digests, *columns = zip(*file_process.RESULT.iter_unpack(memoryview(reply)[1:]), strict=True)
+        return names, zip(map(bytes.decode, digests), *columns, strict=True)  # columns and back: no Python per file
 
     def _reply(self) -> bytes:
         self._process.stdin.close()  # type: ignore[union-attr]

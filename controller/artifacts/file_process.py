@@ -9,9 +9,9 @@ Why a process: the extracting process's Python per member (reading headers,
 checking names, the writer's bookkeeping) and the system calls that create a
 file (open, write, utime, fstat, close) and its digest each take about as long
 as tar takes for the whole member. A thread cannot run beside that (the GIL is
-handed over at every system call); a process runs on the other core. (The
-digests are taken by the extracting process, which has less to do.) It
-checks nothing about the archive: the extracting process has checked every
+handed over at every system call); a process runs on the other core. It also
+takes the digests of the files it writes: the extracting process, which reads
+and decompresses the archive, has more to do. It checks nothing about the archive: the extracting process has checked every
 name, made every directory and decided every mode before it sends a request.
 It writes only below ROOT_FD, through descriptors it opens one component at a
 time with O_NOFOLLOW, with O_EXCL|O_NOFOLLOW, as the extracting process does.
@@ -21,7 +21,7 @@ length, mode, mtime, data length) then the directory (relative to the root,
 empty for the root), the name and the data. A FILE is created with the data;
 a LINK is a hardlink to the file named by the data ("directory\\0name"); END
 asks for the results. The reply, once: OK then one RESULT per FILE in the
-order sent (ino, size, mtime_ns, ctime_ns, permission bits); or, at
+order sent (the SHA-256 in hex, ino, size, mtime_ns, ctime_ns, permission bits); or, at
 the first error, FAILED then FAILURE (the index of the request, errno) and
 the error's text. A process whose stdin ends before END exits without a
 reply: the extracting process is gone.
@@ -30,6 +30,7 @@ reply: the extracting process is gone.
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 import signal
 import stat
@@ -37,7 +38,7 @@ import struct
 import sys
 
 REQUEST = struct.Struct("<BHHIdQ")
-RESULT = struct.Struct("<QQqqI")
+RESULT = struct.Struct("<64sQQqqI")
 FAILURE = struct.Struct("<Qi")
 END, FILE, LINK = 0, 1, 2
 OK, FAILED = b"K", b"E"
@@ -108,7 +109,8 @@ class Files:
             st = settle(fd, self.owner, mtime, mode)
         finally:
             os.close(fd)
-        self.results.append(RESULT.pack(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, stat.S_IMODE(st.st_mode)))
+        digest = hashlib.sha256(data).hexdigest().encode()
+        self.results.append(RESULT.pack(digest, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, stat.S_IMODE(st.st_mode)))
 
     def link(self, directory: bytes, name: bytes, target: bytes) -> None:
         above, _, base = target.partition(b"\0")

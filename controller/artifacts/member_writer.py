@@ -157,7 +157,7 @@ class Writer:
             if offload is not None and offload.accepting():
                 assert entry.data is not None
                 data = _all_data(entry.data, entry.size)
-                offload.file(name, entry.name, mode, entry.mtime, data, hashlib.sha256(data).hexdigest())
+                offload.file(name, entry.name, mode, entry.mtime, data)
                 self._written_bytes(entry.size)
             else:
                 if self._offload is not None and entry.size >= THREAD_HASH_SIZE:

@@ -21,20 +21,20 @@ from controller.manifests import model
 from controller.tree import owners, records
 
 
-def fetch(fetcher: fetching.Fetcher, state_dir: str, checkpoint: Callable[[str], None],
+def fetch(fetcher: fetching.Fetcher, cache: artifact_cache.Entry, checkpoint: Callable[[str], None],
           on_progress: Callable[[str, str, archives.Budget], None] | None,
           app: model.Application, deployment: str, owner: owners.Owner, url: str,
           headers: Mapping[str, str], made: os.stat_result,
           cancel: threading.Event | None = None, extracted: extracting.Made | None = None,
           flush: Callable[[], None] = lambda: None) -> tuple[str, int]:
     """One attempt: download and extract into staging, verify, move into place; (sha256, bytes). `extracted`
-    receives what extraction made, with the files' digests."""
+    receives what extraction made, with the files' digests; `cache` keeps a copy of the artifact (the caller
+    stores it once the deployment is durable)."""
     assert app.source is not None
     if extracted is not None:
         extracted.clear()  # a failed attempt's tree is gone
     source = app.source
     stage = tempfile.mkdtemp(prefix=deployment + "-", dir=records.staging_dir(app.path))
-    cache = artifact_cache.Entry(state_dir, app.name, deployment)
     try:
         with cache.writer() as sink, fetcher.open(url, headers, max_bytes=source.limits.max_bytes, sink=sink,
                                                   cancel=cancel, stall_seconds=source.stall_seconds) as download:

@@ -206,10 +206,11 @@ class Engine:
                 started = time.monotonic()
                 revision: list[str] = []  # the commit a git source's ref resolved to
                 extracted = extracting.Made()  # the tree with its digests, for record_digests
+                cache = artifact_cache.Entry(self.state_dir, app.name, deployment)
 
                 def attempt() -> tuple[str, int]:
                     if git is None:
-                        return fetch_attempt.fetch(self.fetcher, self.state_dir, self.checkpoint, self.on_progress,
+                        return fetch_attempt.fetch(self.fetcher, cache, self.checkpoint, self.on_progress,
                                                    app, deployment, owner, url, headers, made, work.cancel, extracted,
                                                    flusher.kick)
                     digest, size, commit = fetch_attempt.fetch_git(self.state_dir, self.environ, self.checkpoint,
@@ -240,6 +241,7 @@ class Engine:
                 raise
             drift.record_digests(app.path, deployment, links, extracted, hooks_ran=len(work.runs) > hooks_before)
             fsutil.sync_filesystem(target)  # what the flusher's last flush left
+            cache.store()  # after that sync, which then had no copy of the artifact to write out
         observed = work.fresh(observed)
         record = records.write_record(app.path, deployment, records.COMPLETE, completedAt=self.clock(), sha256=digest,
                                       links=links, sequence=observed.next_sequence(),

@@ -194,9 +194,14 @@ def _extract_cached(app: model.Application, deployment: str, state_dir: str, own
     os.mkdir(os.path.join(stage, "tree"), 0o700)
     with open(cache.path, "rb") as handle:
         reader = _Hashing(handle)
-        root = extracting.extract(reader, os.path.join(stage, "tree"), fmt=source.format, strip=source.strip_components,
-                                  budget=archives.Budget(source.limits, lambda: reader.count), owner=owner,
-                                  spool_dir=stage, deb_root=source.deb_root)
+        try:
+            root = extracting.extract(reader, os.path.join(stage, "tree"), fmt=source.format,
+                                      strip=source.strip_components, owner=owner, spool_dir=stage,
+                                      budget=archives.Budget(source.limits, lambda: reader.count),
+                                      deb_root=source.deb_root)
+        except errors.ArchiveError as exc:  # a copy a power cut tore (it has no fsync of its own), or a damaged one
+            raise errors.PermanentError(f"{app.name}: the cached artifact {cache.path} cannot be extracted ({exc}); "
+                                        "redeploy it to fetch the artifact again") from exc
         while reader.read(digests.CHUNK):
             pass
     if sha256 is not None and reader.digest.hexdigest() != sha256:
