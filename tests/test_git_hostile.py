@@ -263,7 +263,9 @@ def test_ssh_offers_only_the_manifest_s_key_never_root_s_own_identities(node: su
     # An `ssh` first on PATH that asks the real ssh what it would do with the options tether gives (ssh -G).
     bin_dir, seen = tmp_path / "bin", tmp_path / "ssh-config"
     bin_dir.mkdir()
-    (bin_dir / "ssh").write_text(f"#!/bin/sh\nexec /usr/bin/ssh -G \"$@\" > {seen} 2>&1 </dev/null\n")
+    # Then it fails as the real one does for a key the server refuses: a permanent error, not retried.
+    (bin_dir / "ssh").write_text(f"#!/bin/sh\n/usr/bin/ssh -G \"$@\" > {seen} 2>&1 </dev/null\n"
+                                 "echo 'git@git.example.com: Permission denied (publickey).' >&2\nexit 255\n")
     (bin_dir / "ssh").chmod(0o755)
     (tmp_path / "known_hosts").write_text("")
     git: dict[str, Any] = {"url": "ssh://git@git.example.com/acme.git", "ref": "v1",
@@ -338,5 +340,7 @@ def test_a_redirect_does_not_carry_the_https_secret_to_another_server(node: supp
         other.close()
 
     assert run.returncode != 0
+    assert "returned error: 302" in run.stderr and "set source.git.url to the repository's own URL" in run.stderr
+    assert "retrying" not in run.stderr  # the same redirect every time: not retried
     assert not [r for r in other.requests if "Authorization" in r], other.requests
     assert token.split()[1] not in run.stdout + run.stderr

@@ -3,7 +3,7 @@
 The node file is a one-document YAML file of kind Node (schemas/node.json), read with the
 manifests' rules (controller/manifests/documents.py): owned by root or tether's own user and not
 writable by group or others (nor is its directory), safe YAML, file:line errors. A missing file is
-not an error: the node is then named after the host name, as `socket.gethostname()` gives it, with
+not an error: the node is then named after the host name (the kernel's node name, as `hostname` prints it), with
 no labels.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -47,7 +46,12 @@ class Node:
                 "file": self.source if self.from_file else None}
 
 
-def from_host(hostname: Callable[[], str] = socket.gethostname) -> Node:
+def host_name() -> str:
+    """The host name, as socket.gethostname() gives it on Linux (uname's node name), without importing socket."""
+    return os.uname().nodename
+
+
+def from_host(hostname: Callable[[], str] = host_name) -> Node:
     return Node(name=hostname(), labels={}, source=HOST_NAME)
 
 
@@ -60,7 +64,7 @@ def parse(file: str, text: str) -> Node:
 
 
 def load(path: str = DEFAULT_PATH, *, secure: bool = True, euid: int | None = None,
-         hostname: Callable[[], str] = socket.gethostname) -> Node:
+         hostname: Callable[[], str] = host_name) -> Node:
     """This node's identity: the node file at `path`, or the host name when there is no such file.
 
     Raise ManifestError when the file exists but is refused or invalid.
@@ -85,7 +89,7 @@ class Tracker:
     last good identity. Other threads read `identity`, `error` and `status()` meanwhile.
     """
 
-    def __init__(self, path: str, *, secure: bool = True, hostname: Callable[[], str] = socket.gethostname) -> None:
+    def __init__(self, path: str, *, secure: bool = True, hostname: Callable[[], str] = host_name) -> None:
         self.path, self.secure, self.hostname = path, secure, hostname
         self._state: tuple[Node, errors.ManifestError | None] = (from_host(hostname), None)
 

@@ -18,7 +18,6 @@ import base64
 import binascii
 import contextlib
 import dataclasses
-import html
 import json
 import os
 import re
@@ -133,6 +132,8 @@ def _encodings(value: str) -> Iterable[str]:
     yield json.dumps(value)[1:-1]
     yield repr(value)[1:-1]
     yield repr(value.encode("utf-8", "replace"))[2:-1]
+    import html  # here: only an application with secrets needs it
+
     yield html.escape(value)
 
 
