@@ -4,6 +4,7 @@ manifests that would leak credentials, and the secret of an https source grepped
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import os
 import shutil
@@ -16,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from controller.artifacts import git_runner
+from controller import errors
+from controller.artifacts import git_archive, git_runner
 from tests import git_repos, support
 
 LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\n"
@@ -90,6 +92,31 @@ def test_lfs_pointer_files_are_refused_naming_the_path_unless_lfs_is_ignore(node
     assert run.returncode == 0, run.stderr
     assert (node.apps / "site" / "current" / "assets" / "video.mp4").read_text() == LFS_POINTER
     assert "LFS pointer" in run.stderr
+
+
+@pytest.mark.parametrize("others", [0, 3000])
+def test_an_lfs_pointer_is_refused_however_long_the_extraction_beside_the_look_takes(
+        node: support.Node, tmp_path: Path, others: int) -> None:
+    # The look for pointers runs on a thread beside the extraction: it may end before the extraction does (then
+    # the next read stops it) or after (then the refusal comes when the thread is joined). Either way: refused.
+    repo = git_repos.Repo(tmp_path / "src")
+    repo.commit({"assets/video.mp4": LFS_POINTER, **{f"lib/m{i}.py": f"x = {i}\n" for i in range(others)}})
+    repo.tag("v1")
+
+    refused_and_untouched(node, deploy(node, "v1", {"url": repo.url}), "v1", "'assets/video.mp4'")
+
+
+def test_a_refusal_from_beside_the_extraction_stops_its_reading_at_the_next_read() -> None:
+    def refuse() -> None:
+        raise errors.ArchiveError("an LFS pointer")
+
+    beside = git_archive._Beside(refuse)
+    reader = git_archive._Hashing(io.BytesIO(b"tar data"), beside.check)
+    with pytest.raises(errors.ArchiveError, match="an LFS pointer"):
+        beside.join()
+    with pytest.raises(errors.ArchiveError, match="an LFS pointer"):
+        reader.read(4)
+    assert reader.count == 0
 
 
 def test_hooks_in_the_source_its_tree_or_the_mirror_are_never_run(node: support.Node, tmp_path: Path) -> None:

@@ -5,19 +5,20 @@ Before `git archive` starts (it reads the whole tree into memory first),
 more files or bytes than the source's limits allow is refused at the first
 entry over them (a tree bomb of a few kB can name 10**9 files); gitlinks
 (submodules) are skipped with a warning and never fetched (`git archive` leaves
-an empty directory for them). While `git archive` fills its pipe, Git LFS
-pointer files (small blobs starting with the LFS spec line) are looked for and
-refused naming the path unless `lfs: ignore`. Only then is
-`git archive --format=tar <commit>[:<subdirectory>]` read from git's stdout by
-`extracting.extract`, with the same member filter, limits, ownership and
-checkpoints as a tar artifact; the stream's sha256 is returned as the artifact
-digest.
+an empty directory for them). Then `git archive --format=tar
+<commit>[:<subdirectory>]` is read from git's stdout by `extracting.extract`,
+with the same member filter, limits, ownership and checkpoints as a tar
+artifact; the stream's sha256 is returned as the artifact digest. Meanwhile, on
+a thread of its own, Git LFS pointer files (small blobs starting with the LFS
+spec line) are looked for and refused naming the path unless `lfs: ignore`: a
+refusal stops the extraction, whose staging directory the caller removes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import IO, NoReturn
 
@@ -29,23 +30,50 @@ log = logging.getLogger(__name__)
 LFS_SPEC = b"version https://git-lfs.github.com/spec/v1"
 LFS_MAX_POINTER = 1024  # LFS pointer files are about 130 bytes; git-lfs itself reads at most 1024
 LFS_MIN_POINTER = len(LFS_SPEC) + len("\noid sha256:") + 64 + len("\nsize 0\n")
-GITLINK = "160000"
+GITLINK, SYMLINK = b"160000", b"120000"
 SHOWN_PATHS = 5
 
 
 class _Hashing:
-    """A readable stream that hashes and counts what passes through it."""
+    """A readable stream that hashes and counts what passes through it; `check` is called before each read (it
+    raises to stop the reading)."""
 
-    def __init__(self, raw: archives.Readable) -> None:
+    def __init__(self, raw: archives.Readable, check: Callable[[], None] = lambda: None) -> None:
         self.raw = raw
+        self.check = check
         self.digest = hashlib.sha256()
         self.count = 0
 
     def read(self, size: int = -1, /) -> bytes:
+        self.check()
         data = self.raw.read(size)
         self.digest.update(data)
         self.count += len(data)
         return data
+
+
+class _Beside:
+    """`work` run on a thread of its own; `check` raises what it raised, once it has."""
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:  # raised to the reading thread (check, join)
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="tether-git-lfs", daemon=True)
+        self._thread.start()
+
+    def check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def join(self) -> None:
+        self._thread.join()
+        self.check()
 
 
 def treeish(source: model.GitSource, commit: str, git: git_runner.Git) -> str:
@@ -87,18 +115,18 @@ def inspect(git: git_runner.Git, tree: str, limits: model.Limits, ref: str) -> l
             fields = meta.split()
             if len(fields) != 4:
                 continue
-            mode, kind, obj, length = (f.decode("ascii", "replace") for f in fields)
-            path = raw_path.decode("utf-8", "surrogateescape")
+            mode, kind, obj, length = fields  # decoded only where used: this loop runs for every file
             if mode == GITLINK:
-                gitlinks.append(path)
+                gitlinks.append(raw_path.decode("utf-8", "surrogateescape"))
                 if len(gitlinks) > limits.max_members:
                     _too_many(ref, limits)
                 continue
             files += 1
-            if kind == "blob" and length.isdigit():
-                size += int(length)
-                if LFS_MIN_POINTER <= int(length) <= LFS_MAX_POINTER and mode != "120000":
-                    small.append((obj, path))
+            if kind == b"blob" and length.isdigit():
+                blob = int(length)
+                size += blob
+                if LFS_MIN_POINTER <= blob <= LFS_MAX_POINTER and mode != SYMLINK:
+                    small.append((obj.decode("ascii", "replace"), raw_path.decode("utf-8", "surrogateescape")))
             if files > limits.max_members:
                 _too_many(ref, limits)
             if size > limits.max_bytes:
@@ -159,11 +187,14 @@ def materialise(git: git_runner.Git, source: model.GitSource, resolved: git_mirr
     # never start on a tree that they refuse (a few kB of trees can name 10**9 files).
     small = inspect(git, tree, limits, resolved.ref)
     with git.stream("archive", "--format=tar", tree, what=f"git archive of {resolved.ref}") as out:
-        check_lfs(git, small, source, resolved.ref)  # meanwhile git archive fills its pipe (killed if refused)
-        reader = _Hashing(out)
-        budget = archives.Budget(limits, lambda: reader.count)
-        root = extracting.extract(reader, dest, fmt="tar", strip=0, budget=budget, owner=owner,
-                                  spool_dir=spool_dir, checkpoint=checkpoint, made=extracted, flush=flush)
-        while reader.read(member_writer.CHUNK):
-            pass
+        lfs = _Beside(lambda: check_lfs(git, small, source, resolved.ref))  # while the tree is extracted
+        try:
+            reader = _Hashing(out, lfs.check)  # a refusal stops the extraction (and kills git archive)
+            budget = archives.Budget(limits, lambda: reader.count)
+            root = extracting.extract(reader, dest, fmt="tar", strip=0, budget=budget, owner=owner,
+                                      spool_dir=spool_dir, checkpoint=checkpoint, made=extracted, flush=flush)
+            while reader.read(member_writer.CHUNK):
+                pass
+        finally:
+            lfs.join()  # raises a refusal that came after the last read
     return root, reader.digest.hexdigest(), reader.count
