@@ -1,13 +1,12 @@
 """Verified artifacts kept under the state dir, one per existing deployment, for repair.
 
 The copy is taken as the artifact downloads. An artifact of up to HELD_BYTES is
-held in memory and written only once the deployment's tree is durable (`store`),
-without an fsync: the syncfs that makes the tree durable then has no copy of the
-artifact to write out too, which on a 32 MB artifact is about a tenth of a
-deploy. The copy need not survive a power cut, because its sha256 is checked
-against the deployment's record before repair uses it, and a missing or damaged
-copy is reported with what to do. A larger artifact goes to a file in the cache
-directory as it downloads.
+held in memory and written only once the deployment's tree is durable
+(`store`), without an fsync: the syncfs that makes the tree durable then does
+not also wait for the copy to reach the disk. The copy need not survive a power
+cut: its sha256 is checked against the deployment's record before repair uses
+it, and a missing or damaged copy is reported with what to do. A larger
+artifact goes to a file in the cache directory as it downloads.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ file (open, write, utime, fstat, close) and its digest each take about as long
 as tar takes for the whole member. A thread cannot run beside that (the GIL is
 handed over at every system call); a process runs on the other core. It also
 takes the digests of the files it writes: the extracting process, which reads
-and decompresses the archive, has more to do. It checks nothing about the archive: the extracting process has checked every
-name, made every directory and decided every mode before it sends a request.
+and decompresses the archive, has more to do. It checks nothing about the
+archive: the extracting process has checked every name, made every directory
+and decided every mode before it sends a request.
 It writes only below ROOT_FD, through descriptors it opens one component at a
 time with O_NOFOLLOW, with O_EXCL|O_NOFOLLOW, as the extracting process does.
 
