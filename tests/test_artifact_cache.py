@@ -3,6 +3,7 @@ to a partial file as it downloads; never a partial file left behind."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import stat
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from controller import fsutil
-from controller.artifacts import cache
+from controller.artifacts import cache, fetching
 from controller.engine import reconciling
 from controller.manifests import loading
 from tests import support
@@ -21,14 +22,17 @@ def _listing(directory: Path) -> list[str]:
     return sorted(os.listdir(directory)) if directory.is_dir() else []
 
 
-@pytest.mark.parametrize("held", [0, 9, 10, 1000])
+NEEDED = 10 + 3 * cache.CHUNK_COST  # what the three chunks below cost held in memory
+
+
+@pytest.mark.parametrize("held", [0, NEEDED - 1, NEEDED, 10**6])
 def test_the_copy_is_the_downloaded_bytes_whether_held_or_spilled(tmp_path: Path, held: int) -> None:
     entry = cache.Entry(str(tmp_path), "site", "v1", held=held)
     directory = Path(entry.directory)
     with entry.writer() as sink:
         for chunk in (b"abc", b"defg", b"hij"):
             sink.write(chunk)
-        spilled = held < 10
+        spilled = held < NEEDED
         names = _listing(directory)
         assert len(names) == (1 if spilled else 0) and all(name.startswith(".partial-") for name in names)
         entry.keep()
@@ -90,3 +94,60 @@ def test_a_deploy_makes_the_tree_durable_without_a_held_copy_then_stores_it(
     assert seen[-1] == ([] if held else ["v1.artifact"])
     assert (directory / "v1.artifact").read_bytes() == archive
     assert _listing(directory) == ["v1.artifact"]
+
+
+def test_a_copy_held_in_memory_is_charged_per_chunk_so_a_byte_at_a_time_spills_early(tmp_path: Path) -> None:
+    # A server that sends a byte at a time: each chunk costs an object and a list slot besides its byte.
+    held = 100 * (1 + cache.CHUNK_COST)
+    entry = cache.Entry(str(tmp_path), "site", "v1", held=held)
+    with entry.writer() as sink:
+        for _ in range(100):
+            sink.write(b"x")
+        assert sink.chunks and sink.partial is None  # within what may be held
+        sink.write(b"y")
+        assert not sink.chunks and sink.partial is not None  # past it: on its way to the cache directory
+        for _ in range(1000):
+            sink.write(b"z")
+        entry.keep()
+    entry.store()
+    assert Path(entry.path).read_bytes() == b"x" * 100 + b"y" + b"z" * 1000
+
+
+@pytest.mark.parametrize("held", [0, cache.HELD_BYTES])
+def test_a_cache_directory_that_cannot_be_written_drops_the_copy_and_the_deploy_goes_on(
+        node: support.Node, http: support.HttpServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, held: int) -> None:
+    # Spilled or held, the same outcome: a warning, a complete deployment, no copy (repair says to redeploy).
+    http.serve("/site.tar.gz", support.tar_bytes(support.site("1")))
+    app = node.apps / "site"
+    support.write_manifest(node.manifests, support.application("site", app, deployment="v1",
+                                                               source={"url": http.url("/site.tar.gz")}))
+    node.state.mkdir(exist_ok=True)
+    (node.state / "cache").write_text("not a directory")
+    monkeypatch.setattr(cache, "HELD_BYTES", held)
+    application = loading.load([str(node.manifests)]).applications["site"]
+    with caplog.at_level(logging.WARNING):
+        result = reconciling.Engine(str(node.state)).reconcile(application)
+
+    assert result.ok, result.error
+    assert os.readlink(app / "current") == str(app / "v1")
+    assert "need a redeploy" in caplog.text
+    assert (node.state / "cache").read_text() == "not a directory"
+
+
+def test_a_failed_attempts_copy_is_not_held_through_the_back_off(
+        node: support.Node, http: support.HttpServer) -> None:
+    archive = support.tar_bytes([support.Member("site/big", os.urandom(4 << 20))])
+    http.serve("/site.tar.gz", support.Reply(body=archive, cut_after=len(archive) - 1000), archive)
+    support.write_manifest(node.manifests, support.application("site", node.apps / "site", deployment="v1",
+                                                               source={"url": http.url("/site.tar.gz")}))
+    held: list[int] = []  # bytes in any live sink while the retry waits
+
+    def backing_off(seconds: float) -> None:
+        held.append(sum(len(chunk) for o in gc.get_objects() if isinstance(o, cache.Sink) for chunk in o.chunks))
+
+    application = loading.load([str(node.manifests)]).applications["site"]
+    result = reconciling.Engine(str(node.state), fetcher=fetching.Fetcher(sleep=backing_off)).reconcile(application)
+
+    assert result.ok, result.error
+    assert held == [0]

@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 
 from controller import errors
-from controller.artifacts import git_archive, git_runner
+from controller.artifacts import fetching, git_archive, git_runner, member_writer, members
+from controller.engine import reconciling
+from controller.manifests import loading
 from tests import git_repos, support
 
 LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\n"
@@ -104,6 +106,40 @@ def test_an_lfs_pointer_is_refused_however_long_the_extraction_beside_the_look_t
     repo.tag("v1")
 
     refused_and_untouched(node, deploy(node, "v1", {"url": repo.url}), "v1", "'assets/video.mp4'")
+
+
+def test_an_error_of_the_look_that_comes_after_the_extraction_failed_does_not_replace_its_error(
+        node: support.Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tree has a symlink out of it (permanent); the look fails as a timeout would (temporary), but only once
+    # the extraction has reached that symlink: the symlink's error is the one reported.
+    repo = git_repos.Repo(tmp_path / "src")
+    repo.commit({"a.txt": "a\n"})
+    os.symlink("../../../../etc/passwd", repo.path / "evil")
+    repo.commit({})
+    repo.tag("v1")
+    reached = threading.Event()
+    add = member_writer.Writer.add
+
+    def add_noted(self: member_writer.Writer, entry: members.Entry) -> None:
+        if entry.name == "evil":
+            reached.set()
+        add(self, entry)
+
+    def look_that_times_out(*args: object) -> None:
+        reached.wait(30)
+        raise errors.TemporaryError("git cat-file took longer than 600 s and was stopped; it is retried")
+
+    monkeypatch.setattr(member_writer.Writer, "add", add_noted)
+    monkeypatch.setattr(git_archive, "check_lfs", look_that_times_out)
+    support.write_manifest(node.manifests, support.application("site", node.apps / "site", deployment="v1",
+                                                               source={"git": {"url": repo.url}}))
+    retries: list[object] = []
+    app = loading.load([str(node.manifests)]).applications["site"]
+    result = reconciling.Engine(str(node.state), fetcher=fetching.Fetcher(sleep=lambda seconds: None),
+                                on_retry=lambda *retry: retries.append(retry)).reconcile(app)
+
+    assert not result.ok and "'evil' would link to" in (result.error or ""), result.error
+    assert reached.is_set() and not retries  # permanent: not retried as the look's timeout would be
 
 
 def test_a_refusal_from_beside_the_extraction_stops_its_reading_at_the_next_read() -> None:

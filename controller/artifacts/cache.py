@@ -23,6 +23,7 @@ from controller import fsutil
 log = logging.getLogger(__name__)
 SUFFIX = ".artifact"
 HELD_BYTES = 64 * 1024 * 1024
+CHUNK_COST = 128  # bytes of memory a held chunk costs besides its data (object, list slot, allocator)
 
 
 def cache_dir(state_dir: str, name: str) -> str:
@@ -30,18 +31,29 @@ def cache_dir(state_dir: str, name: str) -> str:
 
 
 class Sink:
-    """Where the download is copied: memory, and past `held` bytes a partial file in `directory`."""
+    """Where the download is copied: memory, and past `held` bytes a partial file in `directory`.
+
+    Memory is charged per chunk as well as per byte (a server that sends a byte at a time must not make the
+    held copy cost tens of times its size). It never raises: a copy that cannot be written (the cache
+    directory unusable, its disk full) is dropped with a warning, and the download goes on without it.
+    """
 
     def __init__(self, directory: str, held: int) -> None:
         self.directory = directory
         self.chunks: list[bytes] = []
         self.partial: str | None = None
+        self.dropped = False
         self._left = held
         self._file: IO[bytes] | None = None
 
     def write(self, data: bytes) -> None:
-        if self._file is None:
-            self._left -= len(data)
+        if self.dropped:
+            return
+        try:
+            if self._file is not None:
+                self._file.write(data)
+                return
+            self._left -= len(data) + CHUNK_COST
             self.chunks.append(data)  # the download's own bytes object: no copy
             if self._left >= 0:
                 return
@@ -50,13 +62,29 @@ class Sink:
             self._file = os.fdopen(fd, "wb")
             self._file.writelines(self.chunks)
             self.chunks.clear()
-            return
-        self._file.write(data)
+        except OSError as exc:
+            self.drop(exc)
+
+    def drop(self, exc: OSError) -> None:
+        log.warning("Could not copy the artifact into the cache (%s): %s; the deployment goes on without the copy, "
+                    "and `tether repair` of it will need a redeploy.", self.directory, exc)
+        self.discard()
+        self.dropped = True
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            file.close()  # (its last write can fail here)
+
+    def discard(self) -> None:
+        """Drop what was copied: the chunks held, the partial file."""
+        with contextlib.suppress(OSError):
+            self.close()
+        self.chunks = []
+        if self.partial is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.partial)
+            self.partial = None
 
 
 class Entry:
@@ -76,22 +104,26 @@ class Entry:
         try:
             yield self._sink
         finally:
-            self._sink.close()
-            if self._sink.partial is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._sink.partial)
+            self._sink.discard()  # what `keep` did not take (a failed attempt's bytes: not held through a back-off)
             self._sink = None
 
     def keep(self) -> None:
         """Keep what was written as this deployment's artifact: in the cache now if it went to a file (made durable
-        with the tree), else at `store`."""
-        assert self._sink is not None
-        if self._sink.partial is None:
-            self._kept = self._sink.chunks
+        with the tree), else at `store`; nothing if the copy was dropped."""
+        sink = self._sink
+        assert sink is not None
+        if sink.dropped:
             return
-        self._sink.close()
-        os.replace(self._sink.partial, self.path)
-        self._sink.partial = None
+        if sink.partial is None:
+            self._kept, sink.chunks = sink.chunks, []
+            return
+        try:
+            sink.close()
+            os.replace(sink.partial, self.path)
+        except OSError as exc:
+            sink.drop(exc)
+            return
+        sink.partial = None
 
     def store(self) -> None:
         """Write the artifact held in memory into the cache (call it once the deployment is durable). A failure is

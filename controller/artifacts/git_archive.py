@@ -75,6 +75,10 @@ class _Beside:
         self._thread.join()
         self.check()
 
+    def wait(self) -> None:
+        """Join without raising: for when the reading has failed already (its own error is the one to report)."""
+        self._thread.join()
+
 
 def treeish(source: model.GitSource, commit: str, git: git_runner.Git) -> str:
     """`commit`, or its subdirectory as a tree (which must exist)."""
@@ -195,6 +199,8 @@ def materialise(git: git_runner.Git, source: model.GitSource, resolved: git_mirr
                                       spool_dir=spool_dir, checkpoint=checkpoint, made=extracted, flush=flush)
             while reader.read(member_writer.CHUNK):
                 pass
-        finally:
-            lfs.join()  # raises a refusal that came after the last read
+        except BaseException:
+            lfs.wait()  # the extraction's error (a refusal that stopped it, or its own) is the one raised
+            raise
+        lfs.join()  # raises a refusal that came after the last read
     return root, reader.digest.hexdigest(), reader.count
