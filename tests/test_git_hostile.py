@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from controller import errors
-from controller.artifacts import fetching, git_archive, git_runner, member_writer, members
+from controller.artifacts import archives, fetching, git_archive, git_runner, member_writer, members
 from controller.engine import reconciling
 from controller.manifests import loading
 from tests import git_repos, support
@@ -147,9 +147,10 @@ def test_a_refusal_from_beside_the_extraction_stops_its_reading_at_the_next_read
         raise errors.ArchiveError("an LFS pointer")
 
     beside = git_archive._Beside(refuse)
-    reader = git_archive._Hashing(io.BytesIO(b"tar data"), beside.check)
+    reader = archives.Hashing(io.BytesIO(b"tar data"), beside.check)
+    beside.join()
     with pytest.raises(errors.ArchiveError, match="an LFS pointer"):
-        beside.join()
+        beside.check()
     with pytest.raises(errors.ArchiveError, match="an LFS pointer"):
         reader.read(4)
     assert reader.count == 0

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import functools
 import gzip
+import hashlib
 import importlib.util
 import io
 import lzma
@@ -188,6 +189,24 @@ class Chunks(io.RawIOBase):
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+
+class Hashing:
+    """A readable stream that hashes and counts what passes through it; `check` is called before each read (it
+    raises to stop the reading)."""
+
+    def __init__(self, raw: Readable, check: Callable[[], None] = lambda: None) -> None:
+        self.raw = raw
+        self.check = check
+        self.digest = hashlib.sha256()
+        self.count = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        self.check()
+        data = self.raw.read(size)
+        self.digest.update(data)
+        self.count += len(data)
+        return data
 
 
 class Metered(Chunks):

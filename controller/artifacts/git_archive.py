@@ -16,7 +16,6 @@ refusal stops the extraction, whose staging directory the caller removes.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -34,26 +33,8 @@ GITLINK, SYMLINK = b"160000", b"120000"
 SHOWN_PATHS = 5
 
 
-class _Hashing:
-    """A readable stream that hashes and counts what passes through it; `check` is called before each read (it
-    raises to stop the reading)."""
-
-    def __init__(self, raw: archives.Readable, check: Callable[[], None] = lambda: None) -> None:
-        self.raw = raw
-        self.check = check
-        self.digest = hashlib.sha256()
-        self.count = 0
-
-    def read(self, size: int = -1, /) -> bytes:
-        self.check()
-        data = self.raw.read(size)
-        self.digest.update(data)
-        self.count += len(data)
-        return data
-
-
 class _Beside:
-    """`work` run on a thread of its own; `check` raises what it raised, once it has."""
+    """`work` run on a thread of its own; `check` raises what it raised, once it has; `join` only waits."""
 
     def __init__(self, work: Callable[[], None]) -> None:
         self._error: BaseException | None = None
@@ -72,11 +53,6 @@ class _Beside:
             raise self._error
 
     def join(self) -> None:
-        self._thread.join()
-        self.check()
-
-    def wait(self) -> None:
-        """Join without raising: for when the reading has failed already (its own error is the one to report)."""
         self._thread.join()
 
 
@@ -193,14 +169,13 @@ def materialise(git: git_runner.Git, source: model.GitSource, resolved: git_mirr
     with git.stream("archive", "--format=tar", tree, what=f"git archive of {resolved.ref}") as out:
         lfs = _Beside(lambda: check_lfs(git, small, source, resolved.ref))  # while the tree is extracted
         try:
-            reader = _Hashing(out, lfs.check)  # a refusal stops the extraction (and kills git archive)
+            reader = archives.Hashing(out, lfs.check)  # a refusal stops the extraction (and kills git archive)
             budget = archives.Budget(limits, lambda: reader.count)
             root = extracting.extract(reader, dest, fmt="tar", strip=0, budget=budget, owner=owner,
                                       spool_dir=spool_dir, checkpoint=checkpoint, made=extracted, flush=flush)
             while reader.read(member_writer.CHUNK):
                 pass
-        except BaseException:
-            lfs.wait()  # the extraction's error (a refusal that stopped it, or its own) is the one raised
-            raise
-        lfs.join()  # raises a refusal that came after the last read
+        finally:
+            lfs.join()  # (if the extraction failed, its error, a refusal that stopped it or its own, is raised)
+        lfs.check()  # a refusal that came after the last read
     return root, reader.digest.hexdigest(), reader.count

@@ -39,13 +39,13 @@ from controller.manifests import secrets
 STDERR_KEPT = 64 * 1024
 STREAM_PIPE_SIZE = 1024 * 1024  # a streamed command (git archive) writes this far ahead of its reader
 TICK = 0.1
+REDIRECTED = "returned error: 30"  # a 3xx that git did not follow (http.followRedirects in `arguments`)
 # What git says when retrying cannot help; anything else (a refused connection, a timeout, a 5xx) is retried.
-PERMANENT = ("authentication failed", "could not read username", "returned error: 30", "returned error: 401",
-             "returned error: 403",
-             "returned error: 404", "returned error: 410", "not found", "does not appear to be a git repository",
-             "host key verification failed", "permission denied", "couldn't find remote ref",
-             "no such remote ref", "not our ref", "unsupported", "is not a valid", "invalid refspec",
-             "repository not exported")
+PERMANENT = ("authentication failed", "could not read username", REDIRECTED, "returned error: 401",
+             "returned error: 403", "returned error: 404", "returned error: 410", "not found",
+             "does not appear to be a git repository", "host key verification failed", "permission denied",
+             "couldn't find remote ref", "no such remote ref", "not our ref", "unsupported", "is not a valid",
+             "invalid refspec", "repository not exported")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,9 +197,10 @@ class Git:
                                          "it is retried")
         text = self.clean.text(" ".join(stderr.split()), secrets.MESSAGE_CHARS // 2) or f"exit status {code}"
         message = f"{what} failed: {text}"
-        if "returned error: 30" in stderr.lower():  # a redirect git did not follow (http.followRedirects above)
-            message += ("; tether does not follow a git server's redirects while it sends the source's headers (they "
-                        "would go wherever the server says): set source.git.url to the repository's own URL")
+        if REDIRECTED in stderr.lower():
+            message += ("; tether follows no git redirect while it sends the source's headers (they would go wherever "
+                        "the server says), and no other redirect but the first: set source.git.url to the "
+                        "repository's own URL")
         return errors.PermanentError(message) if permanent(stderr) else errors.TemporaryError(message)
 
     def run(self, *args: str, network: bool = False, what: str = "git", stdin: bytes | None = None,

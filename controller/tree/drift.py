@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import hashlib
 import logging
 import os
 import re
@@ -160,19 +159,6 @@ def relink(app: model.Application, deployment: str, owner: Owner) -> list[str]:
     return wrong
 
 
-class _Hashing:
-    """Reads a file, counting and hashing what passes."""
-
-    def __init__(self, handle: archives.Readable) -> None:
-        self.handle, self.count, self.digest = handle, 0, hashlib.sha256()
-
-    def read(self, size: int = -1, /) -> bytes:
-        data = self.handle.read(size)
-        self.count += len(data)
-        self.digest.update(data)
-        return data
-
-
 def _extract_cached(app: model.Application, deployment: str, state_dir: str, owner: Owner, stage: str) -> str:
     """Extract the deployment's cached artifact (for a git source: its recorded commit from the mirror) into
     `stage`; return the root of the tree."""
@@ -193,7 +179,7 @@ def _extract_cached(app: model.Application, deployment: str, state_dir: str, own
     sha256 = record.get("sha256") if isinstance(record, dict) and isinstance(record.get("sha256"), str) else None
     os.mkdir(os.path.join(stage, "tree"), 0o700)
     with open(cache.path, "rb") as handle:
-        reader = _Hashing(handle)
+        reader = archives.Hashing(handle)
         try:
             root = extracting.extract(reader, os.path.join(stage, "tree"), fmt=source.format,
                                       strip=source.strip_components, owner=owner, spool_dir=stage,
