@@ -218,6 +218,24 @@ def test_extraction_asks_for_a_flush_each_time_enough_has_been_written(tmp_path:
     assert asked == [4, 8, 12]  # asked as the fourth, eighth and twelfth file were complete
 
 
+def test_a_large_file_is_flushed_while_it_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its writing-out overlaps the rest of its extraction, instead of all of it waiting for the last sync.
+    monkeypatch.setattr(member_writer, "FLUSH_BYTES", 1024 * 1024)
+    size = 5 * member_writer.FLUSH_BYTES + 1000
+    data = support.tar_bytes([support.Member("big.bin", os.urandom(size))], compression="")
+    dest = tmp_path / "tree"
+    dest.mkdir()
+    seen: list[int] = []  # the file's size on disk at each ask
+
+    extracting.extract(io.BytesIO(data), str(dest), fmt="auto", strip=None, owner=None,
+                       budget=archives.Budget(model.Limits(max_ratio=1e9), lambda: len(data)),
+                       spool_dir=str(tmp_path), flush=lambda: seen.append((dest / "big.bin").stat().st_size))
+
+    during = [written for written in seen if written < size]
+    assert len(during) >= 2 and during == sorted(set(during))  # asked again and again while it was written
+    assert (dest / "big.bin").stat().st_size == size
+
+
 def test_a_flusher_runs_one_flush_at_a_time_and_its_thread_is_gone_when_left(tmp_path: Path) -> None:
     from controller import fsutil
 

@@ -209,8 +209,8 @@ class Writer:
             self.offload_after = None
         return self._offload
 
-    def _written_bytes(self, size: int) -> None:
-        self._unflushed += size + FILE_COST
+    def _written_bytes(self, size: int, cost: int = FILE_COST) -> None:
+        self._unflushed += size + cost
         if self._unflushed > FLUSH_BYTES:
             self._unflushed = 0
             self.flush()
@@ -242,6 +242,7 @@ class Writer:
                     else:
                         digest.update(chunk)
                     file_process.write_all(fd, chunk)
+                    self._written_bytes(len(chunk), 0)  # a large file: its writing-out starts as it is written
             st = file_process.settle(fd, self.owner, entry.mtime, mode)
         finally:
             os.close(fd)
@@ -249,7 +250,7 @@ class Writer:
             self._hashing.append((name, digest, st))
         else:
             self.written[name] = _written(digest.hexdigest(), st)
-        self._written_bytes(st.st_size)
+        self._written_bytes(0)
 
     def _symlink(self, dir_fd: int, base: str, name: str, entry: members.Entry) -> None:
         target = entry.target
