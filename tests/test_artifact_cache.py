@@ -3,6 +3,7 @@ to a partial file as it downloads; never a partial file left behind."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
@@ -20,6 +21,19 @@ from tests import support
 
 def _listing(directory: Path) -> list[str]:
     return sorted(os.listdir(directory)) if directory.is_dir() else []
+
+
+def _syncs_seeing(directory: Path, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The listing of `directory` at each sync of a file system from now on (the sync itself still runs)."""
+    seen: list[list[str]] = []
+    sync = fsutil.sync_filesystem
+
+    def observed_sync(path: str) -> None:
+        seen.append(_listing(directory))
+        sync(path)
+
+    monkeypatch.setattr(fsutil, "sync_filesystem", observed_sync)
+    return seen
 
 
 NEEDED = 10 + 3 * cache.CHUNK_COST  # what the three chunks below cost held in memory
@@ -76,14 +90,7 @@ def test_a_deploy_makes_the_tree_durable_without_a_held_copy_then_stores_it(
     support.write_manifest(node.manifests, support.application("site", app, deployment="v1",
                                                                source={"url": http.url("/site.tar.gz")}))
     directory = node.state / "cache" / "site"
-    seen: list[list[str]] = []  # the cache directory at each sync of the file system
-    sync = fsutil.sync_filesystem
-
-    def observed_sync(path: str) -> None:
-        seen.append(_listing(directory))
-        sync(path)
-
-    monkeypatch.setattr(fsutil, "sync_filesystem", observed_sync)
+    seen = _syncs_seeing(directory, monkeypatch)
     monkeypatch.setattr(cache, "HELD_BYTES", held)
     application = loading.load([str(node.manifests)]).applications["site"]
     result = reconciling.Engine(str(node.state)).reconcile(application)
@@ -151,3 +158,93 @@ def test_a_failed_attempts_copy_is_not_held_through_the_back_off(
 
     assert result.ok, result.error
     assert held == [0]
+
+
+def _file_deploy(node: support.Node, artifact: Path, **spec: object) -> reconciling.Result:
+    app = node.apps / "site"
+    support.write_manifest(node.manifests, support.application("site", app, deployment="v1",
+                                                               source={"url": artifact.as_uri()}, **spec))
+    application = loading.load([str(node.manifests)]).applications["site"]
+    return reconciling.Engine(str(node.state)).reconcile(application)
+
+
+@pytest.mark.parametrize("held", [0, cache.HELD_BYTES])
+def test_a_file_artifact_is_copied_from_the_file_once_the_tree_is_durable(
+        node: support.Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: int) -> None:
+    # Nothing is copied while it is read, at any size: the file itself is, after the sync (which then has no copy
+    # of it to write out), in the kernel.
+    archive = support.tar_bytes([*support.site("1"), support.Member("site/big.bin", os.urandom(300_000))])
+    artifact = tmp_path / "site.tar.gz"
+    artifact.write_bytes(archive)
+    directory = node.state / "cache" / "site"
+    seen = _syncs_seeing(directory, monkeypatch)
+    monkeypatch.setattr(cache, "HELD_BYTES", held)
+    opened = set(os.listdir("/proc/self/fd"))
+    result = _file_deploy(node, artifact)
+
+    assert result.ok, result.error
+    assert seen and all(listing == [] for listing in seen)
+    assert (directory / "v1.artifact").read_bytes() == archive
+    assert stat.S_IMODE(os.stat(directory / "v1.artifact").st_mode) == 0o600
+    assert _listing(directory) == ["v1.artifact"]
+    assert set(os.listdir("/proc/self/fd")) <= opened  # the artifact file is not held open after the copy
+
+
+def test_a_file_artifact_replaced_after_it_was_read_is_copied_as_it_was_read(node: support.Node,
+                                                                           tmp_path: Path) -> None:
+    # Puppet's way of updating a file: a new one renamed over it. The copy is of the file that was deployed.
+    archive = support.tar_bytes(support.site("1"))
+    artifact = tmp_path / "site.tar.gz"
+    artifact.write_bytes(archive)
+    (tmp_path / "new.tar.gz").write_bytes(support.tar_bytes(support.site("2")))
+    result = _file_deploy(node, artifact, hooks={"afterDeploy": f"mv {tmp_path / 'new.tar.gz'} {artifact}"})
+
+    assert result.ok, result.error
+    assert (node.state / "cache" / "site" / "v1.artifact").read_bytes() == archive
+
+
+@pytest.mark.parametrize("change", ["append", "rewrite"])
+def test_a_file_artifact_changed_in_place_after_it_was_read_is_not_copied(
+        node: support.Node, tmp_path: Path, caplog: pytest.LogCaptureFixture, change: str) -> None:
+    # What the file holds now is not what was deployed: no copy (repair then says to redeploy), and the deployment
+    # is good all the same.
+    archive = support.tar_bytes(support.site("1"))
+    artifact = tmp_path / "site.tar.gz"
+    artifact.write_bytes(archive)
+    command = (f"echo more >> {artifact}" if change == "append"
+               else f"printf x | dd of={artifact} bs=1 seek=100 conv=notrunc status=none")
+    with caplog.at_level(logging.WARNING):
+        result = _file_deploy(node, artifact, hooks={"afterDeploy": command})
+
+    assert result.ok, result.error
+    assert os.readlink(node.apps / "site" / "current") == str(node.apps / "site" / "v1")
+    assert _listing(node.state / "cache" / "site") == []
+    assert "changed after it was read" in caplog.text and "need a redeploy" in caplog.text
+
+
+def test_a_failed_file_deploy_does_not_keep_the_artifact_open(node: support.Node, tmp_path: Path) -> None:
+    artifact = tmp_path / "site.tar.gz"
+    artifact.write_bytes(support.tar_bytes(support.site("1")))
+    opened = set(os.listdir("/proc/self/fd"))
+    result = _file_deploy(node, artifact, hooks={"afterDeploy": "exit 3"})
+
+    assert not result.ok
+    assert set(os.listdir("/proc/self/fd")) <= opened
+    assert _listing(node.state / "cache" / "site") == []
+
+
+def test_a_file_artifact_is_copied_through_memory_where_sendfile_is_refused(
+        node: support.Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Some filesystems (FUSE ones, say) do not do sendfile(2); the copy is the same.
+    archive = support.tar_bytes([*support.site("1"), support.Member("site/big.bin", os.urandom(3 << 20))])
+    artifact = tmp_path / "site.tar.gz"
+    artifact.write_bytes(archive)
+
+    def refused(*args: object) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "sendfile", refused)
+    result = _file_deploy(node, artifact)
+
+    assert result.ok, result.error
+    assert (node.state / "cache" / "site" / "v1.artifact").read_bytes() == archive

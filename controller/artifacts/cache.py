@@ -6,12 +6,15 @@ held in memory and written only once the deployment's tree is durable
 not also wait for the copy to reach the disk. The copy need not survive a power
 cut: its sha256 is checked against the deployment's record before repair uses
 it, and a missing or damaged copy is reported with what to do. A larger
-artifact goes to a file in the cache directory as it downloads.
+artifact goes to a file in the cache directory as it downloads. A file://
+artifact is not copied as it is read at all: `store` copies the file itself
+(sendfile(2), in the kernel), if it is still the file that was read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import tempfile
@@ -45,9 +48,21 @@ class Sink:
         self.dropped = False
         self._left = held
         self._file: IO[bytes] | None = None
+        self.local: tuple[int, os.stat_result] | None = None  # the file a file:// download reads, and its stat
+
+    def read_from(self, fd: int) -> None:
+        """The download reads the local file `fd`: nothing is copied as it passes, the file itself is (`store`)."""
+        if self.dropped or self.chunks or self._file is not None:
+            return
+        try:
+            copy = os.dup(fd)
+        except OSError as exc:
+            self.drop(exc)
+            return
+        self.local = copy, os.fstat(copy)
 
     def write(self, data: bytes) -> None:
-        if self.dropped:
+        if self.dropped or self.local is not None:
             return
         try:
             if self._file is not None:
@@ -81,6 +96,9 @@ class Sink:
         with contextlib.suppress(OSError):
             self.close()
         self.chunks = []
+        if self.local is not None:
+            os.close(self.local[0])
+            self.local = None
         if self.partial is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.partial)
@@ -95,12 +113,13 @@ class Entry:
         self.path = os.path.join(self.directory, deployment + SUFFIX)
         self._held = HELD_BYTES if held is None else held
         self._sink: Sink | None = None
-        self._kept: list[bytes] | None = None  # held in memory until `store`
+        self._kept: list[bytes] | tuple[int, os.stat_result] | None = None  # held (or the local file) until `store`
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[Sink]:
         """A sink to copy the download into; discarded unless `keep` is called before the block ends."""
-        self._sink, self._kept = Sink(self.directory, self._held), None
+        self.close()  # what an earlier attempt kept
+        self._sink = Sink(self.directory, self._held)
         try:
             yield self._sink
         finally:
@@ -113,6 +132,9 @@ class Entry:
         sink = self._sink
         assert sink is not None
         if sink.dropped:
+            return
+        if sink.local is not None:
+            self._kept, sink.local = sink.local, None
             return
         if sink.partial is None:
             self._kept, sink.chunks = sink.chunks, []
@@ -128,15 +150,52 @@ class Entry:
     def store(self) -> None:
         """Write the artifact held in memory into the cache (call it once the deployment is durable). A failure is
         logged, not raised: the deployment is good, only its repair would need a redeploy."""
-        chunks, self._kept = self._kept, None
-        if chunks is None:
+        kept, self._kept = self._kept, None
+        if kept is None:
             return
         try:
             fsutil.makedirs(self.directory, 0o700)
-            fsutil.atomic_write(self.path, chunks, 0o600, durable=False)
+            if isinstance(kept, list):
+                fsutil.atomic_write(self.path, kept, 0o600, durable=False)
+            else:
+                _copy_local(*kept, self.path)
         except OSError as exc:
             log.warning("Could not keep the artifact in the cache (%s): %s; `tether repair` of this deployment will "
                         "need a redeploy.", self.path, exc)
+        finally:
+            if isinstance(kept, tuple):
+                os.close(kept[0])
+
+    def close(self) -> None:
+        """Close the local file kept for `store` if it was not called (the deployment failed)."""
+        if isinstance(self._kept, tuple):
+            os.close(self._kept[0])
+        self._kept = None
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    """Whether the file's content looks unchanged (not its ctime: renaming a new file over it changes that)."""
+    return (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns)
+
+
+def _copy_local(source: int, read: os.stat_result, path: str) -> None:
+    """Copy the file a download read (`source`, as fstat saw it then) to `path`, if it has not changed since (repair
+    checks the copy's sha256 in any case); without an fsync."""
+    if not _same_file(os.fstat(source), read):
+        raise OSError(errno.ESTALE, "the artifact file changed after it was read")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+    try:
+        try:
+            offset = _send(fd, source, read.st_size)
+        finally:
+            os.close(fd)
+        if offset != read.st_size or not _same_file(os.fstat(source), read):
+            raise OSError(errno.ESTALE, "the artifact file changed while it was copied")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def prune(state_dir: str, name: str, keep: Collection[str]) -> None:
@@ -149,3 +208,19 @@ def prune(state_dir: str, name: str, keep: Collection[str]) -> None:
         if deployment not in keep:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(directory, entry))
+
+
+def _send(fd: int, source: int, size: int) -> int:
+    """Copy up to `size` bytes of `source` into `fd`: in the kernel, else (a filesystem without sendfile) through
+    memory; the bytes copied."""
+    offset = 0
+    try:
+        while offset < size and (sent := os.sendfile(fd, source, offset, size - offset)):
+            offset += sent
+        return offset
+    except OSError as exc:
+        if offset or exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+    while offset < size and (chunk := os.pread(source, min(size - offset, 1 << 20), offset)):
+        offset += os.write(fd, chunk)  # a regular file: the whole chunk, or an error
+    return offset

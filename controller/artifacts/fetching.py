@@ -58,9 +58,12 @@ def redact_url(url: str) -> str:
 
 
 class Sink(Protocol):
-    """Where a download's bytes are copied as they pass (the artifact cache)."""
+    """Where a download's bytes are copied as they pass (the artifact cache), or, for a file:// download, told
+    which file is read (before it is: the sink may copy the file instead of what passes)."""
 
     def write(self, data: bytes, /) -> object: ...
+
+    def read_from(self, fd: int, /) -> object: ...
 
 
 class Download(io.RawIOBase):
@@ -218,6 +221,8 @@ class Fetcher:
         if not stat.S_ISREG(st.st_mode):
             raw.close()
             raise errors.FetchRefused(f"the artifact file {path} is not a regular file; check source.url")
+        if sink is not None:
+            sink.read_from(fd)
         return Download(raw, url, max_bytes=max_bytes, watch=watch, clean=clean, length=st.st_size, sink=sink)
 
     def _open_http(self, url: str, headers: dict[str, str], max_bytes: int, sink: Sink | None,

@@ -200,13 +200,13 @@ class Engine:
         made = os.lstat(target)  # the directory the artifact goes into, whatever a hook does meanwhile
         self.checkpoint("created")
         hooks_before = len(work.runs)
-        with fsutil.Flusher(target) as flusher:  # the tree goes out to disk while it is written and checked
+        cache = artifact_cache.Entry(self.state_dir, app.name, deployment)
+        with fsutil.Flusher(target) as flusher, contextlib.closing(cache):  # the tree goes out while it is made
             try:
                 work.run_hooks(self.hooks, "beforeDeploy", deployment, previous)
                 started = time.monotonic()
                 revision: list[str] = []  # the commit a git source's ref resolved to
                 extracted = extracting.Made()  # the tree with its digests, for record_digests
-                cache = artifact_cache.Entry(self.state_dir, app.name, deployment)
 
                 def attempt() -> tuple[str, int]:
                     if git is None:
