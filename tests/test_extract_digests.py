@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from controller import errors
+from controller import errors, fsutil
 from controller.artifacts import archives, extracting, member_writer, readahead
 from controller.engine import reconciling
 from controller.manifests import loading, model
@@ -66,6 +66,34 @@ def test_the_digest_list_after_a_deploy_equals_a_full_read_back_of_the_tree(
     assert recorded == digests.scan(str(app / "v1"), lambda rel: False, {})
     assert recorded["index.html"]["sha256"] == support.sha256(b"<h1>the shipped index page</h1>\n")
     assert len([e for e in recorded.values() if e["type"] == "file"]) == 54
+
+
+def test_the_digest_list_is_made_durable_by_the_sync_of_the_tree_not_by_fsyncs_of_its_own(
+        node: support.Node, http: support.HttpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Written just before the sync that makes the deployment durable, on the same file system: that sync covers it.
+    listed: list[bool] = []  # whether the whole list was there at each sync
+    fsynced: list[str] = []
+    sync, fsync = fsutil.sync_filesystem, os.fsync
+
+    def observed_sync(path: str) -> None:
+        listed.append(Path(digests.digests_path(str(app), "v1")).is_file())
+        sync(path)
+
+    def observed_fsync(fd: int) -> None:
+        fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    app = node.apps / "site"
+    http.serve("/site.tar.gz", support.tar_bytes(_files(5)))
+    support.write_manifest(node.manifests, support.application("site", app, deployment="v1",
+                                                               source={"url": http.url("/site.tar.gz")}))
+    monkeypatch.setattr(fsutil, "sync_filesystem", observed_sync)
+    monkeypatch.setattr(os, "fsync", observed_fsync)
+    result = reconciling.Engine(str(node.state)).reconcile(loading.load([str(node.manifests)]).applications["site"])
+
+    assert result.ok, result.error
+    assert listed[-1] and len(_recorded(app, "v1")) > 5  # the last sync of the tree came after the list was complete
+    assert not [path for path in fsynced if "/digests" in path]
 
 
 def test_files_an_after_deploy_hook_rewrites_replaces_or_adds_are_recorded_as_the_hook_left_them(

@@ -137,11 +137,11 @@ def made_json(extracted: extracting.Made) -> str:
 
 
 def record(path: str, deployment: str, links: Collection[str], extracted: extracting.Made | None = None,
-           hooks_ran: bool = True) -> None:
+           hooks_ran: bool = True, durable: bool = True) -> None:
     """Write the digest list of `<path>/<deployment>` atomically; `links` are persistent-data leaves; `extracted`:
     what extraction made (named below the deployment). When no hook ran and no data was linked, the list is
     `extracted` itself (it is what tether made); otherwise the tree is walked, and a file the extraction left
-    untouched is not read again."""
+    untouched is not read again. `durable=False`: no fsync, for a caller that syncs the filesystem next."""
     targets = {leaf: os.path.join(persistent_data.root(path), leaf) for leaf in links}
     made = extracted is not None and not hooks_ran and not targets
     entries: dict[str, Entry] | str = PLACE
@@ -157,7 +157,7 @@ def record(path: str, deployment: str, links: Collection[str], extracted: extrac
     if made:
         assert extracted is not None
         text = text.replace(json.dumps(PLACE), made_json(extracted), 1)
-    fsutil.atomic_write(digests_path(path, deployment), (text + "\n").encode(), 0o644)
+    fsutil.atomic_write(digests_path(path, deployment), (text + "\n").encode(), 0o644, durable=durable)
 
 
 def read(path: str, deployment: str) -> dict[str, Entry]:
