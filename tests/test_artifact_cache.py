@@ -203,7 +203,7 @@ def test_a_file_artifact_replaced_after_it_was_read_is_copied_as_it_was_read(nod
     assert (node.state / "cache" / "site" / "v1.artifact").read_bytes() == archive
 
 
-@pytest.mark.parametrize("change", ["append", "rewrite"])
+@pytest.mark.parametrize("change", ["append", "rewrite", "chmod"])
 def test_a_file_artifact_changed_in_place_after_it_was_read_is_not_copied(
         node: support.Node, tmp_path: Path, caplog: pytest.LogCaptureFixture, change: str) -> None:
     # What the file holds now is not what was deployed: no copy (repair then says to redeploy), and the deployment
@@ -211,8 +211,8 @@ def test_a_file_artifact_changed_in_place_after_it_was_read_is_not_copied(
     archive = support.tar_bytes(support.site("1"))
     artifact = tmp_path / "site.tar.gz"
     artifact.write_bytes(archive)
-    command = (f"echo more >> {artifact}" if change == "append"
-               else f"printf x | dd of={artifact} bs=1 seek=100 conv=notrunc status=none")
+    command = {"append": f"echo more >> {artifact}", "chmod": f"chmod 600 {artifact}",  # (a stat cannot tell)
+               "rewrite": f"printf x | dd of={artifact} bs=1 seek=100 conv=notrunc status=none"}[change]
     with caplog.at_level(logging.WARNING):
         result = _file_deploy(node, artifact, hooks={"afterDeploy": command})
 

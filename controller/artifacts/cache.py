@@ -8,7 +8,8 @@ cut: its sha256 is checked against the deployment's record before repair uses
 it, and a missing or damaged copy is reported with what to do. A larger
 artifact goes to a file in the cache directory as it downloads. A file://
 artifact is not copied as it is read at all: `store` copies the file itself
-(sendfile(2), in the kernel), if it is still the file that was read.
+(sendfile(2), in the kernel), if it still looks like the file that was read
+(`_same_file`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Sink:
         self._left = held
         self._file: IO[bytes] | None = None
         self.local: tuple[int, os.stat_result] | None = None  # the file a file:// download reads, and its stat
+        self.passed = 0  # bytes read from it
 
     def read_from(self, fd: int) -> None:
         """The download reads the local file `fd`: nothing is copied as it passes, the file itself is (`store`)."""
@@ -59,10 +61,17 @@ class Sink:
         except OSError as exc:
             self.drop(exc)
             return
-        self.local = copy, os.fstat(copy)
+        try:
+            self.local = copy, os.fstat(copy)
+        except OSError as exc:
+            os.close(copy)
+            self.drop(exc)
 
     def write(self, data: bytes) -> None:
-        if self.dropped or self.local is not None:
+        if self.dropped:
+            return
+        if self.local is not None:
+            self.passed += len(data)
             return
         try:
             if self._file is not None:
@@ -134,6 +143,10 @@ class Entry:
         if sink.dropped:
             return
         if sink.local is not None:
+            if sink.passed != sink.local[1].st_size:  # a /proc file, say: its size is not what it holds
+                sink.drop(OSError(errno.ESTALE, f"the artifact file says it has {sink.local[1].st_size} bytes but "
+                                                f"{sink.passed} were read"))
+                return
             self._kept, sink.local = sink.local, None
             return
         if sink.partial is None:
@@ -173,9 +186,12 @@ class Entry:
         self._kept = None
 
 
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    """Whether the file's content looks unchanged (not its ctime: renaming a new file over it changes that)."""
-    return (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns)
+def _same_file(now: os.stat_result, read: os.stat_result) -> bool:
+    """Whether the file's content looks unchanged since it was read: the same size and mtime, and the same ctime
+    unless it lost a name (a new file renamed over it, or its deletion: its content is still what was read). A
+    rewrite that puts the mtime back (`cp -p`, `rsync -t --inplace`) changes the ctime."""
+    return (now.st_size, now.st_mtime_ns) == (read.st_size, read.st_mtime_ns) and \
+        (now.st_ctime_ns == read.st_ctime_ns or now.st_nlink < read.st_nlink)
 
 
 def _copy_local(source: int, read: os.stat_result, path: str) -> None:

@@ -239,9 +239,8 @@ class Engine:
             except hooks.HookFailed as exc:
                 records.write_record(app.path, deployment, records.INCOMPLETE, error=str(exc))
                 raise
-            beside = os.lstat(records.meta_dir(app.path)).st_dev == made.st_dev  # synced with the tree below
             drift.record_digests(app.path, deployment, links, extracted, hooks_ran=len(work.runs) > hooks_before,
-                                 durable=not beside)
+                                 synced_next=True)
             fsutil.sync_filesystem(target)  # what the flusher's last flush left, and the digest list
             cache.store()  # after that sync, which then had no copy of the artifact to write out
         observed = work.fresh(observed)

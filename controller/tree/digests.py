@@ -137,11 +137,12 @@ def made_json(extracted: extracting.Made) -> str:
 
 
 def record(path: str, deployment: str, links: Collection[str], extracted: extracting.Made | None = None,
-           hooks_ran: bool = True, durable: bool = True) -> None:
+           hooks_ran: bool = True, synced_next: bool = False) -> None:
     """Write the digest list of `<path>/<deployment>` atomically; `links` are persistent-data leaves; `extracted`:
     what extraction made (named below the deployment). When no hook ran and no data was linked, the list is
     `extracted` itself (it is what tether made); otherwise the tree is walked, and a file the extraction left
-    untouched is not read again. `durable=False`: no fsync, for a caller that syncs the filesystem next."""
+    untouched is not read again. `synced_next`: the caller syncs the deployment's file system next, which then
+    makes the list durable too where it is on that file system (no fsyncs of its own)."""
     targets = {leaf: os.path.join(persistent_data.root(path), leaf) for leaf in links}
     made = extracted is not None and not hooks_ran and not targets
     entries: dict[str, Entry] | str = PLACE
@@ -150,7 +151,9 @@ def record(path: str, deployment: str, links: Collection[str], extracted: extrac
                        extracted.files if extracted is not None else None)
         for leaf, target in targets.items():  # a link tether made is recorded even if it is gone already
             entries.setdefault(leaf, {"type": "link", "mode": "0777", "target": target})
-    fsutil.makedirs(os.path.dirname(digests_path(path, deployment)))
+    directory = os.path.dirname(digests_path(path, deployment))
+    fsutil.makedirs(directory)
+    durable = not synced_next or os.stat(directory).st_dev != os.stat(os.path.join(path, deployment)).st_dev
     document = formats.stamped({"version": VERSION, "deployment": deployment, "entries": entries})
     # the same JSON as fsutil.atomic_write_json, without its indent: json's C encoder (5x faster at 20k entries)
     text = json.dumps(document, sort_keys=True)

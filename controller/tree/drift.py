@@ -56,11 +56,11 @@ class Content:
 
 
 def record_digests(path: str, deployment: str, links: Collection[str], extracted: extracting.Made | None = None,
-                   hooks_ran: bool = True, durable: bool = True) -> None:
+                   hooks_ran: bool = True, synced_next: bool = False) -> None:
     """Record the deployment's tree for content drift; call it just before marking the deployment complete.
     `extracted`: what extraction made, files with their digests (see digests.record for `hooks_ran` and
-    `durable`)."""
-    digests.record(path, deployment, links, extracted, hooks_ran, durable)
+    `synced_next`)."""
+    digests.record(path, deployment, links, extracted, hooks_ran, synced_next)
 
 
 def wrong_links(path: str, deployment: str, links: Collection[str]) -> list[str]:
