@@ -176,6 +176,68 @@ def test_a_cached_artifact_planted_as_a_symlink_is_replaced_not_followed(node: s
     assert not cached.is_symlink() and cached.read_bytes() == archive
 
 
+@pytest.mark.parametrize("planted", ["cache", "cache/site"])
+@pytest.mark.parametrize("copy", ["file", "held", "spilled"])
+def test_a_cache_directory_planted_as_a_symlink_is_never_written_through(
+        node: support.Node, http: support.HttpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, planted: str, copy: str) -> None:
+    # Whichever way the copy is taken (the file itself, held in memory, written as it downloads): a warning, a good
+    # deployment, and nothing written where the link points.
+    archive = support.tar_bytes([*support.site("1"), support.Member("site/big.bin", os.urandom(200_000))])
+    artifact = tmp_path / "site.tar.gz"
+    artifact.write_bytes(archive)
+    http.serve("/site.tar.gz", archive)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "site").mkdir(parents=True)
+    link = node.state / planted
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(elsewhere if planted == "cache" else elsewhere / "site")
+    monkeypatch.setattr(cache, "HELD_BYTES", 0 if copy == "spilled" else cache.HELD_BYTES)
+    support.write_manifest(node.manifests, support.application(
+        "site", node.apps / "site", deployment="v1",
+        source={"url": artifact.as_uri() if copy == "file" else http.url("/site.tar.gz")}))
+    with caplog.at_level(logging.WARNING):
+        result = _reconcile(node)
+
+    assert result.ok, result.error
+    assert "is a symlink or not a directory" in caplog.text and "need a redeploy" in caplog.text
+    assert _listing(elsewhere / "site") == []
+    held = [os.readlink(f"/proc/self/fd/{fd}") for fd in _fds() if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert not [path for path in held if path.startswith((str(elsewhere), str(node.state), str(artifact)))]
+
+
+def test_pruning_never_removes_through_a_cache_directory_planted_as_a_symlink(
+        node: support.Node, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious.conf").write_text("keep me")
+    (node.state / "cache").mkdir(parents=True)
+    (node.state / "cache" / "site").symlink_to(elsewhere)
+    with caplog.at_level(logging.WARNING):
+        cache.prune(str(node.state), "site", keep={"v1"})
+
+    assert (elsewhere / "precious.conf").read_text() == "keep me"
+    assert "not pruned" in caplog.text
+
+
+def test_repair_does_not_read_a_cached_artifact_planted_as_a_symlink(node: support.Node, tmp_path: Path) -> None:
+    # Even one that points to the very bytes deployed: the cache holds files tether wrote, nothing else.
+    archive = support.tar_bytes(support.site("1"))
+    artifact = tmp_path / "site.tar.gz"
+    artifact.write_bytes(archive)
+    _app(node, artifact)
+    assert _reconcile(node).ok
+    copy = node.state / "cache" / "site" / "v1.artifact"
+    copy.unlink()
+    copy.symlink_to(artifact)
+    (node.apps / "site" / "v1" / "index.html").write_text("edited")
+    app = loading.load([str(node.manifests)]).applications["site"]
+    content = drift.check_content(app.path, "v1", app.drift_ignore)
+    with pytest.raises(errors.PermanentError, match=r"unreadable.*redeploy"):
+        drift.repair_content(app, "v1", str(node.state), owners.resolve(app), content)
+    assert (node.apps / "site" / "v1" / "index.html").read_text() == "edited"
+
+
 # ------------------------------------------------------------------ descriptors
 
 

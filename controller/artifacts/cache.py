@@ -10,6 +10,10 @@ artifact goes to a file in the cache directory as it downloads. A file://
 artifact is not copied as it is read at all: `store` copies the file itself
 (sendfile(2), in the kernel), if it still looks like the file that was read
 (`_same_file`).
+
+Everything in `<state-dir>/cache/<name>` is written, renamed and removed through
+a descriptor of that directory, opened without following a symlink: one planted
+there is refused, never written through or pruned through.
 """
 
 from __future__ import annotations
@@ -18,34 +22,80 @@ import contextlib
 import errno
 import logging
 import os
-import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import IO
-
-from controller import fsutil
 
 log = logging.getLogger(__name__)
 SUFFIX = ".artifact"
 HELD_BYTES = 64 * 1024 * 1024
 CHUNK_COST = 128  # bytes of memory a held chunk costs besides its data (object, list slot, allocator)
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def cache_dir(state_dir: str, name: str) -> str:
     return os.path.join(state_dir, "cache", name)
 
 
+def open_dir(state_dir: str, name: str, make: bool = True) -> int:
+    """A descriptor of `<state_dir>/cache/<name>` (made, mode 0700, when `make`), neither step through a symlink."""
+    fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # (the state dir itself may be a link)
+    try:
+        for part in ("cache", name):
+            if make:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o700, dir_fd=fd)
+            try:
+                child = os.open(part, DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise OSError(exc.errno, f"{cache_dir(state_dir, name)} is a symlink or not a directory; tether "
+                                         "keeps artifacts only in a directory of its own: remove it") from None
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _new_file(dir_fd: int, prefix: str) -> tuple[int, str]:
+    name = prefix + os.urandom(6).hex()
+    return os.open(name, NEW_FILE, 0o600, dir_fd=dir_fd), name
+
+
+def _write_as(dir_fd: int, name: str, write: Callable[[int], None]) -> None:
+    """Write the file `name` in `dir_fd` with `write(fd)` through a temporary name, then rename it into place;
+    without an fsync."""
+    fd, tmp = _new_file(dir_fd, ".tmp-")
+    try:
+        try:
+            write(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
 class Sink:
-    """Where the download is copied: memory, and past `held` bytes a partial file in `directory`.
+    """Where the download is copied: memory, and past `held` bytes a partial file in the cache directory (opened
+    by `open_directory`).
 
     Memory is charged per chunk as well as per byte (a server that sends a byte at a time must not make the
     held copy cost tens of times its size). It never raises: a copy that cannot be written (the cache
     directory unusable, its disk full) is dropped with a warning, and the download goes on without it.
     """
 
-    def __init__(self, directory: str, held: int) -> None:
-        self.directory = directory
+    def __init__(self, open_directory: Callable[[], int], held: int, where: str = "the cache") -> None:
+        self._open_directory = open_directory
+        self._where = where
+        self.directory: int | None = None  # the cache directory's descriptor, once a partial file is there
         self.chunks: list[bytes] = []
-        self.partial: str | None = None
+        self.partial: str | None = None  # its name there
         self.dropped = False
         self._left = held
         self._file: IO[bytes] | None = None
@@ -81,8 +131,8 @@ class Sink:
             self.chunks.append(data)  # the download's own bytes object: no copy
             if self._left >= 0:
                 return
-            fsutil.makedirs(self.directory, 0o700)
-            fd, self.partial = tempfile.mkstemp(prefix=".partial-", dir=self.directory)
+            self.directory = self._open_directory()
+            fd, self.partial = _new_file(self.directory, ".partial-")
             self._file = os.fdopen(fd, "wb")
             self._file.writelines(self.chunks)
             self.chunks.clear()
@@ -91,7 +141,7 @@ class Sink:
 
     def drop(self, exc: OSError) -> None:
         log.warning("Could not copy the artifact into the cache (%s): %s; the deployment goes on without the copy, "
-                    "and `tether repair` of it will need a redeploy.", self.directory, exc)
+                    "and `tether repair` of it will need a redeploy.", self._where, exc)
         self.discard()
         self.dropped = True
 
@@ -101,25 +151,29 @@ class Sink:
             file.close()  # (its last write can fail here)
 
     def discard(self) -> None:
-        """Drop what was copied: the chunks held, the partial file."""
+        """Drop what was copied: the chunks held, the partial file, the descriptors."""
         with contextlib.suppress(OSError):
             self.close()
         self.chunks = []
         if self.local is not None:
             os.close(self.local[0])
             self.local = None
-        if self.partial is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.partial)
-            self.partial = None
+        if self.directory is not None:
+            if self.partial is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.partial, dir_fd=self.directory)
+            os.close(self.directory)
+        self.directory = self.partial = None
 
 
 class Entry:
     """The cached artifact of one deployment, copied while it downloads."""
 
     def __init__(self, state_dir: str, name: str, deployment: str, held: int | None = None) -> None:
+        self.state_dir, self.name = state_dir, name
         self.directory = cache_dir(state_dir, name)
-        self.path = os.path.join(self.directory, deployment + SUFFIX)
+        self.file_name = deployment + SUFFIX
+        self.path = os.path.join(self.directory, self.file_name)
         self._held = HELD_BYTES if held is None else held
         self._sink: Sink | None = None
         self._kept: list[bytes] | tuple[int, os.stat_result] | None = None  # held (or the local file) until `store`
@@ -128,7 +182,7 @@ class Entry:
     def writer(self) -> Iterator[Sink]:
         """A sink to copy the download into; discarded unless `keep` is called before the block ends."""
         self.close()  # what an earlier attempt kept
-        self._sink = Sink(self.directory, self._held)
+        self._sink = Sink(lambda: open_dir(self.state_dir, self.name), self._held, self.directory)
         try:
             yield self._sink
         finally:
@@ -149,12 +203,12 @@ class Entry:
                 return
             self._kept, sink.local = sink.local, None
             return
-        if sink.partial is None:
+        if sink.partial is None or sink.directory is None:
             self._kept, sink.chunks = sink.chunks, []
             return
         try:
             sink.close()
-            os.replace(sink.partial, self.path)
+            os.replace(sink.partial, self.file_name, src_dir_fd=sink.directory, dst_dir_fd=sink.directory)
         except OSError as exc:
             sink.drop(exc)
             return
@@ -167,11 +221,14 @@ class Entry:
         if kept is None:
             return
         try:
-            fsutil.makedirs(self.directory, 0o700)
-            if isinstance(kept, list):
-                fsutil.atomic_write(self.path, kept, 0o600, durable=False)
-            else:
-                _copy_local(*kept, self.path)
+            directory = open_dir(self.state_dir, self.name)
+            try:
+                if isinstance(kept, list):
+                    _write_as(directory, self.file_name, lambda fd: _write_chunks(fd, kept))
+                else:
+                    _copy_local(*kept, directory, self.file_name)
+            finally:
+                os.close(directory)
         except OSError as exc:
             log.warning("Could not keep the artifact in the cache (%s): %s; `tether repair` of this deployment will "
                         "need a redeploy.", self.path, exc)
@@ -179,11 +236,27 @@ class Entry:
             if isinstance(kept, tuple):
                 os.close(kept[0])
 
+    def open(self) -> IO[bytes]:
+        """The cached artifact, to read (for repair); neither its directory nor itself through a symlink."""
+        directory = open_dir(self.state_dir, self.name, make=False)
+        try:
+            return os.fdopen(os.open(self.file_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory),
+                             "rb")
+        finally:
+            os.close(directory)
+
     def close(self) -> None:
         """Close the local file kept for `store` if it was not called (the deployment failed)."""
         if isinstance(self._kept, tuple):
             os.close(self._kept[0])
         self._kept = None
+
+
+def _write_chunks(fd: int, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]
 
 
 def _same_file(now: os.stat_result, read: os.stat_result) -> bool:
@@ -194,36 +267,17 @@ def _same_file(now: os.stat_result, read: os.stat_result) -> bool:
         (now.st_ctime_ns == read.st_ctime_ns or now.st_nlink < read.st_nlink)
 
 
-def _copy_local(source: int, read: os.stat_result, path: str) -> None:
-    """Copy the file a download read (`source`, as fstat saw it then) to `path`, if it has not changed since (repair
-    checks the copy's sha256 in any case); without an fsync."""
+def _copy_local(source: int, read: os.stat_result, dir_fd: int, name: str) -> None:
+    """Copy the file a download read (`source`, as fstat saw it then) to `name` in `dir_fd`, if it has not changed
+    since (repair checks the copy's sha256 in any case); without an fsync."""
     if not _same_file(os.fstat(source), read):
         raise OSError(errno.ESTALE, "the artifact file changed after it was read")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    try:
-        try:
-            offset = _send(fd, source, read.st_size)
-        finally:
-            os.close(fd)
-        if offset != read.st_size or not _same_file(os.fstat(source), read):
+
+    def copy(fd: int) -> None:
+        if _send(fd, source, read.st_size) != read.st_size or not _same_file(os.fstat(source), read):
             raise OSError(errno.ESTALE, "the artifact file changed while it was copied")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
-
-def prune(state_dir: str, name: str, keep: Collection[str]) -> None:
-    """Remove cached artifacts of deployments not in `keep`, and partial downloads."""
-    directory = cache_dir(state_dir, name)
-    if not os.path.isdir(directory):
-        return
-    for entry in os.listdir(directory):
-        deployment = entry[: -len(SUFFIX)] if entry.endswith(SUFFIX) else None
-        if deployment not in keep:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(directory, entry))
+    _write_as(dir_fd, name, copy)
 
 
 def _send(fd: int, source: int, size: int) -> int:
@@ -240,3 +294,23 @@ def _send(fd: int, source: int, size: int) -> int:
     while offset < size and (chunk := os.pread(source, min(size - offset, 1 << 20), offset)):
         offset += os.write(fd, chunk)  # a regular file: the whole chunk, or an error
     return offset
+
+
+def prune(state_dir: str, name: str, keep: Collection[str]) -> None:
+    """Remove cached artifacts of deployments not in `keep`, and partial downloads. A cache directory that is a
+    symlink is left alone (with a warning): nothing is removed through it."""
+    try:
+        directory = open_dir(state_dir, name, make=False)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning("%s: not pruned: %s", cache_dir(state_dir, name), exc)
+        return
+    try:
+        for entry in os.listdir(directory):
+            deployment = entry[: -len(SUFFIX)] if entry.endswith(SUFFIX) else None
+            if deployment not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry, dir_fd=directory)
+    finally:
+        os.close(directory)

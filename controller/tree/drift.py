@@ -171,15 +171,18 @@ def _extract_cached(app: model.Application, deployment: str, state_dir: str, own
         return git_source.restore(state_dir, app, revision.revision, os.path.join(stage, "tree"), owner=owner,
                                   spool_dir=stage)
     cache = artifact_cache.Entry(state_dir, app.name, deployment)
-    if not os.path.isfile(cache.path):
+    try:
+        opened = cache.open()
+    except OSError as exc:
+        missing = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable ({exc.strerror})"
         raise errors.PermanentError(
-            f"{app.name}: the cached artifact of {deployment} ({cache.path}) is missing, so its files cannot be "
-            "restored; redeploy it to fetch the artifact again")
+            f"{app.name}: the cached artifact of {deployment} ({cache.path}) is {missing}, so its files cannot be "
+            "restored; redeploy it to fetch the artifact again") from None
     source = app.source or model.Source(url="")  # deployed imperatively: format and limits by default
     record = formats.read(records.record_path(app.path, deployment))
     sha256 = record.get("sha256") if isinstance(record, dict) and isinstance(record.get("sha256"), str) else None
     os.mkdir(os.path.join(stage, "tree"), 0o700)
-    with open(cache.path, "rb") as handle:
+    with opened as handle:
         reader = archives.Hashing(handle)
         try:
             root = extracting.extract(reader, os.path.join(stage, "tree"), fmt=source.format,
