@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -233,18 +234,26 @@ def test_a_failed_file_deploy_does_not_keep_the_artifact_open(node: support.Node
     assert _listing(node.state / "cache" / "site") == []
 
 
-def test_a_file_artifact_is_copied_through_memory_where_sendfile_is_refused(
-        node: support.Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Some filesystems (FUSE ones, say) do not do sendfile(2); the copy is the same.
+@pytest.mark.parametrize("refused", [("copy_file_range",), ("copy_file_range", "sendfile")])
+def test_a_file_artifact_is_copied_another_way_where_the_kernel_refuses_one(
+        node: support.Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: tuple[str, ...]) -> None:
+    # copy_file_range(2) refuses two filesystems (EXDEV) and some filesystems do neither it nor sendfile(2) (FUSE
+    # ones, say): then sendfile, then through memory. The copy is the same.
     archive = support.tar_bytes([*support.site("1"), support.Member("site/big.bin", os.urandom(3 << 20))])
     artifact = tmp_path / "site.tar.gz"
     artifact.write_bytes(archive)
+    calls: list[str] = []
 
-    def refused(*args: object) -> int:
-        raise OSError(errno.EINVAL, "Invalid argument")
+    def refusing(name: str, number: int) -> Callable[..., int]:
+        def call(*args: object) -> int:
+            calls.append(name)
+            raise OSError(number, os.strerror(number))
+        return call
 
-    monkeypatch.setattr(os, "sendfile", refused)
+    for name in refused:
+        monkeypatch.setattr(os, name, refusing(name, errno.EXDEV if name == "copy_file_range" else errno.EINVAL))
     result = _file_deploy(node, artifact)
 
     assert result.ok, result.error
     assert (node.state / "cache" / "site" / "v1.artifact").read_bytes() == archive
+    assert calls == list(refused)  # each tried once, before the next way

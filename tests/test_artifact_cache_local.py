@@ -149,6 +149,7 @@ def test_a_full_cache_filesystem_is_a_warning_and_leaves_no_temp_file_or_descrip
         def refused(*args: object) -> int:
             raise OSError(errno.EINVAL, "Invalid argument")
         monkeypatch.setattr(os, "sendfile", refused)
+        monkeypatch.setattr(os, "copy_file_range", refused)
     _app(node, artifact)
     with _tmpfs(node.state / "cache", "256k", "0700") as mounted:
         opened = _fds()

@@ -8,8 +8,8 @@ cut: its sha256 is checked against the deployment's record before repair uses
 it, and a missing or damaged copy is reported with what to do. A larger
 artifact goes to a file in the cache directory as it downloads. A file://
 artifact is not copied as it is read at all: `store` copies the file itself
-(sendfile(2), in the kernel), if it still looks like the file that was read
-(`_same_file`).
+(in the kernel, sharing its blocks where the filesystem can), if it still looks
+like the file that was read (`_same_file`).
 
 Everything in `<state-dir>/cache/<name>` is written, renamed and removed through
 a descriptor of that directory, opened without following a symlink: one planted
@@ -280,19 +280,35 @@ def _copy_local(source: int, read: os.stat_result, dir_fd: int, name: str) -> No
     _write_as(dir_fd, name, copy)
 
 
+REFUSED = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)  # this pair of files cannot be copied so
+
+
 def _send(fd: int, source: int, size: int) -> int:
-    """Copy up to `size` bytes of `source` into `fd`: in the kernel, else (a filesystem without sendfile) through
-    memory; the bytes copied."""
+    """Copy up to `size` bytes of `source` into `fd`, the bytes copied: copy_file_range(2) where the filesystem
+    shares the blocks (XFS, Btrfs: no data copied at all), else sendfile(2) in the kernel, else through memory."""
+    for copy in (_copy_file_range, _sendfile):
+        try:
+            return copy(fd, source, size)
+        except OSError as exc:
+            if exc.errno not in REFUSED or os.lseek(fd, 0, os.SEEK_END):  # (refused only before the first byte)
+                raise
     offset = 0
-    try:
-        while offset < size and (sent := os.sendfile(fd, source, offset, size - offset)):
-            offset += sent
-        return offset
-    except OSError as exc:
-        if offset or exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise
     while offset < size and (chunk := os.pread(source, min(size - offset, 1 << 20), offset)):
         offset += os.write(fd, chunk)  # a regular file: the whole chunk, or an error
+    return offset
+
+
+def _copy_file_range(fd: int, source: int, size: int) -> int:
+    offset = 0
+    while offset < size and (sent := os.copy_file_range(source, fd, size - offset, offset, offset)):
+        offset += sent
+    return offset
+
+
+def _sendfile(fd: int, source: int, size: int) -> int:
+    offset = 0
+    while offset < size and (sent := os.sendfile(fd, source, offset, size - offset)):
+        offset += sent
     return offset
 
 
