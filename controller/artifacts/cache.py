@@ -93,7 +93,7 @@ class Sink:
     def __init__(self, open_directory: Callable[[], int], held: int, where: str = "the cache") -> None:
         self._open_directory = open_directory
         self._where = where
-        self.directory: int | None = None  # the cache directory's descriptor, once a partial file is there
+        self.dir_fd: int | None = None  # the cache directory's descriptor, once a partial file is there
         self.chunks: list[bytes] = []
         self.partial: str | None = None  # its name there
         self.dropped = False
@@ -131,8 +131,8 @@ class Sink:
             self.chunks.append(data)  # the download's own bytes object: no copy
             if self._left >= 0:
                 return
-            self.directory = self._open_directory()
-            fd, self.partial = _new_file(self.directory, ".partial-")
+            self.dir_fd = self._open_directory()
+            fd, self.partial = _new_file(self.dir_fd, ".partial-")
             self._file = os.fdopen(fd, "wb")
             self._file.writelines(self.chunks)
             self.chunks.clear()
@@ -158,12 +158,12 @@ class Sink:
         if self.local is not None:
             os.close(self.local[0])
             self.local = None
-        if self.directory is not None:
+        if self.dir_fd is not None:
             if self.partial is not None:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.partial, dir_fd=self.directory)
-            os.close(self.directory)
-        self.directory = self.partial = None
+                    os.unlink(self.partial, dir_fd=self.dir_fd)
+            os.close(self.dir_fd)
+        self.dir_fd = self.partial = None
 
 
 class Entry:
@@ -203,12 +203,12 @@ class Entry:
                 return
             self._kept, sink.local = sink.local, None
             return
-        if sink.partial is None or sink.directory is None:
+        if sink.partial is None or sink.dir_fd is None:
             self._kept, sink.chunks = sink.chunks, []
             return
         try:
             sink.close()
-            os.replace(sink.partial, self.file_name, src_dir_fd=sink.directory, dst_dir_fd=sink.directory)
+            os.replace(sink.partial, self.file_name, src_dir_fd=sink.dir_fd, dst_dir_fd=sink.dir_fd)
         except OSError as exc:
             sink.drop(exc)
             return
@@ -281,34 +281,27 @@ def _copy_local(source: int, read: os.stat_result, dir_fd: int, name: str) -> No
 
 
 REFUSED = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)  # this pair of files cannot be copied so
+IN_KERNEL: tuple[Callable[[int, int, int, int], int], ...] = (  # (to, source, offset, count) -> bytes copied
+    lambda fd, source, offset, count: os.copy_file_range(source, fd, count, offset, offset),
+    lambda fd, source, offset, count: os.sendfile(fd, source, offset, count),
+)
 
 
 def _send(fd: int, source: int, size: int) -> int:
     """Copy up to `size` bytes of `source` into `fd`, the bytes copied: copy_file_range(2) where the filesystem
     shares the blocks (XFS, Btrfs: no data copied at all), else sendfile(2) in the kernel, else through memory."""
-    for copy in (_copy_file_range, _sendfile):
+    for copy in IN_KERNEL:
+        offset = 0
         try:
-            return copy(fd, source, size)
+            while offset < size and (sent := copy(fd, source, offset, size - offset)):
+                offset += sent
+            return offset
         except OSError as exc:
-            if exc.errno not in REFUSED or os.lseek(fd, 0, os.SEEK_END):  # (refused only before the first byte)
+            if offset or exc.errno not in REFUSED:  # refused before the first byte: the next way
                 raise
     offset = 0
     while offset < size and (chunk := os.pread(source, min(size - offset, 1 << 20), offset)):
         offset += os.write(fd, chunk)  # a regular file: the whole chunk, or an error
-    return offset
-
-
-def _copy_file_range(fd: int, source: int, size: int) -> int:
-    offset = 0
-    while offset < size and (sent := os.copy_file_range(source, fd, size - offset, offset, offset)):
-        offset += sent
-    return offset
-
-
-def _sendfile(fd: int, source: int, size: int) -> int:
-    offset = 0
-    while offset < size and (sent := os.sendfile(fd, source, offset, size - offset)):
-        offset += sent
     return offset
 
 
