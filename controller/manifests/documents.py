@@ -19,11 +19,8 @@ from controller import errors
 from controller.manifests import validation
 
 # PyYAML's own safe loader: its errors name the offending character, and deep nesting stops at
-# Python's recursion limit (caught below). A document is read first by libyaml's (about 10 times
-# faster: a thousand manifests at a start without the cache of parsed ones), whose nesting stops at
-# 1000 levels; whatever that one refuses or fails on is read again by this one, for its errors.
+# Python's recursion limit (caught below); the daemon caches parsed manifests, so speed matters little.
 LOADER = yaml.SafeLoader
-FAST_LOADER = getattr(yaml, "CSafeLoader", None)  # None: PyYAML built without libyaml
 # A manifest holds hundreds of values; YAML aliases could otherwise expand one without bound.
 MAX_VALUES = 100_000
 MAX_DEPTH = 64
@@ -150,16 +147,7 @@ def _checked(node: yaml.Node) -> _Shape:
 def _compose_and_construct(text: str) -> tuple[yaml.Node | None, Any, _Shape]:
     """The node tree of the one document in `text`, the value built from it and its shape: one parse, not
     two (composing is most of the time of reading a manifest)."""
-    if FAST_LOADER is not None:
-        try:
-            return _loaded(FAST_LOADER, text)
-        except Exception:  # noqa: S110 - read again below, where what is wrong is said clearly
-            pass
-    return _loaded(LOADER, text)
-
-
-def _loaded(kind: Any, text: str) -> tuple[yaml.Node | None, Any, _Shape]:
-    loader = kind(text)
+    loader = LOADER(text)
     try:
         node = loader.get_single_node()
         shape = _Shape() if node is None else _checked(node)
