@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -399,3 +400,151 @@ def test_the_digest_list_beside_the_tree_is_synced_before_the_record_says_comple
     written = events.index("write digests  durable=False")
     complete = events.index("write record complete durable=True")
     assert "syncfs" in events[written:complete]
+
+
+# ------------------------------------------------------------------ what else may be planted in the cache (second review)
+
+
+def test_prune_with_a_directory_named_like_an_artifact_is_a_warning(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "cache" / "site" / "v0.artifact").mkdir(parents=True)
+    (tmp_path / "cache" / "site" / "junk").mkdir()
+    before = _fds()
+    with caplog.at_level(logging.WARNING):
+        cache.prune(str(tmp_path), "site", keep={"v1"})
+    assert _fds() == before
+    assert "not pruned" in caplog.text
+
+
+def test_a_reconcile_does_not_fail_because_of_a_directory_in_the_cache(node: support.Node, tmp_path: Path) -> None:
+    artifact = tmp_path / "site.tar.gz"
+    artifact.write_bytes(support.tar_bytes(support.site("1")))
+    support.write_manifest(node.manifests, support.application("site", node.apps / "site", deployment="v1",
+                                                               source={"url": artifact.as_uri()}))
+    (node.state / "cache" / "site" / "stray").mkdir(parents=True)
+    application = loading.load([str(node.manifests)]).applications["site"]
+    result = reconciling.Engine(str(node.state)).reconcile(application)
+    assert result.ok
+
+
+def _entry_planted(tmp_path: Path, plant: str) -> cache.Entry:
+    directory = tmp_path / "cache" / "site"
+    directory.mkdir(parents=True)
+    if plant == "fifo":
+        os.mkfifo(directory / "v1.artifact")
+    else:
+        (directory / "v1.artifact").mkdir()
+    return cache.Entry(str(tmp_path), "site", "v1")
+
+
+@pytest.mark.parametrize("plant", ["fifo", "dir"])
+def test_opening_a_planted_non_file_is_refused_without_blocking_or_leaking(tmp_path: Path, plant: str) -> None:
+    entry = _entry_planted(tmp_path, plant)
+    before = _fds()
+
+    def alarm(*_: object) -> None:
+        raise TimeoutError("Entry.open blocked on a planted FIFO")
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(3)
+    try:
+        with pytest.raises(OSError) as raised:
+            entry.open().close()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert not isinstance(raised.value, TimeoutError)
+    assert _fds() == before
+
+
+def test_repair_with_a_fifo_planted_as_the_cached_artifact_fails_clearly(node: support.Node, tmp_path: Path) -> None:
+    artifact = tmp_path / "site.tar.gz"
+    artifact.write_bytes(support.tar_bytes(support.site("1")))
+    support.write_manifest(node.manifests, support.application("site", node.apps / "site", deployment="v1",
+                                                               source={"url": artifact.as_uri()}))
+    app = loading.load([str(node.manifests)]).applications["site"]
+    assert reconciling.Engine(str(node.state)).reconcile(app).ok
+    copy = node.state / "cache" / "site" / "v1.artifact"
+    copy.unlink()
+    os.mkfifo(copy)
+    (node.apps / "site" / "v1" / "index.html").write_text("edited")
+    content = drift.check_content(app.path, "v1", app.drift_ignore)
+
+    def alarm(*_: object) -> None:
+        raise TimeoutError("repair blocked on a planted FIFO")
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(5)
+    try:
+        with pytest.raises(errors.PermanentError):
+            drift.repair_content(app, "v1", str(node.state), owners.resolve(app), content)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_store_over_a_planted_directory_or_fifo_is_a_warning_and_leaves_nothing(tmp_path: Path) -> None:
+    for plant in ("fifo", "dir"):
+        base = tmp_path / plant
+        entry = _entry_planted(base, plant)
+        before = _fds()
+        with entry.writer() as sink:
+            sink.write(b"x" * 100)
+            entry.keep()
+        entry.store()
+        assert _fds() == before
+        assert sorted(os.listdir(base / "cache" / "site")) == ["v1.artifact"]
+
+
+def test_what_the_cache_creates_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        entry = cache.Entry(str(tmp_path), "site", "v1", held=10)
+        with entry.writer() as sink:
+            sink.write(b"y" * 100)  # spills to a partial file
+            entry.keep()
+        entry.store()
+    finally:
+        os.umask(old)
+    for path, mode in ((tmp_path / "cache", 0o700), (tmp_path / "cache" / "site", 0o700),
+                       (tmp_path / "cache" / "site" / "v1.artifact", 0o600)):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
+
+
+def test_a_missing_state_dir_drops_the_copy_and_leaks_nothing(tmp_path: Path) -> None:
+    before = _fds()
+    entry = cache.Entry(str(tmp_path / "nope"), "site", "v1", held=10)
+    with entry.writer() as sink:
+        sink.write(b"z" * 100)
+        entry.keep()
+    entry.store()
+    cache.prune(str(tmp_path / "nope"), "site", keep=set())
+    with pytest.raises(FileNotFoundError):
+        entry.open()
+    assert _fds() == before
+
+
+@pytest.mark.parametrize("where", ["cache", "cache/site"])
+@pytest.mark.parametrize("kind", ["symlink", "file", "fifo"])
+def test_a_planted_cache_path_is_refused_everywhere_without_leaks(tmp_path: Path, where: str, kind: str) -> None:
+    if where == "cache/site":
+        (tmp_path / "cache").mkdir(exist_ok=True)
+    target = tmp_path / where
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "site").mkdir(parents=True)
+    (elsewhere / "site" / "old.artifact").write_text("precious")
+    if kind == "symlink":
+        target.symlink_to(elsewhere if where == "cache" else elsewhere / "site")
+    elif kind == "file":
+        target.write_text("")
+    else:
+        os.mkfifo(target)
+    before = _fds()
+    entry = cache.Entry(str(tmp_path), "site", "v1", held=10)
+    with entry.writer() as sink:
+        sink.write(b"z" * 100)
+        entry.keep()
+    entry.store()
+    cache.prune(str(tmp_path), "site", keep=set())
+    with pytest.raises(OSError):
+        entry.open()
+    assert _fds() == before
+    assert sorted(os.listdir(elsewhere / "site")) == ["old.artifact"]

@@ -22,6 +22,7 @@ import contextlib
 import errno
 import logging
 import os
+import stat
 from collections.abc import Callable, Collection, Iterator
 from typing import IO
 
@@ -237,13 +238,21 @@ class Entry:
                 os.close(kept[0])
 
     def open(self) -> IO[bytes]:
-        """The cached artifact, to read (for repair); neither its directory nor itself through a symlink."""
+        """The cached artifact, to read (for repair): a regular file, neither its directory nor itself through a
+        symlink, never waiting on a FIFO planted there."""
         directory = open_dir(self.state_dir, self.name, make=False)
         try:
-            return os.fdopen(os.open(self.file_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory),
-                             "rb")
+            fd = os.open(self.file_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
         finally:
             os.close(directory)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, f"{self.path} is not a regular file")
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
 
     def close(self) -> None:
         """Close the local file kept for `store` if it was not called (the deployment failed)."""
@@ -319,7 +328,11 @@ def prune(state_dir: str, name: str, keep: Collection[str]) -> None:
         for entry in os.listdir(directory):
             deployment = entry[: -len(SUFFIX)] if entry.endswith(SUFFIX) else None
             if deployment not in keep:
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     os.unlink(entry, dir_fd=directory)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:  # a directory put there, say: never a reason for a pass to fail
+                    log.warning("%s: not pruned: %s", os.path.join(cache_dir(state_dir, name), entry), exc.strerror)
     finally:
         os.close(directory)
