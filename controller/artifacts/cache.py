@@ -26,6 +26,8 @@ import stat
 from collections.abc import Callable, Collection, Iterator
 from typing import IO
 
+from controller.artifacts import file_process
+
 log = logging.getLogger(__name__)
 SUFFIX = ".artifact"
 HELD_BYTES = 64 * 1024 * 1024
@@ -91,7 +93,7 @@ class Sink:
     directory unusable, its disk full) is dropped with a warning, and the download goes on without it.
     """
 
-    def __init__(self, open_directory: Callable[[], int], held: int, where: str = "the cache") -> None:
+    def __init__(self, open_directory: Callable[[], int], held: int, where: str) -> None:
         self._open_directory = open_directory
         self._where = where
         self.dir_fd: int | None = None  # the cache directory's descriptor, once a partial file is there
@@ -225,7 +227,11 @@ class Entry:
             directory = open_dir(self.state_dir, self.name)
             try:
                 if isinstance(kept, list):
-                    _write_as(directory, self.file_name, lambda fd: _write_chunks(fd, kept))
+                    def write(fd: int) -> None:
+                        for chunk in kept:
+                            file_process.write_all(fd, chunk)
+
+                    _write_as(directory, self.file_name, write)
                 else:
                     _copy_local(*kept, directory, self.file_name)
             finally:
@@ -259,13 +265,6 @@ class Entry:
         if isinstance(self._kept, tuple):
             os.close(self._kept[0])
         self._kept = None
-
-
-def _write_chunks(fd: int, chunks: list[bytes]) -> None:
-    for chunk in chunks:
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(fd, view):]
 
 
 def _same_file(now: os.stat_result, read: os.stat_result) -> bool:
