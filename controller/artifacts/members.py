@@ -28,6 +28,7 @@ class Entry:
     target: str = ""  # link target for symlink and hardlink
     data: Callable[[], IO[bytes]] | None = None
     size: int = -1  # bytes of data, when the archive says (-1: unknown)
+    content: bytes | memoryview | None = None  # all of the data, where the reader had it at hand (else read `data`)
 
 
 def zip_entries(path: str, budget: archives.Budget) -> Iterator[Entry]:

@@ -2,8 +2,10 @@
 
 It reads a valid archive as Python's tarfile does (tests/test_tar_reading_fuzz.py
 holds it to that, with generated archives in every format), at a fraction of
-the cost per member: a header is sliced from a large buffer and only the
-fields tether uses are decoded (of pax records: path, linkpath, size, mtime).
+the cost per member: a header is sliced from a large buffer, only the
+fields tether uses are decoded (of pax records: path, linkpath, size, mtime),
+and a member whose data is in that buffer comes with it (Entry.content, a
+view of the buffer: no read calls).
 Where tarfile is lenient, or where tar implementations disagree, it refuses:
 only tar's end-of-archive block ends the archive (a missing, short or damaged
 header is a truncated or corrupt archive, which is how a truncated plain tar or
@@ -263,7 +265,14 @@ class _Reader:
         if kind_name != "file":
             return members.Entry(name, kind_name, mode, mtime, target)
         self._left, self._padding = size, -size % BLOCK
-        return members.Entry(name, kind_name, mode, mtime, target, self._data, size)
+        start = self._pos  # a member whose data is in the buffer comes with it (what it is not read of is skipped)
+        end = start + size
+        content: bytes | memoryview | None = None
+        if end == len(self._buf) and start == 0:
+            content = self._buf
+        elif end <= len(self._buf):
+            content = memoryview(self._buf)[start:end]
+        return members.Entry(name, kind_name, mode, mtime, target, self._data, size, content)
 
 
 def _set(fields: dict[str, str | int | float], key: str, value: str | int | float) -> None:
