@@ -14,6 +14,8 @@ and times, side by side and interleaved, per shape:
       floor:  curl -sS -o f URL && mkdir d && tar xzf f -C d && ln -s d tmp && mv -T tmp current
       stream: curl -sS URL | tar xzf - -C d && ln -s d tmp && mv -T tmp current   (rate-limited, context)
       tether: write a manifest, run `tether reconcile` until it exits
+      daemon: write a manifest into the directory of a `tether run` started once for the whole benchmark
+              (the controller as it runs on a node), until `current` is switched (looked at every 2 ms)
       peer:   ansible-playbook -c local: deploy_helper state=present, a release directory (with the
               DEPLOY_UNFINISHED marker, as the module's documentation has it), unarchive with the URL as src and
               remote_src (the one-task download-and-extract the unarchive documentation shows),
@@ -21,6 +23,7 @@ and times, side by side and interleaved, per shape:
   P2  local file -> `current` switched
       floor:  mkdir d && tar xzf f -C d && ln -s d tmp && mv -T tmp current
       tether: the same with a file:// source.url
+      daemon: the same with a file:// source.url
       peer:   the same playbook, unarchive of the file already on the node (remote_src)
 
 The peer needs ansible-playbook (ansible-core, in the test extra) and the community.general collection
@@ -31,8 +34,11 @@ Run as root, every run gets a fresh ext4 of its own (a loop-mounted image in
 mass deletions, and a shared file system makes syncfs(2) flush other processes'
 pages. Otherwise every run gets a fresh directory after an untimed sync(2), and
 the directories are removed at the end. Each run reports wall time and CPU time
-(user + sys of the command and the children it reaped, from wait4): on a shared
-machine the CPU ratio is the guide. Page caches are not dropped; one untimed
+(user + sys of the command and the children it reaped, from wait4; for the daemon,
+what /proc/PID/stat gained until the switch, in clock ticks): on a shared
+machine the CPU ratio is the guide. The daemon rows leave out what a one-shot
+`tether reconcile` pays before it can start (the interpreter and tether's
+imports, 0.2-0.3 s on a slow machine); the daemon is how a node runs tether. Page caches are not dropped; one untimed
 warm-up of each variant comes first.
 """
 
@@ -385,6 +391,81 @@ def tether(url: str, probe: str) -> Callable[[Path], Timing]:
     return run
 
 
+class Daemon:
+    """One `tether run` for the whole benchmark, as on a node: its manifests and state directories stay in the
+    work directory, each run's application lives on that run's fresh file system."""
+
+    POLL = 0.002  # seconds between looks at `current` (the resolution of the daemon's wall times)
+
+    def __init__(self, workdir: Path) -> None:
+        self.manifests, self.state = workdir / "daemon-manifests", workdir / "daemon-state"
+        for directory in (self.manifests, self.state):
+            directory.mkdir()
+            directory.chmod(0o755)
+        self.log = (workdir / "daemon.log").open("wb")
+        self.process = subprocess.Popen(
+            [str(TETHER), "run", "--manifests", str(self.manifests), "--state-dir", str(self.state),
+             "--metrics-address", "127.0.0.1:0", "--insecure-manifests"],
+            env=_env(), stdout=self.log, stderr=subprocess.STDOUT)
+        self.count = 0
+        self._settle()
+
+    def _ticks(self) -> int:
+        """CPU clock ticks of the daemon and the children it reaped (the file-writing process)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(field) for field in fields[11:15])  # utime stime cutime cstime
+
+    def _settle(self, quiet: float = 0.3) -> None:
+        """Wait until the daemon has used no CPU for `quiet` seconds (it is idle: the next run starts clean)."""
+        last, since = -1, time.monotonic()
+        while time.monotonic() - since < quiet:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tether run exited with {self.process.returncode}; see {self.log.name}")
+            ticks = self._ticks()
+            if ticks != last:
+                last, since = ticks, time.monotonic()
+            time.sleep(0.05)
+
+    def variant(self, url: str, probe: str) -> Callable[[Path], Timing]:
+        """Write a manifest for an application below the run's directory; time it until `current` is switched;
+        remove the manifest again and wait for the daemon to be idle (so the file system can be unmounted)."""
+
+        def run(root: Path) -> Timing:
+            self.count += 1
+            name = f"site-{self.count}"
+            (root / "apps").mkdir()
+            (root / "apps").chmod(0o755)
+            app = root / "apps" / name
+            text = (f"apiVersion: tether/v1\nkind: Application\nmetadata:\n  name: {name}\n"
+                    f"spec:\n  path: {app}\n  deployment: v1\n  source:\n    url: {url}\n"
+                    "    limits:\n      maxBytes: 4000000000\n      maxMembers: 200000\n")
+            staged, manifest = self.manifests / f".{name}.tmp", self.manifests / f"{name}.yaml"
+            ticks = self._ticks()
+            start = time.perf_counter()
+            staged.write_text(text)
+            staged.chmod(0o644)
+            staged.rename(manifest)  # as config management writes it: whole, at once
+            current = app / "current"
+            while not current.is_symlink():
+                if time.perf_counter() - start > 600 or self.process.poll() is not None:
+                    raise RuntimeError(f"tether run did not switch {current}; see {self.log.name}")
+                time.sleep(self.POLL)
+            elapsed = time.perf_counter() - start
+            cpu = (self._ticks() - ticks) / os.sysconf("SC_CLK_TCK")
+            if os.readlink(current) != str(app / "v1") or not (current / probe).is_dir():
+                raise RuntimeError("tether run switched current, but not to the extracted v1")
+            manifest.unlink()
+            self._settle()
+            return Timing(elapsed, cpu)
+
+        return run
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait()
+        self.log.close()
+
+
 COLLECTION_PATHS = (Path.home() / ".ansible" / "collections", Path("/usr/share/ansible/collections"),
                     Path("/usr/lib/python3/dist-packages"), *(Path(p) for p in sys.path if p.endswith("site-packages")))
 PLAYBOOK = """
@@ -518,6 +599,8 @@ def main() -> int:
                          help="Mbit/s of the rate-limited server for the P1 streaming runs (default 200; 0: skip)")
     options.add_argument("--no-fresh-fs", action="store_true",
                          help="run in plain directories instead of a fresh loop-mounted ext4 per run (needs root)")
+    options.add_argument("--no-daemon", dest="daemon", action="store_false",
+                         help="leave out the runs through one `tether run` started for the benchmark")
     options.add_argument("--only", default="", help="comma-separated variant keys to run (default all)")
     options.add_argument("--workdir", type=Path, default=None,
                          help="where to put the artifact and the runs (default: a new temp directory)")
@@ -538,6 +621,7 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="tether-bench-", dir=args.workdir))
     servers: list[Server] = []
+    daemon: Daemon | None = None
     try:
         serve = args.artifacts or workdir / "serve"
         serve.mkdir(exist_ok=True)
@@ -573,6 +657,8 @@ def main() -> int:
                   f"(ratio {figures['uncompressed'] / figures['compressed']:.2f}), built in "
                   f"{time.perf_counter() - start:.1f} s, sha256 {sha256_file(artifact)[:16]}...", flush=True)
             url = server.url(artifact.name)
+            if daemon is None and args.daemon:
+                daemon = Daemon(workdir)
             variants += [
                 Variant(f"{shape}-p2-floor", f"{shape} P2 floor: tar xzf f && ln && mv -T",
                         shell(f"mkdir d && tar xzf '{artifact}' -C d && ln -s d tmp && mv -T tmp current", probe)),
@@ -582,6 +668,13 @@ def main() -> int:
                               probe)),
                 Variant(f"{shape}-p1-tether", f"{shape} P1 tether reconcile (http://127.0.0.1)", tether(url, probe)),
             ]
+            if daemon is not None:
+                variants += [
+                    Variant(f"{shape}-p2-daemon", f"{shape} P2 tether run, already running (file://)",
+                            daemon.variant(artifact.as_uri(), probe)),
+                    Variant(f"{shape}-p1-daemon", f"{shape} P1 tether run, already running (http://)",
+                            daemon.variant(url, probe)),
+                ]
             if collections is not None:
                 variants += [
                     Variant(f"{shape}-p2-peer", f"{shape} P2 peer: ansible deploy_helper + unarchive",
@@ -602,7 +695,8 @@ def main() -> int:
                             tether(slow, probe)),
                 ]
         variants += [Variant("py-bare", "python -c pass", python_startup("pass")),
-                     Variant("py-import", "python -c 'import controller.cli'", python_startup("import controller.cli"))]
+                     Variant("py-import", "python -c 'import controller.cli.main'",
+                             python_startup("import controller.cli.main"))]
         if only:
             variants = [v for v in variants if v.key in only]
         by_key = {v.key: v for v in variants}
@@ -631,6 +725,9 @@ def main() -> int:
             rows += [("P1", f"{shape}: http vs curl -o && tar", f"{shape}-p1-tether", f"{shape}-p1-floor", 1.0),
                      ("P2", f"{shape}: file vs tar xzf", f"{shape}-p2-tether", f"{shape}-p2-floor",
                       1.2 if small_files else 0.8),
+                     ("P1", f"{shape}: daemon http vs curl -o && tar", f"{shape}-p1-daemon", f"{shape}-p1-floor", 1.0),
+                     ("P2", f"{shape}: daemon file vs tar xzf", f"{shape}-p2-daemon", f"{shape}-p2-floor",
+                      1.2 if small_files else 0.8),
                      ("P1", f"{shape}: http vs ansible peer", f"{shape}-p1-tether", f"{shape}-p1-peer", None),
                      ("P2", f"{shape}: file vs ansible peer", f"{shape}-p2-tether", f"{shape}-p2-peer", None),
                      ("P1", f"{shape}: @{args.rate:g} Mbit/s vs curl -o && tar", f"{shape}-p1r-tether",
@@ -653,10 +750,13 @@ def main() -> int:
         print(" min/min = best/best; cpu = user+sys of the command and its children from wait4, the guide on a shared")
         print(" machine)")
         if "py-import" in by_key and "py-bare" in by_key:
-            print(f"python start-up with `import controller.cli`: {by_key['py-import'].median:.3f} s median "
+            print(f"python start-up with `import controller.cli.main` (what `tether` imports): "
+                  f"{by_key['py-import'].median:.3f} s median "
                   f"({by_key['py-bare'].median:.3f} s for a bare interpreter)")
         return 0
     finally:
+        if daemon is not None:
+            daemon.close()
         for each in servers:
             each.close()
         if args.keep:
