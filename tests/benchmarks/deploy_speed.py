@@ -391,6 +391,11 @@ def tether(url: str, probe: str) -> Callable[[Path], Timing]:
     return run
 
 
+def url_source(url: str) -> str:
+    """A manifest's source block for `url`, with limits that let the benchmark's artifacts through."""
+    return f"    url: {url}\n    limits:\n      maxBytes: 4000000000\n      maxMembers: 200000\n"
+
+
 class Daemon:
     """One `tether run` for the whole benchmark, as on a node: its manifests and state directories stay in the
     work directory, each run's application lives on that run's fresh file system."""
@@ -426,20 +431,21 @@ class Daemon:
                 last, since = ticks, time.monotonic()
             time.sleep(0.05)
 
-    def variant(self, url: str, probe: str) -> Callable[[Path], Timing]:
-        """Write a manifest for an application below the run's directory; time it until `current` is switched;
-        remove the manifest again and wait for the daemon to be idle (so the file system can be unmounted)."""
+    def variant(self, source: str, probe: str, name: str = "") -> Callable[[Path], Timing]:
+        """Write a manifest for an application below the run's directory (`source`: the lines of its source
+        block; `name`: the same application every run, e.g. to keep its git mirror; default a new one each run);
+        time it until `current` is switched; remove the manifest again and wait for the daemon to be idle (so the
+        file system can be unmounted)."""
 
         def run(root: Path) -> Timing:
             self.count += 1
-            name = f"site-{self.count}"
+            app_name = name or f"site-{self.count}"
             (root / "apps").mkdir()
             (root / "apps").chmod(0o755)
-            app = root / "apps" / name
-            text = (f"apiVersion: tether/v1\nkind: Application\nmetadata:\n  name: {name}\n"
-                    f"spec:\n  path: {app}\n  deployment: v1\n  source:\n    url: {url}\n"
-                    "    limits:\n      maxBytes: 4000000000\n      maxMembers: 200000\n")
-            staged, manifest = self.manifests / f".{name}.tmp", self.manifests / f"{name}.yaml"
+            app = root / "apps" / app_name
+            text = (f"apiVersion: tether/v1\nkind: Application\nmetadata:\n  name: {app_name}\n"
+                    f"spec:\n  path: {app}\n  deployment: v1\n  source:\n{source}")
+            staged, manifest = self.manifests / f".{app_name}.tmp", self.manifests / f"{app_name}.yaml"
             ticks = self._ticks()
             start = time.perf_counter()
             staged.write_text(text)
@@ -671,9 +677,9 @@ def main() -> int:
             if daemon is not None:
                 variants += [
                     Variant(f"{shape}-p2-daemon", f"{shape} P2 tether run, already running (file://)",
-                            daemon.variant(artifact.as_uri(), probe)),
+                            daemon.variant(url_source(artifact.as_uri()), probe)),
                     Variant(f"{shape}-p1-daemon", f"{shape} P1 tether run, already running (http://)",
-                            daemon.variant(url, probe)),
+                            daemon.variant(url_source(url), probe)),
                 ]
             if collections is not None:
                 variants += [

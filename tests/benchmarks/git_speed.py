@@ -11,6 +11,8 @@ once (untimed), and then times, side by side and interleaved, from that mirror:
   floor:  mkdir d && git --git-dir=MIRROR archive v1 | tar x -C d && ln -s d tmp && mv -T tmp current
   tether: write a manifest (source.git, file:// URL of the repository, deployment v1, a fresh path),
           run `tether reconcile` until it exits (the fetch finds the tag already in the mirror)
+  daemon: the same manifest written into the directory of one `tether run` (deploy_speed.Daemon), until
+          `current` is switched; its mirror is made by the untimed warm-up run
 
 Each run starts in a fresh directory after an untimed sync(2); run directories are
 removed at the end (see deploy_speed.py for why).
@@ -99,6 +101,7 @@ def main() -> int:
     parser.add_argument("--workdir")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="git-speed-", dir=args.workdir))
+    daemon: deploy_speed.Daemon | None = None
     try:
         started = time.perf_counter()
         repo = build_repository(work)
@@ -111,8 +114,11 @@ def main() -> int:
         first = filesystems.once(deploy_speed.Variant("tether", "tether", tether(repo, state)))
         print(f"first deploy, mirror made (untimed): {first.wall:.2f} s", flush=True)
         mirror = state / "git" / "site.git"
+        daemon = deploy_speed.Daemon(work)
         variants = [deploy_speed.Variant("floor", "git archive v1 | tar x + mv -T", floor(mirror)),
-                    deploy_speed.Variant("tether", "tether reconcile (source.git)", tether(repo, state))]
+                    deploy_speed.Variant("tether", "tether reconcile (source.git)", tether(repo, state)),
+                    deploy_speed.Variant("daemon", "tether run, already running (source.git)",
+                                         daemon.variant(f"    git:\n      url: file://{repo}\n", "s00-assets", "site"))]
         for variant in variants:  # one untimed warm-up each
             filesystems.once(variant)
         for _ in range(args.repeat):
@@ -124,10 +130,12 @@ def main() -> int:
         for variant in variants:
             print(f"{variant.label:40s} median {variant.median:6.2f} s  min {variant.best:6.2f} s  "
                   f"cpu {variant.cpu:6.2f} s  runs {' '.join(f'{t.wall:.2f}' for t in variant.times)}")
-        ratio = variants[1].median / variants[0].median
-        print(f"P7 tether / floor (medians): {ratio:.2f}x wall, {variants[1].cpu / variants[0].cpu:.2f}x CPU "
-              "(target <= 1.2x)")
+        for variant in variants[1:]:
+            print(f"P7 {variant.key} / floor (medians): {variant.median / variants[0].median:.2f}x wall, "
+                  f"{variant.cpu / variants[0].cpu:.2f}x CPU (target <= 1.2x)")
     finally:
+        if daemon is not None:
+            daemon.close()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
