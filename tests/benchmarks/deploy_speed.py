@@ -38,8 +38,8 @@ the directories are removed at the end. Each run reports wall time and CPU time
 what /proc/PID/stat gained until the switch, in clock ticks): on a shared
 machine the CPU ratio is the guide. The daemon rows leave out what a one-shot
 `tether reconcile` pays before it can start (the interpreter and tether's
-imports, 0.2-0.3 s on a slow machine); the daemon is how a node runs tether. Page caches are not dropped; one untimed
-warm-up of each variant comes first.
+imports, 0.2-0.3 s on a slow machine); the daemon is how a node runs tether.
+Page caches are not dropped; one untimed warm-up of each variant comes first.
 """
 
 from __future__ import annotations
@@ -663,7 +663,7 @@ def main() -> int:
                   f"(ratio {figures['uncompressed'] / figures['compressed']:.2f}), built in "
                   f"{time.perf_counter() - start:.1f} s, sha256 {sha256_file(artifact)[:16]}...", flush=True)
             url = server.url(artifact.name)
-            if daemon is None and args.daemon:
+            if daemon is None and args.daemon and (not only or any(key.endswith("-daemon") for key in only)):
                 daemon = Daemon(workdir)
             variants += [
                 Variant(f"{shape}-p2-floor", f"{shape} P2 floor: tar xzf f && ln && mv -T",
