@@ -29,7 +29,6 @@ SCRIPT = file_process.__file__
 PIPE_SIZE = 1024 * 1024
 SEND_BYTES = 256 * 1024  # requests gathered before one writev
 SEND_PIECES = 512  # (below IOV_MAX, 1024)
-ENCODING, ENCODING_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 Fields = tuple[str, int, int, int, int, int]  # sha256, ino, size, mtime_ns, ctime_ns, mode (member_writer.Written)
 
 
@@ -89,8 +88,8 @@ class Offload:
     def _request(self, kind: int, name: str, raw: str, mode: int, mtime: float, data: bytes | memoryview) -> None:
         parent, _, base = name.rpartition("/")
         if parent != self._parent[0]:  # files come directory by directory
-            self._parent = parent, parent.encode(ENCODING, ENCODING_ERRORS)
-        directory, encoded = self._parent[1], base.encode(ENCODING, ENCODING_ERRORS)  # (os.fsencode, inlined)
+            self._parent = parent, os.fsencode(parent)
+        directory, encoded = self._parent[1], os.fsencode(base)
         head = file_process.REQUEST.pack(kind, len(directory), len(encoded), mode, mtime, len(data)) + directory + encoded
         self._pending += (head, data)
         self._pending_bytes += len(head) + len(data)

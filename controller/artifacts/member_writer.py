@@ -153,18 +153,14 @@ class Writer:
         base = name[len(parent) + 1:] if parent else name
         if kind == "file":
             mode = _file_mode(entry.mode & 0o7777)
-            offload = None
-            if 0 <= entry.size < THREAD_HASH_SIZE:
-                offload = self._offload if self._offload is not None else self._offloading()
+            offload = self._offloading() if 0 <= entry.size < THREAD_HASH_SIZE else None
             if offload is not None and offload.accepting():
                 data = entry.content
                 if data is None:
                     assert entry.data is not None
                     data = _all_data(entry.data, entry.size)
                 offload.file(name, entry.name, mode, entry.mtime, data)
-                self._unflushed += entry.size + FILE_COST  # (_written_bytes, inlined: this is the common path)
-                if self._unflushed > FLUSH_BYTES:
-                    self._written_bytes(0)
+                self._written_bytes(entry.size)
             else:
                 if self._offload is not None and entry.size >= THREAD_HASH_SIZE:
                     self._offload.check()  # before a large file, which can take a while

@@ -158,9 +158,11 @@ class _Reader:
         start = self._pos
         self._pos = start + count
         self._left -= count
-        if start == 0 and count == len(self._buf):
-            return self._buf
-        return memoryview(self._buf)[start:self._pos]
+        return self._view(start, self._pos)
+
+    def _view(self, start: int, end: int) -> bytes | memoryview:
+        """Bytes `start` to `end` of the buffer, without a copy (the buffer itself when that is all of it)."""
+        return self._buf if start == 0 and end == len(self._buf) else memoryview(self._buf)[start:end]
 
     def entries(self) -> Iterator[members.Entry]:
         first = True
@@ -265,13 +267,8 @@ class _Reader:
         if kind_name != "file":
             return members.Entry(name, kind_name, mode, mtime, target)
         self._left, self._padding = size, -size % BLOCK
-        start = self._pos  # a member whose data is in the buffer comes with it (what it is not read of is skipped)
-        end = start + size
-        content: bytes | memoryview | None = None
-        if end == len(self._buf) and start == 0:
-            content = self._buf
-        elif end <= len(self._buf):
-            content = memoryview(self._buf)[start:end]
+        end = self._pos + size  # a member whose data is in the buffer comes with it (what is not read is skipped)
+        content = self._view(self._pos, end) if end <= len(self._buf) else None
         return members.Entry(name, kind_name, mode, mtime, target, self._data, size, content)
 
 

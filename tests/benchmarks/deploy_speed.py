@@ -370,11 +370,8 @@ def tether(url: str, probe: str) -> Callable[[Path], Timing]:
             directory.mkdir(exist_ok=True)
             directory.chmod(0o755)
         manifest = manifests / "site.yaml"
-        text = (
-            "apiVersion: tether/v1\nkind: Application\nmetadata:\n  name: site\n"
-            f"spec:\n  path: {app}\n  deployment: v1\n  source:\n    url: {url}\n"
-            "    limits:\n      maxBytes: 4000000000\n      maxMembers: 200000\n"
-        )
+        text = ("apiVersion: tether/v1\nkind: Application\nmetadata:\n  name: site\n"
+                f"spec:\n  path: {app}\n  deployment: v1\n  source:\n{url_source(url)}")
 
         def write() -> None:
             manifest.write_text(text)
