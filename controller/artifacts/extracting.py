@@ -22,10 +22,11 @@ import typing
 from collections.abc import Callable, Iterator
 from typing import IO
 
-from controller import errors
+from controller import errors, fsutil
 from controller.artifacts import (
     archives,
     deb_package,
+    file_process,
     member_names,
     member_writer,
     members,
@@ -106,6 +107,7 @@ def extract(source: archives.Readable, dest: str, *, fmt: str, strip: int | None
     FLUSH_BYTES written (to start writing them out while extraction goes on). After `offload_after` small
     files (None: never), the rest are written by a second process (file_offload.py).
     """
+    file_process.keep_freed_memory(fsutil.LIBC)
     head = archives.read_head(source)
     detected = archives.detect(head)
     if fmt != "auto" and fmt != detected:

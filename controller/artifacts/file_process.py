@@ -48,6 +48,22 @@ FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_DIR_FDS = 64
 READ = 1024 * 1024
 PR_SET_PDEATHSIG = 1  # prctl(2)
+# mallopt(3): M_MMAP_THRESHOLD, M_TRIM_THRESHOLD and the values keep_freed_memory gives them
+MALLOPT = ((-3, 4 * 1024 * 1024), (-1, 16 * 1024 * 1024))
+
+
+def keep_freed_memory(libc: object) -> None:
+    """Have glibc's malloc keep the megabyte buffers an extraction frees, for the next ones (`libc`: ctypes.CDLL).
+
+    By default it hands a freed buffer of a megabyte back to the kernel (munmap, or a trimmed heap) and the next
+    one faults its pages in again, zeroed: about 100,000 page faults and a sixth of the CPU time of extracting a
+    250 MB file. With these settings buffers below 4 MiB come from the heap and up to 16 MiB of free heap is
+    kept. Nothing happens where the C library has no mallopt (not glibc).
+    """
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is not None:
+        for param, value in MALLOPT:
+            mallopt(param, value)
 
 
 class Failed(Exception):
@@ -180,7 +196,9 @@ def main(argv: list[str]) -> int:
     import ctypes  # here: the extracting process imports this module for its constants only
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C is the extracting process's to handle: it stops this one
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    keep_freed_memory(libc)
     if os.getppid() != parent:  # it died before that took effect
         return 1
     files = Files(root, None if uid < 0 else (uid, gid))
