@@ -193,7 +193,7 @@ def serve(requests: int, files: Files) -> bool:
 
 def main(argv: list[str]) -> int:
     root, uid, gid, parent = (int(arg) for arg in argv[1:5])
-    import ctypes  # here: the extracting process imports this module for its constants only
+    import ctypes  # here: the extracting process imports this module for its constants and keep_freed_memory
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C is the extracting process's to handle: it stops this one
     libc = ctypes.CDLL(None, use_errno=True)
