@@ -22,6 +22,9 @@ and times, side by side and interleaved, per shape:
               deploy_helper state=finalize (switches `current`)
   P2  local file -> `current` switched
       floor:  mkdir d && tar xzf f -C d && ln -s d tmp && mv -T tmp current
+      durable floor (context): the same with `sync -f d` (syncfs(2)) after tar and after mv, what tether
+              does to have the tree on disk before `current` names it and the switch on disk after: the
+              design's floor leaves both in the page cache
       tether: the same with a file:// source.url
       daemon: the same with a file:// source.url
       peer:   the same playbook, unarchive of the file already on the node (remote_src)
@@ -665,6 +668,9 @@ def main() -> int:
             variants += [
                 Variant(f"{shape}-p2-floor", f"{shape} P2 floor: tar xzf f && ln && mv -T",
                         shell(f"mkdir d && tar xzf '{artifact}' -C d && ln -s d tmp && mv -T tmp current", probe)),
+                Variant(f"{shape}-p2-durable", f"{shape} P2 durable floor: the floor, sync -f after tar and mv",
+                        shell(f"mkdir d && tar xzf '{artifact}' -C d && sync -f d && ln -s d tmp && mv -T tmp current "
+                              "&& sync -f .", probe)),
                 Variant(f"{shape}-p2-tether", f"{shape} P2 tether reconcile (file://)", tether(artifact.as_uri(), probe)),
                 Variant(f"{shape}-p1-floor", f"{shape} P1 floor: curl -o f && tar xzf f && ln && mv -T",
                         shell(f"curl -sS -o f '{url}' && mkdir d && tar xzf f -C d && ln -s d tmp && mv -T tmp current",
@@ -728,6 +734,7 @@ def main() -> int:
             rows += [("P1", f"{shape}: http vs curl -o && tar", f"{shape}-p1-tether", f"{shape}-p1-floor", 1.0),
                      ("P2", f"{shape}: file vs tar xzf", f"{shape}-p2-tether", f"{shape}-p2-floor",
                       1.2 if small_files else 0.8),
+                     ("P2", f"{shape}: file vs tar xzf && sync -f", f"{shape}-p2-tether", f"{shape}-p2-durable", None),
                      ("P1", f"{shape}: daemon http vs curl -o && tar", f"{shape}-p1-daemon", f"{shape}-p1-floor", 1.0),
                      ("P2", f"{shape}: daemon file vs tar xzf", f"{shape}-p2-daemon", f"{shape}-p2-floor",
                       1.2 if small_files else 0.8),
