@@ -325,6 +325,25 @@ def revision() -> str:
     return head + (" + uncommitted changes in controller/" if changed else "")
 
 
+PAGE_REPORTING = Path("/sys/module/page_reporting/parameters/page_reporting_order")
+
+
+def page_reporting() -> str:
+    """Whether the guest hands free memory back to its host (virtio-balloon free page reporting), which changes
+    these figures: a page the host took back costs a host fault when it is used again, and that time shows as
+    system time of whatever process touches it first. Seen here: one-shot deploys of the large shape took
+    0.45-0.5 s or 0.6-1.1 s by that alone, once a run had grown the page cache (the daemon's cache copies)."""
+    try:
+        order = int(PAGE_REPORTING.read_text())
+    except (OSError, ValueError):
+        return "no free page reporting"
+    if order > 10:  # above the largest buddy order (MAX_ORDER 10 on x86-64): nothing is reported
+        return f"free page reporting off (page_reporting_order {order})"
+    return (f"free page reporting ON (page_reporting_order {order}): figures vary with what memory the host took "
+            f"back; for steady ones, as root: echo 11 > {PAGE_REPORTING}, then write and delete a file of most "
+            "of the memory in /dev/shm")
+
+
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
 
@@ -639,6 +658,7 @@ def main() -> int:
         tar_version = subprocess.run(["tar", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
         curl_version = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split()[1]
         print(f"  tools      {tar_version}; curl {curl_version}")
+        print(f"  memory     {page_reporting()}")
         print(f"  workdir    {workdir}; every run on {'a fresh loop-mounted ext4 in /dev/shm' if fresh else 'plain directories'}")
         server = Server(serve)
         servers.append(server)

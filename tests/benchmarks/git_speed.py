@@ -126,7 +126,8 @@ def main() -> int:
                 variant.times.append(filesystems.once(variant))
         print(f"commit {deploy_speed.revision()}, {platform.node()}, {os.cpu_count()} CPUs, load average "
               f"{' '.join(f'{load:.2f}' for load in os.getloadavg())}, "
-              f"git {subprocess.run(['git', '--version'], capture_output=True, text=True).stdout.split()[-1]}")
+              f"git {subprocess.run(['git', '--version'], capture_output=True, text=True).stdout.split()[-1]}, "
+              f"{deploy_speed.page_reporting()}")
         for variant in variants:
             print(f"{variant.label:40s} median {variant.median:6.2f} s  min {variant.best:6.2f} s  "
                   f"cpu {variant.cpu:6.2f} s  runs {' '.join(f'{t.wall:.2f}' for t in variant.times)}")
