@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from controller import formats, fsutil
-from controller.daemon import converged, loop
+from controller.daemon import converged, loop, passes
 from controller.engine import reconciling
 from controller.tree import fingerprint, known_files, locking, records
 from tests import support
@@ -326,3 +326,32 @@ def test_a_real_daemon_acts_on_changes_made_after_its_resyncs_found_nothing_chan
     daemon.signal(signal.SIGHUP)
     daemons.wait_until(lambda: not (app / ".tether" / "deployments" / "v0.json").exists(),
                        message="the added record was not cleaned")
+
+
+def test_a_pass_that_changed_the_tree_is_read_back_once_it_settled_and_the_read_back_is_remembered(
+        node: support.Node, http: support.HttpServer) -> None:
+    site = Site(node, http)  # v1, then v2: each pass deployed
+    runner = site.runner
+    due = runner.read_backs["site"]
+    assert 0 < due - runner.monotonic() <= passes.READ_BACK_SECONDS
+    assert runner.queue_due(due - 0.01) == [due] and runner.queue.idle(), "queued before it was due"
+    assert runner.queue_due(due) == [] and not runner.queue.idle(), "not queued when due"
+    site.work()  # the read-back: a full pass that changes nothing...
+    assert site.ready() and "site" not in runner.read_backs, "a pass that changed nothing asked for a read-back"
+    assert site.still_converged(), "...and is remembered: the pass after it (a resync's, say) reads nothing"
+
+
+def test_a_real_daemon_reads_back_a_deployment_without_being_asked(
+        node: support.Node, http: support.HttpServer, start: daemons.Start) -> None:
+    daemon, _ = daemons.running_site(node, http, start)  # its first pass deployed v1
+    daemons.wait_until(lambda: daemon.passes("site") >= 2, timeout=passes.READ_BACK_SECONDS + 10,
+                       message=lambda: f"{daemon.passes('site')} passes: no read-back")
+    assert daemons.converged(node, "site", "v1")
+
+
+def test_a_pass_that_failed_asks_for_no_read_back(site: Site) -> None:
+    site.runner.read_backs.clear()  # the deploy of v2's
+    site.want("v9")  # not served: the download fails
+    site.runner.scan()
+    site.work()
+    assert not site.ready() and "site" not in site.runner.read_backs

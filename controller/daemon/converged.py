@@ -14,7 +14,8 @@ after the pass, so a pass is remembered only when the same paths had the same id
 read them (the lstats of what the pass before it read). That holds whatever the clocks say (a network
 filesystem's timestamps come from its server); the ctime margin of fingerprint.settled is then only
 for two changes within one tick of the filesystem's clock. So the first no-op pass after any change, or
-after the daemon starts, is a full one, and the next is remembered.
+after the daemon starts, is a full one, and the next is remembered. After a pass that changed the tree,
+the daemon asks for that full pass itself, once the change has settled (passes.READ_BACK_SECONDS).
 
 Not remembered, so always a full pass: an application whose last pass did anything, ran a hook or a
 probe, found drift, or did not end Ready; one with a rollout (its decision moves with the clock and the

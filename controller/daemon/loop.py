@@ -97,6 +97,7 @@ class Daemon(passes.Passes):
         self.node = node_identity.Tracker(config.node_config, secure=not config.insecure_manifests)
         self.gates = gate.Cache(ask_gate, monotonic)  # each application's last gate answer, for intervalSeconds
         self.wakeups: dict[str, float] = {}  # application -> when (monotonic) its rollout wants a pass
+        self.read_backs: dict[str, float] = {}  # application -> when (monotonic) to read back what a pass changed
         self._node_changed = False  # the next scan queues every application
         self._guard = threading.Lock()
         self._wake = threading.Event()
@@ -245,6 +246,23 @@ class Daemon(passes.Passes):
                 server.close()
         return 0
 
+    def queue_due(self, now: float) -> list[float]:
+        """Queue the applications whose rollout wants a pass, or whose read-back is due, at `now` (monotonic);
+        return the times still ahead."""
+        ahead = []
+        for wanted in (self.wakeups, self.read_backs):
+            with self._guard:
+                dues = dict(wanted)
+            for name, due in dues.items():
+                if due > now:
+                    ahead.append(due)
+                    continue
+                with self._guard:
+                    if wanted.get(name) == due:
+                        del wanted[name]  # (a pass asks for the next one)
+                self.queue.put(name)
+        return ahead
+
     def _after_pass(self) -> None:
         """Wake the main loop after a pass that left it something to do, and when the queue is empty (flush the
         statuses, say so in the systemd status line). Waking it after every pass made a loop iteration per
@@ -281,14 +299,7 @@ class Daemon(passes.Passes):
             for name, due in self.backoff.pending().items():
                 if due <= now:
                     self.queue.put(name)
-            with self._guard:
-                rollouts = dict(self.wakeups)
-            for name, due in rollouts.items():
-                if due <= now:
-                    with self._guard:
-                        if self.wakeups.get(name) == due:
-                            del self.wakeups[name]  # the pass schedules the next one
-                    self.queue.put(name)
+            ahead = self.queue_due(now)
             next_ping = self.notifier.keep_alive(now, self._summary())
             unsynced = self.store.unsynced_since
             if unsynced is not None and (self.queue.idle() or now - unsynced >= STATUS_SYNC_SECONDS):
@@ -298,7 +309,7 @@ class Daemon(passes.Passes):
                 self._changed.clear()
                 exposition.write_textfile(self.config.metrics_textfile, registry)
             waits = [next_resync - now] + [due - now for due in self.backoff.pending().values() if due > now]
-            waits += [due - now for due in rollouts.values() if due > now]
+            waits += [due - now for due in ahead]
             if next_ping is not None:
                 waits.append(next_ping - now)
             if unsynced is not None:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
-from controller import errors, formats
+from controller import errors, formats, fsutil
 from controller.daemon import converged, drift_watch, metrics, queueing
 from controller.engine import reconciling, status, status_store
 from controller.fleet import gate, rollout_state
@@ -25,6 +25,10 @@ from controller.manifests import model, overrides
 from controller.tree import drift, locking, records
 
 log = logging.getLogger(__name__)
+# A pass that changed an application's tree is followed by one that reads it back once what it wrote has
+# settled (known_files, fingerprint: fsutil.RACY_NS): that pass is remembered (daemon/converged.py), and the
+# first resync after a deploy of 1000 applications costs what the next one does, not a full pass of each.
+READ_BACK_SECONDS = fsutil.RACY_NS / 1e9 + 0.5
 
 
 class Settings(Protocol):
@@ -58,6 +62,7 @@ class Passes:
     node: node_identity.Tracker
     gates: gate.Cache
     wakeups: dict[str, float]
+    read_backs: dict[str, float]
     seen: dict[str, tuple[str, overrides.Override]]
     _guard: threading.Lock
     _wanted: threading.Event
@@ -202,9 +207,13 @@ class Passes:
         self.observations.reconciled(name, "success" if result.ok else "failure", took)  # after the status
         for run in result.hook_runs:
             self.observations.hook_ran(run, name)
-        no_op = (result.ok and not result.plan.steps and not result.hook_runs and not result.probes
-                 and rolled.decision is None and name not in self.invalid and status.is_ready(document)
-                 and not any(document["drift"].values()))
+        ended_ready = result.ok and rolled.decision is None and name not in self.invalid and status.is_ready(document)
+        no_op = ended_ready and not result.plan.steps and not result.hook_runs and not result.probes \
+            and not any(document["drift"].values())
+        if ended_ready and result.plan.steps:  # Ready after changing the tree: read it back (not while probing)
+            with self._guard:
+                self.read_backs[name] = self.monotonic() + READ_BACK_SECONDS
+                self._wanted.set()
         self.converged.passed(name, inputs, result.observed, status.status_path(self.config.state_dir, name),
                               started_reading, no_op)
 
@@ -273,6 +282,7 @@ class Passes:
         self.gates.forget(name)
         with self._guard:
             self.wakeups.pop(name, None)
+            self.read_backs.pop(name, None)
         self.backoff.succeeded(name)
         self.observations.forget(name)
         with self._guard:

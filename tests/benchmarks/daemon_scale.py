@@ -11,8 +11,8 @@ NOTIFY_SOCKET, and measures:
   first start     from starting the process to READY=1, to every `current` link,
                   and to every status file saying Ready (every application deployed);
   full resync     CPU seconds (utime + stime from /proc/PID/stat) of a no-op
-                  pass over every application (twice: the second finds every
-                  bookkeeping file as the first read it), triggered by SIGHUP and finished
+                  pass over every application (twice; the read-back after each
+                  deploy has remembered every tree already), triggered by SIGHUP and finished
                   when the daemon is idle again (target: <= 0.5 s CPU), and how
                   many status files it wrote (target: none);
   rescan          CPU seconds of one rescan that finds nothing changed (a file
@@ -188,8 +188,8 @@ def main() -> int:
                        f"VmRSS {mem['VmRSS']:.1f} MB, VmHWM {mem['VmHWM']:.1f} MB")
         port = int(re.search(r"Serving metrics on \S+ port (\d+)", log_path.read_text()).group(1))  # type: ignore[union-attr]
 
-        # Two no-op full resyncs: from SIGHUP until the daemon is idle again. The first reads every bookkeeping
-        # file the first start wrote; the second finds them unchanged (controller/tree/known_files.py).
+        # Two no-op full resyncs: from SIGHUP until the daemon is idle again. Both find every tree as the
+        # read-back after its deploy left it (controller/daemon/converged.py, passes.READ_BACK_SECONDS).
         for which in ("", " again"):
             passes_before = reconcile_passes(port)
             before_cpu, since = cpu_seconds(pid), time.time_ns()
