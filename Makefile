@@ -105,7 +105,7 @@ DEBIAN12_TESTS = tests/test_bad_manifests.py tests/test_hostile_hooks_and_manife
 	tests/test_node.py tests/test_health.py tests/test_fleet_doc.py tests/test_packaging.py \
 	tests/test_metrics.py tests/test_prometheus.py tests/test_rollout_gate.py tests/test_daemon.py \
 	tests/test_bad_artifacts.py tests/test_hostile_fetching.py tests/test_metrics_cache.py tests/test_web_endpoint.py \
-	tests/test_gzip_readers.py tests/test_validated_cache.py
+	tests/test_gzip_readers.py tests/test_validated_cache.py tests/test_watching.py
 test-debian12: $(VENV)-debian12/bin/pytest
 	@$(VENV)-debian12/bin/python -m compileall -qq -j 0 controller || true
 	$(VENV)-debian12/bin/pytest -q -p no:cacheprovider --durations=15 $(DEBIAN12_TESTS)
