@@ -51,10 +51,10 @@ class Site:
             self.work()
         assert self.document()["current"] == "v2"
 
-    def want(self, deployment: str) -> None:
+    def want(self, deployment: str, **spec: Any) -> None:
         support.write_manifest(self.node.manifests, support.application(
             "site", self.path, deployment=deployment, source={"url": self.http.url("/site/{deployment}.tar.gz")},
-            retention={"keep": 3}))
+            retention={"keep": 3}, **spec))
 
     def daemon(self, clock_ns: Callable[[], int] = lambda: time.time_ns() + AHEAD_NS) -> loop.Daemon:
         config = loop.Config(str(self.node.manifests), str(self.node.state), content_check_seconds=600,
@@ -355,3 +355,28 @@ def test_a_pass_that_failed_asks_for_no_read_back(site: Site) -> None:
     site.runner.scan()
     site.work()
     assert not site.ready() and "site" not in site.runner.read_backs
+
+
+def test_a_pass_that_left_its_steps_undone_asks_for_no_read_back(site: Site) -> None:
+    site.want("v2", drift="report")
+    site.runner.scan()
+    site.work()
+    site.runner.read_backs.clear()
+    shutil.rmtree(site.path / "v2")  # the active deployment, gone: a redeploy that spec.drift: report leaves undone
+    site.runner.scan(everything=True)
+    site.work()
+    assert site.ready() and site.runner.engine.plan(site.runner.apps["site"], records.observe(str(site.path))).steps
+    assert "site" not in site.runner.read_backs, "every pass would ask for another, 2.5 s apart, forever"
+
+
+def test_a_read_back_that_changed_the_tree_again_asks_for_no_other(site: Site) -> None:
+    (site.path / "current").unlink()  # changed behind the daemon's back before its read-back
+    site.runner.read_backs["site"] = due = site.runner.monotonic()
+    site.runner.queue_due(due)
+    site.work()  # the read-back puts current back...
+    assert current(site) == str(site.path / "v2")
+    assert "site" not in site.runner.read_backs, "...and asked for another"
+    (site.path / "current").unlink()  # a pass that changes the tree, not a read-back, asks for one as before
+    site.runner.scan(everything=True)
+    site.work()
+    assert "site" in site.runner.read_backs

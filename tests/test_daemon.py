@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+from controller.daemon import passes as daemon_passes
 from tests import support
 
 T = TypeVar("T")
@@ -245,6 +246,14 @@ def running_site(node: support.Node, http: support.HttpServer, start: Start, *ve
     return daemon, node.apps / "site"
 
 
+def read_back(daemon: Daemon, name: str) -> int:
+    """Wait for the pass that reads back the first deploy of `name` (passes.READ_BACK_SECONDS after it), so that
+    counting passes from now on counts only what comes later; the passes so far."""
+    wait_until(lambda: daemon.passes(name) >= 2, timeout=daemon_passes.READ_BACK_SECONDS + 20,
+               message=f"no read-back of {name}")
+    return daemon.passes(name)
+
+
 # ---------------------------------------------------------------- 1. the life of a manifest
 
 
@@ -284,8 +293,8 @@ def test_a_new_manifest_is_deployed_a_bump_is_activated_and_a_removed_one_is_unm
 def test_editor_swap_backup_and_lock_files_change_nothing(
         node: support.Node, http: support.HttpServer, start: Start) -> None:
     daemon, app = running_site(node, http, start, "v2")
+    passes = read_back(daemon, "site")
     status_before = (node.state / "status" / "site.json").read_bytes()
-    passes = daemon.passes("site")
     bumped = yaml.safe_dump(app_manifest(node, http, deployment="v2"), sort_keys=False)
 
     (node.manifests / ".site.yaml.swp").write_bytes(b"b0VIM 9.0\0\0" + bumped.encode())
@@ -348,7 +357,7 @@ def test_rewriting_a_manifest_in_place_over_and_over_never_kills_the_daemon(
 def test_touching_a_manifest_changes_nothing_because_its_content_counts_not_its_mtime(
         node: support.Node, http: support.HttpServer, start: Start) -> None:
     daemon, _ = running_site(node, http, start)
-    requests, passes = len(http.requests), daemon.passes("site")
+    requests, passes = len(http.requests), read_back(daemon, "site")
     status_before = (node.state / "status" / "site.json").read_bytes()
 
     subprocess.run(["touch", str(node.manifests / "site.yaml")], check=True)

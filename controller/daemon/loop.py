@@ -98,6 +98,7 @@ class Daemon(passes.Passes):
         self.gates = gate.Cache(ask_gate, monotonic)  # each application's last gate answer, for intervalSeconds
         self.wakeups: dict[str, float] = {}  # application -> when (monotonic) its rollout wants a pass
         self.read_backs: dict[str, float] = {}  # application -> when (monotonic) to read back what a pass changed
+        self.reading_back: set[str] = set()  # read-backs queued, not yet begun
         self._node_changed = False  # the next scan queues every application
         self._guard = threading.Lock()
         self._wake = threading.Event()
@@ -260,6 +261,8 @@ class Daemon(passes.Passes):
                 with self._guard:
                     if wanted.get(name) == due:
                         del wanted[name]  # (a pass asks for the next one)
+                        if wanted is self.read_backs:
+                            self.reading_back.add(name)
                 self.queue.put(name)
         return ahead
 

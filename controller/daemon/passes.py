@@ -63,6 +63,7 @@ class Passes:
     gates: gate.Cache
     wakeups: dict[str, float]
     read_backs: dict[str, float]
+    reading_back: set[str]
     seen: dict[str, tuple[str, overrides.Override]]
     _guard: threading.Lock
     _wanted: threading.Event
@@ -74,6 +75,8 @@ class Passes:
         with self._guard:
             app = self.apps.get(name)
             kind = self.kinds.get(app.kind) if app is not None and app.kind else None
+            reading_back = name in self.reading_back  # a read-back that changes the tree again asks for none
+            self.reading_back.discard(name)
         if app is None:
             return
         started = self.monotonic()
@@ -84,7 +87,7 @@ class Passes:
             due = self.backoff.due(name, key)
             if due is not None and due > self.monotonic():
                 return  # the main loop queues it again when the back-off ends
-            self._pass(app, kind, override, key)
+            self._pass(app, kind, override, key, reading_back)
         except Exception as exc:
             self._failed(app, key, exc, self.monotonic() - started)
 
@@ -134,12 +137,13 @@ class Passes:
         return app, kind, override, self.node.identity, None if error is None else str(error)
 
     def _pass(self, app: model.Application, kind: model.Kind | None, override: overrides.Override,
-              key: Hashable) -> None:
+              key: Hashable, reading_back: bool) -> None:
         name = app.name
         inputs = self._inputs(app, kind, override)
         if self._still_converged(name, inputs):
             return
         started_reading = self.converged.started(name)  # what this pass reads, as it was before it read it
+        applied = False  # the engine ran the plan's steps (not spec.drift: report's plan, left undone)
         checked: dict[tuple[int, str | None], drift.Structural] = {}
 
         def structure(path: str, seen: records.Observed, desired: str | None) -> drift.Structural:
@@ -176,6 +180,7 @@ class Passes:
                 try:
                     result = self.engine.reconcile(effective, kind, cancel=cancel, locked=True, observed=observed,
                                                    plan=plan)
+                    applied = True
                 finally:
                     self.running.pop(name, None)
         current = result.observed.current  # a relink (after the lock is released) changes no record
@@ -210,10 +215,11 @@ class Passes:
         ended_ready = result.ok and rolled.decision is None and name not in self.invalid and status.is_ready(document)
         no_op = ended_ready and not result.plan.steps and not result.hook_runs and not result.probes \
             and not any(document["drift"].values())
-        if ended_ready and result.plan.steps:  # Ready after changing the tree: read it back (not while probing)
+        if ended_ready and applied and result.plan.steps and not reading_back:  # read back what it changed
             with self._guard:
-                self.read_backs[name] = self.monotonic() + READ_BACK_SECONDS
-                self._wanted.set()
+                if name in self.apps:  # (not unmanaged meanwhile)
+                    self.read_backs[name] = self.monotonic() + READ_BACK_SECONDS
+                    self._wanted.set()
         self.converged.passed(name, inputs, result.observed, status.status_path(self.config.state_dir, name),
                               started_reading, no_op)
 
@@ -283,6 +289,7 @@ class Passes:
         with self._guard:
             self.wakeups.pop(name, None)
             self.read_backs.pop(name, None)
+            self.reading_back.discard(name)
         self.backoff.succeeded(name)
         self.observations.forget(name)
         with self._guard:
