@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,3 +58,37 @@ def test_every_change_to_a_manifest_asks_for_a_rescan(watched: tuple[Path, threa
         with manifest.open("a") as handle:
             handle.write("b: 2\n")
     assert changed.wait(10), f"a manifest {how} asked for no rescan"
+
+
+def test_a_symlink_swapped_on_the_way_to_the_manifests_directory_is_seen_and_so_is_what_follows(
+        tmp_path: Path) -> None:
+    """git-sync's layout: /git/current is the link it swaps, the manifests are /git/current/manifests."""
+    for tree in ("a", "b", "c"):
+        (tmp_path / "worktrees" / tree / "manifests").mkdir(parents=True)
+    link = tmp_path / "current"
+    link.symlink_to(tmp_path / "worktrees" / "a")
+    changed = threading.Event()
+    watcher = watching.Watcher([str(link / "manifests")], changed.set)
+    watcher.start()
+
+    def seen(change: Callable[[], object]) -> bool:
+        """Make the change; whether it asked for a rescan (which moves the watches, as the daemon's does)."""
+        changed.clear()
+        change()
+        asked = changed.wait(10)
+        watcher.refresh()
+        return asked
+
+    def swap(tree: str) -> None:
+        staged = tmp_path / "current.new"
+        staged.symlink_to(tmp_path / "worktrees" / tree)
+        os.replace(staged, link)
+
+    try:
+        for tree in ("b", "c"):
+            assert seen(lambda tree=tree: swap(tree)), f"the swap to {tree} asked for no rescan"
+            manifest = tmp_path / "worktrees" / tree / "manifests" / "site.yaml"
+            assert seen(lambda manifest=manifest: manifest.write_text("a: 1\n")), \
+                f"a manifest written in {tree} after the swap asked for no rescan"
+    finally:
+        watcher.stop()

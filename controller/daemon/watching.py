@@ -60,11 +60,19 @@ class Watcher:
         self._watches: dict[str, Any] = {}
 
     def _wanted(self) -> set[str]:
-        wanted = set()
+        """The real directories to watch: each path as it resolves, its parent, and the directory holding each
+        symlink on the way to it (a swap of that link, as git-sync makes of /git/current in
+        /git/current/manifests, is an event there)."""
+        wanted: set[str] = set()
         for path in self._paths:
-            for candidate in (os.path.dirname(os.path.abspath(path)), os.path.realpath(path)):
-                if os.path.isdir(candidate):
-                    wanted.add(candidate)
+            absolute = os.path.abspath(path)
+            candidates = [os.path.realpath(os.path.dirname(absolute)), os.path.realpath(absolute)]
+            parts = absolute.split(os.sep)
+            for end in range(2, len(parts) + 1):
+                step = os.sep.join(parts[:end])
+                if os.path.islink(step):
+                    candidates.append(os.path.realpath(os.path.dirname(step)))
+            wanted.update(candidate for candidate in candidates if os.path.isdir(candidate))
         return wanted | {os.path.realpath(p) for p in self._exact if os.path.isdir(p)}
 
     def refresh(self) -> bool:
