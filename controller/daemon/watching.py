@@ -1,10 +1,11 @@
 """Watching the manifests directory (and the overrides) for changes.
 
 Events are only triggers: every change asks for a rescan, and the rescan compares
-content hashes. The directory's parent is watched too, so that a manifests
-directory replaced by a symlink swap (git-sync and the like), or removed and
-created again, is noticed; after each rescan `refresh` moves the watches to
-wherever the path resolves now.
+content hashes. The directory's parent is watched too, and the directory
+holding each symlink on the way to it, so that a manifests directory replaced
+by a symlink swap (git-sync and the like, of the directory or of one above it),
+or removed and created again, is noticed; after each rescan `refresh` moves the
+watches to wherever the path resolves now.
 """
 
 from __future__ import annotations
