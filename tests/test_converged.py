@@ -344,8 +344,7 @@ def test_a_pass_that_changed_the_tree_is_read_back_once_it_settled_and_the_read_
 def test_a_real_daemon_reads_back_a_deployment_without_being_asked(
         node: support.Node, http: support.HttpServer, start: daemons.Start) -> None:
     daemon, _ = daemons.running_site(node, http, start)  # its first pass deployed v1
-    daemons.wait_until(lambda: daemon.passes("site") >= 2, timeout=passes.READ_BACK_SECONDS + 10,
-                       message=lambda: f"{daemon.passes('site')} passes: no read-back")
+    assert daemons.read_back(daemon, "site") >= 2
     assert daemons.converged(node, "site", "v1")
 
 

@@ -3,7 +3,6 @@ renamed or moved out included, and watchdog does not hold a move back to pair it
 
 from __future__ import annotations
 
-import importlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -27,12 +26,7 @@ def watched(tmp_path: Path) -> Iterator[tuple[Path, threading.Event]]:
 
 def test_watchdog_holds_no_move_back_to_pair_it() -> None:
     watching.unpaired_moves()
-    holders = []
-    for module, name in watching.MOVE_PAIRING:
-        try:
-            holders.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            continue
+    holders = watching.move_pairing()
     assert holders, "neither place of watchdog's move pairing exists: watching.MOVE_PAIRING needs the new one"
     assert [holder.delay for holder in holders] == [0] * len(holders)
 

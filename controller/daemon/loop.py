@@ -251,7 +251,7 @@ class Daemon(passes.Passes):
         """Queue the applications whose rollout wants a pass, or whose read-back is due, at `now` (monotonic);
         return the times still ahead."""
         ahead = []
-        for wanted in (self.wakeups, self.read_backs):
+        for wanted, queued in ((self.wakeups, set()), (self.read_backs, self.reading_back)):
             with self._guard:
                 dues = dict(wanted)
             for name, due in dues.items():
@@ -261,8 +261,7 @@ class Daemon(passes.Passes):
                 with self._guard:
                     if wanted.get(name) == due:
                         del wanted[name]  # (a pass asks for the next one)
-                        if wanted is self.read_backs:
-                            self.reading_back.add(name)
+                        queued.add(name)
                 self.queue.put(name)
         return ahead
 

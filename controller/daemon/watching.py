@@ -27,17 +27,24 @@ MOVE_PAIRING = (("watchdog.observers.inotify_move_event_grouper", "InotifyMoveEv
                 ("watchdog.observers.inotify_buffer", "InotifyBuffer"))
 
 
+def move_pairing() -> list[Any]:
+    """The classes of this watchdog that hold a move to pair it (their `delay`, in seconds)."""
+    holders = []
+    for module, name in MOVE_PAIRING:
+        try:
+            holders.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return holders
+
+
 def unpaired_moves() -> None:
     """Have watchdog hand on a move out of a watched directory at once instead of holding it 0.5 s to pair it
     with its arrival. Its delayed queue sleeps out those 0.5 s whenever its reading thread looks at the queue
     between the two halves of a rename, even when the pair is complete a moment later, and every event behind
     it waits too: a manifest renamed into place was seen 0.5 s late in 1-5% of the changes (design section 9,
     P3: p99 <= 250 ms). tether needs no pairs: every event only asks for a rescan."""
-    for module, name in MOVE_PAIRING:
-        try:
-            holder = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
+    for holder in move_pairing():
         holder.delay = 0
 
 
