@@ -364,7 +364,10 @@ def test_a_pass_that_left_its_steps_undone_asks_for_no_read_back(site: Site) -> 
     shutil.rmtree(site.path / "v2")  # the active deployment, gone: a redeploy that spec.drift: report leaves undone
     site.runner.scan(everything=True)
     site.work()
-    assert site.ready() and site.runner.engine.plan(site.runner.apps["site"], records.observe(str(site.path))).steps
+    assert site.runner.engine.plan(site.runner.apps["site"], records.observe(str(site.path))).steps
+    ready = daemons.condition(site.document())
+    assert (ready["status"], ready["reason"]) == ("False", "DriftReported"), "its directory is gone: not Ready"
+    assert str(site.path / "v2") in ready["message"] and "spec.drift is report" in ready["message"]
     assert "site" not in site.runner.read_backs, "every pass would ask for another, 2.5 s apart, forever"
 
 

@@ -1016,12 +1016,16 @@ def test_hand_made_drift_is_only_reported_when_the_policy_is_report(
     wait_until(lambda: drifted(node, "site", "current"))
     assert current(app) == "v1", "drift: report must not correct"
     assert daemon.samples("tether_drift", name="site", type="current") == 1
+    ready = condition(status_of(node, "site"))  # the active deployment is not the one desired: not Ready
+    assert (ready["status"], ready["reason"]) == ("False", "DriftReported")
+    assert "spec.drift is report" in ready["message"] and "`tether reconcile site`" in ready["message"]
     subprocess.run(["ln", "-sfn", str(app / "v2"), str(app / "current")], check=True)
     daemon.signal(signal.SIGHUP)
     wait_until(lambda: drifted(node, "site", "content"))
     assert status_of(node, "site")["drift"]["driftedFiles"] == 1
     assert "index.html" in condition(status_of(node, "site"), "Drifted")["message"]
     assert daemon.samples("tether_drifted_files", name="site") == 1
+    assert condition(status_of(node, "site"))["status"] == "True", "changed files alone leave it Ready"
 
 
 def test_a_deployment_that_fails_or_never_happened_is_not_drift(

@@ -144,6 +144,7 @@ class Passes:
             return
         started_reading = self.converged.started(name)  # what this pass reads, as it was before it read it
         applied = False  # the engine ran the plan's steps (not spec.drift: report's plan, left undone)
+        broken: str | None = None  # why the active deployment, left as it is by spec.drift: report, is not whole
         checked: dict[tuple[int, str | None], drift.Structural] = {}
 
         def structure(path: str, seen: records.Observed, desired: str | None) -> drift.Structural:
@@ -170,6 +171,7 @@ class Passes:
                 log.warning("%s has drifted (%s); spec.drift is report, so tether leaves it as it is.", name,
                             ", ".join(before.types))
                 result = reconciling.Result(name, self.engine.plan(effective, observed), observed)
+                broken = before.current or before.deployment
             else:
                 plan = self.engine.plan(effective, observed)
                 if not plan.converged and not plan.suspended:  # say what the pass does while it works
@@ -206,6 +208,8 @@ class Passes:
         document["lastSuccessAt"] = document["updatedAt"] if result.ok else (previous or {}).get("lastSuccessAt")
         status.set_rollout(document, rolled.status())
         self.drift.record(effective, document, result.observed, structure)
+        if broken is not None:
+            status.set_left_broken(document, broken, self.clock())
         if name in self.invalid:  # still running on the last good manifest: keep saying so
             document = status.build_invalid(name, self.invalid[name], document, self.clock())
         self._publish(name, document)

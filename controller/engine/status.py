@@ -251,6 +251,16 @@ def set_drift(document: dict[str, Any], types: list[str], files: list[str], now:
     document["conditions"] = others + _with_transitions([drifted], document.get("conditions", []), timestamp(now))
 
 
+def set_left_broken(document: dict[str, Any], why: str, now: float) -> None:
+    """Not Ready: the active deployment is not whole (`why`: its directory or `current` is gone or changed), and
+    spec.drift: report leaves it as it is. Changed files alone (content drift) leave Ready as it was."""
+    message = (f"{why}; spec.drift is report, so tether leaves it as it is: `tether reconcile {document['name']}` "
+               "mends it once, spec.drift: correct always")
+    ready = _condition("Ready", False, "DriftReported", message)
+    others = [c for c in document.get("conditions", []) if c["type"] != "Ready"]
+    document["conditions"] = _with_transitions([ready], document.get("conditions", []), timestamp(now)) + others
+
+
 def working_on(app: model.Application, plan: planning.Plan) -> str:
     """What a pass is about to do, in words: "fetching v2 from https://host/app-v2.tar.gz, activate v2"."""
     parts = []
