@@ -332,7 +332,7 @@ def test_a_pass_that_changed_the_tree_is_read_back_once_it_settled_and_the_read_
         node: support.Node, http: support.HttpServer) -> None:
     site = Site(node, http)  # v1, then v2: each pass deployed
     runner = site.runner
-    due = runner.read_backs["site"]
+    due, _ = runner.read_backs["site"]
     assert 0 < due - runner.monotonic() <= passes.READ_BACK_SECONDS
     assert runner.queue_due(due - 0.01) == [due] and runner.queue.idle(), "queued before it was due"
     assert runner.queue_due(due) == [] and not runner.queue.idle(), "not queued when due"
@@ -348,12 +348,29 @@ def test_a_real_daemon_reads_back_a_deployment_without_being_asked(
     assert daemons.converged(node, "site", "v1")
 
 
-def test_a_pass_that_failed_asks_for_no_read_back(site: Site) -> None:
-    site.runner.read_backs.clear()  # the deploy of v2's
+def due_now(runner: loop.Daemon, name: str) -> float:
+    """Make the pending read-back of `name` due now; when that is."""
+    _, key = runner.read_backs[name]
+    runner.read_backs[name] = now, key = runner.monotonic(), key
+    return now
+
+
+def test_a_pass_that_failed_asks_for_no_read_back_and_drops_the_one_pending(site: Site) -> None:
+    assert "site" in site.runner.read_backs  # the deploy of v2's
     site.want("v9")  # not served: the download fails
     site.runner.scan()
     site.work()
-    assert not site.ready() and "site" not in site.runner.read_backs
+    assert not site.ready() and "site" not in site.runner.read_backs, "the retry would run as a read-back"
+
+
+def test_a_changed_manifest_queued_with_a_read_back_is_a_deploy_that_asks_for_its_own(site: Site) -> None:
+    site.runner.queue_due(due_now(site.runner, "site"))  # v2's read-back, queued...
+    site.want("v3")  # ...and a change of the manifest, queued with it (one pass)
+    site.runner.scan()
+    site.work()
+    assert current(site) == str(site.path / "v3")
+    assert "site" in site.runner.read_backs, "the deploy of v3 ran as v2's read-back, and asked for none"
+    assert site.runner.read_backs["site"][1] == site.runner.seen["site"], "asked for under its own manifest"
 
 
 def test_a_pass_that_left_its_steps_undone_asks_for_no_read_back(site: Site) -> None:
@@ -373,8 +390,7 @@ def test_a_pass_that_left_its_steps_undone_asks_for_no_read_back(site: Site) -> 
 
 def test_a_read_back_that_changed_the_tree_again_asks_for_no_other(site: Site) -> None:
     (site.path / "current").unlink()  # changed behind the daemon's back before its read-back
-    site.runner.read_backs["site"] = due = site.runner.monotonic()
-    site.runner.queue_due(due)
+    site.runner.queue_due(due_now(site.runner, "site"))
     site.work()  # the read-back puts current back...
     assert current(site) == str(site.path / "v2")
     assert "site" not in site.runner.read_backs, "...and asked for another"

@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from controller import __version__, errors, fsutil
@@ -97,8 +97,9 @@ class Daemon(passes.Passes):
         self.node = node_identity.Tracker(config.node_config, secure=not config.insecure_manifests)
         self.gates = gate.Cache(ask_gate, monotonic)  # each application's last gate answer, for intervalSeconds
         self.wakeups: dict[str, float] = {}  # application -> when (monotonic) its rollout wants a pass
-        self.read_backs: dict[str, float] = {}  # application -> when (monotonic) to read back what a pass changed
-        self.reading_back: set[str] = set()  # read-backs queued, not yet begun
+        # application -> when (monotonic) to read back what a pass changed, and that pass's (generation, override)
+        self.read_backs: dict[str, tuple[float, Hashable]] = {}
+        self.reading_back: dict[str, Hashable] = {}  # read-backs queued, not yet begun, and what they read back
         self._node_changed = False  # the next scan queues every application
         self._guard = threading.Lock()
         self._wake = threading.Event()
@@ -250,19 +251,23 @@ class Daemon(passes.Passes):
     def queue_due(self, now: float) -> list[float]:
         """Queue the applications whose rollout wants a pass, or whose read-back is due, at `now` (monotonic);
         return the times still ahead."""
-        ahead = []
-        for wanted, queued in ((self.wakeups, set()), (self.read_backs, self.reading_back)):
-            with self._guard:
-                dues = dict(wanted)
-            for name, due in dues.items():
-                if due > now:
-                    ahead.append(due)
-                    continue
-                with self._guard:
-                    if wanted.get(name) == due:
-                        del wanted[name]  # (a pass asks for the next one)
-                        queued.add(name)
-                self.queue.put(name)
+        ahead, due = [], []
+        with self._guard:
+            for name, when in list(self.wakeups.items()):
+                if when > now:
+                    ahead.append(when)
+                else:
+                    del self.wakeups[name]  # (a pass asks for the next one)
+                    due.append(name)
+            for name, (when, key) in list(self.read_backs.items()):
+                if when > now:
+                    ahead.append(when)
+                else:
+                    del self.read_backs[name]
+                    self.reading_back[name] = key
+                    due.append(name)
+        for name in due:
+            self.queue.put(name)
         return ahead
 
     def _after_pass(self) -> None:

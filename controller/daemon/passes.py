@@ -62,8 +62,8 @@ class Passes:
     node: node_identity.Tracker
     gates: gate.Cache
     wakeups: dict[str, float]
-    read_backs: dict[str, float]
-    reading_back: set[str]
+    read_backs: dict[str, tuple[float, Hashable]]
+    reading_back: dict[str, Hashable]
     seen: dict[str, tuple[str, overrides.Override]]
     _guard: threading.Lock
     _wanted: threading.Event
@@ -75,8 +75,7 @@ class Passes:
         with self._guard:
             app = self.apps.get(name)
             kind = self.kinds.get(app.kind) if app is not None and app.kind else None
-            reading_back = name in self.reading_back  # a read-back that changes the tree again asks for none
-            self.reading_back.discard(name)
+            asked = self.reading_back.pop(name, None)  # the (generation, override) of a read-back queued
         if app is None:
             return
         started = self.monotonic()
@@ -87,7 +86,9 @@ class Passes:
             due = self.backoff.due(name, key)
             if due is not None and due > self.monotonic():
                 return  # the main loop queues it again when the back-off ends
-            self._pass(app, kind, override, key, reading_back)
+            # A read-back that changes the tree again asks for none; a pass of a changed manifest or override,
+            # queued with it, is not a read-back.
+            self._pass(app, kind, override, key, reading_back=asked == key)
         except Exception as exc:
             self._failed(app, key, exc, self.monotonic() - started)
 
@@ -102,6 +103,7 @@ class Passes:
             log.exception("The pass of %s failed unexpectedly (a bug in tether: please report it with this "
                           "traceback); it is retried with back-off.", name)
         next_attempt = self.backoff.failed(name, key, self.monotonic())
+        self._forget_read_back(name)
         self._wanted.set()  # the loop queues it again when the back-off ends
         self.converged.forget(name)
         try:
@@ -195,6 +197,7 @@ class Passes:
             self.backoff.succeeded(name)
         else:
             next_attempt = self.backoff.failed(name, key, self.monotonic())
+            self._forget_read_back(name)
             self._wanted.set()  # the loop queues it again when the back-off ends
         on_disk, foreign = self.store.read(name)  # a command such as `tether deploy` may have written it
         previous = on_disk if foreign and on_disk is not None else self.statuses.get(name) or on_disk
@@ -222,7 +225,7 @@ class Passes:
         if ended_ready and applied and result.plan.steps and not reading_back:  # read back what it changed
             with self._guard:
                 if name in self.apps:  # (not unmanaged meanwhile)
-                    self.read_backs[name] = self.monotonic() + READ_BACK_SECONDS
+                    self.read_backs[name] = self.monotonic() + READ_BACK_SECONDS, key
                     self._wanted.set()
         self.converged.passed(name, inputs, result.observed, status.status_path(self.config.state_dir, name),
                               started_reading, no_op)
@@ -282,6 +285,13 @@ class Passes:
             if self.store.write(name, document) or self.config.metrics_textfile:  # a no-op pass writes nothing
                 self._wanted.set()  # the loop flushes the status files and rewrites the textfile
 
+    def _forget_read_back(self, name: str) -> None:
+        """No read-back of `name`: it failed (its retry reads everything, and a failed pass is not remembered), or
+        it is no longer managed."""
+        with self._guard:
+            self.read_backs.pop(name, None)
+            self.reading_back.pop(name, None)
+
     def _unmanage(self, name: str) -> None:
         log.info("The manifest of %s is gone: tether stops managing it; its files stay on disk.", name)
         if name in self.running:
@@ -292,8 +302,7 @@ class Passes:
         self.gates.forget(name)
         with self._guard:
             self.wakeups.pop(name, None)
-            self.read_backs.pop(name, None)
-            self.reading_back.discard(name)
+        self._forget_read_back(name)
         self.backoff.succeeded(name)
         self.observations.forget(name)
         with self._guard:
