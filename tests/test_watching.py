@@ -4,6 +4,7 @@ renamed or moved out included, and watchdog does not hold a move back to pair it
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -84,5 +85,40 @@ def test_a_symlink_swapped_on_the_way_to_the_manifests_directory_is_seen_and_so_
             manifest = tmp_path / "worktrees" / tree / "manifests" / "site.yaml"
             assert seen(lambda manifest=manifest: manifest.write_text("a: 1\n")), \
                 f"a manifest written in {tree} after the swap asked for no rescan"
+    finally:
+        watcher.stop()
+
+
+@pytest.mark.parametrize("how", ["removed and made again", "replaced by a directory renamed into place"])
+def test_a_manifests_directory_replaced_is_watched_again_and_so_is_what_follows(tmp_path: Path, how: str) -> None:
+    """A tool that replaces the directory instead of its files: the watch of the old one dies with it, and the
+    new one (which may even have the old inode number) must be watched in its turn, every time."""
+    directory = tmp_path / "manifests"
+    directory.mkdir()
+    changed = threading.Event()
+    watcher = watching.Watcher([str(directory)], changed.set)
+    watcher.start()
+
+    def seen(change: Callable[[], object]) -> bool:
+        changed.clear()
+        change()
+        asked = changed.wait(10)
+        watcher.refresh()  # as the daemon does after the rescan
+        return asked
+
+    def replace() -> None:
+        shutil.rmtree(directory)
+        if how == "removed and made again":
+            directory.mkdir()
+        else:
+            staged = tmp_path / "manifests.new"
+            staged.mkdir()
+            os.rename(staged, directory)
+
+    try:
+        for turn in range(3):
+            assert seen(replace), f"replacing the directory (turn {turn}) asked for no rescan"
+            assert seen(lambda turn=turn: (directory / f"site{turn}.yaml").write_text("a: 1\n")), \
+                f"a manifest written in the directory that replaced it (turn {turn}) asked for no rescan"
     finally:
         watcher.stop()

@@ -10,6 +10,7 @@ watches to wherever the path resolves now.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -18,6 +19,8 @@ from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+
+from controller.daemon import scanning
 
 log = logging.getLogger(__name__)
 # Reading a manifest must not trigger another rescan: only changes count.
@@ -65,7 +68,7 @@ class Watcher:
         self._handler = _Trigger(on_change)
         unpaired_moves()
         self._observer: Any = Observer()
-        self._watches: dict[str, Any] = {}
+        self._watches: dict[str, tuple[Any, tuple[int, int]]] = {}  # directory -> its watch, and which one it was
 
     def _wanted(self) -> set[str]:
         """The real directories to watch: each path as it resolves, its parent, and the directory holding each
@@ -85,17 +88,28 @@ class Watcher:
 
     def refresh(self) -> bool:
         """Watch where the paths resolve now; True when a new directory is watched (the caller should
-        rescan: what changed there before the watch began raised no event)."""
-        wanted = self._wanted()
-        for path in set(self._watches) - wanted:
-            self._observer.unschedule(self._watches.pop(path))
-        added = wanted - set(self._watches)
-        for path in added:
+        rescan: what changed there before the watch began raised no event). A directory removed and made again
+        under the same name is watched again: the watch of the old one died with it."""
+        wanted = {path: scanning.identity(path) for path in self._wanted()}
+        for path in [p for p, (watch, seen) in self._watches.items() if wanted.get(p) != seen or self._dead(watch)]:
+            with contextlib.suppress(KeyError):  # (already gone with its directory)
+                self._observer.unschedule(self._watches.pop(path)[0])
+        added = False
+        for path, identity in wanted.items():
+            if identity is None or path in self._watches:
+                continue
+            added = True
             try:
-                self._watches[path] = self._observer.schedule(self._handler, path, recursive=False)
+                self._watches[path] = self._observer.schedule(self._handler, path, recursive=False), identity
             except OSError as exc:
                 log.warning("Cannot watch %s (%s); the periodic resync still sees its changes.", path, exc)
-        return bool(added)
+        return added
+
+    def _dead(self, watch: Any) -> bool:
+        """Whether watchdog stopped the watch: it does when the directory watched is deleted (a new directory of
+        the same name may have the same inode number, so its identity alone does not tell)."""
+        emitter = getattr(self._observer, "_emitter_for_watch", {}).get(watch)  # watchdog 2.2 and 7.1 have it
+        return emitter is not None and not emitter.should_keep_running()
 
     def start(self) -> None:
         self.refresh()
