@@ -408,3 +408,97 @@ def test_a_redirect_does_not_carry_the_https_secret_to_another_server(node: supp
     assert "retrying" not in run.stderr  # the same redirect every time: not retried
     assert not [r for r in other.requests if "Authorization" in r], other.requests
     assert token.split()[1] not in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("attributes, committed", [
+    ("export-subst", "commit $Format:%H$ says $Format:%B$\n"),
+    ("ident", "id $Id$\n"),
+    ("text eol=crlf", "one\ntwo\n"),
+    ("working-tree-encoding=UTF-16LE", "encoded\n".encode("utf-16-le")),  # (stored as UTF-8)
+    ("filter=run", "filtered\n"),
+])
+def test_the_tree_s_attributes_never_rewrite_a_file_and_export_ignore_still_applies(
+        node: support.Node, tmp_path: Path, attributes: str, committed: str | bytes) -> None:
+    """export-subst and ident expand in memory before git archive writes a byte ($Format:%B$ repeated in a few kB
+    grows to gigabytes; %G? starts a signature check per occurrence); the others change the bytes or run programs.
+    The mirror's info/attributes turns them off, in a mirror an older tether made too."""
+    repo = git_repos.Repo(tmp_path / "src")
+    repo.commit({"index.html": "v1\n"})
+    repo.tag("v1")
+    assert deploy(node, "v1", {"url": repo.url}).returncode == 0
+    info = node.state / "git" / "site.git" / "info" / "attributes"
+    info.unlink()  # as a mirror made before tether wrote it
+    repo.commit({".gitattributes": f"page.txt {attributes}\nsecret.txt export-ignore\n", "page.txt": committed,
+                 "secret.txt": "left out\n"})
+    git_repos.git(repo.path, "config", "filter.run.smudge", f"touch {tmp_path / 'ran'}; cat")
+    repo.tag("v2")
+
+    run = deploy(node, "v2", {"url": repo.url})
+
+    assert run.returncode == 0, run.stderr
+    current = node.apps / "site" / "current"
+    stored = subprocess.run(["git", "-C", str(repo.path), "cat-file", "blob", "v2:page.txt"], capture_output=True,
+                            check=True).stdout
+    assert (current / "page.txt").read_bytes() == stored, "a file was rewritten by an attribute"
+    assert not (current / "secret.txt").exists() and not (tmp_path / "ran").exists()
+    assert info.is_file()
+
+
+def test_no_signature_program_runs_but_the_one_verify_configures(node: support.Node, tmp_path: Path) -> None:
+    """git picks the program by the signature's own format: an X.509 signature would run gpgsm (which trusts the
+    node's system trust list) although the manifest trusts ssh keys only."""
+    repo = git_repos.Repo(tmp_path / "src")
+    commit = repo.commit({"index.html": "v1\n"})
+    tag = git_repos.git(repo.path, "mktag", input=(
+        f"object {commit}\ntype commit\ntag v1\ntagger T <t@example.com> 0 +0000\n\nrelease\n"
+        "-----BEGIN SIGNED MESSAGE-----\nMIIB\n-----END SIGNED MESSAGE-----\n").encode())
+    git_repos.git(repo.path, "update-ref", "refs/tags/v1", tag)
+    programs = tmp_path / "bin"
+    programs.mkdir()
+    for name in ("gpgsm", "gpg"):  # first on PATH: they say every signature is good, and leave a mark
+        (programs / name).write_text(f"#!/bin/sh\ntouch {tmp_path / name}.ran\n"
+                                     "echo '[GNUPG:] GOODSIG 0 T' >&2; echo '[GNUPG:] VALIDSIG 0' >&2; exit 0\n")
+        (programs / name).chmod(0o755)
+    _, public = git_repos.ssh_key(tmp_path, "trusted")
+    signers = git_repos.allowed_signers(tmp_path / "allowed_signers", public)
+
+    support.write_manifest(node.manifests, support.application(
+        "site", node.apps / "site", deployment="v1",
+        source={"git": {"url": repo.url, "verify": {"allowedSigners": str(signers)}}}))
+    run = node.tether("reconcile", env={"PATH": f"{programs}:{os.environ['PATH']}"})
+
+    refused_and_untouched(node, run, "v1", "has no good signature by a trusted key")
+    assert not list(tmp_path.glob("*.ran")), "a signature program the manifest did not ask for ran"
+
+
+def _bad_tag(repo: git_repos.Repo, name: str) -> None:
+    """A tag whose tree names a file `.git`, which git's checks (transfer.fsckObjects) refuse."""
+    blob = git_repos.git(repo.path, "hash-object", "-w", "--stdin", input=b"x\n")
+    tree = subprocess.run(["git", "-C", str(repo.path), "hash-object", "-w", "-t", "tree", "--literally", "--stdin"],
+                          input=b"100644 .git\0" + bytes.fromhex(blob), capture_output=True, check=True)
+    bad = git_repos.git(repo.path, "commit-tree", tree.stdout.decode().strip(), "-m", "junk")
+    git_repos.git(repo.path, "tag", name, bad)
+
+
+@pytest.mark.parametrize("ref", ["{deployment}", "main"])
+def test_one_bad_tag_elsewhere_blocks_no_deploy_and_a_bad_ref_is_refused_by_name(
+        node: support.Node, tmp_path: Path, ref: str) -> None:
+    repo = git_repos.Repo(tmp_path / "src")
+    repo.commit({"index.html": "v1\n"})
+    repo.tag("v1")
+    assert deploy(node, "v1", {"url": repo.url, "ref": ref}).returncode == 0
+    _bad_tag(repo, "old-experiment")
+    fixed = repo.commit({"index.html": "v2\n"})
+    repo.tag("v2")
+
+    run = deploy(node, "v2", {"url": repo.url, "ref": ref})
+
+    assert run.returncode == 0, run.stderr
+    assert (node.apps / "site" / "current" / "index.html").read_text() == "v2\n"
+    assert "local mirror" not in run.stderr, "a refusal taken for an unreachable server: the mirror's old commit"
+    assert json.loads(node.tether("status", "site", "--json").stdout)["revision"] == fixed
+    if ref == "main":
+        return
+    run = deploy(node, "old-experiment", {"url": repo.url})  # the bad one itself: permanent, said, not retried
+    refused_and_untouched(node, run, "old-experiment", "git's checks refuse")
+    assert "Attempt" not in run.stderr and "hasDotgit" in run.stderr

@@ -4,9 +4,12 @@ Each application has its own bare repository, `<state-dir>/git/<name>.git`,
 made with `git init --bare` by tether (never cloned, so no remote and no
 credential is ever written to its config). A fetch asks only for the tags and
 the one ref being deployed, prunes tags that are gone and never recurses into
-submodules. When the server cannot be reached (a transient failure) and the
-ref is already in the mirror, the deploy goes on from the mirror with a
-warning: a tag fetched once deploys offline, as deploykit's local mirrors did.
+submodules. When git's checks (transfer.fsckObjects) refuse what some tag
+reaches, only the ref being deployed is fetched: one bad tag elsewhere blocks
+nothing, and a bad ref is refused by name, never retried. When the server
+cannot be reached (a transient failure) and the ref is already in the mirror,
+the deploy goes on from the mirror with a warning: a tag fetched once deploys
+offline, as deploykit's local mirrors did.
 A tag or branch the server answers it no longer has is dropped from the mirror
 (tags by the prune, a branch when its fetch finds no such ref), never deployed
 from the mirror's stale copy.
@@ -33,6 +36,8 @@ from controller.artifacts import git_runner
 log = logging.getLogger(__name__)
 COMMIT_ID = re.compile(r"[0-9a-f]{40}")
 TAGS = "+refs/tags/*:refs/tags/*"
+NEUTRAL_ATTRIBUTES = (b"# Written by tether: files are deployed as committed (git_mirror.py).\n"
+                      b"* -export-subst -ident -text -eol -crlf -working-tree-encoding -filter\n")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +56,11 @@ def mirror_path(state_dir: str, name: str) -> str:
 
 
 def ensure(state_dir: str, name: str, git: git_runner.Git) -> str:
-    """The application's bare mirror, made if missing (in a temporary directory, then renamed into place)."""
+    """The application's bare mirror, made if missing (in a temporary directory, then renamed into place), with
+    the attributes that keep `git archive` from rewriting files (those of mirrors made by older tethers too)."""
     path = mirror_path(state_dir, name)
     if os.path.isfile(os.path.join(path, "HEAD")):
+        _neutral_attributes(path)
         return path
     parent = os.path.dirname(path)
     fsutil.makedirs(parent)
@@ -61,12 +68,29 @@ def ensure(state_dir: str, name: str, git: git_runner.Git) -> str:
     temporary = os.path.join(parent, f".{name}-{token.token_hex(4)}.git")
     try:
         git.run("init", "--bare", "--quiet", what="git init", extra_env={"GIT_DIR": temporary})
+        _neutral_attributes(temporary)
         if os.path.lexists(path):  # a half-made mirror of an older pass: start again
             shutil.rmtree(path)
         os.rename(temporary, path)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return path
+
+
+def _neutral_attributes(path: str) -> None:
+    """`info/attributes`, which outranks the tree's own .gitattributes: the files are deployed as committed.
+    `export-subst` and `ident` expand in memory before `git archive` writes a byte (a few kB of `$Format:%B$`
+    grow to gigabytes, and `%G?` starts a signature check per occurrence), eol conversion and encodings change
+    the bytes, filters run programs. `export-ignore` still leaves files out."""
+    attributes = os.path.join(path, "info", "attributes")
+    try:
+        with open(attributes, "rb") as handle:
+            if handle.read() == NEUTRAL_ATTRIBUTES:
+                return
+    except FileNotFoundError:
+        pass
+    fsutil.makedirs(os.path.dirname(attributes))
+    fsutil.atomic_write(attributes, NEUTRAL_ATTRIBUTES)
 
 
 def check_ref(ref: str, git: git_runner.Git) -> None:
@@ -108,6 +132,27 @@ def _fetch(git: git_runner.Git, url: str, refspecs: list[str], what: str) -> Non
             "--no-auto-gc", "--end-of-options", url, *refspecs, network=True, what=what)
 
 
+def _fetch_tags(git: git_runner.Git, url: str, ref: str, shown: str) -> None:
+    """The tags (pruned), and the commit `ref` names if it is a commit id. A tag reaching an object that git's
+    checks refuse fails the whole fetch: then only what `ref` needs is fetched, so that one bad tag elsewhere in
+    the repository blocks no deployment (and a bad `ref` is refused by name)."""
+    commit = [f"{ref}:refs/commits/{ref}"] if COMMIT_ID.fullmatch(ref) else []
+    try:
+        _fetch(git, url, [TAGS, *commit], f"fetching tags from {shown}")
+        return
+    except git_runner.BadObject as exc:
+        log.warning("Fetching every tag from %s was refused (%s); fetching %s alone.", shown, exc, ref)
+    if commit:
+        _fetch(git, url, commit, f"fetching {ref} from {shown}")
+        return
+    try:
+        _fetch(git, url, [f"+refs/tags/{ref}:refs/tags/{ref}"], f"fetching the tag {ref} from {shown}")
+    except errors.PermanentError as exc:
+        if isinstance(exc, git_runner.BadObject) or "remote ref" not in str(exc).lower():
+            raise
+        git.run("update-ref", "-d", f"refs/tags/{ref}", what="git update-ref")  # no such tag there (any more)
+
+
 def fetch_and_resolve(git: git_runner.Git, ref: str) -> Resolved:
     """Fetch the tags and `ref` from the source into the mirror and resolve `ref` to a commit.
 
@@ -119,7 +164,7 @@ def fetch_and_resolve(git: git_runner.Git, ref: str) -> Resolved:
     if COMMIT_ID.fullmatch(ref) and (known := lookup(git, ref)) is not None:
         return known
     try:
-        _fetch(git, url, [TAGS, f"{ref}:refs/commits/{ref}"] if COMMIT_ID.fullmatch(ref) else [TAGS], f"fetching tags from {shown}")
+        _fetch_tags(git, url, ref, shown)
         found = lookup(git, ref)
         if (found is None or found.kind == "branch") and not COMMIT_ID.fullmatch(ref):  # a branch may have moved
             try:

@@ -46,6 +46,11 @@ PERMANENT = ("authentication failed", "could not read username", REDIRECTED, "re
              "does not appear to be a git repository", "host key verification failed", "permission denied",
              "couldn't find remote ref", "no such remote ref", "not our ref", "unsupported", "is not a valid",
              "invalid refspec", "repository not exported")
+FSCK_REFUSED = "fsck error"  # transfer.fsckObjects refused an object the server sent (a `..` or `.git` entry, ...)
+
+
+class BadObject(errors.PermanentError):
+    """The fetch was refused: the server sent an object that git's checks refuse."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +160,10 @@ class Git:
                   "fetch.recurseSubmodules": "false", "core.fsmonitor": "false", "safe.directory": self.git_dir,
                   "gc.auto": "0", "maintenance.auto": "false", "transfer.fsckObjects": "true",
                   "http.followRedirects": "false" if self.access.headers else "initial", "tar.umask": "022",
-                  "core.sshCommand": "/bin/false", "uploadpack.allowFilter": "false", "advice.detachedHead": "false"}
+                  "core.sshCommand": "/bin/false", "uploadpack.allowFilter": "false", "advice.detachedHead": "false",
+                  # No signature program but the one git_verify names: git picks it by the signature's own format,
+                  # and `$Format:%G?$` would start one per occurrence.
+                  "gpg.program": "/bin/false", "gpg.ssh.program": "/bin/false", "gpg.x509.program": "/bin/false"}
         if scheme == "file":
             config["safe.directory"] = "*"  # also for the upload-pack of a local repository another user owns
         words = [self.executable]
@@ -201,6 +209,9 @@ class Git:
             message += ("; tether follows no git redirect while it sends the source's headers (they would go wherever "
                         "the server says), and no other redirect but the first: set source.git.url to the "
                         "repository's own URL")
+        if FSCK_REFUSED in stderr.lower():
+            return BadObject(message + "; the repository holds an object that git's checks refuse (named above): "
+                             "fix or delete the ref that reaches it on the server")
         return errors.PermanentError(message) if permanent(stderr) else errors.TemporaryError(message)
 
     def run(self, *args: str, network: bool = False, what: str = "git", stdin: bytes | None = None,

@@ -103,7 +103,7 @@ def verify(git: git_runner.Git, source: model.GitSource, resolved: git_mirror.Re
         config = ["-c", "gpg.program=gpg", "-c", "gpg.ssh.program=/bin/false"]
     code, _, stderr = git.run(*config, *command, check=False, extra_env=env, what="git " + command[0])
     if code != 0:
-        reason = " ".join(stderr.split())[:300]
+        reason = " ".join(stderr.split())[:300] or "a signature of another kind than the one configured"
         log.warning("The signature of %s (%s) did not verify with %s: %s", resolved.ref, resolved.commit, keys,
                     reason)
         raise _refused(resolved, keys, f"has no good signature by a trusted key ({reason})")
