@@ -228,6 +228,92 @@ def test_git_archive_never_starts_on_a_tree_over_the_limits(node: support.Node, 
     assert not any(" archive " in f" {line} " for line in ran), ran
 
 
+def wrapped_git(tmp_path: Path, archive: str = 'exec "$real" "$@"') -> tuple[dict[str, str], Path]:
+    """A `git` first on PATH that notes each command tether runs, runs `archive` (shell) for git archive and hands
+    the rest to the real git; the environment for tether, and the file of commands."""
+    bin_dir, commands = tmp_path / "bin", tmp_path / "commands"
+    bin_dir.mkdir()
+    (bin_dir / "git").write_text(
+        f"#!/bin/sh\nreal={shutil.which('git')}\nprintf '%s\\n' \"$*\" >> {commands}\n"
+        f"for word in \"$@\"; do if [ \"$word\" = archive ]; then {archive}; fi; done\nexec \"$real\" \"$@\"\n")
+    (bin_dir / "git").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}, commands
+
+
+def chain(repo: git_repos.Repo, levels: int, leaf: bool) -> str:
+    """A commit of `levels` nested directories, with a file at the bottom or none."""
+    tree = git_repos.git(repo.path, "mktree", input=b"")
+    if leaf:
+        blob = git_repos.git(repo.path, "hash-object", "-w", "--stdin", input=b"deep\n")
+        tree = git_repos.git(repo.path, "mktree", input=f"100644 blob {blob}\tf\n".encode())
+    for _ in range(levels):
+        tree = git_repos.git(repo.path, "mktree", input=f"040000 tree {tree}\td\n".encode())
+    return git_repos.git(repo.path, "commit-tree", tree, "-m", "deep")
+
+
+@pytest.mark.parametrize("leaf", [True, False], ids=["a file at the bottom", "directories only"])
+def test_a_tree_deeper_than_the_limit_is_refused_before_git_archive_starts(node: support.Node, tmp_path: Path,
+                                                                          leaf: bool) -> None:
+    # git archive recurses once per level, and crashed (SIGSEGV) on a tree of 4096 levels here.
+    env, commands = wrapped_git(tmp_path)
+    repo = git_repos.Repo(tmp_path / "src")
+    git_repos.git(repo.path, "tag", "v1", chain(repo, 40, leaf))
+    git_repos.git(repo.path, "tag", "v2", chain(repo, 30, leaf))
+
+    support.write_manifest(node.manifests, support.application(
+        "site", node.apps / "site", deployment="v1", source={"git": {"url": repo.url}, "limits": {"maxDepth": 32}}))
+    refused_and_untouched(node, node.tether("reconcile", env=env), "v1", "levels deep (limits.maxDepth)")
+    assert not any(" archive " in f" {line} " for line in commands.read_text().splitlines())
+
+    support.write_manifest(node.manifests, support.application(
+        "site", node.apps / "site", deployment="v2", source={"git": {"url": repo.url}, "limits": {"maxDepth": 32}}))
+    assert node.tether("reconcile", env=env).returncode == 0  # 31 levels with the file (30 directories)
+    assert (node.apps / "site" / "v2" / "/".join(["d"] * 30)).is_dir() == leaf  # (git archive skips empty trees)
+
+
+@pytest.mark.parametrize("archive", ['ulimit -c 0; kill -SEGV $$',
+                                     'ulimit -c 0; "$real" "$@" | head -c 30000; kill -SEGV $$'],
+                         ids=["before its first byte", "in the middle of the tar"])
+def test_git_archive_dying_is_reported_as_git_s_failure_not_as_a_bad_archive(
+        node: support.Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, archive: str) -> None:
+    env, _ = wrapped_git(tmp_path, archive)
+    monkeypatch.setenv("PATH", env["PATH"])
+    repo = git_repos.Repo(tmp_path / "src")
+    repo.commit({f"f{i}.txt": f"{i}\n" * 500 for i in range(40)})
+    repo.tag("v1")
+    support.write_manifest(node.manifests, support.application(
+        "site", node.apps / "site", deployment="v1", source={"git": {"url": repo.url}}))
+
+    retries: list[object] = []
+    app = loading.load([str(node.manifests)]).applications["site"]
+    result = reconciling.Engine(str(node.state), fetcher=fetching.Fetcher(sleep=lambda seconds: None),
+                                on_retry=lambda *retry: retries.append(retry)).reconcile(app)
+
+    assert not result.ok and "git archive of v1 failed: git was killed by signal 11" in (result.error or ""), \
+        result.error
+    assert "tar" not in (result.error or "").lower()
+    assert retries, "a crash (an out-of-memory kill, say) is retried"
+    assert not (node.apps / "site" / "v1").exists() and not (node.apps / "site" / "current").exists()
+
+
+@pytest.mark.parametrize("files", [{}, {".gitattributes": "* export-ignore\n", "index.html": "x\n"}],
+                         ids=["an empty commit", "every file export-ignore"])
+def test_a_commit_with_nothing_to_deploy_deploys_an_empty_directory(node: support.Node, tmp_path: Path,
+                                                                   files: dict[str, str]) -> None:
+    repo = git_repos.Repo(tmp_path / "src")
+    if files:
+        repo.commit(files)
+        repo.tag("v1")
+    else:
+        empty = git_repos.git(repo.path, "mktree", input=b"")
+        git_repos.git(repo.path, "tag", "v1", git_repos.git(repo.path, "commit-tree", empty, "-m", "empty"))
+
+    run = deploy(node, "v1", {"url": repo.url})
+    assert run.returncode == 0, run.stderr
+    assert os.readlink(node.apps / "site" / "current") == str(node.apps / "site" / "v1")
+    assert list((node.apps / "site" / "v1").iterdir()) == []
+
+
 def test_an_https_secret_never_reaches_a_file_tether_wrote_or_its_output(node: support.Node, tmp_path: Path) -> None:
     token = "Bearer t0ken-that-must-never-leak-8d1f"
     secret_file = tmp_path / "secrets" / "git-token"

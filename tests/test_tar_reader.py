@@ -80,6 +80,16 @@ def test_a_pax_global_header_may_set_only_the_modification_time() -> None:
             _entries(_global({key: b"1"}) + _file("site/a", b"a") + END)
 
 
+def test_an_archive_of_global_headers_alone_has_no_members_but_one_that_ends_after_a_member_s_header_is_refused(
+        ) -> None:
+    # `git archive` of an empty commit writes its pax global header (the commit id), then the end blocks.
+    assert _entries(_global({"comment": b"0" * 40}) + END) == []
+    assert _entries(_global({"comment": b"a"}) + _global({"mtime": b"1"}) + END) == []
+    for describing in (_pax({"path": b"site/a"}), _long(b"L", "site/a"), _global({"mtime": b"1"}) + _long(b"K", "b")):
+        with pytest.raises(errors.ArchiveError, match="without the member it describes"):
+            _entries(describing + END)
+
+
 def test_a_member_s_own_pax_mtime_wins_over_the_global_one() -> None:
     data = _global({"mtime": b"5"}) + _pax({"mtime": b"7.5"}) + _file("site/a", b"a") + _file("site/b", b"b") + END
     assert [entry.mtime for entry in _entries(data)] == [7.5, 5.0]

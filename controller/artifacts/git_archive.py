@@ -1,9 +1,10 @@
 """A git commit's tree onto disk: `git archive` streamed through the safe extractor.
 
 Before `git archive` starts (it reads the whole tree into memory first),
-`git ls-tree -r -l` of the tree shows what it holds, read as git writes it:
-more files or bytes than the source's limits allow is refused at the first
-entry over them (a tree bomb of a few kB can name 10**9 files); gitlinks
+`git ls-tree -r -t -l` of the tree shows what it holds, read as git writes it:
+more files, bytes or levels than the source's limits allow is refused at the
+first entry over them (a tree bomb of a few kB can name 10**9 files, and git
+archive itself crashes on a few thousand levels); gitlinks
 (submodules) are skipped with a warning and never fetched (`git archive` leaves
 an empty directory for them). Then `git archive --format=tar
 <commit>[:<subdirectory>]` is read from git's stdout by `extracting.extract`,
@@ -89,13 +90,17 @@ def inspect(git: git_runner.Git, tree: str, limits: model.Limits, ref: str) -> l
     path) for `check_lfs`. The listing is read as git writes it and stopped at the first limit passed: a few kB
     of trees can name 10**9 files."""
     gitlinks, small, files, size = [], [], 0, 0
-    with git.stream("ls-tree", "-r", "-l", "-z", "--full-tree", tree, what="git ls-tree") as out:
+    # -t: directories too, each before what it holds (git archive writes them as members, and a chain of
+    # directories with no file at its end is as deep as one with).
+    with git.stream("ls-tree", "-r", "-t", "-l", "-z", "--full-tree", tree, what="git ls-tree") as out:
         for line in _entries(out):
             meta, _, raw_path = line.partition(b"\t")
             fields = meta.split()
             if len(fields) != 4:
                 continue
             mode, kind, obj, length = fields  # decoded only where used: this loop runs for every file
+            if raw_path.count(b"/") >= limits.max_depth:  # git's paths are normalised: a/b/c is 3 deep
+                _too_deep(raw_path, ref, limits)
             if mode == GITLINK:
                 gitlinks.append(raw_path.decode("utf-8", "surrogateescape"))
                 if len(gitlinks) > limits.max_members:
@@ -131,8 +136,15 @@ def check_lfs(git: git_runner.Git, small: list[tuple[str, str]], source: model.G
                         ref, _shown(pointers))
 
 
+def _too_deep(raw_path: bytes, ref: str, limits: model.Limits) -> NoReturn:
+    path = raw_path.decode("utf-8", "replace")
+    raise errors.ArchiveError(f"the tree of {ref} has a path more than {limits.max_depth} levels deep "
+                              f"(limits.maxDepth): {path[:80] + '...' if len(path) > 80 else path!r}; raise the "
+                              "limit if this is expected")
+
+
 def _too_many(ref: str, limits: model.Limits) -> NoReturn:
-    raise errors.ArchiveError(f"the tree of {ref} has more than {limits.max_members} files "
+    raise errors.ArchiveError(f"the tree of {ref} has more than {limits.max_members} files and directories "
                               "(limits.maxMembers); raise the limit if this is expected")
 
 

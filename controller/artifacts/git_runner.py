@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import fcntl
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -47,6 +48,15 @@ PERMANENT = ("authentication failed", "could not read username", REDIRECTED, "re
              "couldn't find remote ref", "no such remote ref", "not our ref", "unsupported", "is not a valid",
              "invalid refspec", "repository not exported")
 FSCK_REFUSED = "fsck error"  # transfer.fsckObjects refused an object the server sent (a `..` or `.git` entry, ...)
+
+
+def _ended(out: IO[bytes]) -> bool:
+    """Whether the writer of the pipe `out` closed it (it exited, or is exiting), without waiting."""
+    try:
+        readable, _, _ = select.select([out], [], [], 0)
+        return bool(readable) and not os.read(out.fileno(), 1)
+    except (OSError, ValueError):
+        return False
 
 
 class BadObject(errors.PermanentError):
@@ -203,7 +213,10 @@ class Git:
         if why:
             return errors.TemporaryError(f"{what} took longer than {self.timeout_seconds:g} s and was stopped; "
                                          "it is retried")
-        text = self.clean.text(" ".join(stderr.split()), secrets.MESSAGE_CHARS // 2) or f"exit status {code}"
+        text = self.clean.text(" ".join(stderr.split()), secrets.MESSAGE_CHARS // 2)
+        if code < 0:
+            text = f"{text}; " * bool(text) + f"git was killed by signal {-code} ({signal.strsignal(-code)})"
+        text = text or f"exit status {code}"
         message = f"{what} failed: {text}"
         if REDIRECTED in stderr.lower():
             message += ("; tether follows no git redirect while it sends the source's headers (they would go wherever "
@@ -246,12 +259,16 @@ class Git:
             assert process.stdout is not None
             with contextlib.suppress(OSError):  # the default 64 KiB: git stops at every pause of its reader
                 fcntl.fcntl(process.stdout.fileno(), fcntl.F_SETPIPE_SZ, STREAM_PIPE_SIZE)
+            error: BaseException | None = None
+            stopped = False
             try:
                 yield process.stdout
-            except BaseException:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                raise
+            except BaseException as exc:
+                error = exc
+                stopped = not _ended(process.stdout)  # git still writes: stop it (its status then says nothing)
+                if stopped:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(process.pid, signal.SIGKILL)
             finally:
                 process.stdout.close()
                 code = process.wait()
@@ -259,5 +276,7 @@ class Git:
                 watcher.join()
             err.seek(max(0, err.seek(0, os.SEEK_END) - STDERR_KEPT))
             stderr = err.read().decode("utf-8", "replace")
-        if why or code != 0:
-            raise self._failure(args, why, code, stderr, what)
+        if error is not None and (stopped or not (why or code != 0)):
+            raise error
+        if why or code != 0:  # git's own failure (or crash) explains a stream that ended short
+            raise self._failure(args, why, code, stderr, what) from error

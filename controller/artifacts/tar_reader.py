@@ -182,7 +182,7 @@ class _Reader:
 
     def _member(self, first: bool) -> members.Entry | None:
         fields: dict[str, str | int | float] = {}  # what the headers before the member set: name, target, size, mtime
-        held = count = 0
+        held = count = described_by = 0  # described_by: headers that describe the member to come (not global)
         while True:
             if len(self._buf) - self._pos < BLOCK and not self._fill(BLOCK):
                 if first and not count and len(self._buf) == self._pos:
@@ -193,7 +193,7 @@ class _Reader:
             self._pos = start + BLOCK
             header = self._buf[start:self._pos]
             if header == ZERO:
-                if count:
+                if described_by:
                     raise errors.ArchiveError("the archive is not a valid tar file: it ends after a pax or GNU "
                                               "long-name header, without the member it describes")
                 return None
@@ -214,6 +214,7 @@ class _Reader:
                     f"them per member (and {MAX_HEADER} bytes of global headers): refusing a likely header bomb"
                 )
             held, count, self._global_bytes = held + size, count + 1, spent
+            described_by += kind != PAX_GLOBAL
             body = self._take(size)
             self._skip(-size % BLOCK)
             if kind == LONG_NAME:
