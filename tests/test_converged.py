@@ -254,10 +254,13 @@ def test_an_application_path_below_a_symlink_is_never_remembered(node: support.N
     runner = loop.Daemon(loop.Config(str(node.manifests), str(node.state)), reconciling.Engine(str(node.state)))
     runner.converged = converged.Converged(lambda: time.time_ns() + AHEAD_NS)
     runner.scan(everything=True)
-    for _ in range(3):
+    runner.process("site")  # the deploy, which asks for a read-back
+    runner.read_backs.clear()
+    for _ in range(2):
         runner.process("site")
     assert runner.statuses["site"]["current"] == "v1"
     assert runner.converged.skipped == 0
+    assert "site" not in runner.read_backs, "a no-op pass that can never be remembered asked for another"
 
 
 def test_a_fingerprint_is_settled_only_when_all_it_saw_is_old_and_nothing_vanished_from_an_untracked_place(
@@ -339,6 +342,17 @@ def test_a_pass_that_changed_the_tree_is_read_back_once_it_settled_and_the_read_
     site.work()  # the read-back: a full pass that changes nothing...
     assert site.ready() and "site" not in runner.read_backs, "a pass that changed nothing asked for a read-back"
     assert site.still_converged(), "...and is remembered: the pass after it (a resync's, say) reads nothing"
+
+
+def test_after_a_restart_the_first_no_op_pass_asks_for_one_more_so_that_a_resync_is_cheap(site: Site) -> None:
+    site.runner = site.daemon()  # a daemon started on the deployed tree: nothing read before its first pass
+    assert not site.still_converged(), "the first pass of a daemon has nothing to compare with: a full one"
+    assert site.ready() and "site" in site.runner.read_backs, "the resync after a restart would be a full pass"
+    site.runner.queue_due(due_now(site.runner, "site"))
+    site.work()  # the read-back: a full pass that changes nothing, and is remembered...
+    assert "site" not in site.runner.read_backs, "the read-back asked for another"
+    assert site.still_converged(), "...so the pass after it (a resync's) reads nothing"
+    assert site.still_converged() and "site" not in site.runner.read_backs
 
 
 def test_a_real_daemon_reads_back_a_deployment_without_being_asked(

@@ -15,7 +15,9 @@ read them (the lstats of what the pass before it read). That holds whatever the 
 filesystem's timestamps come from its server); the ctime margin of fingerprint.settled is then only
 for two changes within one tick of the filesystem's clock. So the first no-op pass after any change, or
 after the daemon starts, is a full one, and the next is remembered. After a pass that changed the tree,
-the daemon asks for that full pass itself, once the change has settled (passes.READ_BACK_SECONDS).
+and after the first no-op pass of an application since the daemon started, the daemon asks for that
+next full pass itself, once the change has settled (passes.READ_BACK_SECONDS): the resync that follows
+then costs one lstat per path.
 
 Not remembered, so always a full pass: an application whose last pass did anything, ran a hook or a
 probe, found drift, or did not end Ready; one with a rollout (its decision moves with the clock and the
@@ -92,6 +94,11 @@ class Converged:
                 return True
         self.forget(name)
         return False
+
+    def has_read(self, name: str) -> bool:
+        """Whether the next full pass of `name` has the paths of one before it to compare with."""
+        with self._lock:
+            return name in self._read
 
     def known(self, name: str) -> bool:
         """Whether the last pass of `name` was remembered."""

@@ -222,13 +222,16 @@ class Passes:
         ended_ready = result.ok and rolled.decision is None and name not in self.invalid and status.is_ready(document)
         no_op = ended_ready and not result.plan.steps and not result.hook_runs and not result.probes \
             and not any(document["drift"].values())
-        if ended_ready and applied and result.plan.steps and not reading_back:  # read back what it changed
+        remembered = self.converged.passed(name, inputs, result.observed,
+                                           status.status_path(self.config.state_dir, name), started_reading, no_op)
+        # Read back what the pass changed; and after the first no-op pass since the daemon started, which has no
+        # pass before it to compare with (converged.py), read again so that the next one (a resync) is cheap.
+        first = no_op and not remembered and started_reading.read is None and self.converged.has_read(name)
+        if ((ended_ready and applied and result.plan.steps) or first) and not reading_back:
             with self._guard:
                 if name in self.apps:  # (not unmanaged meanwhile)
                     self.read_backs[name] = self.monotonic() + READ_BACK_SECONDS, key
                     self._wanted.set()
-        self.converged.passed(name, inputs, result.observed, status.status_path(self.config.state_dir, name),
-                              started_reading, no_op)
 
     def _still_converged(self, name: str, inputs: tuple[object, ...], wait: bool = True) -> bool:
         """A pass of `name` that finds nothing it depends on changed since its last no-op pass (daemon/converged.py):
