@@ -52,13 +52,21 @@ def exists(name: str, dir_fd: int) -> os.stat_result | None:
         return None
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data`: a nearly full disk takes part of a write and says so only by its return value (the
+    next write then fails with ENOSPC)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def copy_file(src_dir: int, dst_dir: int, name: str) -> None:
     src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
     try:
         dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst_dir)
         try:
             while chunk := os.read(src, 1024 * 1024):
-                os.write(dst, chunk)
+                write_all(dst, chunk)
             os.fchmod(dst, stat.S_IMODE(os.fstat(src).st_mode) & 0o777)
         finally:
             os.close(dst)

@@ -8,6 +8,7 @@ The application runs as `nobody:nogroup`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -409,6 +410,32 @@ def test_a_full_disk_while_seeding_fails_the_pass_as_temporary_and_leaves_no_tru
     again = app.reconcile()
     assert again.returncode == 0, again.stdout + again.stderr
     assert sha256(small_disk / "data" / "big.bin") == hashlib.sha256(content).hexdigest()
+    assert app.current() == "d1"
+
+
+def test_a_full_disk_while_seeding_a_directory_leaves_no_cut_short_file(app: App, small_disk: Path) -> None:
+    # The file fits in one write, and the disk has room for a third of it: the write takes what fits and says so
+    # only by its return value.
+    content = os.urandom(300 * 1024)
+    app.serve("d1", SEEDED_DIR, support.Member("uploads/seed.bin", content))
+    app.want("d1")
+    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 65536)
+        os.ftruncate(fd, os.fstat(fd).st_size - 100 * 1024)
+    finally:
+        os.close(fd)
+
+    refused(app, "d1", "full", "uploads")
+
+    assert not os.path.lexists(small_disk / "uploads"), "a seed cut short was put in place"
+    assert seed_leftovers(small_disk) == []
+    (small_disk / "filler").unlink()
+    again = app.reconcile()
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (small_disk / "uploads" / "seed.bin").read_bytes() == content
     assert app.current() == "d1"
 
 

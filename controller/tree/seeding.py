@@ -61,9 +61,7 @@ def seed_file(src_dir: int, name: str, dst_dir: int, owner: tuple[int, int] | No
         try:
             first = True
             while chunk := os.read(src, CHUNK):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(dst, view):]
+                nofollow.write_all(dst, chunk)
                 if first:
                     checkpoint("seeding")
                     first = False
