@@ -829,6 +829,17 @@ def threads_taking(pid: int, signum: int) -> list[int]:
     return found
 
 
+def test_a_hook_the_daemon_runs_starts_with_no_signal_blocked(node: support.Node, http: support.HttpServer,
+                                                               start: Start, tmp_path: Path) -> None:
+    # The workers block the signals the main thread handles; bash (unlike dash) keeps the mask it was given, and
+    # a service an afterActivate hook starts would ignore SIGTERM for good.
+    seen = tmp_path / "sigblk"
+    hook = f"#!/bin/bash\nexec grep '^SigBlk:' /proc/self/status > {seen}\n"
+    running_site(node, http, start, hooks={"afterActivate": hook})
+    text = seen.read_text()
+    assert int(text.split()[1], 16) == 0, text
+
+
 def test_a_signal_the_kernel_hands_to_another_thread_is_acted_on_at_once(
         node: support.Node, http: support.HttpServer, start: Start) -> None:
     # kill(2) may deliver a signal to any thread that does not block it; Python runs the handler in

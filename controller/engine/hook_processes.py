@@ -40,11 +40,14 @@ _prctl = fsutil.LIBC.prctl
 
 
 def die_with_parent() -> Callable[[], None]:
-    """A preexec function for a hook: SIGKILL when the thread that forked it ends. It only calls a C
-    function resolved here, before the fork, and os functions, so it is safe in a threaded process."""
+    """A preexec function for a hook: SIGKILL when the thread that forked it ends, and no signal blocked (the
+    daemon's workers block SIGTERM, SIGINT and SIGHUP for its main thread, and a child inherits the mask of the
+    thread that forked it). It only calls a C function resolved here, before the fork, and os and signal
+    functions, so it is safe in a threaded process."""
     parent = os.getpid()
 
     def preexec() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # tether died before the signal was armed
             os._exit(1)
