@@ -103,6 +103,15 @@ def read_bytes_stat(path: str, dir_fd: int | None = None) -> tuple[bytes | None,
         os.close(fd)
 
 
+KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+         (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def kind(mode: int) -> str:
+    """What a file of `mode` is, for a message saying it is not a regular file: "a FIFO", "a directory"..."""
+    return next((text for test, text in KINDS if test(mode)), "not a regular file")
+
+
 def read_at_most(fd: int, limit: int, expected: int = 1 << 16) -> bytes | None:
     """What is left to read from `fd`, or None when that is more than `limit` bytes (a file that grew, say).
     Reads ask for `expected` bytes (the file's size, say) and more only as it turns out there is more: a read of

@@ -119,6 +119,30 @@ def test_an_invalid_manifest_or_nodes_file_exits_2_with_the_reason(node: support
     assert run.returncode == 2 and "--at" in run.stderr
 
 
+def test_a_nodes_file_of_50000_nodes_is_read_whole_and_a_fifo_or_a_huge_file_is_refused_without_waiting(
+        node: support.Node) -> None:
+    manifest, nodes = files(node)
+    many = node.root / "many.yaml"
+    many.write_text(yaml.safe_dump([{"name": f"web-{i:05d}", "labels": {"role": "web"}} for i in range(50_000)]))
+    assert many.stat().st_size > 1024 * 1024  # once cut at 1 MiB, without a word
+    run = node.tether("rollout", "plan", manifest, "--nodes", str(many), "--json")
+    assert run.returncode == 0, run.stderr
+    planned = json.loads(run.stdout)
+    assert len(planned) == 50_000 and {p["node"] for p in planned} == {f"web-{i:05d}" for i in range(50_000)}
+
+    fifo = node.root / "fifo.yaml"
+    os.mkfifo(fifo)
+    for args in (["--nodes", str(fifo)], ["--nodes", nodes]):
+        target = str(fifo) if args[1] == nodes else manifest
+        run = node.tether("rollout", "plan", target, *args, timeout=30)
+        assert run.returncode == 2 and "not a regular file" in run.stderr, run.stderr
+    huge = node.root / "huge.yaml"
+    with huge.open("wb") as handle:
+        handle.truncate(65 * 1024 * 1024)
+    run = node.tether("rollout", "plan", manifest, "--nodes", str(huge))
+    assert run.returncode == 2 and "larger than 64 MiB" in run.stderr, run.stderr
+
+
 def test_validate_refuses_a_rollout_from_equal_to_its_deployment(node: support.Node) -> None:
     support.write_manifest(node.manifests, rollout_manifest(str(node.apps / "acme"), **{"from": "v2"}))
 

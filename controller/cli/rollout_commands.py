@@ -17,9 +17,10 @@ import yaml
 
 from controller import errors
 from controller.fleet import rollout_plan, waves
-from controller.manifests import loading, model
+from controller.manifests import documents, loading, model
 
 OK = 0
+MAX_NODES_BYTES = 64 * 2**20  # 50,000 nodes with a few labels each: about 2 MB
 
 
 def add_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
@@ -34,21 +35,17 @@ def add_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentP
     plan.add_argument("--json", action="store_true", help="a JSON list, one object per node")
 
 
-def _read(path: str) -> str:
+def _raw(path: str, limit: int) -> bytes:
+    """At most `limit` + 1 bytes of the regular file `path` (more than `limit`: too large)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read(1024 * 1024 + 1)
+        return documents.read_regular(path, limit + 1)
     except OSError as exc:
         raise errors.PermanentError(f"{path} cannot be read: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise errors.PermanentError(f"{path} is not UTF-8 text: {exc.reason}") from exc
 
 
 def application(path: str) -> model.Application:
     """The application manifest at `path`, validated; PermanentError (ManifestError) otherwise."""
-    text = _read(path)
-    if len(text) > 1024 * 1024:
-        raise errors.ManifestError(path, "the file is larger than 1 MiB; is it a manifest?")
+    text = documents.decode(path, _raw(path, documents.MAX_BYTES))
     parsed = loading.parse(path, text)
     if not isinstance(parsed, model.Application):
         raise errors.ManifestError(path, "this is an ApplicationKind; a rollout is planned for an Application")
@@ -58,8 +55,13 @@ def application(path: str) -> model.Application:
 
 
 def nodes(path: str) -> list[rollout_plan.PlannedNode]:
+    raw = _raw(path, MAX_NODES_BYTES)
+    if len(raw) > MAX_NODES_BYTES:
+        raise errors.PermanentError(f"{path} is larger than {MAX_NODES_BYTES // 2**20} MiB; is it a list of nodes?")
     try:
-        data = yaml.safe_load(_read(path))
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise errors.PermanentError(f"{path} is not UTF-8 text: {exc.reason}") from exc
     except yaml.YAMLError as exc:
         raise errors.PermanentError(f"{path}: this is not valid YAML: {exc}") from exc
     return rollout_plan.nodes_from_data(data, path)

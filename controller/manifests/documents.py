@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+from collections.abc import Callable
 from typing import Any
 
 import yaml
 
-from controller import errors
+from controller import errors, fsutil
 from controller.manifests import validation
 
 # PyYAML's own safe loader: its errors name the offending character, and deep nesting stops at
@@ -45,12 +46,31 @@ def refusal(reason: str) -> str:
 def read_text(file: str, *, secure: bool = True, euid: int | None = None) -> str:
     """The text of one trusted file; raise ManifestError (refused, too large, not UTF-8) or OSError."""
     euid = os.geteuid() if euid is None else euid
-    with open(file, "rb") as handle:
-        st = os.fstat(handle.fileno())
+
+    def check(st: os.stat_result) -> None:
         if secure and (reason := insecure_reason(file, st, euid)):
             raise errors.ManifestError(file, refusal(reason))
-        raw = handle.read(MAX_BYTES + 1)
-    return decode(file, raw)
+
+    return decode(file, read_regular(file, MAX_BYTES + 1, check))
+
+
+def read_regular(file: str, limit: int, check: Callable[[os.stat_result], None] = lambda st: None) -> bytes:
+    """At most `limit` bytes of the regular file `file` (a symlink to one is fine), after `check` of its status.
+    A FIFO, device or directory is refused (ManifestError) without waiting for a writer; OSError otherwise."""
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise errors.ManifestError(file, f"this is {fsutil.kind(st.st_mode)}, not a regular file; tether reads "
+                                             "only regular files here (a symlink to one is fine)")
+        check(st)
+        chunks, left = [], limit
+        while left and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def decode(file: str, raw: bytes) -> str:

@@ -32,9 +32,6 @@ MAX_SECRET_BYTES = 64 * 1024
 SERVER_TEXT_CHARS = 200  # a reason phrase, header or body excerpt quoted in an error
 MESSAGE_CHARS = 2000
 MIN_SCRUBBED = 4  # shorter values are not scrubbed: they would blank out ordinary words
-KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-         (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
 
 def resolve(headers: Mapping[str, model.HeaderValue], environ: Mapping[str, str]) -> dict[str, str]:
     """The header values to send; raise PermanentError naming the source, never the value."""
@@ -56,10 +53,6 @@ def resolve(headers: Mapping[str, model.HeaderValue], environ: Mapping[str, str]
     return resolved
 
 
-def _kind(mode: int) -> str:
-    return next((text for test, text in KINDS if test(mode)), "not a regular file")
-
-
 def read_file(what: str, path: str) -> str:
     """Read a secret file (for `what`, e.g. "header Authorization") without ever blocking: O_NONBLOCK, and only
     a regular file is read. Its text, stripped; line breaks inside are kept (an ssh key has them)."""
@@ -67,7 +60,7 @@ def read_file(what: str, path: str) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
         try:
-            kind = _kind(os.stat(path).st_mode)
+            kind = fsutil.kind(os.stat(path).st_mode)
         except OSError:
             kind = ""
         if kind:  # e.g. a socket: open(2) fails with ENXIO
@@ -78,7 +71,7 @@ def read_file(what: str, path: str) -> str:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise _not_regular(what, path, _kind(st.st_mode))
+            raise _not_regular(what, path, fsutil.kind(st.st_mode))
         if st.st_size > MAX_SECRET_BYTES:
             raise _too_large(what, path)
         data = fsutil.read_at_most(fd, MAX_SECRET_BYTES)
