@@ -166,7 +166,17 @@ def test_a_node_file_in_a_world_writable_directory_is_refused(node: support.Node
 def test_a_node_config_that_is_a_directory_is_an_error_not_the_host_name(node: support.Node) -> None:
     node_file(node).mkdir(parents=True)
     run = tether_node(node)
-    assert run.returncode == 2 and "cannot be read: Is a directory" in run.stderr
+    assert run.returncode == 2 and "this is a directory, not a regular file" in run.stderr, run.stderr
+
+
+def test_a_node_config_that_is_a_fifo_is_refused_without_waiting_for_a_writer(node: support.Node) -> None:
+    node_file(node).parent.mkdir(mode=0o755)
+    os.mkfifo(node_file(node), 0o644)
+    run = node.tether("node", "--node-config", str(node_file(node)), timeout=30)
+    assert run.returncode == 2 and "this is a FIFO, not a regular file" in run.stderr, run.stderr
+    tracker = node_identity.Tracker(str(node_file(node)), hostname=lambda: "host-1")
+    tracker.refresh(first=True)  # the daemon's main loop: it never blocks there either
+    assert tracker.error is not None and "not a regular file" in str(tracker.error) and not tracker.known
 
 
 def test_tether_schema_node_prints_the_shipped_schema_and_its_markdown(node: support.Node) -> None:
@@ -298,6 +308,31 @@ def test_an_invalid_node_file_keeps_the_last_good_identity_and_shows_the_error_i
     test_daemon.wait_until(lambda: status_node(node) is not None and status_node(node)["error"] is None)
     assert daemon.samples("tether_manifest_errors", file=str(node_file(node))) == 0
     assert daemon.stop() == 0
+
+
+def test_a_daemon_started_with_an_invalid_node_file_moves_no_rollout_until_the_file_is_valid(
+        node: support.Node, http: support.HttpServer) -> None:
+    # Under the host name (no labels) this node would be in no wave and deploy `from`; under its own (canary)
+    # the first wave. Before any valid node file, tether cannot know which: it does what `tether reconcile` does.
+    write_node_file(node, NODE_YAML.replace('canary: "true"', "canary: true"))
+    test_daemon.serve(http, "site", "v1", "v2")
+    test_daemon.serve(http, "plain", "v1")
+    rollout = {"from": "v1", "startedAt": "2020-01-01T00:00:00Z", "waves": [{"selector": {"canary": "true"}}]}
+    test_daemon.put(node.manifests, test_daemon.app_manifest(node, http, deployment="v2", rollout=rollout))
+    test_daemon.put(node.manifests, test_daemon.app_manifest(node, http, name="plain", deployment="v1"))
+    running = test_daemon.Daemon(node, ("--node-config", str(node_file(node))), None)
+    try:
+        running.wait_for_log(r"Invalid node file: .*applications with a rollout wait for a valid one")
+        test_daemon.wait_converged(node, "plain", "v1")  # an application without a rollout needs no identity
+        test_daemon.wait_until(lambda: "no valid one was read since tether started" in json.dumps(
+            test_daemon.read_status(node, "site") or {}), message=lambda: str(test_daemon.read_status(node, "site")))
+        assert not os.path.lexists(node.apps / "site" / "current")
+
+        write_node_file(node, NODE_YAML)
+        test_daemon.wait_converged(node, "site", "v2")  # at once: not after the failed pass's back-off
+        assert status_node(node)["name"] == "web-07.eu-1.example.com"
+    finally:
+        running.stop()
 
 
 def test_the_example_node_file_is_valid() -> None:

@@ -150,7 +150,11 @@ class Daemon(passes.Passes):
         for name in removed:
             self._unmanage(name)
         with self._guard:
-            everything, self._node_changed = everything or self._node_changed, False
+            node_changed, self._node_changed = self._node_changed, False
+        everything = everything or node_changed
+        if node_changed:  # what failed for want of a valid node file (or under the old identity) is tried now
+            for name in scanned.apps:
+                self.backoff.succeeded(name)
         for name, app in scanned.apps.items():
             key = (app.generation, overrides.read(self.config.state_dir, name))
             if self.seen.get(name) != key and name in self.running:

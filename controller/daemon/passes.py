@@ -141,6 +141,11 @@ class Passes:
     def _pass(self, app: model.Application, kind: model.Kind | None, override: overrides.Override,
               key: Hashable, reading_back: bool) -> None:
         name = app.name
+        if app.rollout is not None and not self.node.known:  # (tether reconcile refuses to start then)
+            raise errors.TemporaryError(
+                f"the node file is invalid ({self.node.error}), and no valid one was read since tether started: "
+                "a rollout's waves depend on this node's name and labels, so the application stays as it is until "
+                "the node file is fixed")
         inputs = self._inputs(app, kind, override)
         if self._still_converged(name, inputs):
             return

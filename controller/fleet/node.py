@@ -86,12 +86,14 @@ class Tracker:
     """The daemon's view of the node: the last good identity and why the node file is invalid now, if it is.
 
     `refresh` reads the node file again (the daemon does at every rescan); an invalid file keeps the
-    last good identity. Other threads read `identity`, `error` and `status()` meanwhile.
+    last good identity. Before the first good one (`known`), `identity` is the host name's, a stand-in that
+    no rollout may act on. Other threads read `identity`, `error` and `status()` meanwhile.
     """
 
     def __init__(self, path: str, *, secure: bool = True, hostname: Callable[[], str] = host_name) -> None:
         self.path, self.secure, self.hostname = path, secure, hostname
         self._state: tuple[Node, errors.ManifestError | None] = (from_host(hostname), None)
+        self.known = False  # a valid node file (or none) was read: `identity` is this node's, not a stand-in
 
     @property
     def identity(self) -> Node:
@@ -111,6 +113,7 @@ class Tracker:
         last, last_error = self._state
         try:
             found, error = load(self.path, secure=self.secure, hostname=self.hostname), None
+            self.known = True
         except errors.ManifestError as exc:
             found, error = last, exc
         if first:
@@ -120,6 +123,7 @@ class Tracker:
         elif error is None and last_error is not None:
             log.info("The node file is valid again; this node is still %s.", found.describe())
         if error is not None and str(error) != str(last_error):
-            log.error("Invalid node file: %s; keeping the node identity %s.", error, found.name)
+            log.error("Invalid node file: %s; %s.", error, f"keeping the node identity {found.name}" if self.known
+                      else "applications with a rollout wait for a valid one")
         self._state = (found, error)
         return found != last or str(error) != str(last_error)
