@@ -359,6 +359,21 @@ def test_a_later_deployment_never_reseeds_over_data_the_application_wrote(app: A
     assert mine.read_bytes() == b"the application's data\n"
 
 
+def test_a_seed_killed_between_its_link_and_its_unlink_is_finished_by_the_next_pass(app: App) -> None:
+    app.deploy("d1", SEEDED, support.Member("data/big.bin", b"seeded by d1\n"))
+    seeded = app.data / "data" / "big.bin"
+    os.link(seeded, app.data / "data" / ".tether-seed-0011223344556677")  # the temporary name, not yet removed
+    shadow = victim(app.node)
+    elsewhere = app.data / "data" / ".tether-seed-8899aabbccddeeff"
+    os.link(shadow, elsewhere)  # a second link out of the directory: never tether's to remove
+    os.link(shadow, app.node.root / "another-name")
+
+    app.deploy("d2", SEEDED, support.Member("data/big.bin", b"shipped with d2\n"))
+
+    assert seed_leftovers(app.data / "data") == [elsewhere.name]
+    assert seeded.read_bytes() == b"seeded by d1\n" and os.stat(seeded).st_nlink == 1
+
+
 def test_only_leftovers_tether_made_are_removed(app: App) -> None:
     shadow = victim(app.node)
     (app.data / "data").mkdir(parents=True)

@@ -118,6 +118,16 @@ def _check_existing(base: str, node: mtree.Node, st: os.stat_result) -> None:
         _refuse_links(f"{base}/{node.path}", st)
 
 
+def _remove_leftovers(base: str, nodes: list[mtree.Node]) -> None:
+    """What interrupted seeds left in persistent-data and the directories of the spec that exist."""
+    for path in [""] + [n.path for n in nodes if n.type == "dir" and n.path]:
+        try:
+            with nofollow.walk(base, path.split("/") if path else [], None, make=False) as fd:
+                seeding.remove_leftovers(fd, os.path.join(base, path) if path else base)
+        except (FileNotFoundError, errors.PermanentError):  # gone, or not a directory: the checks say so
+            continue
+
+
 def _existing(base: str, path: str) -> os.stat_result | None:
     *parents, name = path.split("/")
     try:
@@ -198,6 +208,7 @@ def _apply(app: model.Application, nodes: list[mtree.Node], deployment_path: str
             "away and put the data in a real directory of that name"
         )
     if os.path.lexists(base):
+        _remove_leftovers(base, nodes)  # (before the checks: a seed killed after its link(2) left two links)
         for node in nodes:
             st = _existing(base, node.path) if node.path else None
             if st is not None:
@@ -218,7 +229,6 @@ def _apply(app: model.Application, nodes: list[mtree.Node], deployment_path: str
         )
     leaves = {leaf.path for leaf in mtree.leaves(nodes)}
     skipped: set[str] = set()
-    tidied: set[str] = set()
     for node in sorted(nodes, key=lambda n: n.path.count("/") if n.path else -1):
         uid, gid = ids[node.path]
         where = f"{base}/{node.path}" if node.path else base
@@ -235,9 +245,6 @@ def _apply(app: model.Application, nodes: list[mtree.Node], deployment_path: str
         if allowed.default is not None:
             new_owner = (allowed.default[0] if uid is None else uid, allowed.default[1] if gid is None else gid)
         with nofollow.walk(base, parents, allowed.default) as parent:
-            if "/".join(parents) not in tidied:
-                seeding.remove_leftovers(parent, os.path.join(base, *parents))
-                tidied.add("/".join(parents))
             st = nofollow.exists(name, parent)
             if st is None:
                 if node.optional and _seed(deployment_path, node) is None:

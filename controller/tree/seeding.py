@@ -7,7 +7,9 @@ a file with link(2), a directory with renameat2(RENAME_NOREPLACE). Neither ever
 replaces a node that exists, so data the application wrote meanwhile is kept
 and the seed is dropped. A pass killed or out of space in the middle leaves at
 most a temporary name, which the next pass removes (`remove_leftovers`), and
-the persistent node absent, so it is seeded again in full.
+the persistent node absent, so it is seeded again in full; or, killed between
+a file's link(2) and the unlink of its temporary name, both names, of which
+the next pass removes the temporary one.
 """
 
 from __future__ import annotations
@@ -151,14 +153,22 @@ def _unlink_quietly(name: str, dir_fd: int) -> None:
         os.unlink(name, dir_fd=dir_fd)
 
 
+def _named_beside(st: os.stat_result, entries: list[os.DirEntry[str]]) -> bool:
+    """Whether the file of `st` has a name among `entries` that is not a temporary one."""
+    return any(e.inode() == st.st_ino and not LEFTOVER.fullmatch(e.name) and e.stat(follow_symlinks=False).st_dev
+               == st.st_dev for e in entries)
+
+
 def remove_leftovers(dir_fd: int, where: str) -> None:
     """Remove what an interrupted seed left in a directory: tether's temporary names only, a regular file with
-    a single link or a real directory, never a symlink or a file linked elsewhere."""
-    for entry in os.scandir(dir_fd):
+    a single link, or with one other in this directory (a seed killed between its link(2) and its unlink), or a
+    real directory; never a symlink or a file linked elsewhere."""
+    entries = list(os.scandir(dir_fd))
+    for entry in entries:
         if not LEFTOVER.fullmatch(entry.name):
             continue
         st = entry.stat(follow_symlinks=False)
-        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+        if stat.S_ISREG(st.st_mode) and (st.st_nlink == 1 or (st.st_nlink == 2 and _named_beside(st, entries))):
             _unlink_quietly(entry.name, dir_fd)
         elif stat.S_ISDIR(st.st_mode):
             fsutil.remove_tree_at(entry.name, dir_fd)
