@@ -25,13 +25,16 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+TEMPORARY_PREFIX = ".tmp-"  # atomic_write's files before their rename: what a writer killed meanwhile leaves
+
+
 def atomic_write(path: str, data: bytes | Iterable[bytes], mode: int = 0o644, *, durable: bool = True) -> None:
     """Write `data` (bytes, or chunks of it) to `path` so that readers see the old or the new content, never a mix.
 
     `durable=False` leaves out the fsync of the file and of its directory, for derived data whose writer
     flushes many files with one `sync_filesystem` instead (the rename stays atomic for readers)."""
     directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.writelines((data,) if isinstance(data, bytes) else data)

@@ -95,3 +95,26 @@ def test_a_kill_while_cleaning_up_an_interrupted_pass_is_safe_too(node: support.
     assert node.tether("reconcile").returncode == 0
     assert os.readlink(app / "current") == str(app / "v2")
     assert os.listdir(app / ".tether" / "staging") == []
+
+
+def test_the_files_a_killed_write_or_hook_left_in_the_bookkeeping_are_removed_by_the_next_pass(
+        node: support.Node, http: support.HttpServer) -> None:
+    # atomic_write's temporary file before its rename, and an inline hook's script, are all a SIGKILL leaves
+    # there; nothing else ever removes them.
+    app = prepare(node, http)
+    assert node.tether("reconcile").returncode == 0
+    meta = app / ".tether"
+    left = [meta / ".tmp-k1ll3d", meta / "deployments" / ".tmp-abc123", meta / "digests" / ".tmp-def456",
+            meta / ".hook-afterActivate-x1y2z3"]
+    for path in left:
+        path.write_text("half written\n")
+    kept = meta / "deployments" / "notes.txt"  # not a name tether makes: left alone
+    kept.write_text("an operator's\n")
+    runs = hook_runs(app)
+
+    run = node.tether("reconcile")
+
+    assert run.returncode == 0, run.stderr
+    assert [p for p in left if os.path.lexists(p)] == []
+    assert kept.exists() and os.readlink(app / "current") == str(app / "v2") and hook_runs(app) == runs
+    assert_invariants(app)

@@ -160,12 +160,16 @@ class Runner:
         cwd = os.path.join(app.path, deployment)
         script = None
         if hook.script is not None:
-            fd, script = tempfile.mkstemp(prefix=f".hook-{phase}-", dir=records.meta_dir(app.path))
-            with os.fdopen(fd, "w") as handle:
-                handle.write(hook.script)
-            os.chmod(script, 0o500)
-            if who.uid is not None:
-                os.chown(script, who.uid, who.gid or 0)  # readable and executable by the hook's user only
+            fd, script = tempfile.mkstemp(prefix=f"{records.HOOK_SCRIPT_PREFIX}{phase}-", dir=records.meta_dir(app.path))
+            try:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(hook.script)
+                os.chmod(script, 0o500)
+                if who.uid is not None:
+                    os.chown(script, who.uid, who.gid or 0)  # readable and executable by the hook's user only
+            except BaseException:
+                os.unlink(script)  # (a full disk, say)
+                raise
             argv = [script] if hook.script.startswith("#!") else ["/bin/sh", script]
         else:
             assert hook.path is not None

@@ -30,6 +30,8 @@ from controller.tree import known_files
 
 INCOMPLETE, COMPLETE, FAILED = "incomplete", "complete", "failed"
 NOT_DEPLOYMENTS = frozenset({"current", "persistent-data"})
+HOOK_SCRIPT_PREFIX = ".hook-"  # an inline hook's script in .tether while it runs (engine/hooks.py)
+TEMPORARY = (fsutil.TEMPORARY_PREFIX, HOOK_SCRIPT_PREFIX)
 
 
 def meta_dir(path: str) -> str:
@@ -87,7 +89,7 @@ class Observed:
     deployments: dict[str, Deployment]
     last_activated: str | None  # what tether switched `current` to last
     foreign: tuple[str, ...]  # directories tether did not make
-    leftovers: tuple[str, ...]  # staging and temporary links from an interrupted pass
+    leftovers: tuple[str, ...]  # staging, temporary links and files from an interrupted pass
     refused: str | None = None  # a file of a newer format: why tether leaves the application alone
 
     def complete(self) -> list[Deployment]:
@@ -252,7 +254,7 @@ def _observe(path: str, fd: int, meta: int | None, known: known_files.Known) -> 
 
     records: dict[str, dict[str, Any]] = {}
     running = os.path.basename(running_hook_path(path))
-    kept = {"deployments", "staging", "activation.json", running}  # what stays remembered below `where`
+    kept = {".", "deployments", "digests", "staging", "activation.json", running}  # remembered below `where`
     if meta is not None:
         for entry, _ in known.listing(where, "deployments", meta) or ():
             if entry.endswith(".json") and not entry.startswith("."):
@@ -269,6 +271,10 @@ def _observe(path: str, fd: int, meta: int | None, known: known_files.Known) -> 
             dirs.add(name)
     if meta is not None:
         leftovers.extend(os.path.join(where, "staging", e) for e, _ in known.listing(where, "staging", meta) or ())
+        for directory in (".", "deployments", "digests"):  # temporary files of a killed write, scripts of a hook
+            leftovers.extend(os.path.normpath(os.path.join(where, directory, e))
+                             for e, is_dir in known.listing(where, directory, meta) or ()
+                             if not is_dir and e.startswith(TEMPORARY))
     deployments = {name: _deployment(name, data, has_dir=name in dirs) for name, data in records.items()}
     try:
         target: str | None = os.readlink("current", dir_fd=fd)
