@@ -103,7 +103,8 @@ def cycles(edges: dict[str, dict[str, int]]) -> list[list[str]]:
 
 def test_every_module_sits_in_a_layer_package_or_the_ground_floor() -> None:
     ground = sorted(path.name for path in PACKAGE.glob("*.py"))
-    assert ground == ["__init__.py", "__main__.py", "errors.py", "formats.py", "fsutil.py", "nofollow.py"]
+    assert ground == ["__init__.py", "__main__.py", "errors.py", "formats.py", "fsutil.py", "nofollow.py",
+                      "within.py"]
     packages = sorted(path.parent.name for path in PACKAGE.glob("*/__init__.py"))
     assert packages == sorted(LAYERS[1:])
 

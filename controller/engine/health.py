@@ -22,7 +22,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 
-from controller import errors
+from controller import errors, within
 from controller.engine import hooks
 from controller.manifests import model
 
@@ -74,35 +74,27 @@ def http_status(url: str, timeout: float) -> int:
                                                  context=ssl.create_default_context())
     else:
         connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
-    answer: list[int | BaseException] = []
 
-    def ask() -> None:
-        try:
-            connection.request("GET", target, headers={"User-Agent": "tether-health-check", "Connection": "close"})
-            response = connection.getresponse()
-            response.read(BODY_LIMIT)
-            answer.append(response.status)
-        except BaseException as exc:  # handed to the caller's thread
-            answer.append(exc)
+    def ask() -> int:
+        connection.request("GET", target, headers={"User-Agent": "tether-health-check", "Connection": "close"})
+        response = connection.getresponse()
+        response.read(BODY_LIMIT)
+        return response.status
 
-    worker = threading.Thread(target=ask, name="tether-health-probe", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():  # a server that trickles its answer: end the connection from here
+    def cut() -> None:  # a server that trickles its answer: end the connection from here
         with contextlib.suppress(OSError):
             if connection.sock is not None:
                 connection.sock.shutdown(socket.SHUT_RDWR)
         connection.close()
-        worker.join(1.0)
-        raise TimeoutError(f"no answer within {timeout:g} s")
-    connection.close()
-    if isinstance(answer[0], BaseException):
-        if isinstance(answer[0], (socket.timeout, TimeoutError)):
-            raise TimeoutError(f"no answer within {timeout:g} s") from answer[0]
-        if isinstance(answer[0], (OSError, http.client.HTTPException)):
-            raise OSError(str(answer[0]) or type(answer[0]).__name__) from answer[0]
-        raise answer[0]
-    return int(answer[0])
+
+    try:
+        return within.bounded(ask, timeout, cut, "tether-health-probe")
+    except TimeoutError as exc:  # socket.timeout too
+        raise TimeoutError(f"no answer within {timeout:g} s") from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise OSError(str(exc) or type(exc).__name__) from exc
+    finally:
+        connection.close()
 
 
 def _wait(cancel: threading.Event | None, seconds: float) -> bool:

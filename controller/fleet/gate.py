@@ -13,6 +13,7 @@ so the daemon asks Prometheus at most once per interval per application, however
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -21,11 +22,14 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from controller import errors
+from controller import errors, within
 from controller.artifacts import fetching
 from controller.manifests import model
+
+if TYPE_CHECKING:  # only a rollout with a gate asks Prometheus, and imports these
+    import http.client
 
 log = logging.getLogger(__name__)
 MAX_BYTES = 1 << 20
@@ -51,11 +55,17 @@ HttpGet = Callable[[str, float, int], tuple[int, bytes]]  # (url, timeout second
 
 def http_get(url: str, timeout: float, max_bytes: int = MAX_BYTES,
              monotonic: Callable[[], float] = time.monotonic) -> tuple[int, bytes]:
-    """GET `url` within `timeout` seconds in all; (HTTP status, body). Raises OSError, http.client errors or
-    Refused."""
-    import http.client  # only a rollout with a gate asks Prometheus
-
+    """GET `url` within `timeout` seconds in all, however slowly the server trickles its answer; (HTTP status,
+    body). Raises TimeoutError past the deadline, OSError, http.client errors or Refused."""
+    line = _Line()
     deadline = monotonic() + timeout
+    return within.bounded(lambda: _exchange(url, deadline, max_bytes, monotonic, line), timeout, line.cut,
+                          "tether-gate-query")
+
+
+def _exchange(url: str, deadline: float, max_bytes: int, monotonic: Callable[[], float],
+              line: _Line) -> tuple[int, bytes]:
+    """The GET of `http_get`, following redirects on the same host, on connections that `line` can cut."""
     for _ in range(MAX_REDIRECTS + 1):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -63,8 +73,7 @@ def http_get(url: str, timeout: float, max_bytes: int = MAX_BYTES,
         remaining = deadline - monotonic()
         if remaining <= 0:
             raise TimeoutError("timed out")
-        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        connection = kind(parts.hostname, parts.port, timeout=remaining)
+        connection = line.open(parts, remaining)
         try:
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             connection.request("GET", target, headers={"Accept": "application/json", "User-Agent": "tether-gate"})
@@ -77,21 +86,49 @@ def http_get(url: str, timeout: float, max_bytes: int = MAX_BYTES,
                                   "redirects only on the same host")
                 url = location
                 continue
-            body = bytearray()
-            while len(body) <= max_bytes:
-                remaining = deadline - monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("timed out")
-                if connection.sock is not None:
-                    connection.sock.settimeout(remaining)
-                chunk = response.read1(65536)
-                if not chunk:
-                    return response.status, bytes(body)
-                body += chunk
-            raise Refused(f"the answer is larger than {max_bytes} bytes")
+            body = response.read(max_bytes + 1)
+            if len(body) > max_bytes:
+                raise Refused(f"the answer is larger than {max_bytes} bytes")
+            return response.status, body
         finally:
             connection.close()
     raise Refused(f"Prometheus redirects more than {MAX_REDIRECTS} times")
+
+
+class _Line:
+    """The connection an exchange is on, so that `cut` (from the caller's thread, at the deadline) can shut it
+    down while it waits for the status line, headers, chunk sizes or body."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connection: http.client.HTTPConnection | None = None
+        self._cut = False
+
+    def open(self, parts: urllib.parse.SplitResult, timeout: float) -> http.client.HTTPConnection:
+        """A connection to the URL's host and port, connected; TimeoutError when cut meanwhile. Connecting and
+        the TLS handshake each end within `timeout` of their own (ssl keeps one deadline for a handshake)."""
+        import http.client
+
+        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        connection = kind(parts.hostname or "", parts.port, timeout=timeout)
+        connection.connect()
+        with self._lock:
+            if self._cut:
+                connection.close()
+                raise TimeoutError("timed out")
+            self._connection = connection
+        return connection
+
+    def cut(self) -> None:
+        """End the exchange: shut its socket down (a blocked read returns at once), and refuse a next one."""
+        import socket
+
+        with self._lock:
+            self._cut = True
+            sock = None if self._connection is None else self._connection.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 def query_url(gate: model.Gate) -> str:
@@ -113,7 +150,10 @@ def ask(gate: model.Gate, http_get: HttpGet = http_get, clock: Callable[[], floa
         return _closed(f"Prometheus at {_short(gate.prometheus)} cannot be asked: "
                        f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}")
     took = clock() - started
-    answer = judge(gate.query, code, body)
+    try:
+        answer = judge(gate.query, code, body)
+    except (RecursionError, ValueError) as exc:  # an answer shaped to break the reading of it
+        return _closed(f"Prometheus's answer cannot be read ({type(exc).__name__}: {exc})")
     log.debug("The gate %s answered in %.3f s: %s", gate.query, took, answer.message)
     return answer
 
@@ -184,9 +224,10 @@ def _closed(message: str) -> Answer:
 
 
 def _json(body: bytes) -> Any:
+    """The JSON document in `body`; None when it is no JSON that can be read (also when nested too deeply)."""
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 

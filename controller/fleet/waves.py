@@ -121,7 +121,17 @@ def effective(app: model.Application, node_name: str, labels: Mapping[str, str],
     return dataclasses.replace(app, deployment=decision.desired, source=source)
 
 
+FIRST = datetime.datetime.min.replace(tzinfo=datetime.UTC)  # 0001-01-01T00:00:00Z
+LAST = datetime.datetime.max.replace(microsecond=0, tzinfo=datetime.UTC)  # 9999-12-31T23:59:59Z
+
+
 def iso(seconds: float) -> str:
-    """An RFC 3339 UTC time such as 2026-12-01T10:30:00Z (fractions of a second kept when there are any)."""
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    """An RFC 3339 UTC time such as 2026-12-01T10:30:00Z (fractions of a second kept when there are any).
+
+    Never raises: a time after the year 9999 (or not a number) shows as 9999-12-31T23:59:59Z, one before the
+    year 1 as 0001-01-01T00:00:00Z; validation refuses a wave that would open then."""
+    try:
+        moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    except (ValueError, OverflowError, OSError):
+        moment = FIRST if seconds < 0 else LAST
     return moment.isoformat(timespec="seconds" if moment.microsecond == 0 else "milliseconds").replace("+00:00", "Z")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import decimal
 import math
 import os
@@ -34,6 +35,8 @@ NAMED_ROOTS = {"/usr/local": FHS_LOCAL, "/var/lib": SYSTEM_STATE, "/var/opt": SY
 ALLOWED = ("below /opt, /srv, /var/www, /home/USER, /usr/local/APP, /var/lib/APP or /var/opt/APP (APP not a "
            "name the system uses there), below /tmp or /var/tmp, or outside the system hierarchy")
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+# The first second that datetime (and so an RFC 3339 time) cannot hold: a wave may not open at or after it.
+YEAR_10000 = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC).timestamp() + 1
 
 
 def is_inside(path: str, tree: str) -> bool:
@@ -209,6 +212,10 @@ def rollout_problems(rollout: model.Rollout, deployment: str | None) -> Iterator
                        f"{widest[0] + 1}; percents are shares of all nodes and may not shrink from one wave to the "
                        "next"), where + "/percent"
             widest = (index, max(wave.percent, widest[1] if widest else 0.0))
+        if rollout.started_at is not None and rollout.started_at + wave.after_seconds >= YEAR_10000:
+            yield (f"wave {index + 1} would open after the year 9999 (startedAt {rollout.started_at_text} + after "
+                   f"{wave.after}), a time tether cannot show; make `after` shorter or startedAt earlier"), \
+                where + "/after"
         if index > 0 and wave.after_seconds < rollout.waves[index - 1].after_seconds:
             yield (f"wave {index + 1} opens after {wave.after}, before wave {index} (after "
                    f"{rollout.waves[index - 1].after}); `after` counts from startedAt and may not go backwards"), \
