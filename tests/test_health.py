@@ -249,6 +249,30 @@ def test_probes_are_counted_by_outcome_in_tether_health_checks_total(
     assert value(found, "tether_health_checks_total", name="site", outcome="timeout") == 0
 
 
+@pytest.mark.parametrize("first", [False, True], ids=["rollbackOnFailure false", "nothing to roll back to"])
+def test_an_unhealthy_deployment_kept_active_counts_as_failed_and_reconcile_never_says_converged(
+        node: support.Node, http: support.HttpServer, first: bool) -> None:
+    # The default rollout gate asks whether a canary's deployment failed: one kept unhealthy failed too.
+    if first:
+        http.serve("/health", support.Reply(503, b"down"))
+        manifest(node, http, "1", check(http.url("/health"), deadlineSeconds=1))
+        deployment = "v1"
+    else:
+        healthy_v1_then_v2(node, http, deadlineSeconds=1)
+        http.serve("/health", support.Reply(503, b"down"))
+        manifest(node, http, "2", check(http.url("/health"), deadlineSeconds=1), rollbackOnFailure=False)
+        deployment = "v2"
+    assert node.tether("reconcile").returncode == 1  # the pass that found it unhealthy
+
+    again = node.tether("reconcile")
+
+    assert again.returncode == 1 and f"site: failed: not healthy: {deployment}: " in again.stdout, again.stdout
+    document = status(node)
+    assert document["current"] == deployment and condition(document, "Ready")["reason"] == "NotHealthy"
+    found = scrape(metrics.registry(metrics.Collector(lambda: [document], lambda: ([], 1), metrics.Observations())))
+    assert value(found, "tether_deployment_failed", name="site", deployment=deployment) == 1
+
+
 def test_an_application_without_a_health_check_is_healthy_with_reason_no_health_check(
         node: support.Node, http: support.HttpServer) -> None:
     app = node.apps / "site"

@@ -175,6 +175,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                 document = status.build(app, result, status.read(args.state_dir, name), time.time())
                 status.set_rollout(document, rolled.status())
                 status.write(args.state_dir, name, document)
+            if result.error is None and (why := status.unhealthy(document)) is not None:
+                return name, f"not healthy: {why} (kept: rollbackOnFailure is false, or nothing to roll back to)", \
+                    False, False
         except (errors.TetherError, OSError) as exc:
             return name, errors.printable(str(exc)), False, isinstance(exc, errors.PermanentError)
         except Exception as exc:

@@ -16,7 +16,7 @@ from typing import Any
 
 from controller import errors
 from controller.daemon import exposition
-from controller.engine import hooks
+from controller.engine import hooks, status
 from controller.tree import records
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ SERIES = (
            "complete.", "gauge", ["name"]),
     Series("tether_deployments", "Deployments by state.", "gauge", ["name", "state"]),
     Series("tether_deployment_failed", "1 while the deployment the manifest asks this node for is marked failed "
-           "(a rollout's canary rolled it back); absent otherwise.", "gauge", ["name", "deployment"]),
+           "(a rollout's canary rolled it back), or is active but failed its health check (rollbackOnFailure: "
+           "false, or nothing to roll back to); absent otherwise.", "gauge", ["name", "deployment"]),
     Series("tether_last_success_timestamp_seconds", "When a pass last ended Ready.", "gauge", ["name"]),
     Series("tether_next_attempt_timestamp_seconds", "When tether next retries a failed pass (nextAttemptAt); "
            "absent while no retry is scheduled.", "gauge", ["name"]),
@@ -175,8 +176,8 @@ def _deployments(name: str, document: Mapping[str, Any]) -> tuple[list[Row], lis
         states[state] = states.get(state, 0) + 1
     extra = sorted(list(states)[len(DEPLOYMENT_STATES):])  # the three first, then the others by name
     desired = document.get("desired")
-    failed = isinstance(desired, str) and any(d.get("name") == desired and d.get("state") == records.FAILED
-                                              for d in listed)
+    failed = isinstance(desired, str) and (any(d.get("name") == desired and d.get("state") == records.FAILED
+                                               for d in listed) or status.unhealthy(document) is not None)
     return ([((name, state), states[state]) for state in (*DEPLOYMENT_STATES, *extra)],
             [((name, str(desired)), 1)] if failed else [])  # only the desired one: a fix ends the series
 

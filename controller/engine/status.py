@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller import formats, fsutil
@@ -65,6 +65,17 @@ def read_all(state_dir: str) -> list[dict[str, Any]]:
 
 def is_ready(document: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in document.get("conditions", []))
+
+
+def unhealthy(document: Mapping[str, Any]) -> str | None:
+    """Why the deployment the manifest asks for is active but failed its health check (kept there by
+    rollbackOnFailure: false, or with nothing to roll back to); None otherwise."""
+    conditions = document.get("conditions")
+    for condition in conditions if isinstance(conditions, list) else []:
+        if isinstance(condition, Mapping) and condition.get("type") == "Healthy" and \
+                condition.get("reason") == "Unhealthy" and document.get("current") == document.get("desired"):
+            return str(condition.get("message"))
+    return None
 
 
 def _condition(kind: str, status: bool, reason: str, message: str) -> dict[str, Any]:
