@@ -6,6 +6,7 @@ prober with a fake clock."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -193,6 +194,29 @@ def test_the_command_form_runs_as_the_manifest_user_with_a_clean_environment_and
                      "APPLICATION_PATH", "ENVIRONMENT", "DEPLOYMENT_NAME", "DEPLOYMENT_PATH",
                      "PREVIOUS_DEPLOYMENT_NAME", "HOOK_NAME"} | {n for n in names if n.startswith("LC_")}, names
     assert condition(status(node), "Healthy")["status"] == "True"
+
+
+def test_a_probe_command_leaves_no_process_behind_and_a_signal_that_ended_it_is_named(
+        node: support.Node, http: support.HttpServer, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    probe = f'sleep 300 >/dev/null 2>&1 &\necho $! >> {pids}\nexit 0\n'
+    manifest(node, http, "1", {"command": probe, "intervalSeconds": 0.1, "timeoutSeconds": 2,
+                               "healthySeconds": 0.2, "deadlineSeconds": 5})
+    assert node.tether("reconcile").returncode == 0
+    started = [int(line) for line in pids.read_text().split()]
+    assert len(started) >= 2
+    alive = []
+    for pid in started:
+        with contextlib.suppress(FileNotFoundError):
+            if Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z":
+                alive.append(pid)
+    assert alive == [], "the probes' background processes outlived them"
+
+    manifest(node, http, "2", {"command": "kill -KILL $$\n", "intervalSeconds": 0.1, "timeoutSeconds": 2,
+                               "healthySeconds": 0.2, "deadlineSeconds": 0.5})
+    run = node.tether("reconcile")
+    assert run.returncode == 1 and "the health check command was killed by signal 9 (Killed)" in run.stdout, \
+        run.stdout
 
 
 def test_a_kill_during_probing_is_resumed_by_the_next_pass_without_running_after_activate_again(

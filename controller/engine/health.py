@@ -164,6 +164,6 @@ class Prober:
         run = runner.run_one(PHASE, check.command, app, deployment, previous, timeout, append=append)
         if run.outcome == SUCCESS:
             return Probe(SUCCESS, "the health check command exited with status 0")
-        how = f"timed out after {timeout:g} s" if run.outcome == TIMEOUT else f"exited with status {run.exit_code}"
+        how = f"timed out after {timeout:g} s" if run.outcome == TIMEOUT else hooks.ended(run.exit_code)
         tail = run.output_tail.strip().splitlines()[-1:] or [""]
         return Probe(run.outcome, f"the health check command {how} (output in {run.log}; last line: {tail[0][:200]!r})")

@@ -44,11 +44,18 @@ class HookRun:
     log: str
 
 
+def ended(exit_code: int | None) -> str:
+    """"exited with status 3", or "was killed by signal 9 (Killed)" for a negative status."""
+    if exit_code is not None and exit_code < 0:
+        return f"was killed by signal {-exit_code} ({signal.strsignal(-exit_code)})"
+    return f"exited with status {exit_code}"
+
+
 class HookFailed(errors.TemporaryError):
     """A hook exited non-zero or timed out."""
 
     def __init__(self, run: HookRun) -> None:
-        how = "timed out" if run.outcome == TIMEOUT else f"exited with status {run.exit_code}"
+        how = "timed out" if run.outcome == TIMEOUT else ended(run.exit_code)
         tail = run.output_tail.strip().splitlines()[-1:] or [""]
         super().__init__(f"the {run.phase} hook of {run.source} {how} for {run.deployment}; "
                          f"its output is in {run.log} (last line: {tail[0][:200]!r})")
@@ -153,10 +160,12 @@ class Runner:
         env = environment(app, who, phase, deployment, previous, self.environ)
         limited = dataclasses.replace(app, hook_timeout_seconds=timeout_seconds)
         return self._run(phase, "application", hook, limited, deployment, who, env,
-                         os.path.join(log_dir, f"{phase}.log"), append=append)
+                         os.path.join(log_dir, f"{phase}.log"), append=append, reap=True)
 
     def _run(self, phase: str, source: str, hook: model.Hook, app: model.Application, deployment: str,
-             who: Identity, env: dict[str, str], log_path: str, append: bool) -> HookRun:
+             who: Identity, env: dict[str, str], log_path: str, append: bool, reap: bool = False) -> HookRun:
+        """Run one hook; with `reap` (a probe, which has no business leaving processes behind), whatever is left
+        of its process group once it ended is killed. A hook may start a service that outlives it."""
         cwd = os.path.join(app.path, deployment)
         script = None
         if hook.script is not None:
@@ -179,7 +188,8 @@ class Runner:
         started, wall = self.clock(), self.wall_clock()
         try:
             exit_code, timed_out = self._spawn(argv, cwd, env, who, output, started + app.hook_timeout_seconds,
-                                               app.path, {"phase": phase, "source": source, "deployment": deployment})
+                                               app.path, {"phase": phase, "source": source, "deployment": deployment},
+                                               reap)
         except OSError as exc:
             output.write(f"tether could not start the hook: {exc}; the hook's user needs to be able to reach "
                          f"{records.meta_dir(app.path)} and {cwd}\n".encode())
@@ -196,7 +206,7 @@ class Runner:
         return run
 
     def _spawn(self, argv: list[str], cwd: str, env: dict[str, str], who: Identity, output: hook_output.BoundedLog,
-               deadline: float, app_path: str, about: dict[str, str]) -> tuple[int | None, bool]:
+               deadline: float, app_path: str, about: dict[str, str], reap: bool) -> tuple[int | None, bool]:
         ids: dict[str, object] = {}
         if who.uid is not None:
             ids = {"user": who.uid, "group": who.gid, "extra_groups": list(who.groups)}
@@ -210,6 +220,8 @@ class Runner:
             with hook_processes.recorded(app_path, process.pid, **about):
                 return self._supervise(process, process.stdout, output, deadline)
         finally:
+            if reap:
+                _signal_group(process.pid, signal.SIGKILL)
             watchdog.release()
             self._running.discard(process.pid)
 
