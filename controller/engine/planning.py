@@ -7,6 +7,7 @@ import dataclasses
 from controller.tree import records
 
 CLEAN, DEPLOY, ACTIVATE, FINISH, PRUNE, BLOCKED = "clean", "deploy", "activate", "finish-activation", "prune", "blocked"
+ROLLBACK = "finish-rollback"  # a rollback a killed pass began: before anything else touches `current`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +27,8 @@ class Plan:
 
     @property
     def converged(self) -> bool:
-        return not self.suspended and not any(s.action in (DEPLOY, ACTIVATE, FINISH, BLOCKED) for s in self.steps)
+        return not self.suspended and not any(s.action in (DEPLOY, ACTIVATE, FINISH, ROLLBACK, BLOCKED)
+                                              for s in self.steps)
 
 
 def plan(name: str, desired: str | None, observed: records.Observed, *, keep: int,
@@ -46,6 +48,10 @@ def plan(name: str, desired: str | None, observed: records.Observed, *, keep: in
     if observed.leftovers:
         steps.append(Step(CLEAN, None, "remove staging and temporary links left by an interrupted pass"))
     for deployment in observed.deployments.values():
+        if deployment.rollback is not None and rolling_back(deployment):
+            steps.append(Step(ROLLBACK, deployment.name, f"it failed; the rollback to {deployment.rollback[0]} was "
+                              "interrupted"))
+    for deployment in observed.deployments.values():
         if deployment.name == observed.current:
             continue
         if deployment.state == records.INCOMPLETE:
@@ -56,7 +62,7 @@ def plan(name: str, desired: str | None, observed: records.Observed, *, keep: in
         existing = observed.deployments.get(desired)
         if desired in observed.foreign:
             steps.append(Step(BLOCKED, desired, f"{observed.path}/{desired} exists but tether did not make it; move it away"))
-        elif existing is not None and existing.state == records.FAILED and existing.failed_generation == generation:
+        elif existing is not None and failed(existing) and existing.failed_generation == generation:
             steps.append(Step(BLOCKED, desired, f"this deployment failed ({existing.error}); `tether retry` tries again"))
         else:
             if existing is not None and existing.state == records.FAILED:
@@ -74,6 +80,16 @@ def plan(name: str, desired: str | None, observed: records.Observed, *, keep: in
     if removals:
         steps.append(Step(PRUNE, None, "remove " + ", ".join(removals)))
     return Plan(name, desired, tuple(steps))
+
+
+def rolling_back(deployment: records.Deployment) -> bool:
+    """A deployment whose activation failed and whose rollback a killed pass left unfinished."""
+    return deployment.rollback is not None and not deployment.activation_pending
+
+
+def failed(deployment: records.Deployment) -> bool:
+    """Marked failed, or about to be (its rollback unfinished): not activated again."""
+    return deployment.state == records.FAILED or rolling_back(deployment)
 
 
 def prune_candidates(observed: records.Observed, desired: str | None, keep: int,

@@ -160,6 +160,8 @@ class Engine:
             return activating.activate(self, work, step.deployment, observed)
         if step.deployment is not None and step.action == planning.FINISH:
             return activating.after_activate(self, work, step.deployment, observed.previous, observed)
+        if step.deployment is not None and step.action == planning.ROLLBACK:
+            return activating.finish_rollback(self, work, step.deployment, observed)
         return observed
 
     def _clean(self, observed: records.Observed, deployment: str | None) -> records.Observed:

@@ -75,6 +75,10 @@ class Deployment:
     healthy_at: float | None = None  # when its health check last passed
     health_message: str | None = None  # how its last health check ended, in words
     revision: str | None = None  # the commit id a git source's ref resolved to; None for other sources and old records
+    # Where a rollback of this deployment goes, and the `previous` it restores there: (to, previous). On a pending
+    # record, where to go should its activation fail; on a failed one, a rollback not finished yet. None in records
+    # of older versions: the activation record's previous, restoring none (what those versions did).
+    rollback: tuple[str, str | None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +137,17 @@ def write_record(path: str, deployment: str, state: str, **fields: Any) -> dict[
     fsutil.makedirs(os.path.dirname(record_path(path, deployment)))
     fsutil.atomic_write_json(record_path(path, deployment), record)
     return record
+
+
+def rollback_field(to: str, previous: str | None) -> dict[str, str | None]:
+    """The record field `rollback`: go back to `to`, recording `previous` as its previous."""
+    return {"to": to, "previous": previous if previous != to else None}
+
+
+def _rollback(value: Any) -> tuple[str, str | None] | None:
+    if not isinstance(value, dict) or not isinstance(value.get("to"), str):
+        return None
+    return value["to"], _text(value.get("previous"))
 
 
 def write_activation(path: str, active: str, previous: str | None) -> None:
@@ -200,6 +215,7 @@ def _deployment(name: str, data: dict[str, Any], has_dir: bool) -> Deployment:
         healthy_at=_number(data.get("healthyAt")),
         health_message=_text(data.get("healthMessage")),
         revision=_text(data.get("revision")),
+        rollback=_rollback(data.get("rollback")),
     )
 
 
